@@ -1,0 +1,27 @@
+# The two commands a new user needs: `make demo` (the main job) and `make test`.
+# Each creates the virtual environment in .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test venv bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: venv
+	$(BIN)/cemaps demo --out demo-out
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python benchmarks/capture_overhead.py
+	$(BIN)/python benchmarks/store_size.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

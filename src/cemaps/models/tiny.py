@@ -1,0 +1,137 @@
+"""The embedded tiny Stable Diffusion pipeline: real architecture, random weights.
+
+It has SD v1.5's module tree (three cross-attention down blocks, a cross-attention
+mid block, three cross-attention up blocks, two layers per block, so the 16
+``attn2`` paths are SD v1.5's) and OpenAI's CLIP BPE tokenizer, built offline from
+the vocabulary that ships inside the open_clip wheel. Everything else is shrunk so
+that a 64x64 image with 20 steps takes about a second on a CPU.
+
+Example:
+    >>> pipe = tiny_pipeline(seed=0)
+    >>> sum(name.endswith("attn2") for name, _ in pipe.unet.named_modules())
+    16
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+from functools import lru_cache
+from importlib import resources
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY_MODEL_ID = "cemaps/tiny-sd"
+
+
+@lru_cache(maxsize=1)
+def _clip_bpe() -> tuple[dict[str, int], list[str]]:
+    """OpenAI CLIP's vocabulary and merges, read from open_clip's packaged BPE file.
+
+    Built exactly as ``open_clip.tokenizer.SimpleTokenizer`` builds them, so that
+    token ids agree with open_clip and with SD v1.5's ``tokenizer/vocab.json``.
+    """
+    bpe_path = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz")
+    with bpe_path.open("rb") as raw:
+        lines = gzip.decompress(raw.read()).decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(_bytes_to_unicode().values())
+    vocab_list = byte_chars + [c + "</w>" for c in byte_chars]
+    vocab_list += ["".join(merge.split()) for merge in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(vocab_list)}, merges
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP's reversible byte -> printable-unicode table.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, [chr(c) for c in codes]))
+
+
+def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+    """OpenAI's CLIP tokenizer (the one SD v1.5 uses), built with no download."""
+    vocab, merges = _clip_bpe()
+    return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length)
+
+
+def tiny_pipeline(seed: int = 0, *, image_size: int = 64) -> StableDiffusionPipeline:
+    """A randomly initialised StableDiffusionPipeline with SD v1.5's module structure.
+
+    Args:
+        seed: seeds the weight initialisation; the same seed gives the same weights.
+        image_size: default output side in pixels (the VAE downsamples by 8).
+
+    Returns:
+        A CPU float32 pipeline with no safety checker, ``name_or_path`` set to
+        ``"cemaps/tiny-sd"``.
+    """
+    tokenizer = clip_tokenizer()
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        text_config = CLIPTextConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        text_encoder = CLIPTextModel(text_config)
+        unet = UNet2DConditionModel(
+            sample_size=image_size // 8,
+            block_out_channels=(32, 32, 64, 64),
+            layers_per_block=2,
+            norm_num_groups=8,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(8, 8, 16, 16),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            norm_num_groups=4,
+            layers_per_block=1,
+            sample_size=image_size,
+        )
+    finally:
+        torch.random.set_rng_state(generator_state)
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(_name_or_path=TINY_MODEL_ID)
+    return pipe
