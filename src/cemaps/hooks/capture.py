@@ -1,0 +1,107 @@
+"""``capture(pipe, probes)``: attach probes for the duration of a ``with`` block.
+
+The run object is both the context manager and the result (as in baukit's
+``TraceDict``). Every hook is removed when the block ends, normally or by an
+exception, in reverse order of attachment.
+
+Example:
+    >>> import torch, cemaps
+    >>> pipe = cemaps.tiny_pipeline(seed=0)
+    >>> probe = cemaps.CrossAttentionProbe(layers="*attn2", timesteps=2)
+    >>> with cemaps.capture(pipe, [probe]) as run:
+    ...     _ = pipe("a lighthouse", num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    >>> run[probe]["mid_block.attentions.0.transformer_blocks.0.attn2"].axes
+    ('image', 'token', 'step', 'half', 'head', 'y', 'x')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from torch.utils.hooks import RemovableHandle
+
+from cemaps.hooks.context import CaptureContext
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """What a probe implements to be captured and stored.
+
+    ``attach`` registers torch hooks and returns their handles (cemaps removes
+    them). ``collect`` returns, for each image generated while attached, a dict of
+    named arrays; each array is anything with ``values`` (numpy) and ``axes``
+    (names), such as :class:`cemaps.probes.LabelledArray`. The store writes them
+    as they are, under ``"<probe.name>/<array name>"``.
+    """
+
+    name: str
+
+    def attach(self, pipe: Any, context: CaptureContext) -> list[RemovableHandle]: ...
+
+    def collect(self, context: CaptureContext) -> list[dict[str, Any]]: ...
+
+
+class CaptureRun:
+    """An open (or finished) capture: ``run[probe]`` gives the probe's arrays."""
+
+    def __init__(self, pipe: Any, probes: Sequence[Probe]):
+        names = [p.name for p in probes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probe names must be unique, got {names}")
+        self.pipe = pipe
+        self.probes = list(probes)
+        self.context = CaptureContext(pipe)
+        self._handles: list[RemovableHandle] = []
+        self._records: dict[str, list[dict[str, Any]]] | None = None
+
+    def __enter__(self) -> CaptureRun:
+        try:
+            self._handles.extend(self.context.attach())
+            for probe in self.probes:
+                self._handles.extend(probe.attach(self.pipe, self.context))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+        if exc_type is None:
+            self._records = {p.name: p.collect(self.context) for p in self.probes}
+
+    def close(self) -> None:
+        """Remove every hook, most recent first. Safe to call twice."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def records(self) -> list[dict[str, Any]]:
+        """Per generated image, every probe's arrays keyed ``"<probe>/<array>"``."""
+        per_probe = self._finished()
+        n_images = sum(g.batch_size for g in self.context.generations)
+        merged: list[dict[str, Any]] = [{} for _ in range(n_images)]
+        for probe_name, images in per_probe.items():
+            if len(images) != n_images:
+                raise RuntimeError(f"probe {probe_name!r} returned {len(images)} records for {n_images} images")
+            for target, arrays in zip(merged, images):
+                target.update({f"{probe_name}/{name}": array for name, array in arrays.items()})
+        return merged
+
+    def __getitem__(self, probe: Probe | str) -> dict[str, Any]:
+        """The probe's arrays over all images, stacked on a leading ``image`` axis."""
+        from cemaps.labelled import stack_images
+
+        name = probe if isinstance(probe, str) else probe.name
+        images = self._finished()[name]
+        keys = images[0].keys() if images else ()
+        return {key: stack_images([arrays[key] for arrays in images]) for key in keys}
+
+    def _finished(self) -> dict[str, list[dict[str, Any]]]:
+        if self._records is None:
+            raise RuntimeError("the capture is still open (or failed): read results after the with-block")
+        return self._records
+
+
+def capture(pipe: Any, probes: Sequence[Probe]) -> CaptureRun:
+    """Capture ``probes`` while ``pipe`` generates inside a ``with`` block."""
+    return CaptureRun(pipe, probes)

@@ -1,0 +1,62 @@
+"""Arrays that carry their axis names (and, optionally, coordinate labels).
+
+Example:
+    >>> import numpy as np
+    >>> a = LabelledArray(np.zeros((3, 2)), ("token", "step"))
+    >>> a.axis("step"), a.shape
+    (1, (3, 2))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelledArray:
+    """A numpy array with a name per axis and optional labels along axes."""
+
+    values: np.ndarray
+    axes: tuple[str, ...]
+    coords: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != len(self.axes):
+            raise ValueError(f"{self.values.ndim}-d array with {len(self.axes)} axis names {self.axes}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    def axis(self, name: str) -> int:
+        """Position of the axis called ``name``."""
+        try:
+            return self.axes.index(name)
+        except ValueError:
+            raise KeyError(f"no axis {name!r}; axes are {self.axes}") from None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.values if dtype is None else self.values.astype(dtype)
+
+
+def stack_images(arrays: Sequence[LabelledArray]) -> LabelledArray:
+    """Stack per-image arrays on a new leading ``image`` axis.
+
+    Axes whose length differs between images (e.g. ``token`` when prompts have
+    different lengths) are padded with NaN at the end.
+    """
+    if not arrays:
+        raise ValueError("nothing to stack")
+    first = arrays[0]
+    full = tuple(max(a.shape[i] for a in arrays) for i in range(len(first.axes)))
+    ragged = any(a.shape != full for a in arrays)
+    dtype = np.result_type(first.values.dtype, np.float16) if ragged else first.values.dtype
+    out = np.full((len(arrays), *full), np.nan if ragged else 0, dtype=dtype)
+    for i, a in enumerate(arrays):
+        out[(i, *(slice(0, n) for n in a.shape))] = a.values
+    coords = {k: v for k, v in first.coords.items() if all(a.coords.get(k) == v for a in arrays)}
+    return LabelledArray(out, ("image", *first.axes), coords)

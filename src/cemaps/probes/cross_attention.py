@@ -1,0 +1,239 @@
+"""Cross-attention probabilities of the UNet's ``attn2`` layers, captured beside SDPA.
+
+The model's own attention output is computed by diffusers' processor as usual
+(fast SDPA path, untouched). Read-only forward hooks take the query and key
+projections (the outputs of ``to_q`` and ``to_k``, so LoRA-wrapped projections are
+seen with their update) and the probe computes ``attn.get_attention_scores(q, k)``
+from them after the layer has run, only at the selected steps.
+
+Example:
+    >>> probe = CrossAttentionProbe(layers="*attn2", timesteps=10, spatial=16)
+    >>> probe.name
+    'cross_attention'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from cemaps.errors import ConfigError
+from cemaps.hooks.context import CaptureContext
+from cemaps.hooks.selection import LayerSelector, select_modules
+from cemaps.hooks.steps import StepSpec, selected_steps
+from cemaps.labelled import LabelledArray
+
+AXES = ("token", "step", "half", "head", "y", "x")
+_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def is_cross_attention(name: str, module: nn.Module) -> bool:
+    return isinstance(module, Attention) and bool(getattr(module, "is_cross_attention", False))
+
+
+@dataclass(frozen=True)
+class CrossAttentionSettings:
+    """What a :class:`CrossAttentionProbe` keeps; stored as the store's capture settings.
+
+    Attributes:
+        layers: glob, list of module paths, or predicate over cross-attention modules.
+        timesteps: "all", N evenly spaced steps, or explicit step indices.
+        heads: "mean" (average over heads after the softmax) or "all".
+        tokens: "prompt" (the prompt's tokens incl. start and end) or "all".
+        spatial: "native" or the largest side kept; larger maps are average-pooled.
+        dtype: "float16" or "float32" of the stored probabilities.
+        halves: guidance halves kept: "cond", "uncond" or "both".
+    """
+
+    layers: Any = "*attn2"
+    timesteps: StepSpec = 10
+    heads: Literal["mean", "all"] = "mean"
+    tokens: Literal["prompt", "all"] = "prompt"
+    spatial: int | Literal["native"] = 16
+    dtype: Literal["float16", "float32"] = "float16"
+    halves: Literal["cond", "uncond", "both"] = "cond"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "heads": (self.heads, ("mean", "all")),
+            "tokens": (self.tokens, ("prompt", "all")),
+            "dtype": (self.dtype, tuple(_DTYPES)),
+            "halves": (self.halves, ("cond", "uncond", "both")),
+        }
+        for key, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ConfigError(f"capture setting {key}={value!r}: expected one of {', '.join(allowed)}")
+        if self.spatial != "native" and (isinstance(self.spatial, bool) or not isinstance(self.spatial, int) or self.spatial < 1):
+            raise ConfigError(f"capture setting spatial={self.spatial!r}: expected 'native' or a positive integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = self.layers if isinstance(self.layers, str) else (
+            list(self.layers) if not callable(self.layers) else getattr(self.layers, "__name__", "callable")
+        )
+        timesteps = self.timesteps if isinstance(self.timesteps, (str, int)) else list(self.timesteps)
+        return {"layers": layers, "timesteps": timesteps, "heads": self.heads, "tokens": self.tokens,
+                "spatial": self.spatial, "dtype": self.dtype, "halves": self.halves}
+
+
+@dataclass
+class _LayerSlot:
+    """Per-layer scratch between the to_q/to_k hooks and the layer's output hook."""
+
+    query: torch.Tensor | None = None
+    key: torch.Tensor | None = None
+    # maps[generation] = list over captured steps of [batch, half, head, token, y, x]
+    maps: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+
+class CrossAttentionProbe:
+    """Captures cross-attention probabilities ``softmax(q k^T / sqrt(d))`` per layer.
+
+    Each generated image yields, per layer, a float array with axes
+    ``(token, step, half, head, y, x)``: probabilities over text tokens at each
+    spatial position (they sum to 1 over all tokens when ``tokens="all"``).
+    """
+
+    name = "cross_attention"
+
+    def __init__(self, layers: LayerSelector = "*attn2", timesteps: StepSpec = 10, heads: str = "mean",
+                 tokens: str = "prompt", spatial: int | str = 16, dtype: str = "float16", halves: str = "cond"):
+        self.settings = CrossAttentionSettings(layers, timesteps, heads, tokens, spatial, dtype, halves)
+        self._slots: dict[str, _LayerSlot] = {}
+        self._steps: dict[int, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: CrossAttentionSettings) -> CrossAttentionProbe:
+        probe = cls.__new__(cls)
+        probe.settings, probe._slots, probe._steps = settings, {}, {}
+        return probe
+
+    def layer_names(self, unet: nn.Module) -> list[str]:
+        return list(select_modules(unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer"))
+
+    def attach(self, pipe: Any, context: CaptureContext) -> list[RemovableHandle]:
+        layers = select_modules(pipe.unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer")
+        self._slots = {name: _LayerSlot() for name in layers}
+        self._steps = {}
+        handles: list[RemovableHandle] = []
+        for name, attn in layers.items():
+            slot = self._slots[name]
+            handles.append(attn.to_q.register_forward_hook(self._keep_query(slot, context)))
+            handles.append(attn.to_k.register_forward_hook(self._keep_key(slot)))
+            handles.append(attn.register_forward_hook(self._score(slot, attn, context)))
+        return handles
+
+    def _active(self, context: CaptureContext) -> bool:
+        generation = context.generation
+        steps = self._steps.get(generation.index)
+        if steps is None:
+            steps = self._steps[generation.index] = selected_steps(self.settings.timesteps, generation.total_steps)
+        return context.step_index in steps
+
+    def _keep_query(self, slot: _LayerSlot, context: CaptureContext):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            slot.query = output if self._active(context) else None
+        return hook
+
+    def _keep_key(self, slot: _LayerSlot):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if slot.query is not None:
+                slot.key = output
+        return hook
+
+    def _score(self, slot: _LayerSlot, attn: Attention, context: CaptureContext):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            query, key, slot.query, slot.key = slot.query, slot.key, None, None
+            if query is None or key is None:
+                return
+            generation = context.generation
+            with torch.no_grad():
+                maps = self._probabilities(attn, query, key, generation.halves, generation.latent_hw)
+            slot.maps.setdefault(generation.index, []).append(maps)
+        return hook
+
+    def _probabilities(self, attn: Attention, query: torch.Tensor, key: torch.Tensor,
+                       halves: tuple[str, ...], latent_hw: tuple[int, int]) -> torch.Tensor:
+        """[batch, half, head, token, y, x] probabilities for the kept halves."""
+        keep = self.kept_halves(halves)
+        n_halves = len(halves)
+        batch = query.shape[0] // n_halves
+        rows = torch.cat([torch.arange(batch) + halves.index(h) * batch for h in keep]).to(query.device)
+        query, key = query.index_select(0, rows), key.index_select(0, rows)
+        q, k = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        probs = attn.get_attention_scores(q, k, None)  # [rows * heads, pixels, tokens]
+        heads, pixels, tokens = attn.heads, probs.shape[1], probs.shape[2]
+        probs = probs.view(len(keep), batch, heads, pixels, tokens)
+        if self.settings.heads == "mean":
+            probs = probs.float().mean(dim=2, keepdim=True)
+        height, width = _layer_grid(latent_hw, pixels)
+        grid = probs.permute(1, 0, 2, 4, 3).reshape(-1, tokens, height, width)
+        if self.settings.spatial != "native" and max(height, width) > self.settings.spatial:
+            side = self.settings.spatial
+            out_hw = (max(1, round(height * side / max(height, width))), max(1, round(width * side / max(height, width))))
+            grid = F.adaptive_avg_pool2d(grid.float(), out_hw)
+        grid = grid.to(_DTYPES[self.settings.dtype])
+        return grid.reshape(batch, len(keep), probs.shape[2], tokens, *grid.shape[-2:])
+
+    def kept_halves(self, halves: tuple[str, ...]) -> tuple[str, ...]:
+        wanted = {"cond": ("cond",), "uncond": ("uncond",), "both": ("uncond", "cond")}[self.settings.halves]
+        keep = tuple(h for h in halves if h in wanted)
+        if not keep:
+            raise ConfigError(f"capture setting halves={self.settings.halves!r}: this generation ran without "
+                              "classifier-free guidance, so only the 'cond' half exists")
+        return keep
+
+    def collect(self, context: CaptureContext) -> list[dict[str, LabelledArray]]:
+        """Per generated image: ``{layer: LabelledArray[token, step, half, head, y, x]}``."""
+        tokenizer = context.tokenizer
+        records: list[dict[str, LabelledArray]] = []
+        for generation in context.generations:
+            steps = self._steps.get(generation.index, selected_steps(self.settings.timesteps, generation.total_steps))
+            stacked = {}
+            for name, slot in self._slots.items():
+                per_step = slot.maps.get(generation.index, [])
+                if len(per_step) != len(steps):
+                    raise RuntimeError(f"layer {name!r} ran {len(per_step)} of {len(steps)} captured steps")
+                # [batch, step, half, head, token, y, x] -> per image [token, step, half, head, y, x]
+                stacked[name] = torch.stack(per_step, dim=1).permute(0, 4, 1, 2, 3, 5, 6).cpu().numpy()
+            if self.settings.tokens == "prompt":
+                lengths = generation.prompt_lengths(tokenizer.eos_token_id)
+            else:
+                lengths = [None] * generation.batch_size
+            for i in range(generation.batch_size):
+                coords: dict[str, Any] = {
+                    "step": list(steps),
+                    "timestep": [generation.timesteps[s] for s in steps],
+                    "half": list(self.kept_halves(generation.halves)),
+                }
+                if generation.token_ids is not None and tokenizer is not None:
+                    ids = generation.token_ids[i][: lengths[i]]
+                    coords["token"] = tokenizer.convert_ids_to_tokens([int(t) for t in ids])
+                records.append({name: LabelledArray(np.ascontiguousarray(maps[i, : lengths[i]]), AXES, coords)
+                                for name, maps in stacked.items()})
+        for slot in self._slots.values():
+            slot.maps.clear()
+        return records
+
+
+def _layer_grid(latent_hw: tuple[int, int], pixels: int) -> tuple[int, int]:
+    """Height and width of a layer's feature map from the latent size and its pixel count."""
+    height, width = latent_hw
+    for level in range(8):
+        h, w = height, width
+        for _ in range(level):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        if h * w == pixels:
+            return h, w
+    raise RuntimeError(f"{pixels} query positions do not match a downsampling of the {height}x{width} latent")
