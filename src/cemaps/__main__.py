@@ -1,0 +1,5 @@
+"""``python -m cemaps`` (and ``accelerate launch -m cemaps capture ...``)."""
+
+from cemaps.cli import main
+
+main()

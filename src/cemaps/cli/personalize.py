@@ -1,0 +1,96 @@
+"""``cemaps personalize``: train DreamBooth, LoRA or Textual Inversion on a folder of images.
+
+Registered by the app as ``app.command("personalize")(personalize_command)``; the work is
+:func:`cemaps.models.train.personalize`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from diffusers import StableDiffusionPipeline
+
+from cemaps.errors import CemapsError
+from cemaps.models.loading import load_pipeline
+from cemaps.models.train import METHOD_DEFAULTS, METHODS, TrainSettings, personalize
+
+
+def personalize_command(
+    method: str = typer.Option(
+        ..., "--method", "-m", help=f"Personalization method: {', '.join(METHODS)}."
+    ),
+    images: Path = typer.Option(..., "--images", "-i", help="Folder of instance images of the subject."),
+    token: str = typer.Option(
+        ..., "--token", "-t",
+        help="Subject identifier: a rare word such as 'sks' (dreambooth, lora) or a new token such as "
+        "'<my-dog>' (textual_inversion).",
+    ),
+    class_word: str = typer.Option(..., "--class-word", "-c", help="The subject's class noun, e.g. 'dog'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the weights and cemaps_train.json."),
+    base: str = typer.Option(
+        "cemaps/tiny-sd", help="Base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd."
+    ),
+    steps: int | None = typer.Option(
+        None, help="Training steps (default per method: "
+        + ", ".join(f"{m} {d.steps}" for m, d in METHOD_DEFAULTS.items()) + ")."
+    ),
+    learning_rate: float | None = typer.Option(
+        None, help="Learning rate (default per method: "
+        + ", ".join(f"{m} {d.learning_rate:g}" for m, d in METHOD_DEFAULTS.items()) + ")."
+    ),
+    rank: int = typer.Option(4, help="LoRA rank (lora_alpha equals it)."),
+    lora_targets: str = typer.Option(
+        "cross_attention", help="LoRA targets: cross_attention (attn2 to_k/to_v) or attention (all to_q/k/v/out)."
+    ),
+    initializer_token: str | None = typer.Option(
+        None, help="Textual inversion: single token whose embedding starts the new one (default: the class word)."
+    ),
+    seed: int = typer.Option(0, help="Seed for initialisation, data order, noise and class images."),
+    batch_size: int = typer.Option(1, help="Instance images per step."),
+    resolution: int | None = typer.Option(None, help="Training side in pixels (default: the model's, 512 for SD v1.5)."),
+    prior_preservation: bool = typer.Option(
+        False, help="DreamBooth: add the class-prior loss on images the base model generates (cached in OUT/class_images)."
+    ),
+    num_class_images: int = typer.Option(100, help="DreamBooth prior preservation: number of class images."),
+    mixed_precision: str | None = typer.Option(None, help="fp16 or bf16 autocast (GPU); default float32."),
+    gradient_checkpointing: bool = typer.Option(False, help="Trade ~30% speed for much less activation memory."),
+    use_8bit_adam: bool = typer.Option(False, help="bitsandbytes 8-bit AdamW (CUDA; pip install bitsandbytes)."),
+    device: str | None = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
+    overwrite: bool = typer.Option(False, help="Replace the contents of a non-empty OUT (class images are kept)."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Personalize a base model on a subject and save weights that diffusers loads directly."""
+    try:
+        settings = TrainSettings(
+            method=method,
+            steps=steps,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            resolution=resolution,
+            seed=seed,
+            rank=rank,
+            lora_targets=lora_targets,
+            initializer_token=initializer_token,
+            prior_preservation=prior_preservation,
+            num_class_images=num_class_images,
+            mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing,
+            use_8bit_adam=use_8bit_adam,
+        )
+        pipe = _load_base(base, device)
+        result = personalize(
+            pipe, method, images, token, class_word, out, settings, progress=not quiet, overwrite=overwrite
+        )
+    except CemapsError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(
+        f"{method}: {result.settings.steps} steps, final loss {result.final_loss:.4f}, "
+        f"{result.seconds:.1f} s -> {result.artifact}"
+    )
+
+
+def _load_base(base: str, device: str | None) -> StableDiffusionPipeline:
+    """The base pipeline in float32 (trained weights must be float32; speed comes from autocast)."""
+    return load_pipeline(base, device=device, dtype="float32")

@@ -1,0 +1,211 @@
+"""The study config (``study.yaml``): what to generate, from which models, and what to capture.
+
+Example ``study.yaml``::
+
+    base: cemaps/tiny-sd          # a diffusers folder, a cached hub id, or a .safetensors file
+    prompts: demo24               # suite200 | demo24 | a CSV/YAML file | an inline list of strings
+    seeds: [0, 1]
+    generation: {steps: 20, guidance_scale: 7.5, height: 64, width: 64, scheduler: pndm, batch_size: 4}
+    capture: {layers: "*attn2", timesteps: 10, heads: mean, tokens: prompt, spatial: 16,
+              dtype: float16, halves: cond}
+    personalized:
+      - {id: lora-mug, method: lora, subject: object1, path: out/lora-mug}
+      - {id: ti-face1, method: textual_inversion, subject: face1, path: out/ti-face1, token: "<sks-face1>"}
+
+Every key is checked: an unknown key, a wrong type or a malformed file is a
+:class:`~cemaps.errors.ConfigError` that names the file, the key and, for YAML
+syntax errors, the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cemaps.errors import ConfigError
+from cemaps.probes.cross_attention import CrossAttentionSettings
+
+SCHEDULERS = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+}
+METHODS = ("lora", "textual_inversion", "dreambooth")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How every image of the study is generated (identical for base and personalized models)."""
+
+    steps: int = 20
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    scheduler: str | None = None
+    negative_prompt: str = ""
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        _require_int("generation.steps", self.steps, minimum=1)
+        _require_int("generation.batch_size", self.batch_size, minimum=1)
+        for key in ("height", "width"):
+            value = getattr(self, key)
+            if value is not None:
+                _require_int(f"generation.{key}", value, minimum=8)
+                if value % 8:
+                    raise ConfigError(f"generation.{key}={value}: expected a multiple of 8 (the VAE downsamples by 8)")
+        if not isinstance(self.guidance_scale, (int, float)) or isinstance(self.guidance_scale, bool):
+            raise ConfigError(f"generation.guidance_scale={self.guidance_scale!r}: expected a number")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"generation.scheduler={self.scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PersonalizedEntry:
+    """One personalized model of the study, as listed under ``personalized:``."""
+
+    id: str
+    method: str
+    path: str
+    subject: str | None = None
+    token: str | None = None
+    scale: float = 1.0
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"personalized '{self.id}': method={self.method!r}, expected one of {', '.join(METHODS)}")
+        if self.method == "textual_inversion" and not self.token:
+            raise ConfigError(f"personalized '{self.id}': textual_inversion needs a token, e.g. token: \"<sks>\"")
+        if self.id == "base":
+            raise ConfigError("personalized id 'base' is reserved for the base model")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: base model, prompts, seeds, generation and capture settings, personalized models."""
+
+    base: str = "cemaps/tiny-sd"
+    base_config: str | None = None
+    prompts: Any = "demo24"
+    seeds: tuple[int, ...] = (0,)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    capture: CrossAttentionSettings = field(default_factory=CrossAttentionSettings)
+    images: bool = True
+    personalized: tuple[PersonalizedEntry, ...] = ()
+    store: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    source: str = "<defaults>"
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError(f"{self.source}: seeds is empty; give at least one integer seed")
+        for seed in self.seeds:
+            _require_int("seeds", seed, minimum=0, source=self.source)
+        ids = [p.id for p in self.personalized]
+        duplicated = {i for i in ids if ids.count(i) > 1}
+        if duplicated:
+            raise ConfigError(f"{self.source}: personalized id {sorted(duplicated)[0]!r} is listed twice")
+
+    def with_overrides(self, **overrides: Any) -> StudyConfig:
+        """A copy with top-level fields replaced (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate ``study.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: malformed YAML ({exc.problem or exc.context})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    return config_from_dict(raw, source=str(path), root=path.parent)
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "<config>", root: Path | None = None) -> StudyConfig:
+    """Build a :class:`StudyConfig` from a parsed mapping, naming any unknown key."""
+    top = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
+    _no_unknown(raw, top, source, "")
+    values: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("generation", "capture", "personalized", "seeds")}
+    if "seeds" in raw:
+        seeds = raw["seeds"]
+        seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+        if not isinstance(seeds, list):
+            raise ConfigError(f"{source}: seeds={seeds!r}: expected a list of non-negative integers")
+        for seed in seeds:
+            _require_int("seeds", seed, minimum=0, source=source)
+        values["seeds"] = tuple(seeds)
+    values["generation"] = _section(raw, "generation", GenerationSettings, source)
+    values["capture"] = _section(raw, "capture", CrossAttentionSettings, source)
+    personalized = raw.get("personalized") or []
+    if not isinstance(personalized, list):
+        raise ConfigError(f"{source}: personalized: expected a list of models (id, method, path, ...)")
+    entries = []
+    for i, item in enumerate(personalized):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{source}: personalized[{i}]: expected a mapping with id, method, path")
+        _no_unknown(item, {f.name for f in dataclasses.fields(PersonalizedEntry)}, source, f"personalized[{i}].")
+        missing = [k for k in ("id", "method", "path") if k not in item]
+        if missing:
+            raise ConfigError(f"{source}: personalized[{i}]: missing key {missing[0]!r}")
+        item = dict(item, id=str(item["id"]))
+        if root is not None and not Path(item["path"]).is_absolute():
+            item["path"] = str(root / item["path"])
+        entries.append(PersonalizedEntry(**item))
+    values["personalized"] = tuple(entries)
+    if root is not None:
+        prompts = values.get("prompts")
+        if isinstance(prompts, str) and prompts.endswith((".csv", ".yaml", ".yml")) and not Path(prompts).is_absolute():
+            values["prompts"] = str(root / prompts)
+    for key in ("base", "store", "base_config", "device", "dtype"):
+        if key in values and values[key] is not None and not isinstance(values[key], str):
+            raise ConfigError(f"{source}: {key}={values[key]!r}: expected a string")
+    try:
+        return StudyConfig(source=source, **values)
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+def _section(raw: dict[str, Any], key: str, cls: type, source: str) -> Any:
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: {key}: expected a mapping of settings")
+    _no_unknown(section, {f.name for f in dataclasses.fields(cls)}, source, f"{key}.")
+    try:
+        return cls(**section)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _no_unknown(mapping: dict[str, Any], known: set[str], source: str, prefix: str) -> None:
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'; expected one of {', '.join(sorted(known))}")
+
+
+def _require_int(name: str, value: Any, *, minimum: int, source: str | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{name}: {value!r} is not an integer >= {minimum}")
