@@ -12,22 +12,38 @@ Example:
     ...     _ = pipe("a lighthouse", num_inference_steps=3, generator=torch.Generator().manual_seed(0))
     >>> len(run[probe])
     16
+
+Names are imported on first use, so ``import cemaps.store`` or the CLI's ``--help``
+do not pay for importing torch and diffusers.
 """
 
-from cemaps import analysis, models
-from cemaps.config import StudyConfig, load_config
-from cemaps.errors import CemapsError, ConfigError, LayerNotFoundError, ModelLoadError, StoreError
-from cemaps.hooks import capture, select_modules
-from cemaps.labelled import LabelledArray
-from cemaps.models import tiny_pipeline
-from cemaps.models.loading import load_pipeline
-from cemaps.probes import CrossAttentionProbe, Probe
-from cemaps.store import open_store
-from cemaps.study import run_study
+from importlib import import_module
 
-__all__ = [
-    "CemapsError", "ConfigError", "CrossAttentionProbe", "LabelledArray", "LayerNotFoundError", "ModelLoadError",
-    "Probe", "StoreError", "StudyConfig", "analysis", "capture", "load_config", "load_pipeline", "models",
-    "open_store", "run_study", "select_modules", "tiny_pipeline",
-]
+from cemaps.errors import CemapsError, ConfigError, LayerNotFoundError, ModelLoadError, StoreError
+
+_LAZY = {
+    "capture": "cemaps.hooks", "select_modules": "cemaps.hooks", "LabelledArray": "cemaps.labelled",
+    "CrossAttentionProbe": "cemaps.probes", "Probe": "cemaps.probes", "tiny_pipeline": "cemaps.models",
+    "load_pipeline": "cemaps.models.loading", "open_store": "cemaps.store", "StudyConfig": "cemaps.config",
+    "load_config": "cemaps.config", "run_study": "cemaps.study", "run_analysis": "cemaps.analysis.pipeline",
+    "write_report": "cemaps.report",
+}
+_SUBMODULES = ("analysis", "models", "probes", "hooks", "store", "report", "data")
+
+__all__ = ["CemapsError", "ConfigError", "LayerNotFoundError", "ModelLoadError", "StoreError", *_LAZY, *_SUBMODULES]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = import_module(f"cemaps.{name}")
+    else:
+        raise AttributeError(f"module 'cemaps' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

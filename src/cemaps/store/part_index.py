@@ -1,0 +1,94 @@
+"""What a sealed part file holds, read once (parts are immutable) without touching arrays.
+
+Part file layout (schema v1)::
+
+    /                  attrs: format="cemaps-store-part", schema_version, writer_tag,
+                              provenance (JSON), array_names (JSON list)
+    /records           compound [n]: model_id (str), prompt_id (str), seed (int64)
+    /arrays/<name>     [rows, *trailing] extendable, chunked, gzip-4 + shuffle; dtype as given;
+                       attrs: axes (JSON list), name. '/' in a name makes groups; dots are kept.
+    /offsets/<name>    int64 [n, 2]: (start, count) rows of record i in /arrays/<name>;
+                       (-1, 0) where record i has no such array
+    /images            vlen uint8 [n]: PNG bytes, empty where a record has no image
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from cemaps.errors import StoreError
+from cemaps.store.schema import PART_FORMAT, SCHEMA_VERSION
+
+RecordKey = tuple[str, str, int]
+
+RECORD_DTYPE = np.dtype([("model_id", h5py.string_dtype("utf-8")),
+                         ("prompt_id", h5py.string_dtype("utf-8")),
+                         ("seed", np.int64)])
+
+
+@dataclass(frozen=True)
+class ArraySchema:
+    """The fixed part of one named array: everything but the ragged first axis."""
+
+    name: str
+    trailing: tuple[int, ...]
+    dtype: np.dtype
+    axes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PartIndex:
+    """Keys, offsets and array schemas of one sealed part (n records)."""
+
+    path: Path
+    keys: list[RecordKey]
+    offsets: dict[str, np.ndarray]  # name -> int64 [n, 2] (start, count)
+    rows: dict[str, int]  # name -> length of /arrays/<name>
+    schemas: dict[str, ArraySchema]
+    has_image: np.ndarray  # bool [n]
+
+
+def array_path(name: str) -> str:
+    return f"arrays/{name}"
+
+
+def offsets_path(name: str) -> str:
+    return f"offsets/{name}"
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def decode_keys(table: np.ndarray) -> list[RecordKey]:
+    return [(_text(row["model_id"]), _text(row["prompt_id"]), int(row["seed"])) for row in table]
+
+
+def read_part_index(path: Path) -> PartIndex:
+    """Reads the index of a sealed part; StoreError (one line) if it is not a readable part."""
+    try:
+        with h5py.File(path, "r") as part:
+            if part.attrs.get("format") != PART_FORMAT:
+                raise StoreError(f"{path}: not a cemaps store part (format attribute missing or wrong)")
+            version = int(part.attrs["schema_version"])
+            if version != SCHEMA_VERSION:
+                raise StoreError(f"{path}: part schema_version {version}; this cemaps reads {SCHEMA_VERSION}")
+            names = json.loads(part.attrs["array_names"])
+            keys = decode_keys(part["records"][()])
+            offsets, rows, schemas = {}, {}, {}
+            for name in names:
+                dataset = part[array_path(name)]
+                offsets[name] = part[offsets_path(name)][()]
+                rows[name] = int(dataset.shape[0])
+                schemas[name] = ArraySchema(name, tuple(int(d) for d in dataset.shape[1:]), dataset.dtype,
+                                            tuple(json.loads(dataset.attrs["axes"])))
+            image_lengths = np.array([len(v) for v in part["images"][()]], dtype=np.int64)
+    except (OSError, KeyError, ValueError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StoreError(f"{path}: unreadable store part ({message}); remove it or restore it from a backup") from None
+    return PartIndex(path, keys, offsets, rows, schemas, image_lengths > 0)

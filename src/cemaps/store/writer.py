@@ -1,0 +1,275 @@
+"""StoreWriter: append records to a store, crash-safely, beside other writers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from cemaps.errors import StoreError
+from cemaps.store.contents import ContentsCache, array_schemas, read_meta
+from cemaps.store.frames import check_column_name, frame_row_keys, write_frame
+from cemaps.store.images import check_image, encode_png
+from cemaps.store.layout import (atomic_path, check_writer_tag, next_seq, parts_dir, remove_open_files,
+                                 sealed_files, sealed_name)
+from cemaps.store.manifest import Header, check_compatible, read_header, rebuild_manifest
+from cemaps.store.part_index import ArraySchema, RecordKey
+from cemaps.store.part_writer import OpenPart
+from cemaps.store.provenance import default_provenance
+from cemaps.store.schema import META_FORMAT, SCHEMA_VERSION, first_difference, normalise, to_json
+
+_STR = h5py.string_dtype("utf-8")
+_PROMPT_KEYS = ("prompt_id", "text", "tokens", "token_ids")
+
+
+def check_array_name(name: object) -> str:
+    """Array names are HDF5 paths below /arrays: '/' makes groups, dots are kept."""
+    if not isinstance(name, str) or not name or any(p in {"", ".", ".."} for p in name.split("/")):
+        raise StoreError(f"array name {name!r}: expected a non-empty path like "
+                         "'cross_attention/down_blocks.0.attentions.0.transformer_blocks.0.attn2'")
+    return name
+
+
+class StoreWriter:
+    """Appends (model, prompt, seed) records of named arrays to a store; one process per writer_tag.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "study.h5"
+        >>> with StoreWriter(path, settings={"steps": 2}, base={"model": "tiny"}) as writer:
+        ...     writer.write_record("base", "p0", 0, {"attn": np.zeros((3, 2), np.float16)},
+        ...                         axes={"attn": ("token", "x")})
+        >>> sorted(StoreWriter(path, settings={"steps": 2}, base={"model": "tiny"}).completed())
+        [('base', 'p0', 0)]
+
+    Args:
+        path: the manifest file (``study.h5``); parts go to ``study.h5.parts/``.
+        settings: generation + capture settings (JSON-able); must equal a stored store's.
+        base: base model id + weight hash (JSON-able); must equal a stored store's.
+        provenance: what produced the data; default :func:`default_provenance`.
+        writer_tag: names this writer's part files; concurrent writers need distinct tags.
+        records_per_part: records per part file; a crash loses at most this many.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, settings: dict, base: dict, provenance: dict | None = None,
+                 writer_tag: str = "w0", records_per_part: int = 16) -> None:
+        self.path = Path(path)
+        self.writer_tag = check_writer_tag(writer_tag)
+        if isinstance(records_per_part, bool) or not isinstance(records_per_part, int) or records_per_part < 1:
+            raise StoreError(f"records_per_part {records_per_part!r}: expected an integer >= 1")
+        self.records_per_part = records_per_part
+        for what, value in (("settings", settings), ("base", base)):
+            if not isinstance(value, dict):
+                raise StoreError(f"{self.path}: {what} is a {type(value).__name__}; expected a dict")
+        settings = normalise(settings, what=f"{self.path}: settings")
+        base = normalise(base, what=f"{self.path}: base")
+        provenance = normalise(default_provenance() if provenance is None else provenance,
+                               what=f"{self.path}: provenance")
+        self._provenance_json = to_json(provenance, what=f"{self.path}: provenance")
+        self._folder = parts_dir(self.path)
+        self._cache = ContentsCache()
+        if self.path.exists():
+            self._header = read_header(self.path)
+            check_compatible(self.path, self._header, settings=settings, base=base)
+        else:
+            if not self.path.parent.is_dir():
+                raise StoreError(f"{self.path}: folder {self.path.parent} does not exist; create it first")
+            self._header = Header(SCHEMA_VERSION, settings, base, provenance)
+        self._folder.mkdir(exist_ok=True)
+        remove_open_files(self._folder, self.writer_tag)
+        contents = rebuild_manifest(self.path, self._header, self._cache)
+        self._schemas: dict[str, ArraySchema] = array_schemas(contents.parts)
+        self._keys: set[RecordKey] = {key for part in contents.parts for key in part.keys}
+        self._part: OpenPart | None = None
+        self._closed = False
+
+    # ---- metadata -------------------------------------------------------------------------
+    def _stored_rows(self, kind: str, key: str) -> dict[str, dict]:
+        rows: dict[str, dict] = {}
+        for path in sealed_files(self._folder, "meta"):
+            meta = self._cache.metas.get(path) or self._cache.metas.setdefault(path, read_meta(path))
+            for row in getattr(meta, kind):
+                rows.setdefault(row[key], row)
+        return rows
+
+    def _add_rows(self, kind: str, rows: list[dict], key: str, required: tuple[str, ...]) -> None:
+        self._check_open()
+        if not isinstance(rows, list | tuple):
+            raise StoreError(f"{self.path}: {kind} rows are a {type(rows).__name__}; expected a list of dicts")
+        stored = self._stored_rows(kind, key)
+        fresh: dict[str, dict] = {}
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise StoreError(f"{self.path}: {kind} row {index} is a {type(row).__name__}; expected a dict")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise StoreError(f"{self.path}: {kind} row {index} lacks {missing[0]!r}; "
+                                 f"expected keys {', '.join(required)}")
+            if not isinstance(row[key], str) or not row[key]:
+                raise StoreError(f"{self.path}: {kind} row {index} has {key} {row[key]!r}; expected a non-empty string")
+            for name in row:
+                check_column_name(name, what=f"{self.path}: {kind} row {index}")
+            row = normalise(row, what=f"{self.path}: {kind} row {index} ({row[key]})")
+            known = stored.get(row[key]) or fresh.get(row[key])
+            if known is None:
+                fresh[row[key]] = row
+                continue
+            difference = first_difference(known, row)
+            if difference is not None:
+                column, old, new = difference
+                raise StoreError(f"{self.path}: {key} {row[key]!r} is already stored with {column!r} = {old}, "
+                                 f"not {new}; give the new one another {key}")
+        if fresh:
+            self._write_meta(kind, lambda meta: meta.create_dataset(
+                kind, data=np.array([to_json(r, what=kind) for r in fresh.values()], dtype=object), dtype=_STR))
+
+    def add_models(self, rows: list[dict]) -> None:
+        """Registers models: dicts with 'model_id' + JSON-able columns (method, subject, sha256, ...).
+
+        Idempotent for identical rows; the same model_id with other content is a StoreError.
+        """
+        self._add_rows("models", rows, "model_id", ("model_id",))
+
+    def add_prompts(self, rows: list[dict]) -> None:
+        """Registers prompts: dicts with 'prompt_id', 'text', 'tokens' (list[str]), 'token_ids' (list[int]) + labels."""
+        self._add_rows("prompts", rows, "prompt_id", _PROMPT_KEYS)
+
+    def write_table(self, name: str, df: pd.DataFrame) -> None:
+        """Appends rows to the model-level table ``name`` (e.g. "weight_deltas").
+
+        Rows equal to rows already in that table are skipped, so a resumed run may re-append.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name or "/" in name or name in {".", ".."}:
+            raise StoreError(f"{self.path}: table name {name!r}; expected a non-empty name without '/'")
+        if not isinstance(df, pd.DataFrame):
+            raise StoreError(f"{self.path}: table {name!r} is a {type(df).__name__}; expected a pandas DataFrame")
+        frame = df.reset_index(drop=True)
+        stored = set()
+        for path in sealed_files(self._folder, "meta"):
+            meta = self._cache.metas.get(path) or self._cache.metas.setdefault(path, read_meta(path))
+            if name in meta.tables:
+                stored.update(frame_row_keys(meta.tables[name], what=f"table {name!r}"))
+        keys = frame_row_keys(frame, what=f"{self.path}: table {name!r}")
+        fresh = frame.iloc[[i for i, key in enumerate(keys) if key not in stored]]
+        if len(fresh):
+            self._write_meta("table", lambda meta: write_frame(meta.create_group(f"tables/{name}"), fresh,
+                                                               what=f"{self.path}: table {name!r}"))
+
+    def _write_meta(self, what: str, fill) -> None:
+        seq = next_seq(self._folder, "meta", self.writer_tag)
+        final = self._folder / sealed_name("meta", self.writer_tag, seq)
+        with atomic_path(final) as tmp_path, h5py.File(tmp_path, "w") as meta:
+            meta.attrs.update({"format": META_FORMAT, "schema_version": SCHEMA_VERSION,
+                               "writer_tag": self.writer_tag})
+            fill(meta)
+        rebuild_manifest(self.path, self._header, self._cache)
+
+    # ---- records ---------------------------------------------------------------------------
+    def completed(self) -> set[tuple[str, str, int]]:
+        """(model_id, prompt_id, seed) of every record in a sealed part of any writer."""
+        contents = self._cache.scan(self.path)
+        return {key for part in contents.parts for key in part.keys}
+
+    def _validate(self, key: RecordKey, arrays: dict, axes: dict) -> dict[str, np.ndarray]:
+        where = f"{self.path}: record {key}"
+        if not isinstance(arrays, dict) or not arrays:
+            raise StoreError(f"{where}: arrays is {arrays!r:.40}; expected a non-empty dict name -> numpy array")
+        if not isinstance(axes, dict):
+            raise StoreError(f"{where}: axes is a {type(axes).__name__}; expected a dict name -> tuple of axis names")
+        checked: dict[str, np.ndarray] = {}
+        for name, value in arrays.items():
+            check_array_name(name)
+            array = np.ascontiguousarray(value)
+            if array.dtype.kind not in "biufc" or array.ndim < 1:
+                raise StoreError(f"{where}: array {name!r} has dtype {array.dtype} and {array.ndim} axes; "
+                                 "expected a numeric numpy array with at least one axis")
+            if 0 in array.shape[1:]:
+                raise StoreError(f"{where}: array {name!r} has shape {list(array.shape)}; "
+                                 "only the first axis may be empty")
+            names = axes.get(name)
+            if not isinstance(names, list | tuple) or len(names) != array.ndim or \
+                    not all(isinstance(a, str) and a for a in names):
+                raise StoreError(f"{where}: axes[{name!r}] is {names!r}; expected {array.ndim} axis names "
+                                 f"for shape {list(array.shape)}")
+            schema = ArraySchema(name, tuple(array.shape[1:]), array.dtype, tuple(names))
+            known = self._schemas.get(name)
+            if known is not None and known.trailing != schema.trailing:
+                raise StoreError(f"{where}: array {name!r} has trailing shape {list(schema.trailing)} but the store "
+                                 f"holds {list(known.trailing)} for it; only the first axis may vary")
+            if known is not None and known.dtype != schema.dtype:
+                raise StoreError(f"{where}: array {name!r} has dtype {schema.dtype} but the store holds "
+                                 f"{known.dtype} for it; cast it before writing")
+            if known is not None and known.axes != schema.axes:
+                raise StoreError(f"{where}: array {name!r} has axes {list(schema.axes)} but the store holds "
+                                 f"{list(known.axes)} for it")
+            checked[name] = array
+        return checked
+
+    def write_record(self, model_id: str, prompt_id: str, seed: int, arrays: dict[str, np.ndarray],
+                     axes: dict[str, tuple[str, ...]], image: np.ndarray | None = None) -> None:
+        """Appends one record (all-or-nothing).
+
+        Args:
+            model_id, prompt_id, seed: the record key; a key already stored is a StoreError.
+            arrays: name -> array [rows, *trailing]; rows may differ between records, trailing may not.
+            axes: name -> axis names, one per array axis, e.g. ("token", "step", "half", "head", "y", "x").
+            image: the generated image, uint8 [H, W, 3], or None.
+        """
+        self._check_open()
+        for what, value in (("model_id", model_id), ("prompt_id", prompt_id)):
+            if not isinstance(value, str) or not value:
+                raise StoreError(f"{self.path}: {what} {value!r}; expected a non-empty string")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise StoreError(f"{self.path}: seed {seed!r}; expected an integer")
+        key = (model_id, prompt_id, int(seed))
+        if key in self._keys:
+            raise StoreError(f"{self.path}: record {key} is already in the store; skip keys in writer.completed()")
+        checked = self._validate(key, arrays, axes)
+        png = encode_png(check_image(image, what=f"{self.path}: record {key}")) if image is not None else None
+        if self._part is None:
+            seq = next_seq(self._folder, "part", self.writer_tag)
+            name = sealed_name("part", self.writer_tag, seq)
+            self._part = OpenPart(self._folder / f"{name}.tmp", self._folder / name, writer_tag=self.writer_tag,
+                                  provenance_json=self._provenance_json)
+        self._part.append(key, checked, {n: tuple(axes[n]) for n in checked}, png)
+        self._keys.add(key)
+        for name, array in checked.items():
+            self._schemas.setdefault(name, ArraySchema(name, tuple(array.shape[1:]), array.dtype, tuple(axes[name])))
+        if self._part.n_records >= self.records_per_part:
+            self._seal_part()
+
+    def _seal_part(self) -> None:
+        part, self._part = self._part, None
+        if part is None:
+            return
+        if part.n_records:
+            part.seal()
+            rebuild_manifest(self.path, self._header, self._cache)
+        else:
+            part.discard()
+
+    # ---- lifetime --------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.path}: writer {self.writer_tag!r} is closed")
+
+    def close(self) -> None:
+        """Seals the open part and rewrites the manifest. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._seal_part()
+        rebuild_manifest(self.path, self._header, self._cache)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        # write_record rolls back a half-written record, so what is in the part is whole
+        self.close()
