@@ -1,0 +1,20 @@
+"""``cemaps report``: figures and the self-contained HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def report_command(
+    results: Path = typer.Argument(Path("results"), help="The folder `cemaps analyze` wrote."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Report folder: report.html and figures/ (PNG + SVG)."),
+) -> None:
+    """Draw every figure (PNG and SVG) and write one self-contained, offline HTML report."""
+    from cemaps.errors import ConfigError
+    from cemaps.report import write_report
+
+    if not (results / "manifest.json").is_file():
+        raise ConfigError(f"{results}: no manifest.json; expected a folder written by `cemaps analyze`")
+    typer.echo(str(write_report(results, out)))
