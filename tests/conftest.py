@@ -6,11 +6,16 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tiny models are dominated by per-op overhead: one thread is as fast and never oversubscribes
+# the CPU when tests start subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
 
 from cemaps.models import tiny_pipeline
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
