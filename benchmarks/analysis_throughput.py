@@ -1,0 +1,217 @@
+"""Throughput and memory of the attention-shift pass over a synthetic SD v1.5-shaped store.
+
+The store has SD v1.5's 16 ``attn2`` layers at cemaps' default capture settings: maps
+pooled to at most 16x16 (the 8x8 mid block stays 8x8), 8-12 prompt tokens, 10 steps,
+the "cond" half, heads averaged, float16. Maps are softmaxes over 77 tokens of smooth
+random logits (so they compress like real maps); each personalized model rescales
+them by its own smooth random gain per layer.
+
+Two stores are measured, each in a fresh process so that peak RSS is the pass's own:
+``--models`` x ``--prompts`` x ``--seeds`` records (default 46 x 200 x 1 = 9200) and a
+``--small-models`` one. Flat memory means the two peak RSS values are about equal.
+
+Usage:
+    python benchmarks/analysis_throughput.py                       # default sizes, 2 writer processes
+    python benchmarks/analysis_throughput.py --models 8 --small-models 2 --prompts 50
+    taskset -c 0,1 python benchmarks/analysis_throughput.py --measure STORE   # one measurement
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TEXT_TOKENS = 77  # CLIP's context: the softmax runs over all 77 positions
+STORE_SETTINGS_TEMPLATE = {"capture": {"halves": ["cond"], "heads": "mean", "spatial": 16}}
+
+
+def sd15_attn2_layers(latent: int = 64, pooled: int = 16) -> dict[str, tuple[int, int]]:
+    """SD v1.5's cross-attention module paths and their (pooled) map sizes at 512x512.
+
+    Down blocks 0-2 (two attentions each) at 64, 32, 16; the mid block at 8; up blocks 1-3
+    (three attentions each) at 16, 32, 64; spatial pooling caps each side at ``pooled``.
+    """
+    layers: dict[str, tuple[int, int]] = {}
+    for block, side in enumerate((latent, latent // 2, latent // 4)):
+        for attention in range(2):
+            layers[f"down_blocks.{block}.attentions.{attention}.transformer_blocks.0.attn2"] = (side, side)
+    layers["mid_block.attentions.0.transformer_blocks.0.attn2"] = (latent // 8, latent // 8)
+    for block, side in zip((1, 2, 3), (latent // 4, latent // 2, latent)):
+        for attention in range(3):
+            layers[f"up_blocks.{block}.attentions.{attention}.transformer_blocks.0.attn2"] = (side, side)
+    return {name: (min(h, pooled), min(w, pooled)) for name, (h, w) in layers.items()}
+
+
+def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], side: tuple[int, int], scale: float) -> np.ndarray:
+    """Low-frequency noise: a 4x4 grid per map, repeated up to ``side``, float32 [*shape, h, w]."""
+    coarse = rng.standard_normal((*shape, 4, 4)).astype(np.float32) * scale
+    h, w = side
+    return np.repeat(np.repeat(coarse, -(-h // 4), axis=-2), -(-w // 4), axis=-1)[..., :h, :w]
+
+
+def base_maps(prompt_index: int, seed: int, tokens: int, steps: int,
+              layers: dict[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """The base model's maps for one prompt: float32 [token, step, half=1, head=1, y, x] per layer."""
+    rng = np.random.default_rng([prompt_index, seed])
+    maps = {}
+    for name, side in layers.items():
+        logits = smooth_field(rng, (DEFAULT_TEXT_TOKENS, steps), side, 2.0)
+        logits += 0.3 * rng.standard_normal(logits.shape).astype(np.float32)
+        probabilities = np.exp(logits - logits.max(axis=0, keepdims=True))
+        probabilities /= probabilities.sum(axis=0, keepdims=True)
+        maps[name] = probabilities[:tokens, :, None, None]
+    return maps
+
+
+def write_part_of_store(job: dict) -> int:
+    """One writer process: writes its share of (model, prompt, seed) records; returns how many."""
+    from cemaps.store import StoreWriter
+
+    layers = {name: tuple(side) for name, side in job["layers"].items()}
+    axes = ("token", "step", "half", "head", "y", "x")
+    names = {layer: f"cross_attention/{layer}" for layer in layers}
+    written = 0
+    with StoreWriter(job["path"], settings=job["settings"], base={"model_id": "synthetic-sd15"},
+                     writer_tag=f"w{job['worker']}", records_per_part=job["records_per_part"]) as writer:
+        if job["worker"] == 0:
+            writer.add_models(job["models"])
+            writer.add_prompts(job["prompts"])
+        gains: dict[int, dict[str, np.ndarray]] = {}
+        for prompt_index, prompt in enumerate(job["prompts"]):
+            if prompt_index % job["workers"] != job["worker"]:
+                continue
+            tokens = len(prompt["tokens"])
+            for seed in job["seeds"]:
+                maps = base_maps(prompt_index, seed, tokens, job["steps"], layers)
+                for model_index, model in enumerate(job["models"]):
+                    if model_index == 0:
+                        arrays = maps
+                    else:
+                        if model_index not in gains:
+                            rng = np.random.default_rng([10_000, model_index])
+                            gains[model_index] = {name: np.exp(smooth_field(rng, (1, job["steps"]), side, 0.3))
+                                                  [:, :, None, None] for name, side in layers.items()}
+                        arrays = {name: value * gains[model_index][name] for name, value in maps.items()}
+                    writer.write_record(model["model_id"], prompt["prompt_id"], seed,
+                                        {names[layer]: value.astype(np.float16) for layer, value in arrays.items()},
+                                        axes={names[layer]: axes for layer in layers})
+                    written += 1
+    return written
+
+
+def build_store(path: Path, *, models: int, prompts: int, seeds: int, steps: int, writers: int,
+                records_per_part: int) -> dict:
+    """Writes a synthetic store with ``writers`` processes; returns what was built and how long it took."""
+    rng = np.random.default_rng(0)
+    model_rows = [{"model_id": "base", "method": "base", "subject_id": None}] + [
+        {"model_id": f"{('dreambooth', 'lora', 'ti')[m % 3]}-s{m:02d}", "method": ("dreambooth", "lora", "ti")[m % 3],
+         "subject_id": f"s{m:02d}"} for m in range(models)]
+    prompt_rows = []
+    for p in range(prompts):
+        words = [f"w{p}_{i}</w>" for i in range(int(rng.integers(6, 11)))]  # 8-12 tokens with start/end
+        prompt_rows.append({"prompt_id": f"p{p:03d}", "text": " ".join(words), "tokens":
+                            ["<|startoftext|>", *words, "<|endoftext|>"], "token_ids": list(range(len(words) + 2)),
+                            "abstractness": ("concrete", "abstract", "compositional")[p % 3], "domain": "synthetic"})
+    settings = json.loads(json.dumps(STORE_SETTINGS_TEMPLATE))
+    settings["capture"]["steps"] = steps
+    layers = sd15_attn2_layers()
+    jobs = [{"path": str(path), "worker": w, "workers": writers, "models": model_rows, "prompts": prompt_rows,
+             "seeds": list(range(seeds)), "steps": steps, "layers": layers, "settings": settings,
+             "records_per_part": records_per_part} for w in range(writers)]
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(writers) as pool:
+        written = sum(pool.map(write_part_of_store, jobs))
+    seconds = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file())
+    return {"records": written, "personalized_records": models * prompts * seeds, "layers": len(layers),
+            "build_seconds": round(seconds, 1), "store_bytes": size}
+
+
+def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None) -> dict:
+    """Times one attention-shift pass over every personalized record and layer; peak RSS of this process."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # e.g. {0, 1}: the "2 cores" the target is stated for
+    import torch
+
+    from cemaps.analysis.attention_shift import attention_shift_table
+    from cemaps.store import open_store
+
+    torch.set_num_threads(threads)
+    with open_store(path) as store:
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        table = attention_shift_table(store, chunk_size=chunk_size)
+        seconds = time.perf_counter() - start
+    records = table[["model_id", "prompt_id", "seed"]].drop_duplicates().shape[0]
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"records": records, "rows": len(table), "seconds": round(seconds, 2),
+            "records_per_s": round(records / seconds, 1), "layer_records_per_s": round(len(table) / seconds, 1),
+            "peak_rss_mib": round(peak_kib / 1024, 1), "peak_rss_before_pass_mib": round(rss_before / 1024, 1),
+            "torch_threads": threads, "cpus_allowed": len(os.sched_getaffinity(0)),
+            "mean_shift": float(table["attention_shift"].mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=46, help="personalized models in the large store")
+    parser.add_argument("--small-models", type=int, default=4, help="personalized models in the small store")
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in the measured process")
+    parser.add_argument("--cpus", type=str, default="", help="pin the measured process to these CPUs, e.g. 0,1")
+    parser.add_argument("--writers", type=int, default=2, help="processes that build each store")
+    parser.add_argument("--records-per-part", type=int, default=64)
+    parser.add_argument("--workdir", type=Path, default=None, help="where stores go (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the stores")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
+    parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.measure is not None:
+        cpus = {int(c) for c in args.cpus.split(",") if c.strip()}
+        print(json.dumps(measure(args.measure, args.chunk_size, args.threads, cpus)))
+        return
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cemaps-bench-"))
+    results = []
+    try:
+        for models in (args.small_models, args.models):
+            path = workdir / f"synthetic-{models}x{args.prompts}x{args.seeds}" / "study.h5"
+            if path.exists():
+                built = {"records": None, "build_seconds": None, "reused": True}
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                built = build_store(path, models=models, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
+                                    writers=args.writers, records_per_part=args.records_per_part)
+            print(f"built {path}: {built}", flush=True)
+            command = [sys.executable, __file__, "--measure", str(path), "--chunk-size", str(args.chunk_size),
+                       "--threads", str(args.threads), "--cpus", args.cpus]
+            measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            results.append({"models": models, "prompts": args.prompts, "seeds": args.seeds, **built, **measured})
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("\nmodels  records  seconds  records/s  peak RSS MiB")
+    for row in results:
+        print(f"{row['models']:>6}  {row['records']:>7}  {row['seconds']:>7}  {row['records_per_s']:>9}"
+              f"  {row['peak_rss_mib']:>12}")
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Disruption of unrelated prompts: CLIP alignment drop and image drift, per record and over seeds.
+
+For every personalized record (model, prompt, seed) and its base twin (base model,
+same prompt and seed):
+
+- ``alignment_drop`` = CLIPScore(prompt, base image) - CLIPScore(prompt, personalized image);
+  positive when personalization made the image match its prompt less.
+- ``image_drift`` = 1 - cos(base image embedding, personalized image embedding);
+  how much the picture changed, whatever the prompt.
+
+Example:
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"model_id": ["m"] * 3, "prompt_id": ["p"] * 3, "alignment_drop": [1.0, 2.0, 3.0]})
+    >>> row = aggregate_over_seeds(table, ["alignment_drop"]).iloc[0]
+    >>> float(row.alignment_drop), float(row.alignment_drop_sd), int(row.alignment_drop_n)
+    (2.0, 1.0, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from cemaps.analysis.attention_shift import paired_records
+from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
+from cemaps.errors import ConfigError, StoreError
+
+KEYS = ["model_id", "prompt_id", "seed"]
+DISRUPTION_COLUMNS = [*KEYS, "clip_base", "clip_personalized", "alignment_drop", "image_drift"]
+MODEL_LABELS = ("method", "subject_id", "subject_domain")
+PROMPT_LABELS = ("abstractness", "domain")
+CI_LEVEL = 0.95
+
+
+def disruption_table(store: Any, scorer: ClipScorer, batch_size: int = 32) -> pd.DataFrame:
+    """CLIP alignment drop and image drift of every personalized record against its base twin.
+
+    Images are embedded ``batch_size`` personalized records at a time, in store order; each
+    base twin's image embedding is computed once and reused by every model.
+
+    Args:
+        store: an open store whose records have images and whose prompts have ``text``.
+        scorer: the CLIP scorer (``ClipScorer.load(...)``; ``ClipScorer.tiny()`` in tests).
+        batch_size: personalized images per step.
+
+    Returns:
+        Columns model_id, prompt_id, seed, clip_base, clip_personalized (CLIPScore, 0..100),
+        alignment_drop, image_drift; one row per personalized record.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}; expected an integer >= 1")
+    paired = paired_records(store)
+    prompts = store.prompts
+    if "text" not in prompts.columns:
+        raise StoreError(f"{getattr(store, 'path', 'store')}: prompts table has no 'text' column")
+    used = sorted(set(paired["prompt_id"]))
+    unknown = [prompt_id for prompt_id in used if prompt_id not in prompts.index]
+    if unknown:
+        raise StoreError(f"{getattr(store, 'path', 'store')}: records use prompt {unknown[0]!r}, "
+                         "which the prompts table lacks")
+    texts = prompts.loc[used, "text"].astype(str).tolist()
+    text_embedding = dict(zip(used, scorer.text_embeddings(texts), strict=True))
+    base_embedding: dict[int, np.ndarray] = {}
+    columns: dict[str, list[np.ndarray]] = {"clip_base": [], "clip_personalized": [], "image_drift": []}
+    for start in range(0, len(paired), batch_size):
+        chunk = paired.iloc[start:start + batch_size]
+        missing = sorted(set(chunk["base_record"].tolist()) - base_embedding.keys())
+        if missing:
+            base_embedding.update(zip(missing, scorer.image_embeddings(store.images(missing)), strict=True))
+        personalized = scorer.image_embeddings(store.images(chunk["record"].tolist()))
+        base = np.stack([base_embedding[record] for record in chunk["base_record"]])
+        texts = np.stack([text_embedding[prompt_id] for prompt_id in chunk["prompt_id"]])
+        columns["clip_base"].append(clip_score_from_embeddings(base, texts))
+        columns["clip_personalized"].append(clip_score_from_embeddings(personalized, texts))
+        columns["image_drift"].append(1.0 - np.sum(base * personalized, axis=-1))
+    table = paired[KEYS].copy()
+    for name, parts in columns.items():
+        table[name] = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+    table["alignment_drop"] = table["clip_base"] - table["clip_personalized"]
+    return table[DISRUPTION_COLUMNS]
+
+
+def aggregate_over_seeds(
+    table: pd.DataFrame,
+    value_cols: Sequence[str],
+    models: pd.DataFrame | None = None,
+    prompts: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Mean, SD, n and 95% t-interval of each value over seeds, per (model_id, prompt_id).
+
+    Args:
+        table: one row per (model_id, prompt_id, seed), e.g. from :func:`disruption_table`.
+        value_cols: the columns to summarise, e.g. ``["alignment_drop", "image_drift"]``.
+        models: model labels indexed (or keyed by a column) ``model_id``, e.g. ``store.models``;
+            its method, subject_id and subject_domain are joined where present.
+        prompts: prompt labels by ``prompt_id``, e.g. ``store.prompts``; abstractness and domain
+            are joined where present.
+
+    Returns:
+        One row per (model_id, prompt_id) with the labels, then per value ``v``: ``v`` (the
+        mean, so that statistics and maps take the same column name), ``v_sd`` (ddof 1),
+        ``v_n``, ``v_ci_low``, ``v_ci_high`` (``scipy.stats.t`` with n - 1 degrees of
+        freedom; NaN when n < 2). NaN values are left out of n.
+    """
+    value_cols = [value_cols] if isinstance(value_cols, str) else list(value_cols)
+    if not value_cols:
+        raise ConfigError("value_cols is empty; expected at least one column to aggregate, e.g. ['alignment_drop']")
+    missing = [c for c in ["model_id", "prompt_id", *value_cols] if c not in table.columns]
+    if missing:
+        raise ConfigError(f"table lacks column(s) {missing}; it has {list(table.columns)}")
+    non_numeric = [c for c in value_cols if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise ConfigError(f"value column(s) {non_numeric} are not numeric; expected metric values")
+    grouped = table.groupby(["model_id", "prompt_id"], sort=True)[value_cols]
+    mean, sd, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    out = pd.DataFrame(index=mean.index)
+    for column in value_cols:
+        count = n[column].to_numpy()
+        half_width = np.full(len(count), np.nan)
+        enough = count >= 2
+        half_width[enough] = (stats.t.ppf(0.5 + CI_LEVEL / 2, count[enough] - 1)
+                              * sd[column].to_numpy()[enough] / np.sqrt(count[enough]))
+        out[column] = mean[column]
+        out[f"{column}_sd"] = sd[column]
+        out[f"{column}_n"] = count
+        out[f"{column}_ci_low"] = mean[column].to_numpy() - half_width
+        out[f"{column}_ci_high"] = mean[column].to_numpy() + half_width
+    out = out.reset_index()
+    out = _join_labels(out, models, "model_id", MODEL_LABELS)
+    out = _join_labels(out, prompts, "prompt_id", PROMPT_LABELS)
+    labels = [c for c in (*MODEL_LABELS, *PROMPT_LABELS) if c in out.columns]
+    values = [c for c in out.columns if c not in ("model_id", "prompt_id", *labels)]
+    return out[["model_id", "prompt_id", *labels, *values]]
+
+
+def _join_labels(table: pd.DataFrame, labels: pd.DataFrame | None, key: str, wanted: tuple[str, ...]) -> pd.DataFrame:
+    if labels is None:
+        return table
+    labels = labels.reset_index() if key not in labels.columns and labels.index.name == key else labels
+    if key not in labels.columns:
+        raise ConfigError(f"label table has no {key!r} column or index; expected e.g. store.models / store.prompts")
+    present = [c for c in wanted if c in labels.columns and c not in table.columns]
+    if not present:
+        return table
+    return table.merge(labels[[key, *present]].drop_duplicates(key), on=key, how="left")
+
+
+@torch.inference_mode()
+def semantic_similarity(
+    text_encoder: torch.nn.Module,
+    tokenizer: Any,
+    descriptors: Mapping[str, str],
+    prompts: Mapping[str, str],
+    batch_size: int = 64,
+) -> pd.DataFrame:
+    """Cosine similarity of each subject descriptor to each prompt in the base model's text space.
+
+    Uses the diffusion pipeline's own CLIP text encoder (``pipe.text_encoder`` with
+    ``pipe.tokenizer``): its pooled output (the end-of-text token after the final layer
+    norm; ``text_embeds`` for encoders with a projection).
+
+    Args:
+        text_encoder: a transformers CLIPTextModel (or ...WithProjection).
+        tokenizer: its tokenizer.
+        descriptors: model_id -> subject descriptor, e.g. ``{"lora-face1": "a young woman's face"}``.
+        prompts: prompt_id -> prompt text.
+
+    Returns:
+        Columns model_id, prompt_id, similarity (cosine in [-1, 1]); models x prompts rows.
+    """
+    for what, mapping in (("descriptors", descriptors), ("prompts", prompts)):
+        if not isinstance(mapping, Mapping) or not mapping:
+            raise ConfigError(f"{what} is an empty or non-dict {type(mapping).__name__}; "
+                              "expected a non-empty dict of id -> text")
+        bad = [key for key, text in mapping.items() if not isinstance(text, str) or not text.strip()]
+        if bad:
+            raise ConfigError(f"{what}[{bad[0]!r}] is {mapping[bad[0]]!r}; expected non-empty text")
+    descriptor_vectors = _pooled_text_embeddings(text_encoder, tokenizer, list(descriptors.values()), batch_size)
+    prompt_vectors = _pooled_text_embeddings(text_encoder, tokenizer, list(prompts.values()), batch_size)
+    similarity = descriptor_vectors @ prompt_vectors.T  # [models, prompts]
+    return pd.DataFrame({
+        "model_id": np.repeat(list(descriptors), len(prompts)),
+        "prompt_id": np.tile(list(prompts), len(descriptors)),
+        "similarity": similarity.reshape(-1).astype(np.float64),
+    })
+
+
+def _pooled_text_embeddings(
+    text_encoder: torch.nn.Module, tokenizer: Any, texts: list[str], batch_size: int
+) -> np.ndarray:
+    """L2-normalised pooled embeddings, float32 [n, d]."""
+    device = next(text_encoder.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(texts[start:start + batch_size], padding="max_length", truncation=True,
+                           max_length=tokenizer.model_max_length, return_tensors="pt")
+        output = text_encoder(input_ids=tokens.input_ids.to(device))
+        pooled = output.text_embeds if getattr(output, "text_embeds", None) is not None else output.pooler_output
+        out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out)
