@@ -160,7 +160,7 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
     layers = probe.layer_names(pipe.unet)
     prompts = prompt_table(config, pipe.tokenizer)
     specs = {entry.id: _spec(entry) for entry in config.personalized}
-    settings = {"generation": config.generation.to_dict(), "capture": {**config.capture.to_dict(), "layers_selected": layers},
+    settings = {"generation": config.generation.to_dict(), "capture": {**config.capture.to_dict(), **_captured_axes(pipe, config, probe), "layers_selected": layers},
                 "images": config.images, "seeds": list(config.seeds),
                 "probes": [probe.name, *(p.name for p in probes)]}
     base_identity = {"model_id": config.base, "weights_sha256": weights_fingerprint(pipe.unet),
@@ -214,6 +214,20 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
     if state is not None:
         state.wait_for_everyone()
     return StudyResult(store=store_path, written=written, skipped=total - pending, total=total)
+
+
+def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -> dict[str, Any]:
+    """The labels of the stored step and half axes, known before generating anything."""
+    from cemaps.hooks import Generation, selected_steps
+
+    scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(config.generation.steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+    steps = selected_steps(config.capture.timesteps, len(timesteps))
+    guidance = config.generation.guidance_scale > 1
+    halves = Generation(0, 1, guidance, (1, 1), len(timesteps)).halves
+    return {"step_indices": list(steps), "timesteps_captured": [timesteps[i] for i in steps],
+            "half_labels": list(probe.kept_halves(halves))}
 
 
 def _write_weight_deltas(writer: StoreWriter, pipe: Any, spec: PersonalizedSpec, base: BaseWeights | None) -> None:

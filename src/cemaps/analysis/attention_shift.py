@@ -249,10 +249,10 @@ def paired_records(store: Any) -> pd.DataFrame:
 
 
 def _capture_halves(store: Any) -> list[str]:
-    try:
-        halves = store.settings["capture"]["halves"]
-    except (KeyError, TypeError):
-        raise StoreError(f"{_store_name(store)}: settings have no capture.halves; expected e.g. ['cond']") from None
+    capture = store.settings.get("capture", {}) if isinstance(store.settings, dict) else {}
+    halves = capture.get("half_labels", capture.get("halves"))
+    if not isinstance(halves, list):
+        raise StoreError(f"{_store_name(store)}: settings have no capture.half_labels; expected e.g. ['cond']")
     return list(halves)
 
 

@@ -63,10 +63,10 @@ def parameter_kind(module: str) -> str:
         return "ff"
     if "time_emb" in module or module.startswith("time_embedding"):
         return "time_emb"
+    if "norm" in last:  # before conv: "conv_norm_out" is a GroupNorm
+        return "norm"
     if _CONV.search(module):
         return "conv"
-    if "norm" in last:
-        return "norm"
     if last.startswith("proj") or last in {"q_proj", "k_proj", "v_proj", "out_proj"}:
         return "proj"
     return "other"

@@ -1,0 +1,194 @@
+"""Figures: each function returns a labelled Figure; make_figures writes files and skips absent inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cemaps.errors import ConfigError
+from cemaps.report import (
+    abstractness_disruption,
+    attention_shift_per_layer,
+    cem_heatmap,
+    cluster_dendrograms,
+    layer_correlation,
+    load_results,
+    make_figures,
+    method_disruption,
+    similarity_scatter,
+    weight_delta_per_layer,
+)
+from cemaps.report.layer_figures import layer_axis, weight_delta_unit
+from cemaps.report.results import find_records, find_test, per_pair_disruption
+from cemaps.report.style import method_colours, save_figure
+
+METRIC = "alignment_drop"
+
+
+@pytest.fixture(scope="module")
+def results(results_dir):
+    return load_results(results_dir)
+
+
+def tick_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_cem_heatmap_groups_models_and_prompts(results):
+    cem = results.cems[METRIC]
+    fig = cem_heatmap(cem, METRIC)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "prompts (abstractness / domain)"
+    assert ax.get_ylabel() == "models (method / subject)"
+    assert "dreambooth / alice" in [t.get_text() for t in ax.get_yticklabels()]
+    assert "abstract / animals" in tick_texts(ax)
+    assert fig.axes[1].get_ylabel() == METRIC  # the colour bar names the metric
+    # image spans every model x prompt cell, in the CSV's sorted order
+    assert ax.images[0].get_array().shape == cem.shape
+    # 8 separators between 9 models (3 heavy ones between methods are among them); 11 between 12 prompt groups
+    assert len(ax.lines) == (cem.shape[0] - 1) + (cem.shape[1] - 1)
+
+
+def test_cem_heatmap_rejects_flat_labels():
+    with pytest.raises(ConfigError, match=r"cem for 'x': expected 3-level rows"):
+        cem_heatmap(pd.DataFrame([[1.0]], index=["m"], columns=["p"]), "x")
+
+
+def test_method_disruption_uses_summary_cis(results):
+    pairs = per_pair_disruption(results, METRIC)
+    means = find_records(results.section("methods", METRIC), ["method", "mean", "ci_low", "ci_high"])
+    fig = method_disruption(pairs, METRIC, means=means)
+    ax = fig.axes[0]
+    assert tick_texts(ax) == ["dreambooth", "lora", "textual_inversion"]
+    assert ax.get_ylabel() == METRIC
+    bars = [c for c in ax.containers]  # one errorbar container per method
+    assert len(bars) == 3
+    lora = means.set_index("method").loc["lora"]
+    assert bars[1].lines[0].get_ydata()[0] == pytest.approx(lora["mean"])
+
+
+def test_method_disruption_bootstraps_without_summary():
+    table = pd.DataFrame({"method": ["a"] * 5 + ["b"] * 5, "drop": [1.0, 2, 3, 4, 5, 5, 5, 5, 5, 5]})
+    fig = method_disruption(table, "drop")
+    low, high = fig.axes[0].containers[0].lines[2][0].get_segments()[0][:, 1]
+    assert 1.0 <= low < 3.0 < high <= 5.0
+    with pytest.raises(ConfigError, match=r"disruption: missing column\(s\) \['method'\]"):
+        method_disruption(table.drop(columns="method"), "drop")
+
+
+def test_abstractness_figure_annotates_tests(results):
+    section = results.section("abstractness", METRIC)
+    kruskal = find_test(section, "kruskal")
+    pairwise = find_records(section, ["class_a", "class_b", "p_holm"])
+    fig = abstractness_disruption(per_pair_disruption(results, METRIC), METRIC, kruskal, pairwise)
+    ax = fig.axes[0]
+    assert "Kruskal-Wallis H = " in ax.get_title(loc="left")
+    assert f"p = {kruskal['p']:.3g}" in ax.get_title(loc="left")
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["concrete", "abstract", "compositional"]
+    holm_labels = [t.get_text() for t in ax.texts if t.get_text().startswith("Holm p")]
+    assert len(holm_labels) == len(pairwise) == 3
+
+
+def test_abstractness_figure_says_when_no_test():
+    table = pd.DataFrame({"prompt_id": ["a", "b"], "abstractness": ["concrete", "abstract"], "m": [1.0, 2.0]})
+    fig = abstractness_disruption(table, "m", kruskal=None)
+    assert "not computed" in fig.axes[0].get_title(loc="left")
+
+
+def test_similarity_scatter_one_panel_per_method(results):
+    fig = similarity_scatter(results.tables["similarity"], results.tables["disruption"], METRIC)
+    assert len(fig.axes) == 3
+    assert all(ax.get_xlabel() == "text similarity to subject" for ax in fig.axes)
+    assert fig.axes[0].get_title(loc="left").startswith("dreambooth: Spearman rho = ")
+    with pytest.raises(ConfigError, match="no \\(model_id, prompt_id\\) pair matches"):
+        similarity_scatter(results.tables["similarity"].assign(model_id="nobody"), results.tables["disruption"],
+                           METRIC)
+
+
+def test_layer_axis_follows_unet_order_and_labels_resolution(results):
+    layers = results.tables["layers"]
+    shuffled = list(layers["layer"])[::-1]
+    ordered, labels = layer_axis(shuffled, layers)
+    assert ordered == list(layers.sort_values("order")["layer"])
+    assert labels[0] == "0 down 8x8" and labels[2] == "2 mid 4x4" and labels[-1] == "4 up 8x8"
+    # without layers.csv the module paths give the same order
+    assert layer_axis(shuffled)[0] == ordered
+
+
+def test_attention_shift_per_layer(results):
+    fig = attention_shift_per_layer(results.tables["attention_shift"], results.tables["layers"])
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "layer (UNet order: down -> mid -> up)"
+    assert tick_texts(ax)[2] == "2 mid 4x4"
+    assert sorted(line.get_label() for line in ax.get_lines()) == ["dreambooth", "lora", "textual_inversion"]
+    # the fixture's layer 3 carries the disruption: it has the largest mean shift for every method
+    assert all(int(np.argmax(line.get_ydata())) == 3 for line in ax.get_lines())
+
+
+def test_layer_correlation_marks_fdr_significant_layers(results):
+    table = find_records(results.section("layer_linking", METRIC), ["layer", "rho", "q_bh"])
+    table.loc[0, "q_bh"] = 0.2  # force one non-significant layer
+    fig = layer_correlation(table, results.tables["layers"], METRIC)
+    ax = fig.axes[0]
+    stars = [t for t in ax.texts if t.get_text() == "*"]
+    assert len(stars) == int((table["q_bh"] < 0.05).sum()) == len(table) - 1
+    assert ax.get_ylabel() == "Spearman rho"
+    assert "BH q < 0.05" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_weight_delta_per_layer(results):
+    deltas = results.tables["weight_deltas"]
+    fig = weight_delta_per_layer(deltas)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dreambooth", "lora"]  # TI changes no weight
+    assert len(tick_texts(ax)) == 5
+    one = deltas[(deltas.model_id == "lora-mug") & deltas.module.str.startswith("down_blocks.0.")]
+    assert weight_delta_unit(one.module.iloc[0]) == "down_blocks.0.attentions.0"
+
+
+def test_dendrograms_from_summary_and_from_cem(results):
+    cem = results.cems[METRIC]
+    from_summary = cluster_dendrograms(cem, results.section("clustering", METRIC))
+    computed = cluster_dendrograms(cem)
+    assert set(from_summary) == set(computed) == {"prompt_dendrogram", "model_dendrogram"}
+    assert "summary linkage" in from_summary["prompt_dendrogram"].axes[0].get_title(loc="left")
+    assert "average linkage on the CEM" in computed["model_dendrogram"].axes[0].get_title(loc="left")
+    leaves = {t.get_text() for t in from_summary["model_dendrogram"].axes[0].get_xticklabels()}
+    assert leaves == set(cem.index.get_level_values("model_id"))
+
+
+def test_save_figure_writes_png_and_svg(tmp_path):
+    fig = method_disruption(pd.DataFrame({"method": ["a", "b"], "m": [1.0, 2.0]}), "m")
+    written = save_figure(fig, tmp_path, "Methods m")
+    assert sorted(written) == ["png", "svg"]
+    assert written["png"].name == "methods-m.png"
+    assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in written["svg"].read_bytes()[:2000]
+    with pytest.raises(ConfigError, match=r"figure formats \['gif'\]"):
+        save_figure(fig, tmp_path, "x", formats=["gif"])
+    with pytest.raises(ConfigError, match=r"figure name '\?\?': expected letters or digits"):
+        save_figure(fig, tmp_path, "??")
+
+
+def test_method_colours_are_stable_and_distinct():
+    colours = method_colours(["lora", "dreambooth", "textual_inversion", "lora"])
+    assert colours == method_colours(["textual_inversion", "dreambooth", "lora"])
+    assert len(set(colours.values())) == 3
+
+
+def test_make_figures_skips_absent_inputs(sparse_results_dir, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cemaps.report.figures")
+    written = make_figures(sparse_results_dir, tmp_path / "figs")
+    assert "weight_delta_layers" not in written and "attention_overlay" not in written
+    assert "similarity_alignment_drop" not in written
+    assert {"cem_alignment_drop", "methods_alignment_drop", "prompt_dendrogram_alignment_drop"} <= set(written)
+    assert not any(name.endswith("image_drift") for name in written)  # only the manifest's metrics
+    for png in written.values():
+        assert png.stat().st_size > 1000
+        assert png.with_suffix(".svg").stat().st_size > 1000
+    notes = caplog.text
+    assert "weight_deltas.csv is absent" in notes and "similarity.csv is absent" in notes
+    assert "missing-study.h5 is absent" in notes
