@@ -24,11 +24,14 @@ def _write(tmp_path, text, name="study.yaml"):
 
 
 def _one_line_error(code, err, *fragments):
+    """Exit code 2, one `error:` line naming the input, no traceback."""
     assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert err.rstrip().endswith(errors[0].rstrip()), err  # nothing after the message
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in errors[0], errors[0]
 
 
 def test_capture_then_inspect(tmp_path, run_cli):

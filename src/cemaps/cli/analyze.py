@@ -23,6 +23,9 @@ def analyze_command(
     summary.json with every statistical test; `cemaps report` reads the folder.
     """
     from cemaps.analysis.pipeline import run_analysis
+    from cemaps.cli.app import quiet_libraries
+
+    quiet_libraries()
 
     summary = run_analysis(store, out, clip_model=clip_model, clip_weights=clip_weights, subjects=subjects,
                            n_perm=n_perm, progress=not no_progress)

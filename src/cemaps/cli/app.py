@@ -20,24 +20,25 @@ console = Console(stderr=True)
 
 def main() -> None:
     """Console-script entry point: user errors are one line on stderr and exit code 2."""
+    import os
+
     from cemaps.errors import CemapsError
 
+    # cemaps draws its own progress bars; the hub's per-file bars would interleave with them.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        app(standalone_mode=False)
+        app()  # click handles usage errors itself (exit 2) and exits 0 on success
     except CemapsError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        console.print("[bold red]interrupted[/]: completed records are kept; rerun the same command to resume")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's own usage errors arrive here in standalone_mode=False
-        import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers' own loading bars in the CLI (cemaps shows rich progress instead)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

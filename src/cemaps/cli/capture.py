@@ -26,6 +26,9 @@ def capture_command(
     `accelerate launch -m cemaps capture ...` each process writes its own part files.
     """
     import dataclasses
+    from cemaps.cli.app import quiet_libraries
+
+    quiet_libraries()
 
     from cemaps.config import StudyConfig, load_config
     from cemaps.errors import ConfigError

@@ -17,6 +17,9 @@ def demo_command(
     its numbers are not evidence about Stable Diffusion v1.5.
     """
     from cemaps.cli.app import console
+    from cemaps.cli.app import quiet_libraries
+
+    quiet_libraries()
     from cemaps.demo import run_demo
 
     result = run_demo(out, progress=not no_progress, console=console)

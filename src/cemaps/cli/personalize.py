@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import typer
-from diffusers import StableDiffusionPipeline
 
 from cemaps.errors import CemapsError
-from cemaps.models.loading import load_pipeline
-from cemaps.models.train import METHOD_DEFAULTS, METHODS, TrainSettings, personalize
+
+# Kept as text so that `cemaps --help` does not import torch; a test checks them against
+# cemaps.models.train.METHOD_DEFAULTS.
+METHODS_HELP = "dreambooth, lora, textual_inversion"
+STEPS_HELP = "dreambooth 400, lora 500, textual_inversion 3000"
+LEARNING_RATE_HELP = "dreambooth 5e-06, lora 0.0001, textual_inversion 0.0005"
 
 
 def personalize_command(
     method: str = typer.Option(
-        ..., "--method", "-m", help=f"Personalization method: {', '.join(METHODS)}."
+        ..., "--method", "-m", help=f"Personalization method: {METHODS_HELP}."
     ),
     images: Path = typer.Option(..., "--images", "-i", help="Folder of instance images of the subject."),
     token: str = typer.Option(
@@ -32,12 +37,10 @@ def personalize_command(
         "cemaps/tiny-sd", help="Base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd."
     ),
     steps: int | None = typer.Option(
-        None, help="Training steps (default per method: "
-        + ", ".join(f"{m} {d.steps}" for m, d in METHOD_DEFAULTS.items()) + ")."
+        None, help=f"Training steps (default per method: {STEPS_HELP})."
     ),
     learning_rate: float | None = typer.Option(
-        None, help="Learning rate (default per method: "
-        + ", ".join(f"{m} {d.learning_rate:g}" for m, d in METHOD_DEFAULTS.items()) + ")."
+        None, help=f"Learning rate (default per method: {LEARNING_RATE_HELP})."
     ),
     rank: int = typer.Option(4, help="LoRA rank (lora_alpha equals it)."),
     lora_targets: str = typer.Option(
@@ -61,6 +64,10 @@ def personalize_command(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Personalize a base model on a subject and save weights that diffusers loads directly."""
+    from cemaps.cli.app import quiet_libraries
+    from cemaps.models.train import TrainSettings, personalize
+
+    quiet_libraries()
     try:
         settings = TrainSettings(
             method=method,
@@ -91,6 +98,8 @@ def personalize_command(
     )
 
 
-def _load_base(base: str, device: str | None) -> StableDiffusionPipeline:
+def _load_base(base: str, device: str | None) -> Any:
     """The base pipeline in float32 (trained weights must be float32; speed comes from autocast)."""
+    from cemaps.models.loading import load_pipeline
+
     return load_pipeline(base, device=device, dtype="float32")

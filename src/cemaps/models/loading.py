@@ -99,7 +99,11 @@ def load_pipeline(
             raise ModelLoadError(f"model path {path_or_id!r} does not exist; expected a diffusers folder or a checkpoint file")
         else:
             pipe = _from_diffusers_folder(Path(_cached_snapshot(path_or_id)), allow_pickle)
-    pipe = pipe.to(resolved_device, resolved_dtype)
+    # Casting an already-float32 model warns about "modules to keep in float32"; cast only when needed.
+    if pipe.unet.dtype != resolved_dtype:
+        pipe = pipe.to(dtype=resolved_dtype)
+    if pipe.device != resolved_device:
+        pipe = pipe.to(resolved_device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
