@@ -70,8 +70,8 @@ def test_run_analysis_writes_the_results_folder(planted_store, tmp_path):
                  "cem_image_drift.csv", "entanglement_maps.h5", "prompts.csv", "models.csv", "weight_deltas.csv"):
         assert (out / name).is_file(), name
     summary = json.loads(summary_path.read_text())
-    assert set(summary) == {"alignment_drop", "image_drift"}
-    assert set(summary["image_drift"]) == {"methods", "abstractness", "semantic_proximity", "layer_linking", "clustering"}
+    assert set(summary) == {"methods", "abstractness", "semantic_proximity", "layer_linking", "clustering"}
+    assert all(set(results) == {"alignment_drop", "image_drift"} for results in summary.values())
     disruption = pd.read_csv(out / "disruption.csv")
     assert len(disruption) == 2 * 24
     same = disruption[disruption.model_id == "db-same"]

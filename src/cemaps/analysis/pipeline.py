@@ -9,11 +9,11 @@ Concept Entanglement Maps.
 Results folder::
 
     manifest.json               store, provenance, metrics, file list
-    summary.json                every statistical test (statistic, p, effect size, n, method)
+    summary.json                question -> metric -> every statistical test (statistic, p, effect size, n, method)
     disruption.csv/.parquet     per (model, prompt, seed): clip_base, clip_personalized, alignment_drop, image_drift
     disruption_by_prompt.csv    per (model, prompt): mean, sd, n, 95% CI over seeds, with labels
     attention_shift.csv/.parquet per (model, prompt, seed, layer): Jensen-Shannon shift
-    layers.csv                  layer, order, block, resolution (y x x of the stored maps), n_heads
+    layers.csv                  layer, order, block, resolution (side of the stored maps), height, width, n_heads
     weight_deltas.csv           per (model, module, param), if the store has them
     similarity.csv              per (model, prompt): cosine of subject descriptor and prompt
     cem_<metric>.csv, entanglement_maps.h5   the Concept Entanglement Maps
@@ -100,6 +100,7 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
     files.update(_write_table(models, out, "models"))
     files.update(_write_table(prompts.drop(columns=[c for c in ("tokens", "token_ids") if c in prompts]), out, "prompts"))
     if weight_deltas is not None:
+        weight_deltas = weight_deltas.merge(models[["model_id", "method", "subject_id"]], on="model_id", how="left")
         files.update(_write_table(weight_deltas, out, "weight_deltas"))
     if ti_stats is not None:
         files.update(_write_table(ti_stats, out, "textual_inversion"))
@@ -110,11 +111,13 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
 
     shift_by_prompt = shift.groupby(["model_id", "prompt_id", "layer"], as_index=False)["attention_shift"].mean()
     layer_delta = _layer_weight_delta(weight_deltas, list(layers["layer"])) if weight_deltas is not None else None
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {}  # question -> metric -> results
     with console.status("statistics"):
         for metric in METRICS:
-            summary[metric] = _statistics(metric, by_prompt, similarity, shift_by_prompt, layer_delta,
-                                          list(layers["layer"]), maps[metric], prompts, models, n_perm)
+            per_metric = _statistics(metric, by_prompt, similarity, shift_by_prompt, layer_delta,
+                                     list(layers["layer"]), maps[metric], prompts, models, n_perm)
+            for question, results in per_metric.items():
+                summary.setdefault(question, {})[metric] = results
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(to_jsonable(summary), indent=1, allow_nan=False))
     manifest = {
@@ -193,8 +196,8 @@ def _layer_table(store) -> pd.DataFrame:
         axes = store.axes(prefix + layer)[1:]
         dims = dict(zip(axes, shape))
         block = layer.split("_")[0] if not layer.startswith("mid") else "mid"
-        rows.append({"layer": layer, "order": order, "block": block, "resolution": f"{dims.get('y')}x{dims.get('x')}",
-                     "n_heads": dims.get("head")})
+        rows.append({"layer": layer, "order": order, "block": block, "resolution": dims.get("y"),
+                     "height": dims.get("y"), "width": dims.get("x"), "n_heads": dims.get("head")})
     return pd.DataFrame(rows)
 
 
