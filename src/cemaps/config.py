@@ -6,7 +6,7 @@ Example ``study.yaml``::
     prompts: demo24               # suite200 | demo24 | a CSV/YAML file | an inline list of strings
     seeds: [0, 1]
     generation: {steps: 20, guidance_scale: 7.5, height: 64, width: 64, scheduler: pndm, batch_size: 4}
-    capture: {layers: "*attn2", timesteps: 10, heads: mean, tokens: prompt, spatial: 16,
+    capture: {layers: "*attn2", timesteps: 5, heads: mean, tokens: prompt, spatial: 16,
               dtype: float16, halves: cond}
     personalized:
       - {id: lora-mug, method: lora, subject: object1, path: out/lora-mug}

@@ -11,13 +11,6 @@ from typer.testing import CliRunner
 from cemaps.cli.personalize import personalize_command
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Two intra-op threads on a shared 2-core machine are ~50x slower than one (spin-waiting).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture()

@@ -13,13 +13,6 @@ from PIL import Image
 from cemaps.models.train import TrainSettings, personalize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Two intra-op threads on a shared 2-core machine are ~50x slower than one (spin-waiting).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ seen with their update) and the probe computes ``attn.get_attention_scores(q, k)
 from them after the layer has run, only at the selected steps.
 
 Example:
-    >>> probe = CrossAttentionProbe(layers="*attn2", timesteps=10, spatial=16)
+    >>> probe = CrossAttentionProbe(layers="*attn2", timesteps=5, spatial=16)
     >>> probe.name
     'cross_attention'
 """
@@ -54,7 +54,7 @@ class CrossAttentionSettings:
     """
 
     layers: Any = "*attn2"
-    timesteps: StepSpec = 10
+    timesteps: StepSpec = 5
     heads: Literal["mean", "all"] = "mean"
     tokens: Literal["prompt", "all"] = "prompt"
     spatial: int | Literal["native"] = 16
@@ -103,7 +103,7 @@ class CrossAttentionProbe:
 
     name = "cross_attention"
 
-    def __init__(self, layers: LayerSelector = "*attn2", timesteps: StepSpec = 10, heads: str = "mean",
+    def __init__(self, layers: LayerSelector = "*attn2", timesteps: StepSpec = 5, heads: str = "mean",
                  tokens: str = "prompt", spatial: int | str = 16, dtype: str = "float16", halves: str = "cond"):
         self.settings = CrossAttentionSettings(layers, timesteps, heads, tokens, spatial, dtype, halves)
         self._slots: dict[str, _LayerSlot] = {}
