@@ -4,7 +4,8 @@ The model's own attention output is computed by diffusers' processor as usual
 (fast SDPA path, untouched). Read-only forward hooks take the query and key
 projections (the outputs of ``to_q`` and ``to_k``, so LoRA-wrapped projections are
 seen with their update) and the probe computes ``attn.get_attention_scores(q, k)``
-from them after the layer has run, only at the selected steps.
+from them. The per-layer hooks are attached only for the selected steps (a UNet
+pre-hook switches them), so the other steps run exactly as without capture.
 
 Example:
     >>> probe = CrossAttentionProbe(layers="*attn2", timesteps=5, spatial=16)
@@ -83,12 +84,29 @@ class CrossAttentionSettings:
                 "spatial": self.spatial, "dtype": self.dtype, "halves": self.halves}
 
 
+class _StepHooks:
+    """Hooks attached while a captured step runs and removed otherwise; ``remove`` detaches them."""
+
+    def __init__(self, attach: Any):
+        self._attach = attach
+        self._handles: list[RemovableHandle] = []
+
+    def set_active(self, active: bool) -> None:
+        if active and not self._handles:
+            self._handles = self._attach()
+        elif not active:
+            self.remove()
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+
 @dataclass
 class _LayerSlot:
-    """Per-layer scratch between the to_q/to_k hooks and the layer's output hook."""
+    """Per-layer scratch between the to_q and to_k hooks."""
 
     query: torch.Tensor | None = None
-    key: torch.Tensor | None = None
     # maps[generation] = list over captured steps of [batch, half, head, token, y, x]
     maps: dict[int, list[torch.Tensor]] = field(default_factory=dict)
 
@@ -118,17 +136,27 @@ class CrossAttentionProbe:
     def layer_names(self, unet: nn.Module) -> list[str]:
         return list(select_modules(unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer"))
 
-    def attach(self, pipe: Any, context: CaptureContext) -> list[RemovableHandle]:
+    def attach(self, pipe: Any, context: CaptureContext) -> list[Any]:
         layers = select_modules(pipe.unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer")
         self._slots = {name: _LayerSlot() for name in layers}
         self._steps = {}
-        handles: list[RemovableHandle] = []
-        for name, attn in layers.items():
-            slot = self._slots[name]
-            handles.append(attn.to_q.register_forward_hook(self._keep_query(slot, context)))
-            handles.append(attn.to_k.register_forward_hook(self._keep_key(slot)))
-            handles.append(attn.register_forward_hook(self._score(slot, attn, context)))
-        return handles
+
+        def layer_hooks() -> list[RemovableHandle]:
+            handles = []
+            for name, attn in layers.items():
+                slot = self._slots[name]
+                handles.append(attn.to_q.register_forward_hook(self._keep_query(slot)))
+                handles.append(attn.to_k.register_forward_hook(self._score(slot, attn, context)))
+            return handles
+
+        # Per-layer hooks exist only during captured steps, so the other steps run at full speed.
+        step_hooks = _StepHooks(layer_hooks)
+
+        def on_unet_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            step_hooks.set_active(self._active(context))
+
+        # The context's own UNet pre-hook was registered first, so the step is already known here.
+        return [pipe.unet.register_forward_pre_hook(on_unet_call, with_kwargs=True), step_hooks]
 
     def _active(self, context: CaptureContext) -> bool:
         generation = context.generation
@@ -137,25 +165,21 @@ class CrossAttentionProbe:
             steps = self._steps[generation.index] = selected_steps(self.settings.timesteps, generation.total_steps)
         return context.step_index in steps
 
-    def _keep_query(self, slot: _LayerSlot, context: CaptureContext):
+    @staticmethod
+    def _keep_query(slot: _LayerSlot):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            slot.query = output if self._active(context) else None
-        return hook
-
-    def _keep_key(self, slot: _LayerSlot):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if slot.query is not None:
-                slot.key = output
+            slot.query = output
         return hook
 
     def _score(self, slot: _LayerSlot, attn: Attention, context: CaptureContext):
+        # The processor projects the query before the key, so both are known when to_k returns.
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            query, key, slot.query, slot.key = slot.query, slot.key, None, None
-            if query is None or key is None:
+            query, slot.query = slot.query, None
+            if query is None:
                 return
             generation = context.generation
             with torch.no_grad():
-                maps = self._probabilities(attn, query, key, generation.halves, generation.latent_hw)
+                maps = self._probabilities(attn, query, output, generation.halves, generation.latent_hw)
             slot.maps.setdefault(generation.index, []).append(maps)
         return hook
 
