@@ -1,6 +1,6 @@
 """Capture overhead: time(generation with capture) / time(plain diffusers generation).
 
-Both are run interleaved in one process (plain, capture, plain, capture, ...) with
+Both are run interleaved in one process (pairs in alternating order, ABBA) with
 the same prompt and seed, and the median of the per-pair ratios is reported.
 
     python benchmarks/capture_overhead.py                 # tiny pipeline + SD v1.5 geometry at 512x512
@@ -40,15 +40,21 @@ def overhead(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output
         with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]):
             _generate(pipe, steps, size, output_type, guidance_scale)
     ratios, plain_times, capture_times = [], [], []
-    for _ in range(pairs):
-        start = time.perf_counter()
-        _generate(pipe, steps, size, output_type, guidance_scale)
-        plain = time.perf_counter() - start
-        start = time.perf_counter()
-        with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]) as run:
-            _generate(pipe, steps, size, output_type, guidance_scale)
-        run.records()  # collecting to numpy is part of the cost
-        captured = time.perf_counter() - start
+    for pair in range(pairs):
+        # Alternate which run goes first (ABBA), so that order effects (allocator, caches,
+        # garbage left by the previous run) do not all land on one side.
+        order = ("plain", "capture") if pair % 2 == 0 else ("capture", "plain")
+        timings = {}
+        for kind in order:
+            start = time.perf_counter()
+            if kind == "plain":
+                _generate(pipe, steps, size, output_type, guidance_scale)
+            else:
+                with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]) as run:
+                    _generate(pipe, steps, size, output_type, guidance_scale)
+                run.records()  # collecting to numpy is part of the cost
+            timings[kind] = time.perf_counter() - start
+        plain, captured = timings["plain"], timings["capture"]
         ratios.append(captured / plain)
         plain_times.append(plain)
         capture_times.append(captured)
