@@ -181,6 +181,7 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
                                "scale": entry.scale})
         writer.add_models(model_rows)
         done = writer.completed()
+        deltas_done = _models_with_weight_deltas(store_path)
         model_ids = [BASE_ID, *specs]
         plan = _plan(config, list(prompts["prompt_id"]), model_ids)
         mine = [w for i, w in enumerate(plan) if i % world == rank]
@@ -192,7 +193,7 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         base_weights = BaseWeights(pipe) if any(s.method == "dreambooth" for s in specs.values()) else None
         with _progress(progress, pending) as advance:
             for model_id, works in _by_model(todo):
-                if model_id != BASE_ID:
+                if model_id != BASE_ID and model_id not in deltas_done:
                     _write_weight_deltas(writer, pipe, specs[model_id], base_weights)
                 with ExitStack() as stack:
                     if model_id != BASE_ID:
@@ -231,28 +232,29 @@ def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -
 
 
 def _write_weight_deltas(writer: StoreWriter, pipe: Any, spec: PersonalizedSpec, base: BaseWeights | None) -> None:
-    """Per-parameter weight deltas of one personalized model (skipped when already stored)."""
+    """Per-parameter weight deltas of one personalized model (an empty table is not written)."""
     table_name = "textual_inversion" if spec.method == "textual_inversion" else "weight_deltas"
-    marker = f"_written_{table_name}_{spec.model_id}"
-    if getattr(writer, marker, False) or _has_model_rows(writer, table_name, spec.model_id):
-        return
     base_state = (base or BaseWeights(pipe)).state_dict()
     table = weight_delta_for(pipe, spec, base_state)
     if not table.empty:
         writer.write_table(table_name, _json_friendly(table))
-    setattr(writer, marker, True)
 
 
-def _has_model_rows(writer: StoreWriter, table: str, model_id: str) -> bool:
-    try:
-        from cemaps.store import open_store
+def _models_with_weight_deltas(path: Path) -> set[str]:
+    """Models whose weight deltas an earlier (interrupted) run already stored."""
+    from cemaps.errors import StoreError
+    from cemaps.store import open_store
 
-        if not writer.path.exists():
-            return False
-        with open_store(writer.path) as store:
-            return model_id in set(store.table(table)["model_id"])
-    except Exception:  # no such table yet
-        return False
+    if not path.exists():
+        return set()
+    found: set[str] = set()
+    with open_store(path) as store:
+        for name in ("weight_deltas", "textual_inversion"):
+            try:
+                found |= set(store.table(name)["model_id"])
+            except StoreError:  # no such table yet
+                pass
+    return found
 
 
 def _json_friendly(table: pd.DataFrame) -> pd.DataFrame:
