@@ -190,7 +190,8 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         pending = sum(sum((w.model_id, p, s) not in done for p, s in w.items) for w in todo)
         texts = dict(zip(prompts["prompt_id"], prompts["text"]))
         written = 0
-        base_weights = BaseWeights(pipe) if any(s.method == "dreambooth" for s in specs.values()) else None
+        # One CPU copy of the base weights, taken once: DreamBooth restores and every weight delta use it.
+        base_weights = BaseWeights(pipe) if specs else None
         with _progress(progress, pending) as advance:
             for model_id, works in _by_model(todo):
                 if model_id != BASE_ID and model_id not in deltas_done:
