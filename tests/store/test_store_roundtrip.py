@@ -190,3 +190,25 @@ def test_failed_record_leaves_no_trace(tmp_path):
     with open_store(path) as store:
         assert store.records["prompt_id"].tolist() == ["p0", "p2"]
         assert "extra" not in store.array_names
+
+
+def test_read_many_records_equals_one_at_a_time(tmp_path, monkeypatch):
+    # read() merges neighbouring rows of a part into one slice; any order, repeats, gaps and
+    # part boundaries must give exactly the arrays read_one gives, in the order asked.
+    import cemaps.store.reader as reader_module
+
+    path = tmp_path / "study.h5"
+    keys = [("base", f"p{i}", s) for i in range(20) for s in (0, 1)]
+    write_records(path, keys, np.random.default_rng(1), records_per_part=7)
+    monkeypatch.setattr(reader_module, "_MAX_OPEN_DATASETS", 3)  # eviction happens mid-read
+    with open_store(path) as store:
+        order = [39, 0, 1, 2, 5, 6, 7, 8, 2, 20, 13, 14, 30, 31, 32, 33, 34, 35, 36, 37, 38, 0]
+        for name in (ATTN, "delta/norm"):
+            got = store.read(name, order)
+            assert len(got) == len(order)
+            for record, array in zip(order, got, strict=True):
+                np.testing.assert_array_equal(array, store.read_one(name, record))
+        assert len(store._datasets) <= 3
+        assert store.read(ATTN, []) == []
+        with pytest.raises(StoreError, match="record 40"):
+            store.read(ATTN, [0, 40])

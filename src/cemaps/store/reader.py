@@ -22,7 +22,12 @@ from cemaps.store.part_index import array_path
 
 # Open part handles are cached; bounded so that thousands of parts do not exhaust file descriptors.
 _MAX_OPEN_PARTS = 64
-_CHUNK_CACHE_BYTES = 8 * 1024 * 1024
+# Each open Dataset keeps its own chunk cache; bounding how many stay open bounds the memory
+# (at most _MAX_OPEN_DATASETS x _CHUNK_CACHE_BYTES of decompressed chunks, whatever the store size).
+_MAX_OPEN_DATASETS = 64
+# Holds a few 256 KiB chunks: enough for neighbouring records and ranged reads to share
+# decompression of the chunk they straddle.
+_CHUNK_CACHE_BYTES = 1024 * 1024
 
 
 class StoreReader:
@@ -55,7 +60,7 @@ class StoreReader:
         self._records = record_table(self._contents.parts)
         self._handles: OrderedDict[int, h5py.File] = OrderedDict()
         # open Dataset objects keep their chunk cache, so neighbouring records share decompression
-        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}
+        self._datasets: OrderedDict[tuple[int, str], h5py.Dataset] = OrderedDict()
         self._closed = False
 
     # ---- tables ----------------------------------------------------------------------------
@@ -146,25 +151,68 @@ class StoreReader:
             self._handles.move_to_end(index)
         return handle
 
-    def read_one(self, name: str, record: int) -> np.ndarray:
-        """Array ``name`` of one record, [rows, *trailing shape]; reads only that record's rows."""
-        self._schema(name)
-        (record,) = self._record_ints([record])
+    def _dataset(self, part_index: int, name: str) -> h5py.Dataset:
+        key = (part_index, name)
+        dataset = self._datasets.get(key)
+        if dataset is None or part_index not in self._handles:
+            dataset = self._datasets[key] = self._part_file(part_index)[array_path(name)]
+            if len(self._datasets) > _MAX_OPEN_DATASETS:
+                self._datasets.popitem(last=False)  # dropping the object frees its chunk cache
+        else:
+            self._datasets.move_to_end(key)
+            self._handles.move_to_end(part_index)
+        return dataset
+
+    def _span(self, name: str, record: int) -> tuple[int, int, int]:
+        """(part index, first row, row count) of one record's array ``name``."""
         part_index, row = int(self._records.part[record]), int(self._records.row[record])
         spans = self._contents.parts[part_index].offsets.get(name)
         if spans is None or spans[row, 0] < 0:
             raise StoreError(f"{self.path}: record {record} has no array {name!r}")
-        start, count = (int(v) for v in spans[row])
-        dataset = self._datasets.get((part_index, name))
-        if dataset is None or not self._handles.get(part_index):
-            dataset = self._datasets[(part_index, name)] = self._part_file(part_index)[array_path(name)]
-        else:
-            self._handles.move_to_end(part_index)
-        return dataset[start:start + count]
+        return part_index, int(spans[row, 0]), int(spans[row, 1])
+
+    def read_one(self, name: str, record: int) -> np.ndarray:
+        """Array ``name`` of one record, [rows, *trailing shape]; reads only that record's rows."""
+        self._schema(name)
+        (record,) = self._record_ints([record])
+        part_index, start, count = self._span(name, record)
+        return self._dataset(part_index, name)[start:start + count]
 
     def read(self, name: str, records: Iterable[int] | pd.DataFrame) -> list[np.ndarray]:
-        """Array ``name`` for each record, in the order given (one [rows, *trailing] array each)."""
-        return [self.read_one(name, record) for record in self._record_ints(records)]
+        """Array ``name`` for each record, in the order given (one [rows, *trailing] array each).
+
+        Records are grouped by part and sorted by row; rows that lie together (gaps shorter
+        than one HDF5 chunk included) are read with one slice, so a run of neighbouring
+        records costs one read and one decompression of each chunk.
+        """
+        self._schema(name)
+        wanted = [self._span(name, record) for record in self._record_ints(records)]
+        out: list[np.ndarray | None] = [None] * len(wanted)
+        order = sorted(range(len(wanted)), key=lambda i: wanted[i])
+        run: list[int] = []
+        for i in order:
+            if run and not self._joins(name, wanted[run[-1]], wanted[i]):
+                self._read_run(name, wanted, run, out)
+                run = []
+            run.append(i)
+        if run:
+            self._read_run(name, wanted, run, out)
+        return out  # type: ignore[return-value]
+
+    def _joins(self, name: str, previous: tuple[int, int, int], span: tuple[int, int, int]) -> bool:
+        if span[0] != previous[0]:
+            return False
+        gap = span[1] - (previous[1] + previous[2])
+        return gap <= self._dataset(span[0], name).chunks[0]
+
+    def _read_run(self, name: str, wanted: list[tuple[int, int, int]], run: list[int],
+                  out: list[np.ndarray | None]) -> None:
+        part_index, first = wanted[run[0]][0], wanted[run[0]][1]
+        last = max(wanted[i][1] + wanted[i][2] for i in run)
+        block = self._dataset(part_index, name)[first:last]
+        for i in run:
+            start, count = wanted[i][1] - first, wanted[i][2]
+            out[i] = block[start:start + count].copy() if len(run) > 1 else block[start:start + count]
 
     def images(self, records: Iterable[int] | pd.DataFrame) -> np.ndarray:
         """Generated images of ``records``: uint8 [n, H, W, 3]."""
