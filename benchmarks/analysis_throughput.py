@@ -1,7 +1,7 @@
 """Throughput and memory of the attention-shift pass over a synthetic SD v1.5-shaped store.
 
 The store has SD v1.5's 16 ``attn2`` layers at cemaps' default capture settings: maps
-pooled to at most 16x16 (the 8x8 mid block stays 8x8), 8-12 prompt tokens, 10 steps,
+pooled to at most 16x16 (the 8x8 mid block stays 8x8), 8-12 prompt tokens, 5 captured steps (the capture default),
 the "cond" half, heads averaged, float16. Maps are softmaxes over 77 tokens of smooth
 random logits (so they compress like real maps); each personalized model rescales
 them by its own smooth random gain per layer.
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--small-models", type=int, default=4, help="personalized models in the small store")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="captured steps per record (cemaps default: 5)")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the measured process")
     parser.add_argument("--cpus", type=str, default="", help="pin the measured process to these CPUs, e.g. 0,1")

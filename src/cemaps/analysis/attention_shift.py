@@ -322,8 +322,10 @@ def _read_ahead(
     def read(name: str, chunk: pd.DataFrame) -> tuple[str, pd.DataFrame, dict[int, np.ndarray], list[np.ndarray]]:
         missing = sorted(set(chunk["base_record"].tolist()) - seen[name])
         seen[name].update(missing)
-        base = dict(zip(missing, store.read(name, missing), strict=True))
-        return name, chunk, base, store.read(name, chunk["record"].tolist())
+        # one call, so the store reads base twins and the personalized records between them as one range
+        records = chunk["record"].tolist()
+        maps = store.read(name, records + missing)
+        return name, chunk, dict(zip(missing, maps[len(records):], strict=True)), maps[:len(records)]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cemaps-read-ahead") as reader:
         pending = reader.submit(read, *tasks[0]) if tasks else None
@@ -351,25 +353,45 @@ def _layer_table(
     for chunk, new_base, personalized in chunks:
         base_cache.update((record, distributions(maps)) for record, maps in new_base.items())
         counts = [maps.shape[token_axis] for maps in personalized]
-        for row, count in zip(chunk.itertuples(index=False), counts, strict=True):
-            if base_cache[row.base_record].shape[0] != count:
-                raise StoreError(f"{_store_name(store)}: {name} of record {row.record} ({row.model_id}, "
-                                 f"{row.prompt_id}, seed {row.seed}) has {count} tokens but its base twin "
-                                 f"{base_cache[row.base_record].shape[0]}; expected the same prompt tokens")
+        base_counts = [base_cache[record].shape[0] for record in chunk["base_record"].tolist()]
+        if counts != base_counts:
+            i = next(i for i, (a, b) in enumerate(zip(counts, base_counts, strict=True)) if a != b)
+            row = chunk.iloc[i]
+            raise StoreError(f"{_store_name(store)}: {name} of record {row.record} ({row.model_id}, "
+                             f"{row.prompt_id}, seed {row.seed}) has {counts[i]} tokens but its base twin "
+                             f"{base_counts[i]}; expected the same prompt tokens")
         # Records are stacked along the token axis and computed in blocks of ~2**17 values, which keeps
         # the temporaries in cache (on 640x10x256 values, blocks of 64 rows ran ~4x faster than one piece).
         stacked = torch.from_numpy(np.concatenate(personalized, axis=token_axis))
-        p = torch.cat([base_cache[record] for record in chunk["base_record"]])
+        p = torch.cat([base_cache[record] for record in chunk["base_record"].tolist()])
         rows = max(1, _BLOCK_VALUES // max(1, p[0].numel()))
         pieces = []
         for start in range(0, p.shape[0], rows):
             base_block = p[start:start + rows]
             maps = stacked.narrow(token_axis, start, base_block.shape[0])
             pieces.append(_js_divergence(base_block, distributions(maps)))
-        per_token_step = torch.cat(pieces)
-        for piece in torch.split(per_token_step, counts):
-            shifts.append((piece.nanmean(dim=axis) if axis else piece).numpy())
+        shifts.extend(_reduce_records(torch.cat(pieces), counts, reduce))
     return _shift_frame(paired, name[len(CROSS_ATTENTION_PREFIX):], shifts, reduce, tokens)
+
+
+def _reduce_records(per_token_step: torch.Tensor, counts: list[int], reduce: tuple[str, ...]) -> list[np.ndarray]:
+    """Splits [rows, step] shifts stacked from several records (``counts`` token rows each) and
+    averages each record's over ``reduce``, skipping NaN; one array per record, as reduce_shift gives."""
+    if not reduce:
+        return [piece.numpy() for piece in torch.split(per_token_step, counts)]
+    valid = ~per_token_step.isnan()
+    if reduce == ("step",):
+        per_token = torch.where(valid, per_token_step, 0.0).sum(dim=1) / valid.sum(dim=1)
+        return [piece.numpy() for piece in torch.split(per_token, counts)]
+    # Over tokens (and steps): sums and valid counts per record in one index_add each, instead of one
+    # nanmean call per record (which cost as much as the divergence itself on small records).
+    segment = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64))
+    values = torch.where(valid, per_token_step, 0.0)
+    total = torch.zeros((len(counts), values.shape[1]), dtype=values.dtype).index_add_(0, segment, values)
+    number = torch.zeros_like(total).index_add_(0, segment, valid.to(values.dtype))
+    if "step" in reduce:  # ("token", "step"): one number per record
+        return list((total.sum(dim=1) / number.sum(dim=1)).numpy())
+    return list((total / number).numpy())
 
 
 def _shift_frame(
