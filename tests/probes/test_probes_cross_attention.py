@@ -139,3 +139,46 @@ def test_lora_wrapped_projections_are_seen_with_their_update(tiny_pipe):
 def test_bad_settings_are_named(option, value):
     with pytest.raises(ConfigError, match=option):
         CrossAttentionProbe(**{option: value})
+
+
+def test_layers_scored_together_equal_layers_scored_alone(tiny_pipe, monkeypatch):
+    # Layers that score alike are stacked into one get_attention_scores call per captured step;
+    # every layer's maps must be exactly those it gets when captured on its own.
+    from diffusers.models.attention_processor import Attention
+
+    calls = []
+    original = Attention.get_attention_scores
+    monkeypatch.setattr(Attention, "get_attention_scores",
+                        lambda self, *args, **kwargs: calls.append(self) or original(self, *args, **kwargs))
+    prompt = "a watercolor of a lighthouse"
+    with capture(tiny_pipe, [_full_probe(layers="*attn2")]) as together:
+        _generate(tiny_pipe, prompt, steps=2)
+    grouped_calls = len(calls)
+    maps = together.records()[0]
+    assert len(maps) == 16
+    resolutions = {value.shape[-2:] for value in maps.values()}
+    steps = next(iter(maps.values())).shape[1]
+    assert grouped_calls <= len(resolutions) * steps < len(maps) * steps
+    for name, value in maps.items():
+        layer = name.removeprefix("cross_attention/")
+        with capture(tiny_pipe, [_full_probe(layers=[layer])]) as alone:
+            _generate(tiny_pipe, prompt, steps=2)
+        np.testing.assert_array_equal(value.values, alone.records()[0][name].values, err_msg=name)
+
+
+def test_pooled_mean_maps_equal_pooled_reference(tiny_pipe):
+    # defaults (mean over heads, prompt tokens, cond half, pooling) against an independent route
+    prompt = "a red mug on a table"
+    reference = _reference_scores(tiny_pipe, LAYER, prompt, height=128, width=128)
+    probe = CrossAttentionProbe(layers=[LAYER], timesteps="all", spatial=4, dtype="float32")
+    with capture(tiny_pipe, [probe]) as run:
+        _generate(tiny_pipe, prompt, height=128, width=128)
+    maps = run.records()[0][f"cross_attention/{LAYER}"]
+    tokens = len(tiny_pipe.tokenizer(prompt).input_ids)
+    attn = tiny_pipe.unet.get_submodule(LAYER)
+    side = int(reference[0].shape[1] ** 0.5)
+    assert maps.shape == (tokens, len(reference), 1, 1, 4, 4) and side == 8
+    for step, scores in enumerate(reference):
+        cond = scores.view(2, attn.heads, side, side, -1)[1].mean(dim=0)  # [y, x, token]
+        pooled = torch.nn.functional.adaptive_avg_pool2d(cond.permute(2, 0, 1), (4, 4))[:tokens]
+        np.testing.assert_allclose(maps.values[:, step, 0, 0], pooled.numpy(), rtol=1e-6, atol=1e-7)

@@ -57,7 +57,6 @@ class CaptureContext:
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = int(torch.as_tensor(timestep).flatten()[0].item())
-        schedule = [int(v) for v in self.pipe.scheduler.timesteps]
         guidance = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
         new_generation = (
             not self.generations
@@ -65,6 +64,9 @@ class CaptureContext:
             or len(self.generation.timesteps) >= self.generation.total_steps
         )
         if new_generation:
+            # The schedule is fixed for a pipeline call (set_timesteps runs before the loop),
+            # so it is read once per generation, not at every UNet call.
+            schedule = [int(v) for v in self.pipe.scheduler.timesteps.tolist()]
             unet_batch = sample.shape[0]
             if guidance and unet_batch % 2:
                 raise RuntimeError(f"guidance is on but the UNet batch ({unet_batch}) is odd")
@@ -76,6 +78,7 @@ class CaptureContext:
                     latent_hw=(int(sample.shape[-2]), int(sample.shape[-1])),
                     total_steps=len(schedule),
                     token_ids=self._pending_token_ids,
+                    schedule=tuple(schedule),
                 )
             )
             self._pending_token_ids = None
@@ -83,6 +86,6 @@ class CaptureContext:
         generation = self.generation
         # Schedulers of order 2 visit a timestep twice: count earlier visits of t.
         occurrence = generation.timesteps.count(t)
-        matches = [i for i, v in enumerate(schedule) if v == t]
+        matches = generation.positions(t)
         self.step_index = matches[occurrence] if occurrence < len(matches) else len(generation.timesteps)
         generation.timesteps.append(t)

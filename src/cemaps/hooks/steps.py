@@ -60,6 +60,17 @@ class Generation:
     total_steps: int
     token_ids: np.ndarray | None = None  # [batch, seq] of the prompt (not the negative prompt)
     timesteps: list[int] = field(default_factory=list)  # timestep value of each UNet call so far
+    schedule: tuple[int, ...] = ()  # the scheduler's timesteps for this call, in loop order
+    _positions: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def positions(self, timestep: int) -> tuple[int, ...]:
+        """Indices in ``schedule`` where ``timestep`` occurs (twice for 2nd-order schedulers)."""
+        if not self._positions and self.schedule:
+            found: dict[int, list[int]] = {}
+            for index, value in enumerate(self.schedule):
+                found.setdefault(value, []).append(index)
+            self._positions.update((value, tuple(indices)) for value, indices in found.items())
+        return self._positions.get(timestep, ())
 
     @property
     def halves(self) -> tuple[str, ...]:

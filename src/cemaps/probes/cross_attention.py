@@ -3,9 +3,11 @@
 The model's own attention output is computed by diffusers' processor as usual
 (fast SDPA path, untouched). Read-only forward hooks take the query and key
 projections (the outputs of ``to_q`` and ``to_k``, so LoRA-wrapped projections are
-seen with their update) and the probe computes ``attn.get_attention_scores(q, k)``
-from them. The per-layer hooks are attached only for the selected steps (a UNet
-pre-hook switches them), so the other steps run exactly as without capture.
+seen with their update); when the UNet call returns, the probe computes
+``attn.get_attention_scores(q, k)`` from them, stacking layers that score alike
+(see :mod:`cemaps.probes.attention_scores`). The per-layer hooks are attached only for
+the selected steps (a UNet pre-hook switches them), so the other steps run exactly as
+without capture.
 
 Example:
     >>> probe = CrossAttentionProbe(layers="*attn2", timesteps=5, spatial=16)
@@ -15,13 +17,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
 from torch.utils.hooks import RemovableHandle
@@ -29,8 +29,9 @@ from torch.utils.hooks import RemovableHandle
 from cemaps.errors import ConfigError
 from cemaps.hooks.context import CaptureContext
 from cemaps.hooks.selection import LayerSelector, select_modules
-from cemaps.hooks.steps import StepSpec, selected_steps
+from cemaps.hooks.steps import Generation, StepSpec, selected_steps
 from cemaps.labelled import LabelledArray
+from cemaps.probes.attention_scores import Reduction, layer_probabilities
 
 AXES = ("token", "step", "half", "head", "y", "x")
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -107,8 +108,9 @@ class _LayerSlot:
     """Per-layer scratch between the to_q and to_k hooks."""
 
     query: torch.Tensor | None = None
-    # maps[generation] = list over captured steps of [batch, half, head, token, y, x]
+    # maps[generation] = list over captured steps of [(half, image), head, y*x, token]
     maps: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    grid: tuple[int, int] = (0, 0)  # (y, x) of the kept maps
 
 
 class CrossAttentionProbe:
@@ -126,11 +128,15 @@ class CrossAttentionProbe:
         self.settings = CrossAttentionSettings(layers, timesteps, heads, tokens, spatial, dtype, halves)
         self._slots: dict[str, _LayerSlot] = {}
         self._steps: dict[int, tuple[int, ...]] = {}
+        self._limits: dict[int, int] = {}
+        self._tokenizer: Any = None
+        self._pending: list[tuple[_LayerSlot, Attention, torch.Tensor, torch.Tensor]] = []
 
     @classmethod
     def from_settings(cls, settings: CrossAttentionSettings) -> CrossAttentionProbe:
         probe = cls.__new__(cls)
-        probe.settings, probe._slots, probe._steps = settings, {}, {}
+        probe.settings, probe._slots, probe._steps, probe._limits, probe._tokenizer = settings, {}, {}, {}, None
+        probe._pending = []
         return probe
 
     def layer_names(self, unet: nn.Module) -> list[str]:
@@ -139,14 +145,16 @@ class CrossAttentionProbe:
     def attach(self, pipe: Any, context: CaptureContext) -> list[Any]:
         layers = select_modules(pipe.unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer")
         self._slots = {name: _LayerSlot() for name in layers}
-        self._steps = {}
+        self._steps, self._limits, self._tokenizer = {}, {}, context.tokenizer
 
         def layer_hooks() -> list[RemovableHandle]:
+            self._pending = []
             handles = []
             for name, attn in layers.items():
                 slot = self._slots[name]
                 handles.append(attn.to_q.register_forward_hook(self._keep_query(slot)))
-                handles.append(attn.to_k.register_forward_hook(self._score(slot, attn, context)))
+                handles.append(attn.to_k.register_forward_hook(self._score(slot, attn)))
+            handles.append(pipe.unet.register_forward_hook(self._flush(context)))
             return handles
 
         # Per-layer hooks exist only during captured steps, so the other steps run at full speed.
@@ -171,44 +179,48 @@ class CrossAttentionProbe:
             slot.query = output
         return hook
 
-    def _score(self, slot: _LayerSlot, attn: Attention, context: CaptureContext):
-        # The processor projects the query before the key, so both are known when to_k returns.
+    def _score(self, slot: _LayerSlot, attn: Attention):
+        # The processor projects the query before the key, so both are known when to_k returns;
+        # scoring waits for the end of the UNet call, where layers that score alike go together.
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             query, slot.query = slot.query, None
-            if query is None:
+            if query is not None:
+                self._pending.append((slot, attn, query, output))
+        return hook
+
+    def _flush(self, context: CaptureContext):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            pending, self._pending = self._pending, []
+            if not pending:
                 return
             generation = context.generation
             with torch.no_grad():
-                maps = self._probabilities(attn, query, output, generation.halves, generation.latent_hw)
-            slot.maps.setdefault(generation.index, []).append(maps)
+                results = layer_probabilities([item[1:] for item in pending], generation.latent_hw,
+                                              self._reduction(generation))
+            for (slot, *_), (maps, grid) in zip(pending, results, strict=True):
+                slot.grid = grid
+                slot.maps.setdefault(generation.index, []).append(maps)
         return hook
 
-    def _probabilities(self, attn: Attention, query: torch.Tensor, key: torch.Tensor,
-                       halves: tuple[str, ...], latent_hw: tuple[int, int]) -> torch.Tensor:
-        """[batch, half, head, token, y, x] probabilities for the kept halves."""
+    def _reduction(self, generation: Generation) -> Reduction:
+        halves = generation.halves
         keep = self.kept_halves(halves)
-        n_halves = len(halves)
-        batch = query.shape[0] // n_halves
-        rows = torch.cat([torch.arange(batch) + halves.index(h) * batch for h in keep]).to(query.device)
-        query, key = query.index_select(0, rows), key.index_select(0, rows)
-        q, k = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        probs = attn.get_attention_scores(q, k, None)  # [rows * heads, pixels, tokens]
-        heads, pixels, tokens = attn.heads, probs.shape[1], probs.shape[2]
-        probs = probs.view(len(keep), batch, heads, pixels, tokens)
-        if self.settings.heads == "mean":
-            probs = probs.float().mean(dim=2, keepdim=True)
-        height, width = _layer_grid(latent_hw, pixels)
-        grid = probs.permute(1, 0, 2, 4, 3).reshape(-1, tokens, height, width)
-        if self.settings.spatial != "native" and max(height, width) > self.settings.spatial:
-            side = self.settings.spatial
-            out_hw = (max(1, round(height * side / max(height, width))), max(1, round(width * side / max(height, width))))
-            grid = F.adaptive_avg_pool2d(grid.float(), out_hw)
-        grid = grid.to(_DTYPES[self.settings.dtype])
-        return grid.reshape(batch, len(keep), probs.shape[2], tokens, *grid.shape[-2:])
+        rows = None
+        if len(keep) < len(halves):  # one CFG half of two: diffusers stacks (uncond, cond)
+            first = halves.index(keep[0]) * generation.batch_size
+            rows = slice(first, first + generation.batch_size)
+        return Reduction(rows=rows, mean_heads=self.settings.heads == "mean", tokens=self._token_limit(generation),
+                         spatial=self.settings.spatial, dtype=_DTYPES[self.settings.dtype])
+
+    def _token_limit(self, generation: Generation) -> int | None:
+        """Tokens kept at capture time: the longest prompt of the batch (None: all)."""
+        if self.settings.tokens != "prompt" or generation.token_ids is None:
+            return None
+        limit = self._limits.get(generation.index)
+        if limit is None:
+            eos = getattr(self._tokenizer, "eos_token_id", None)
+            limit = self._limits[generation.index] = max(generation.prompt_lengths(eos)) if eos is not None else -1
+        return None if limit < 0 else limit
 
     def kept_halves(self, halves: tuple[str, ...]) -> tuple[str, ...]:
         wanted = {"cond": ("cond",), "uncond": ("uncond",), "both": ("uncond", "cond")}[self.settings.halves]
@@ -225,12 +237,15 @@ class CrossAttentionProbe:
         for generation in context.generations:
             steps = self._steps.get(generation.index, selected_steps(self.settings.timesteps, generation.total_steps))
             stacked = {}
+            n_halves = len(self.kept_halves(generation.halves))
             for name, slot in self._slots.items():
                 per_step = slot.maps.get(generation.index, [])
                 if len(per_step) != len(steps):
                     raise RuntimeError(f"layer {name!r} ran {len(per_step)} of {len(steps)} captured steps")
-                # [batch, step, half, head, token, y, x] -> per image [token, step, half, head, y, x]
-                stacked[name] = torch.stack(per_step, dim=1).permute(0, 4, 1, 2, 3, 5, 6).cpu().numpy()
+                # [step, (half, image), head, y*x, token] -> [image, token, step, half, head, y, x]
+                maps = torch.stack(per_step).unflatten(1, (n_halves, generation.batch_size))
+                maps = maps.unflatten(4, slot.grid).permute(2, 6, 0, 1, 3, 4, 5)
+                stacked[name] = maps.cpu().numpy()
             if self.settings.tokens == "prompt":
                 lengths = generation.prompt_lengths(tokenizer.eos_token_id)
             else:
@@ -249,15 +264,3 @@ class CrossAttentionProbe:
         for slot in self._slots.values():
             slot.maps.clear()
         return records
-
-
-def _layer_grid(latent_hw: tuple[int, int], pixels: int) -> tuple[int, int]:
-    """Height and width of a layer's feature map from the latent size and its pixel count."""
-    height, width = latent_hw
-    for level in range(8):
-        h, w = height, width
-        for _ in range(level):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        if h * w == pixels:
-            return h, w
-    raise RuntimeError(f"{pixels} query positions do not match a downsampling of the {height}x{width} latent")
