@@ -1,26 +1,41 @@
 """Capture overhead: time(generation with capture) / time(plain diffusers generation).
 
-Both are run interleaved in one process (pairs in alternating order, ABBA) with
-the same prompt and seed, and the median of the per-pair ratios is reported.
+Two interleavings, both in one process, both with the same prompt and seed:
+
+* ``lockstep`` (the headline figure): two identical pipelines generate side by side in
+  two threads that take turns at every UNet call, so plain and captured generation
+  alternate every denoising step (tens of ms) instead of every image. Only one thread
+  runs at a time; each side's time is the sum of its own turns. On a shared 2-core VM
+  the speed of the CPU drifts by 10-30 % over seconds (consecutive UNet calls' times
+  correlate at 0.85, calls one image apart at 0.15), which makes whole-image pairs too
+  noisy to resolve a few percent; step-level turns cancel that drift. Which side runs
+  first and which pipeline object captures alternate from pair to pair.
+* ``abba``: whole generations in alternating order (plain, capture, capture, plain, ...).
+
+The median of the per-pair ratios is reported for each, with the ratio of medians.
 
     python benchmarks/capture_overhead.py                 # tiny pipeline + SD v1.5 geometry at 512x512
-    python benchmarks/capture_overhead.py --skip-sd15     # tiny pipeline only (seconds)
+    python benchmarks/capture_overhead.py --skip-sd15     # tiny pipeline only (about 10 minutes)
 
 SD v1.5 geometry runs use output_type="latent" (no VAE decode) and no guidance, which
 make the ratio larger, not smaller: the decode and the second CFG half add the same time
 to both sides while capture work stays the same. On 2 CPU cores one 512x512 UNet call
-takes tens of seconds, so these runs take minutes; the first pair includes warm-up.
+takes seconds, so these runs take minutes; the first pair includes warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -63,19 +78,117 @@ def overhead(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output
             "ratio_of_minimums": min(capture_times) / min(plain_times)}
 
 
+class _Turns:
+    """Two threads that take turns: whoever holds the turn runs, the other waits."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._turn = 0
+        self._done = [False, False]
+
+    def wait(self, side: int) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._turn == side or self._done[1 - side], timeout=3600):
+                raise TimeoutError("the other side of the lockstep pair stopped answering")
+
+    def hand_over(self, side: int, done: bool = False) -> None:
+        with self._cond:
+            self._done[side] = self._done[side] or done
+            self._turn = 1 - side
+            self._cond.notify_all()
+
+
+def _lockstep_pair(pipes, capture_index: int, first: int, steps: int, size: int, output_type: str,
+                   guidance_scale: float, probe_kwargs: dict, threads: int) -> tuple[float, float]:
+    """(plain seconds, captured seconds) of one image each, generated in turns at every UNet call."""
+    turns = _Turns()
+    turns._turn = first
+    elapsed = [0.0, 0.0]
+    errors: list[BaseException] = []
+
+    def side(index: int) -> None:
+        torch.set_num_threads(threads)  # per thread: OpenMP settings do not carry over
+        pipe = pipes[index]
+        started = [0.0]
+
+        def take_turns(module, args, kwargs):
+            elapsed[index] += time.perf_counter() - started[0]
+            turns.hand_over(index)
+            turns.wait(index)
+            started[0] = time.perf_counter()
+
+        # registered before capture's own hooks, so capture's per-call work lands in this side's turn
+        handle = pipe.unet.register_forward_pre_hook(take_turns, with_kwargs=True)
+        try:
+            turns.wait(index)
+            started[0] = time.perf_counter()
+            if index == capture_index:
+                with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]) as run:
+                    _generate(pipe, steps, size, output_type, guidance_scale)
+                run.records()  # collecting to numpy is part of the cost
+            else:
+                _generate(pipe, steps, size, output_type, guidance_scale)
+            elapsed[index] += time.perf_counter() - started[0]
+        except BaseException as err:  # noqa: BLE001 - reported by the caller
+            errors.append(err)
+        finally:
+            handle.remove()
+            turns.hand_over(index, done=True)
+
+    workers = [threading.Thread(target=side, args=(i,)) for i in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return elapsed[1 - capture_index], elapsed[capture_index]
+
+
+def overhead_lockstep(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output_type: str,
+                      guidance_scale: float = 7.5, threads: int | None = None) -> dict:
+    """Median ratio over ``pairs`` images generated in step-level turns with a twin of ``pipe``."""
+    pipes = (pipe, copy.deepcopy(pipe))
+    threads = threads or torch.get_num_threads()
+    _lockstep_pair(pipes, 1, 0, steps, size, output_type, guidance_scale, probe_kwargs, threads)  # warm-up
+    ratios, plain_times, capture_times = [], [], []
+    for pair in range(pairs):
+        # alternate which pipeline object captures and which side takes the first turn
+        plain, captured = _lockstep_pair(pipes, pair % 2, (pair // 2) % 2, steps, size, output_type,
+                                         guidance_scale, probe_kwargs, threads)
+        ratios.append(captured / plain)
+        plain_times.append(plain)
+        capture_times.append(captured)
+    return {"median_ratio": statistics.median(ratios), "ratios": ratios, "plain_s": statistics.median(plain_times),
+            "ratio_of_medians": statistics.median(capture_times) / statistics.median(plain_times),
+            "ratio_of_minimums": min(capture_times) / min(plain_times)}
+
+
+def median_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Bootstrap (BCa) confidence interval of the median pair ratio."""
+    if len(ratios) < 3:
+        return float("nan"), float("nan")
+    result = stats.bootstrap((np.asarray(ratios),), np.median, confidence_level=confidence, n_resamples=9999,
+                             random_state=np.random.default_rng(0))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def report(label: str, result: dict) -> None:
-    ratios = ", ".join(f"{r:.2f}" for r in result["ratios"])
-    print(f"{label:<58} median of pair ratios {result['median_ratio']:.3f}x, ratio of medians "
-          f"{result['ratio_of_medians']:.3f}x, ratio of minimums {result['ratio_of_minimums']:.3f}x "
+    ratios = ", ".join(f"{r:.3f}" for r in result["ratios"])
+    low, high = median_interval(result["ratios"])
+    print(f"{label:<62} median of pair ratios {result['median_ratio']:.3f}x (95% CI {low:.3f}-{high:.3f}), "
+          f"ratio of medians {result['ratio_of_medians']:.3f}x, ratio of minimums {result['ratio_of_minimums']:.3f}x "
           f"(plain {result['plain_s']:.2f} s; {len(result['ratios'])} pairs: {ratios})", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=5, help="pairs at SD v1.5 geometry")
     parser.add_argument("--sd15-steps", type=int, default=5)
-    parser.add_argument("--tiny-pairs", type=int, default=31)
+    parser.add_argument("--tiny-pairs", type=int, default=101, help="pairs for the tiny pipeline's defaults")
+    parser.add_argument("--every-step-pairs", type=int, default=31, help="pairs for tiny every-step capture")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--method", choices=("lockstep", "abba", "both"), default="both")
     parser.add_argument("--skip-sd15", action="store_true")
     parser.add_argument("--skip-tiny", action="store_true")
     parser.add_argument("--every-step", action="store_true", help="also time every-step capture at SD geometry")
@@ -83,11 +196,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    methods = ("lockstep", "abba") if args.method == "both" else (args.method,)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+
+    def measure(label, pipe, steps, size, pairs, probe_kwargs, output_type, guidance_scale=7.5, warmup=True):
+        for method in methods:
+            if method == "lockstep":
+                result = overhead_lockstep(pipe, steps, size, pairs, probe_kwargs, output_type, guidance_scale,
+                                           args.threads)
+            else:
+                result = overhead(pipe, steps, size, pairs, probe_kwargs, output_type, guidance_scale, warmup)
+            report(f"{label} [{method}]", result)
+
     if not args.skip_tiny:
         tiny = tiny_pipeline(seed=0)
-        report("tiny 64x64, 20 steps, defaults (5 of 20 steps)", overhead(tiny, 20, 64, args.tiny_pairs, {}, "np"))
-        report("tiny 64x64, 20 steps, every step", overhead(tiny, 20, 64, args.tiny_pairs, {"timesteps": "all"}, "np"))
+        measure("tiny 64x64, 20 steps, defaults (5 of 20 steps)", tiny, 20, 64, args.tiny_pairs, {}, "np")
+        measure("tiny 64x64, 20 steps, every step", tiny, 20, 64, args.every_step_pairs, {"timesteps": "all"}, "np")
     if args.skip_sd15:
         return
     from diffusers import DDIMScheduler
@@ -97,16 +221,16 @@ def main() -> None:
     sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)  # exactly one UNet call per step
     print(f"SD v1.5 geometry UNet: {sum(p.numel() for p in sd.unet.parameters()) / 1e6:.1f}M parameters")
     # Without guidance the UNet runs on one half only while capture still scores the cond half:
-    # the ratio is an upper bound of the guided (CFG) case. The defaults capture every step here
-    # (timesteps=10 >= steps), so this is also the every-step figure.
+    # the ratio is an upper bound of the guided (CFG) case.
     steps = args.sd15_steps
     # The defaults capture 5 of 50 steps; keep at least that share of captured steps here.
     share = {"timesteps": max(1, -(-steps * 5 // 50))}
-    report(f"SD v1.5 512x512, {steps} DDIM steps, no CFG, {share['timesteps']} of {steps} steps captured",
-           overhead(sd, steps, 512, args.pairs, share, "latent", guidance_scale=1.0, warmup=False))
+    measure(f"SD v1.5 512x512, {steps} DDIM steps, no CFG, {share['timesteps']} of {steps} captured", sd, steps,
+            512, args.pairs, share, "latent", guidance_scale=1.0, warmup=False)
     if args.every_step:
-        report(f"SD v1.5 512x512, {steps} DDIM steps, no CFG, every step",
-               overhead(sd, steps, 512, args.pairs, {"timesteps": "all"}, "latent", guidance_scale=1.0, warmup=False))
+        measure(f"SD v1.5 512x512, {steps} DDIM steps, no CFG, every step", sd, steps, 512, args.pairs,
+                {"timesteps": "all"}, "latent", guidance_scale=1.0, warmup=False)
+
 
 if __name__ == "__main__":
     main()
