@@ -54,7 +54,7 @@ def overhead(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output
         _generate(pipe, steps, size, output_type, guidance_scale)
         with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]):
             _generate(pipe, steps, size, output_type, guidance_scale)
-    ratios, plain_times, capture_times = [], [], []
+    plain_times, capture_times = [], []
     for pair in range(pairs):
         # Alternate which run goes first (ABBA), so that order effects (allocator, caches,
         # garbage left by the previous run) do not all land on one side.
@@ -69,10 +69,14 @@ def overhead(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output
                     _generate(pipe, steps, size, output_type, guidance_scale)
                 run.records()  # collecting to numpy is part of the cost
             timings[kind] = time.perf_counter() - start
-        plain, captured = timings["plain"], timings["capture"]
-        ratios.append(captured / plain)
-        plain_times.append(plain)
-        capture_times.append(captured)
+        plain_times.append(timings["plain"])
+        capture_times.append(timings["capture"])
+    return summarize(plain_times, capture_times)
+
+
+def summarize(plain_times: list[float], capture_times: list[float]) -> dict:
+    """Ratios of paired timings: per pair, of medians and of minimums."""
+    ratios = [captured / plain for plain, captured in zip(plain_times, capture_times, strict=True)]
     return {"median_ratio": statistics.median(ratios), "ratios": ratios, "plain_s": statistics.median(plain_times),
             "ratio_of_medians": statistics.median(capture_times) / statistics.median(plain_times),
             "ratio_of_minimums": min(capture_times) / min(plain_times)}
@@ -81,9 +85,9 @@ def overhead(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output
 class _Turns:
     """Two threads that take turns: whoever holds the turn runs, the other waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, first: int) -> None:
         self._cond = threading.Condition()
-        self._turn = 0
+        self._turn = first
         self._done = [False, False]
 
     def wait(self, side: int) -> None:
@@ -101,8 +105,7 @@ class _Turns:
 def _lockstep_pair(pipes, capture_index: int, first: int, steps: int, size: int, output_type: str,
                    guidance_scale: float, probe_kwargs: dict, threads: int) -> tuple[float, float]:
     """(plain seconds, captured seconds) of one image each, generated in turns at every UNet call."""
-    turns = _Turns()
-    turns._turn = first
+    turns = _Turns(first)
     elapsed = [0.0, 0.0]
     errors: list[BaseException] = []
 
@@ -151,17 +154,14 @@ def overhead_lockstep(pipe, steps: int, size: int, pairs: int, probe_kwargs: dic
     pipes = (pipe, copy.deepcopy(pipe))
     threads = threads or torch.get_num_threads()
     _lockstep_pair(pipes, 1, 0, steps, size, output_type, guidance_scale, probe_kwargs, threads)  # warm-up
-    ratios, plain_times, capture_times = [], [], []
+    plain_times, capture_times = [], []
     for pair in range(pairs):
         # alternate which pipeline object captures and which side takes the first turn
         plain, captured = _lockstep_pair(pipes, pair % 2, (pair // 2) % 2, steps, size, output_type,
                                          guidance_scale, probe_kwargs, threads)
-        ratios.append(captured / plain)
         plain_times.append(plain)
         capture_times.append(captured)
-    return {"median_ratio": statistics.median(ratios), "ratios": ratios, "plain_s": statistics.median(plain_times),
-            "ratio_of_medians": statistics.median(capture_times) / statistics.median(plain_times),
-            "ratio_of_minimums": min(capture_times) / min(plain_times)}
+    return summarize(plain_times, capture_times)
 
 
 def median_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, float]:
