@@ -4,8 +4,9 @@ For the base model and then each personalized model, it generates every
 (prompt, seed) of the study with the same settings and the same seeds, captures
 cross-attention maps while it generates, and appends the records to the store.
 Records already in the store are skipped, so an interrupted run resumes where it
-stopped, and several processes (one per GPU under ``accelerate launch``) can
-share the work, each writing its own part files.
+stopped, and several processes (one per GPU under ``torchrun`` or ``accelerate
+launch``) share the work: each takes a disjoint contiguous block of the batches
+(:func:`cemaps.distributed.shard`) and writes its own part files.
 
 Example:
     >>> from cemaps.config import StudyConfig, GenerationSettings
@@ -34,6 +35,7 @@ import torch
 
 from cemaps.config import SCHEDULERS, PersonalizedEntry, StudyConfig
 from cemaps.data import load_prompts
+from cemaps.distributed import ProcessInfo, capture_device, process_info, shard
 from cemaps.errors import ConfigError
 from cemaps.hooks import capture
 from cemaps.models.loading import file_sha256, load_pipeline, weights_fingerprint
@@ -126,16 +128,9 @@ def _generate(pipe: Any, config: StudyConfig, texts: list[str], seeds: list[int]
     return (np.clip(output.images, 0, 1) * 255).round().astype(np.uint8)
 
 
-def _distributed() -> tuple[int, int, Any]:
-    """(process index, process count, accelerate state) — (0, 1, None) outside ``accelerate launch``."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, None
-    from accelerate import PartialState
-
-    state = PartialState()
-    return state.process_index, state.num_processes, state
+def _distributed() -> ProcessInfo:
+    """This process's rank and the process count, from the launcher's environment (see cemaps.distributed)."""
+    return process_info()
 
 
 def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = True,
@@ -151,8 +146,8 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         probes: user probes captured beside the cross-attention probe and stored under
             their ``name`` (see :class:`cemaps.Probe`).
     """
-    rank, world, state = _distributed()
-    device = config.device or (f"cuda:{state.local_process_index}" if state is not None and torch.cuda.is_available() else None)
+    process = _distributed()
+    device = capture_device(process, config.device)
     if pipe is None:
         pipe = load_pipeline(config.base, device=device, dtype=config.dtype, config=config.base_config)
     _set_scheduler(pipe, config.generation.scheduler)
@@ -169,7 +164,7 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
                   "device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
     store_path = Path(store_path)
     writer = StoreWriter(store_path, settings=settings, base=base_identity, provenance=provenance,
-                         writer_tag=f"rank{rank}", records_per_part=records_per_part)
+                         writer_tag=process.writer_tag, records_per_part=records_per_part)
     with writer:
         writer.add_prompts(prompts.to_dict("records"))
         model_rows = [{"model_id": BASE_ID, "method": "base", "subject_id": None, "source": config.base,
@@ -184,7 +179,7 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         deltas_done = _models_with_weight_deltas(store_path)
         model_ids = [BASE_ID, *specs]
         plan = _plan(config, list(prompts["prompt_id"]), model_ids)
-        mine = [w for i, w in enumerate(plan) if i % world == rank]
+        mine = shard(plan, process.rank, process.world_size)
         total = sum(len(w.items) for w in mine)
         todo = [w for w in mine if any((w.model_id, p, s) not in done for p, s in w.items)]
         pending = sum(sum((w.model_id, p, s) not in done for p, s in w.items) for w in todo)
@@ -213,8 +208,6 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
                                                 image=image if config.images else None)
                             written += 1
                             advance(model_id)
-    if state is not None:
-        state.wait_for_everyone()
     return StudyResult(store=store_path, written=written, skipped=total - pending, total=total)
 
 
