@@ -88,11 +88,11 @@ def test_refuses_missing_file(tmp_path):
 
 def test_refuses_schema_version_mismatch(store_path):
     with h5py.File(store_path, "r+") as manifest:
-        manifest.attrs["schema_version"] = 2
+        manifest.attrs["schema_version"] = 3
     for attempt in (lambda: open_store(store_path), lambda: StoreWriter(store_path, settings=SETTINGS, base=BASE)):
         with pytest.raises(StoreError) as err:
             attempt()
-        assert one_line(err) == (f"{store_path}: schema_version is 2 but this cemaps reads and writes 1; "
+        assert one_line(err) == (f"{store_path}: schema_version is 3 but this cemaps reads 1, 2 and writes 2; "
                                  "use the cemaps release that wrote it or a new store path")
 
 

@@ -44,7 +44,7 @@ def test_roundtrip_arrays_axes_images(tmp_path):
     keys = [("base", f"p{i}", s) for i in range(3) for s in (0, 1)]
     written = write_records(path, keys, np.random.default_rng(0))
     with open_store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
         assert store.settings == SETTINGS and store.base == BASE
         assert "packages" in store.provenance
         assert store.array_names == sorted([ATTN, "delta/norm"])

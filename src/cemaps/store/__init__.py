@@ -1,4 +1,4 @@
-"""The HDF5 store: append-only, crash-safe, resumable, shardable (schema v1).
+"""The HDF5 store: append-only, crash-safe, resumable, shardable (schema v2; reads v1).
 
 A store is a manifest ``study.h5`` plus a folder ``study.h5.parts/`` of immutable files:
 
@@ -23,7 +23,9 @@ Guarantees and choices:
   ``merge_stores`` keeps identical duplicates once (warning) and refuses differing ones.
 - ``add_models`` / ``add_prompts`` are idempotent; ``write_table`` appends rows but skips
   rows identical to stored ones, so a resumed run may repeat its calls.
-- Arrays: gzip-4 + shuffle, ~256 KiB chunks along the ragged axis; images: PNG bytes.
+- Arrays: Blosc2-Zstd-5 + shuffle (schema v2, the ``hdf5plugin`` filter; v1 stores and the
+  parts appended to them use gzip-4 + shuffle), ~256 KiB chunks along the ragged axis;
+  images: PNG bytes.
 - Virtual datasets use source paths relative to the manifest; HDF5 resolves them against
   the manifest's folder, so ``study.h5`` and ``study.h5.parts/`` may be moved together.
 

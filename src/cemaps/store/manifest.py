@@ -2,7 +2,7 @@
 
 Manifest layout (schema v1)::
 
-    /                attrs: format="cemaps-store", schema_version=1, settings, base,
+    /                attrs: format="cemaps-store", schema_version (1 or 2), settings, base,
                             provenance (JSON strings), updated_at
     /models          frame group (model_id + JSON-able columns)
     /prompts         frame group (prompt_id, text, tokens, token_ids, labels...)
@@ -33,7 +33,7 @@ from cemaps.store.contents import ContentsCache, StoreContents, array_schemas, r
 from cemaps.store.frames import rows_to_frame, write_frame
 from cemaps.store.layout import atomic_path, parts_dir, sealed_files
 from cemaps.store.part_index import RECORD_DTYPE, array_path, offsets_path
-from cemaps.store.schema import SCHEMA_VERSION, STORE_FORMAT, first_difference
+from cemaps.store.schema import SCHEMA_VERSION, STORE_FORMAT, check_version, first_difference, register_filters
 
 _MANIFEST_RECORD_DTYPE = np.dtype([(n, RECORD_DTYPE.fields[n][0]) for n in RECORD_DTYPE.names]
                                   + [("part", np.int64), ("row", np.int64)])
@@ -74,9 +74,8 @@ def read_header(path: Path) -> Header:
     except (KeyError, TypeError, ValueError):
         raise StoreError(f"{path}: schema_version attribute missing or not an integer; "
                          f"expected {SCHEMA_VERSION}") from None
-    if version != SCHEMA_VERSION:
-        raise StoreError(f"{path}: schema_version is {version} but this cemaps reads and writes {SCHEMA_VERSION}; "
-                         "use the cemaps release that wrote it or a new store path")
+    check_version(version, what=str(path))
+    register_filters()
     try:
         settings, base, provenance = (json.loads(attrs[k]) for k in ("settings", "base", "provenance"))
     except (KeyError, TypeError, ValueError) as err:
@@ -133,7 +132,7 @@ def write_manifest(path: Path, header: Header, contents: StoreContents) -> None:
     """Writes the whole manifest to a temporary file and atomically replaces ``path``."""
     records = record_table(contents.parts)
     with atomic_path(path) as tmp_path, h5py.File(tmp_path, "w") as manifest:
-        manifest.attrs.update({"format": STORE_FORMAT, "schema_version": SCHEMA_VERSION,
+        manifest.attrs.update({"format": STORE_FORMAT, "schema_version": header.schema_version,
                                "settings": json.dumps(header.settings, sort_keys=True),
                                "base": json.dumps(header.base, sort_keys=True),
                                "provenance": json.dumps(header.provenance, sort_keys=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import os
 import shutil
@@ -125,6 +126,9 @@ def merge_stores(sources: list[str | os.PathLike], out: str | os.PathLike) -> No
             raise StoreError(f"{out_path}: folder {out_path.parent} does not exist; create it first")
         out_header = Header(headers[0].schema_version, headers[0].settings, headers[0].base,
                             {**headers[0].provenance, "merged_from": [str(p) for p in paths]})
+    # a merged store holds every source's parts, so it needs the newest of their schema versions
+    version = max(header.schema_version for header in [*headers, out_header])
+    out_header = dataclasses.replace(out_header, schema_version=version)
     stores = [(p, ContentsCache().scan(p)) for p in paths]
     if out_path.exists():
         stores.insert(0, (out_path, ContentsCache().scan(out_path)))

@@ -5,7 +5,8 @@ Part file layout (schema v1)::
     /                  attrs: format="cemaps-store-part", schema_version, writer_tag,
                               provenance (JSON), array_names (JSON list)
     /records           compound [n]: model_id (str), prompt_id (str), seed (int64)
-    /arrays/<name>     [rows, *trailing] extendable, chunked, gzip-4 + shuffle; dtype as given;
+    /arrays/<name>     [rows, *trailing] extendable, chunked; v1: gzip-4 + shuffle, v2: Blosc2-Zstd-5 +
+                       shuffle (hdf5plugin); dtype as given;
                        attrs: axes (JSON list), name. '/' in a name makes groups; dots are kept.
     /offsets/<name>    int64 [n, 2]: (start, count) rows of record i in /arrays/<name>;
                        (-1, 0) where record i has no such array
@@ -22,7 +23,7 @@ import h5py
 import numpy as np
 
 from cemaps.errors import StoreError
-from cemaps.store.schema import PART_FORMAT, SCHEMA_VERSION
+from cemaps.store.schema import PART_FORMAT, check_version
 
 RecordKey = tuple[str, str, int]
 
@@ -75,9 +76,7 @@ def read_part_index(path: Path) -> PartIndex:
         with h5py.File(path, "r") as part:
             if part.attrs.get("format") != PART_FORMAT:
                 raise StoreError(f"{path}: not a cemaps store part (format attribute missing or wrong)")
-            version = int(part.attrs["schema_version"])
-            if version != SCHEMA_VERSION:
-                raise StoreError(f"{path}: part schema_version {version}; this cemaps reads {SCHEMA_VERSION}")
+            check_version(int(part.attrs["schema_version"]), what=f"{path} (part)")
             names = json.loads(part.attrs["array_names"])
             keys = decode_keys(part["records"][()])
             offsets, rows, schemas = {}, {}, {}

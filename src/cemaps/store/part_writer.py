@@ -16,7 +16,7 @@ import numpy as np
 
 from cemaps.store.layout import seal
 from cemaps.store.part_index import RECORD_DTYPE, RecordKey, array_path, offsets_path
-from cemaps.store.schema import CHUNK_BYTES, COMPRESSION, PART_FORMAT, SCHEMA_VERSION
+from cemaps.store.schema import CHUNK_BYTES, CODEC_OF_VERSION, PART_FORMAT, SCHEMA_VERSION, array_compression
 
 _IMAGE_DTYPE = h5py.vlen_dtype(np.uint8)
 
@@ -29,9 +29,11 @@ class OpenPart:
         final_path: its sealed name (``part-<tag>-<seq>.h5``).
         writer_tag: the writer that owns it.
         provenance_json: the writer's provenance, kept as a part attribute.
+        schema_version: the store's version, which fixes the arrays' codec (schema.CODEC_OF_VERSION).
     """
 
-    def __init__(self, tmp_path: Path, final_path: Path, *, writer_tag: str, provenance_json: str) -> None:
+    def __init__(self, tmp_path: Path, final_path: Path, *, writer_tag: str, provenance_json: str,
+                 schema_version: int = SCHEMA_VERSION) -> None:
         self.tmp_path = tmp_path
         self.final_path = final_path
         self._keys: list[RecordKey] = []
@@ -41,7 +43,8 @@ class OpenPart:
         # compress, write and later re-read the partly filled chunk on every record.
         self._arrays: dict[str, h5py.Dataset] = {}
         self._file = h5py.File(tmp_path, "w")
-        self._file.attrs.update({"format": PART_FORMAT, "schema_version": SCHEMA_VERSION,
+        self._compression = array_compression(CODEC_OF_VERSION[schema_version])
+        self._file.attrs.update({"format": PART_FORMAT, "schema_version": schema_version,
                                  "writer_tag": writer_tag, "provenance": provenance_json})
         self._images = self._file.create_dataset("images", shape=(0,), maxshape=(None,), dtype=_IMAGE_DTYPE,
                                                  chunks=(16,))
@@ -55,7 +58,7 @@ class OpenPart:
         row_bytes = max(1, int(np.prod(trailing, dtype=np.int64)) * array.dtype.itemsize)
         rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
         dataset = self._file.create_dataset(array_path(name), shape=(0, *trailing), maxshape=(None, *trailing),
-                                            dtype=array.dtype, chunks=(rows_per_chunk, *trailing), **COMPRESSION)
+                                            dtype=array.dtype, chunks=(rows_per_chunk, *trailing), **self._compression)
         dataset.attrs["axes"] = json.dumps(list(axes))
         dataset.attrs["name"] = name
         return dataset

@@ -2,7 +2,14 @@
 
 Schema v1 (see ``store/__init__.py`` for the full layout): a manifest ``study.h5`` beside
 a folder ``study.h5.parts/`` of immutable part files (``part-*.h5``, records and arrays)
-and meta files (``meta-*.h5``, models / prompts / model-level tables).
+and meta files (``meta-*.h5``, models / prompts / model-level tables); arrays gzip-4 + shuffle.
+
+Schema v2: the same layout; arrays are compressed with Blosc2 (Zstandard, byte shuffle),
+an HDF5 filter that ``hdf5plugin`` registers (plain h5py reads them after
+``import hdf5plugin``). Blosc2-Zstd decompresses these float16 maps ~10x faster than gzip
+at 1-2 % more bytes (``benchmarks/analysis_throughput.py`` prints both side by side).
+This cemaps reads v1 and v2; a v1 store stays v1 when appended to (new parts use gzip), so
+the cemaps that wrote it can still read it.
 """
 
 from __future__ import annotations
@@ -15,16 +22,50 @@ import numpy as np
 
 from cemaps.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STORE_FORMAT = "cemaps-store"
 PART_FORMAT = "cemaps-store-part"
 META_FORMAT = "cemaps-store-meta"
 
-# gzip 4 + byte shuffle: on softmax-like float16 attention maps it saved 30% (smooth maps)
+# gzip 4 + byte shuffle (schema v1): on softmax-like float16 attention maps it saved 30% (smooth maps)
 # where lzf+shuffle saved 17% and plain lzf nothing; gzip 1 was only 3% larger. See the report.
 COMPRESSION: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+# The codec of each schema version's array datasets.
+CODEC_OF_VERSION = {1: "gzip", 2: "blosc2-zstd"}
 # ~256 KiB chunks: one record's rows touch a few chunks, so reading a record stays O(record).
 CHUNK_BYTES = 256 * 1024
+
+
+def register_filters() -> None:
+    """Registers hdf5plugin's HDF5 filters (Blosc2, Zstd, ...) with h5py; idempotent."""
+    import hdf5plugin  # noqa: F401  (registering the filters is the import's effect)
+
+
+def array_compression(codec: str) -> dict[str, Any]:
+    """``h5py.create_dataset`` keyword arguments of ``codec`` ("gzip" or "blosc2-zstd").
+
+    Blosc2-Zstd at level 5 with byte shuffle, one thread: on the analysis benchmark's
+    256 KiB chunks two Blosc threads decompressed slower than one (the analysis already
+    keeps both cores busy), and levels 1-5 differed by 2 % in size.
+    """
+    if codec == "gzip":
+        return dict(COMPRESSION)
+    if codec == "blosc2-zstd":
+        register_filters()
+        import hdf5plugin
+
+        return dict(hdf5plugin.Blosc2(cname="zstd", clevel=5, filters=hdf5plugin.Blosc2.SHUFFLE))
+    raise StoreError(f"codec {codec!r}: expected one of {sorted(set(CODEC_OF_VERSION.values()))}")
+
+
+def check_version(version: int, *, what: str) -> int:
+    """``version`` if this cemaps reads it, else a StoreError naming ``what``."""
+    if version not in READABLE_VERSIONS:
+        raise StoreError(f"{what}: schema_version is {version} but this cemaps reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} and writes {SCHEMA_VERSION}; "
+                         "use the cemaps release that wrote it or a new store path")
+    return version
 
 
 def _json_default(value: Any) -> Any:

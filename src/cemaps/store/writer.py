@@ -164,7 +164,7 @@ class StoreWriter:
         seq = next_seq(self._folder, "meta", self.writer_tag)
         final = self._folder / sealed_name("meta", self.writer_tag, seq)
         with atomic_path(final) as tmp_path, h5py.File(tmp_path, "w") as meta:
-            meta.attrs.update({"format": META_FORMAT, "schema_version": SCHEMA_VERSION,
+            meta.attrs.update({"format": META_FORMAT, "schema_version": self._header.schema_version,
                                "writer_tag": self.writer_tag})
             fill(meta)
         rebuild_manifest(self.path, self._header, self._cache)
@@ -235,7 +235,8 @@ class StoreWriter:
             seq = next_seq(self._folder, "part", self.writer_tag)
             name = sealed_name("part", self.writer_tag, seq)
             self._part = OpenPart(self._folder / f"{name}.tmp", self._folder / name, writer_tag=self.writer_tag,
-                                  provenance_json=self._provenance_json)
+                                  provenance_json=self._provenance_json,
+                                  schema_version=self._header.schema_version)
         self._part.append(key, checked, {n: tuple(axes[n]) for n in checked}, png)
         self._keys.add(key)
         for name, array in checked.items():
