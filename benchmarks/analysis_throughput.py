@@ -6,12 +6,15 @@ the "cond" half, heads averaged, float16. Maps are softmaxes over 77 tokens of s
 random logits (so they compress like real maps); each personalized model rescales
 them by its own smooth random gain per layer.
 
-Two stores are measured, each in a fresh process so that peak RSS is the pass's own:
-``--models`` x ``--prompts`` x ``--seeds`` records (default 46 x 200 x 1 = 9200) and a
-``--small-models`` one. Flat memory means the two peak RSS values are about equal.
+Two store sizes are measured: ``--models`` x ``--prompts`` x ``--seeds`` records (default
+46 x 200 x 1 = 9200) and a ``--small-models`` one; flat memory means their peak RSS values
+are about equal. Each size is written once per codec (``--codecs``: schema v1's gzip and
+schema v2's Blosc2-Zstd, the same maps), and the passes over them alternate codecs
+(``--rounds`` times), each in a fresh process so that peak RSS is the pass's own. The
+printed ratio is per round (the same moment's machine load on both sides), then the median.
 
 Usage:
-    python benchmarks/analysis_throughput.py                       # default sizes, 2 writer processes
+    python benchmarks/analysis_throughput.py --cpus 0,1            # default sizes, both codecs
     python benchmarks/analysis_throughput.py --models 8 --small-models 2 --prompts 50
     taskset -c 0,1 python benchmarks/analysis_throughput.py --measure STORE   # one measurement
 """
@@ -83,7 +86,8 @@ def write_part_of_store(job: dict) -> int:
     names = {layer: f"cross_attention/{layer}" for layer in layers}
     written = 0
     with StoreWriter(job["path"], settings=job["settings"], base={"model_id": "synthetic-sd15"},
-                     writer_tag=f"w{job['worker']}", records_per_part=job["records_per_part"]) as writer:
+                     writer_tag=f"w{job['worker']}", records_per_part=job["records_per_part"],
+                     schema_version=job["schema_version"]) as writer:
         if job["worker"] == 0:
             writer.add_models(job["models"])
             writer.add_prompts(job["prompts"])
@@ -111,7 +115,7 @@ def write_part_of_store(job: dict) -> int:
 
 
 def build_store(path: Path, *, models: int, prompts: int, seeds: int, steps: int, writers: int,
-                records_per_part: int) -> dict:
+                records_per_part: int, schema_version: int) -> dict:
     """Writes a synthetic store with ``writers`` processes; returns what was built and how long it took."""
     rng = np.random.default_rng(0)
     model_rows = [{"model_id": "base", "method": "base", "subject_id": None}] + [
@@ -128,7 +132,7 @@ def build_store(path: Path, *, models: int, prompts: int, seeds: int, steps: int
     layers = sd15_attn2_layers()
     jobs = [{"path": str(path), "worker": w, "workers": writers, "models": model_rows, "prompts": prompt_rows,
              "seeds": list(range(seeds)), "steps": steps, "layers": layers, "settings": settings,
-             "records_per_part": records_per_part} for w in range(writers)]
+             "records_per_part": records_per_part, "schema_version": schema_version} for w in range(writers)]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(writers) as pool:
         written = sum(pool.map(write_part_of_store, jobs))
@@ -155,23 +159,30 @@ def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None) ->
         seconds = time.perf_counter() - start
     records = table[["model_id", "prompt_id", "seed"]].drop_duplicates().shape[0]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    load = os.getloadavg()[0]
     return {"records": records, "rows": len(table), "seconds": round(seconds, 2),
             "records_per_s": round(records / seconds, 1), "layer_records_per_s": round(len(table) / seconds, 1),
             "peak_rss_mib": round(peak_kib / 1024, 1), "peak_rss_before_pass_mib": round(rss_before / 1024, 1),
-            "torch_threads": threads, "cpus_allowed": len(os.sched_getaffinity(0)),
+            "torch_threads": threads, "cpus_allowed": len(os.sched_getaffinity(0)), "load_1min": round(load, 1),
             "mean_shift": float(table["attention_shift"].mean())}
+
+
+CODECS = {"gzip": 1, "blosc2-zstd": 2}  # codec -> the store schema version that writes it
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=int, default=46, help="personalized models in the large store")
-    parser.add_argument("--small-models", type=int, default=4, help="personalized models in the small store")
+    parser.add_argument("--small-models", type=int, default=4, help="personalized models in the small store (0: none)")
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="captured steps per record (cemaps default: 5)")
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the measured process")
     parser.add_argument("--cpus", type=str, default="", help="pin the measured process to these CPUs, e.g. 0,1")
+    parser.add_argument("--codecs", type=str, default="gzip,blosc2-zstd",
+                        help=f"of {sorted(CODECS)}; the first is the reference of the printed ratios")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating passes per codec and size")
     parser.add_argument("--writers", type=int, default=2, help="processes that build each store")
     parser.add_argument("--records-per-part", type=int, default=64)
     parser.add_argument("--workdir", type=Path, default=None, help="where stores go (default: a temp folder)")
@@ -185,32 +196,59 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.chunk_size, args.threads, cpus)))
         return
 
+    codecs = list(dict.fromkeys(c.strip() for c in args.codecs.split(",") if c.strip()))
+    if not codecs or any(c not in CODECS for c in codecs):
+        parser.error(f"--codecs {args.codecs!r}: expected some of {sorted(CODECS)}")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cemaps-bench-"))
     results = []
     try:
-        for models in (args.small_models, args.models):
-            path = workdir / f"synthetic-{models}x{args.prompts}x{args.seeds}" / "study.h5"
-            if path.exists():
-                built = {"records": None, "build_seconds": None, "reused": True}
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                built = build_store(path, models=models, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
-                                    writers=args.writers, records_per_part=args.records_per_part)
-            print(f"built {path}: {built}", flush=True)
-            command = [sys.executable, __file__, "--measure", str(path), "--chunk-size", str(args.chunk_size),
-                       "--threads", str(args.threads), "--cpus", args.cpus]
-            measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-            results.append({"models": models, "prompts": args.prompts, "seeds": args.seeds, **built, **measured})
-            print(json.dumps(results[-1]), flush=True)
+        for models in [m for m in (args.small_models, args.models) if m > 0]:  # 0: skip that size
+            paths, built = {}, {}
+            for codec in codecs:
+                path = workdir / f"synthetic-{models}x{args.prompts}x{args.seeds}-s{args.steps}-{codec}" / "study.h5"
+                if path.exists():
+                    built[codec] = {"records": None, "build_seconds": None, "reused": True,
+                                    "store_bytes": sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file())}
+                else:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    built[codec] = build_store(path, models=models, prompts=args.prompts, seeds=args.seeds,
+                                               steps=args.steps, writers=args.writers,
+                                               records_per_part=args.records_per_part, schema_version=CODECS[codec])
+                paths[codec] = path
+                print(f"built {path}: {built[codec]}", flush=True)
+            for round_index in range(args.rounds):
+                for codec in codecs if round_index % 2 == 0 else codecs[::-1]:
+                    command = [sys.executable, __file__, "--measure", str(paths[codec]), "--chunk-size",
+                               str(args.chunk_size), "--threads", str(args.threads), "--cpus", args.cpus]
+                    measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+                    results.append({"models": models, "codec": codec, "round": round_index, "prompts": args.prompts,
+                                    "seeds": args.seeds, "steps": args.steps, **built[codec], **measured})
+                    print(json.dumps(results[-1]), flush=True)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print("\nmodels  records  seconds  records/s  peak RSS MiB")
-    for row in results:
-        print(f"{row['models']:>6}  {row['records']:>7}  {row['seconds']:>7}  {row['records_per_s']:>9}"
-              f"  {row['peak_rss_mib']:>12}")
+    _print_table(results, codecs)
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
+
+
+def _print_table(results: list[dict], codecs: list[str]) -> None:
+    print(f"\n{'models':>6} {'round':>5} {'codec':>12} {'records':>7} {'seconds':>7} {'records/s':>9} "
+          f"{'peak RSS MiB':>12} {'KB/record':>9} {'load':>5}")
+    for row in results:
+        per_record = row["store_bytes"] / (row["records"] + row["records"] // max(1, row["models"])) / 1e3
+        print(f"{row['models']:>6} {row['round']:>5} {row['codec']:>12} {row['records']:>7} {row['seconds']:>7} "
+              f"{row['records_per_s']:>9} {row['peak_rss_mib']:>12} {per_record:>9.1f} {row['load_1min']:>5}")
+    reference = codecs[0]
+    for models in sorted({row["models"] for row in results}):
+        rates = {(row["round"], row["codec"]): row["records_per_s"] for row in results if row["models"] == models}
+        rounds = sorted({key[0] for key in rates})
+        for codec in codecs[1:]:
+            ratios = [rates[(r, codec)] / rates[(r, reference)] for r in rounds
+                      if (r, codec) in rates and (r, reference) in rates]
+            if ratios:
+                print(f"{models} models: records/s {codec} / {reference} per round: "
+                      f"{', '.join(f'{x:.2f}' for x in ratios)}; median {float(np.median(ratios)):.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 import sys, tempfile, time, pathlib
 import numpy as np
 from scipy.ndimage import gaussian_filter
-import cemaps.store.part_writer as part_writer
 from cemaps.store import StoreWriter, open_store
 
 N = 48
@@ -14,17 +13,15 @@ def smooth_softmax():
     x = gaussian_filter(rng.standard_normal((10, 10, 1, 1, 16, 16)), sigma=(0, 1, 0, 0, 2, 2)) * 6
     x[0] += 5  # <sot> sink, as in real SD cross-attention
     e = np.exp(x); return (e / e.sum(0, keepdims=True)).astype(np.float16)
-GZIP = dict(part_writer.COMPRESSION)
 layers = [f"cross_attention/down_blocks.{i // 2}.attentions.{i % 2}.transformer_blocks.0.attn2" for i in range(16)]
 axes = {n: ("token", "step", "half", "head", "y", "x") for n in layers}
 for kind, make in (("random", random_softmax), ("smooth", smooth_softmax)):
     records = [{n: make() for n in layers} for _ in range(N)]
     raw = sum(a.nbytes for a in records[0].values())
-    for label, compression in (("gzip4+shuffle", GZIP), ("none", {})):
-        part_writer.COMPRESSION = compression
+    for label, version in (("gzip4+shuffle", 1), ("blosc2-zstd5", 2)):  # the codecs of schema v1 and v2
         path = pathlib.Path(tempfile.mkdtemp()) / "study.h5"
         t0 = time.perf_counter()
-        with StoreWriter(path, settings={}, base={"m": 1}) as w:
+        with StoreWriter(path, settings={}, base={"m": 1}, schema_version=version) as w:
             for i, arrays in enumerate(records):
                 w.write_record("base", f"p{i}", 0, arrays, axes)
         wt = time.perf_counter() - t0

@@ -20,7 +20,7 @@ from cemaps.store.manifest import Header, check_compatible, read_header, rebuild
 from cemaps.store.part_index import ArraySchema, RecordKey
 from cemaps.store.part_writer import OpenPart
 from cemaps.store.provenance import default_provenance
-from cemaps.store.schema import META_FORMAT, SCHEMA_VERSION, first_difference, normalise, to_json
+from cemaps.store.schema import META_FORMAT, SCHEMA_VERSION, check_version, first_difference, normalise, to_json
 
 _STR = h5py.string_dtype("utf-8")
 _PROMPT_KEYS = ("prompt_id", "text", "tokens", "token_ids")
@@ -53,10 +53,12 @@ class StoreWriter:
         provenance: what produced the data; default :func:`default_provenance`.
         writer_tag: names this writer's part files; concurrent writers need distinct tags.
         records_per_part: records per part file; a crash loses at most this many.
+        schema_version: of a new store: 2 (Blosc2-Zstd arrays) or 1 (gzip, for readers of
+            older cemaps); an existing store keeps its own version.
     """
 
     def __init__(self, path: str | os.PathLike, *, settings: dict, base: dict, provenance: dict | None = None,
-                 writer_tag: str = "w0", records_per_part: int = 16) -> None:
+                 writer_tag: str = "w0", records_per_part: int = 16, schema_version: int = SCHEMA_VERSION) -> None:
         self.path = Path(path)
         self.writer_tag = check_writer_tag(writer_tag)
         if isinstance(records_per_part, bool) or not isinstance(records_per_part, int) or records_per_part < 1:
@@ -78,7 +80,8 @@ class StoreWriter:
         else:
             if not self.path.parent.is_dir():
                 raise StoreError(f"{self.path}: folder {self.path.parent} does not exist; create it first")
-            self._header = Header(SCHEMA_VERSION, settings, base, provenance)
+            check_version(schema_version, what=f"{self.path}: new store")
+            self._header = Header(schema_version, settings, base, provenance)
         self._folder.mkdir(exist_ok=True)
         remove_open_files(self._folder, self.writer_tag)
         contents = rebuild_manifest(self.path, self._header, self._cache)
