@@ -19,6 +19,8 @@ def capture_command(
     device: str = typer.Option(None, help="cuda, cuda:1, cpu (default: CUDA when available)."),
     records_per_part: int = typer.Option(16, min=1, help="Records per part file: a crash loses at most this many."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (records to make and done, model switches, disk, time from a short calibration) and write nothing."),
+    processes: int = typer.Option(None, min=1, help="With --dry-run: plan for this many capture processes (default: the launcher's WORLD_SIZE, else 1)."),
 ) -> None:
     """Generate every (model, prompt, seed) of a study and capture cross-attention maps into a store.
 
@@ -46,6 +48,14 @@ def capture_command(
         study = dataclasses.replace(study, generation=dataclasses.replace(study.generation, steps=steps))
     study = study.with_overrides(base=base, prompts=prompts, device=device)
     target = store or Path(study.store or "study.h5")
+    if dry_run:
+        from cemaps.distributed import process_info
+        from cemaps.plan import plan_study
+
+        plan = plan_study(study, target, processes=processes, records_per_part=records_per_part)
+        if process_info().rank == 0:  # under a launcher every process plans; one prints
+            typer.echo(plan.to_text())
+        return
     result = run_study(study, target, progress=not no_progress, records_per_part=records_per_part)
     console.print(f"[green]store[/] {result.store}: {result.written} records written, {result.skipped} already there "
                   f"({result.total} in this process's share)")
