@@ -19,7 +19,8 @@ with the store's codec, and the first personalized model is applied and removed 
 Example:
     >>> from cemaps.config import StudyConfig, GenerationSettings
     >>> import tempfile, pathlib
-    >>> config = StudyConfig(prompts=["a red mug", "freedom"], seeds=(0,), generation=GenerationSettings(steps=2))
+    >>> config = StudyConfig(prompts=["a red mug", "freedom"], seeds=(0,),
+    ...                      generation=GenerationSettings(steps=2, batch_size=1))
     >>> plan = plan_study(config, pathlib.Path(tempfile.mkdtemp()) / "study.h5", processes=2)
     >>> [(p.rank, p.to_make) for p in plan.processes]
     [(0, 1), (1, 1)]
