@@ -88,6 +88,16 @@ def test_capture_device_on_cpu_keeps_the_request():
     assert capture_device(ProcessInfo(0, 1, 0, "single"), "cuda:1") == "cuda:1"
 
 
+def test_capture_device_picks_the_local_gpu_and_refuses_more_processes_than_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert capture_device(ProcessInfo(3, 4, 1, "torchrun"), None) == "cuda:1"
+    assert capture_device(ProcessInfo(3, 4, 1, "torchrun"), "cuda") == "cuda:1"
+    assert capture_device(ProcessInfo(3, 4, 1, "torchrun"), "cuda:0") == "cuda:0"
+    with pytest.raises(ConfigError, match="local rank 2: only 2 CUDA devices are visible"):
+        capture_device(ProcessInfo(2, 4, 2, "torchrun"), None)
+
+
 # ---- end to end ------------------------------------------------------------------------------------
 def _make_lora(folder: Path) -> Path:
     """A diffusers/peft LoRA on the tiny UNet's attention projections, non-zero lora_B."""
