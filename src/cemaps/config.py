@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from cemaps.errors import ConfigError
+from cemaps.models.methods import METHODS
 from cemaps.probes.cross_attention import CrossAttentionSettings
 
 SCHEDULERS = {
@@ -37,7 +38,6 @@ SCHEDULERS = {
     "dpm": "DPMSolverMultistepScheduler",
     "lms": "LMSDiscreteScheduler",
 }
-METHODS = ("lora", "textual_inversion", "dreambooth")
 
 
 @dataclass(frozen=True)

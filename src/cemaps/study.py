@@ -36,8 +36,9 @@ from cemaps.config import SCHEDULERS, PersonalizedEntry, StudyConfig
 from cemaps.data import load_prompts
 from cemaps.errors import ConfigError
 from cemaps.hooks import capture
-from cemaps.models.loading import file_sha256, load_pipeline, weights_fingerprint
-from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied
+from cemaps.models.hashing import source_sha256
+from cemaps.models.loading import load_pipeline, weights_fingerprint
+from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check_all
 from cemaps.probes import CrossAttentionProbe
 from cemaps.probes.weight_delta import weight_delta_for
 from cemaps.store import StoreWriter
@@ -160,6 +161,8 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
     layers = probe.layer_names(pipe.unet)
     prompts = prompt_table(config, pipe.tokenizer)
     specs = {entry.id: _spec(entry) for entry in config.personalized}
+    # Every personalized model is read and checked before the store is touched or an image generated.
+    check_all(pipe, specs.values())
     settings = {"generation": config.generation.to_dict(), "capture": {**config.capture.to_dict(), **_captured_axes(pipe, config, probe), "layers_selected": layers},
                 "images": config.images, "seeds": list(config.seeds),
                 "probes": [probe.name, *(p.name for p in probes)]}
@@ -177,7 +180,7 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         for entry in config.personalized:
             source = Path(entry.path)
             model_rows.append({"model_id": entry.id, "method": entry.method, "subject_id": entry.subject,
-                               "source": str(source), "sha256": _source_sha256(source), "token": entry.token,
+                               "source": str(source), "sha256": source_sha256(source), "token": entry.token,
                                "scale": entry.scale})
         writer.add_models(model_rows)
         done = writer.completed()
@@ -264,21 +267,6 @@ def _json_friendly(table: pd.DataFrame) -> pd.DataFrame:
         if table[column].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
             table[column] = table[column].map(lambda v: [float(x) if not isinstance(x, str) else x for x in v])
     return table
-
-
-def _source_sha256(source: Path) -> str | None:
-    if source.is_file():
-        return file_sha256(source)
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".pt"))
-        import hashlib
-
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(str(path.relative_to(source)).encode())
-            digest.update(file_sha256(path).encode())
-        return digest.hexdigest()
-    return None
 
 
 def _by_model(works: list[_Work]) -> Iterator[tuple[str, list[_Work]]]:

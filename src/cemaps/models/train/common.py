@@ -32,8 +32,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torchvision import transforms
 
 from cemaps.errors import ConfigError
+from cemaps.models.hashing import file_sha256
+from cemaps.models.methods import METHODS
 
-METHODS = ("dreambooth", "lora", "textual_inversion")
 LORA_TARGETS = ("cross_attention", "attention")
 MIXED_PRECISIONS = ("fp16", "bf16")
 METADATA_NAME = "cemaps_train.json"
@@ -246,7 +247,7 @@ def load_instance_images(images: list[Image.Image] | str | Path) -> list[SourceI
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 raise ConfigError(f"image file {str(path)!r} is not readable ({error}); expected a valid image") from None
             continue  # notes, captions and other non-image files are allowed beside the images
-        sources.append(SourceImage(image, path.name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        sources.append(SourceImage(image, path.name, file_sha256(path)))
     if not sources:
         raise ConfigError(f"images folder {str(folder)!r} has no readable images; expected .png/.jpg/... files")
     return sources
