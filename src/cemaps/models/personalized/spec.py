@@ -51,28 +51,35 @@ def describe_weights(state: Mapping[str, object]) -> str:
     (``string_to_param``, ``emb_params``, ``clip_l``/``clip_g``), CompVis ``ldm`` for
     ``model.diffusion_model.*``.
     """
+    return identify_weights(state)[0]
+
+
+def identify_weights(state: Mapping[str, object]) -> tuple[str, str]:
+    """(:func:`describe_weights`' answer, the first key that decided it)."""
     keys = list(state)
+
+    def first(test) -> str | None:
+        return next((key for key in keys if test(key)), None)
+
     for marker, name in LYCORIS_MARKERS.items():
-        if any(marker in key for key in keys):
-            return name
-    lora = any(fragment in key for key in keys for fragment in _LORA_FRAGMENTS) or any(
-        key.startswith(("lora_unet_", "lora_te")) for key in keys
-    )
-    if "clip_l" in state or "clip_g" in state:
-        return "an SDXL Textual Inversion embedding"
-    if any(marker in key for key in keys for marker in SDXL_MARKERS):
-        return "an SDXL LoRA" if lora else "an SDXL model"
-    if lora:
-        return "a LoRA"
-    if any(key.startswith("model.diffusion_model.") for key in keys):
-        return "a full original-SD checkpoint"
-    if "string_to_param" in state or "emb_params" in state:
-        return "a Textual Inversion embedding"
+        if (key := first(lambda k, m=marker: m in k)) is not None:
+            return name, key
+    lora = first(lambda k: k.startswith(("lora_unet_", "lora_te")) or any(f in k for f in _LORA_FRAGMENTS))
+    if (key := first(lambda k: k in ("clip_l", "clip_g"))) is not None:
+        return "an SDXL Textual Inversion embedding", key
+    if (key := first(lambda k: any(marker in k for marker in SDXL_MARKERS))) is not None:
+        return ("an SDXL LoRA" if lora else "an SDXL model"), key
+    if lora is not None:
+        return "a LoRA", lora
+    if (key := first(lambda k: k.startswith("model.diffusion_model."))) is not None:
+        return "a full original-SD checkpoint", key
+    if (key := first(lambda k: k in ("string_to_param", "emb_params"))) is not None:
+        return "a Textual Inversion embedding", key
     if len(keys) == 1 and isinstance(state[keys[0]], torch.Tensor) and state[keys[0]].ndim <= 2:  # type: ignore[union-attr]
-        return "a Textual Inversion embedding"
-    if any(key.removeprefix("unet.").startswith(("conv_in.", "down_blocks.")) for key in keys):
-        return "a full model"
-    return "unrecognised weights"
+        return "a Textual Inversion embedding", keys[0]
+    if (key := first(lambda k: k.removeprefix("unet.").startswith(("conv_in.", "down_blocks.")))) is not None:
+        return "a full model", key
+    return "unrecognised weights", keys[0] if keys else ""
 
 
 SUGGESTED_METHOD = {"a LoRA": "lora", "a Textual Inversion embedding": "textual_inversion",
@@ -86,10 +93,9 @@ def refuse_other_kind(state: Mapping[str, object], accepted: tuple[str, ...], wh
         ModelLoadError: e.g. ``LoRA file 'x' looks like a full original-SD checkpoint
             (model.diffusion_model.* keys); use method: dreambooth``.
     """
-    kind = describe_weights(state)
+    kind, example = identify_weights(state)
     if kind in accepted:
         return kind
-    example = next(iter(state), "")
     method = SUGGESTED_METHOD.get(kind)
     advice = f"; use method: {method}" if method else "; cemaps loads SD v1.x LoRA, Textual Inversion and DreamBooth weights"
     raise ModelLoadError(f"{what} looks like {kind} (key {example!r}), not what its method expects{advice}")
