@@ -278,7 +278,8 @@ def _verify_loaded(pipe: StableDiffusionPipeline, entries: list[LoraMatrices], s
                 raise ModelLoadError(f"{what}: {versions} did not load {entry.down_key!r} into {'.'.join(target)}")
             actual = layer.get_delta_weight(spec.model_id).float().cpu()
             reference = entry.delta(spec.scale)
-            tolerance = (1e-4 if actual.dtype == torch.float32 and layer.lora_A[spec.model_id].weight.dtype == torch.float32 else 2e-2)
+            # float32 agrees to rounding; fp16/bf16 adapters (GPU studies) to their ~3 significant digits
+            tolerance = 1e-4 if layer.lora_A[spec.model_id].weight.dtype == torch.float32 else 2e-2
             atol = tolerance * float(reference.abs().max()) + 1e-12
             if actual.shape != reference.shape or not torch.allclose(actual, reference, rtol=tolerance, atol=atol):
                 raise ModelLoadError(
