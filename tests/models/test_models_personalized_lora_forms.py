@@ -276,3 +276,18 @@ def test_a_loader_that_skips_modules_is_caught(pipe, tmp_path, monkeypatch):
             pass
     assert not any(isinstance(m, BaseTunerLayer) for m in pipe.unet.modules())
     assert not adapter_names(pipe)
+
+
+def test_a_loader_that_drops_alphas_is_caught(pipe, tmp_path, monkeypatch):
+    """If diffusers ignored kohya's alphas (scaling 1 instead of alpha/r = 0.5), every delta would be twice too large: refused."""
+    save_file(kohya_file(random_lora(pipe)), tmp_path / "k.safetensors")
+    original = type(pipe).load_lora_weights
+
+    def without_alphas(self, state, **kwargs):
+        return original(self, {k: v for k, v in state.items() if not k.endswith(".alpha")}, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "load_lora_weights", without_alphas)
+    with pytest.raises(ModelLoadError, match=r"other factors or scaling than .*expected scale\*alpha/r = 0\.5\)"):
+        with applied(pipe, PersonalizedSpec("k", "lora", str(tmp_path / "k.safetensors"))):
+            pass
+    assert not adapter_names(pipe)
