@@ -9,7 +9,7 @@ import pandas as pd
 
 from cemaps.analysis.in_context import in_context_summary
 from cemaps.report import write_report
-from cemaps.report.in_context import in_context_section, per_method
+from cemaps.report.in_context import example_texts, in_context_section, per_method
 from cemaps.report.results import load_results
 
 LAYERS = ["down_blocks.0.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.0.transformer_blocks.0.attn2"]
@@ -47,6 +47,15 @@ def test_section_renders_tables_figure_and_nav_link(results_dir, tmp_path):
     section = in_context_section(load_results(folder))
     assert section.count("<table") == 3
     assert 'class="sig"' not in section  # descriptive: nothing is marked significant
+
+
+def test_example_texts_show_one_prompt_per_row_and_a_column_per_method():
+    records = pd.DataFrame({"prompt_id": ["p1", "p1", "p2", "p2"], "subject_id": "face1",
+                            "method": ["base", "textual_inversion"] * 2,
+                            "text": ["a woman x", "<t> x", "a woman y", "<t> y"]})
+    table = example_texts(records)
+    assert table.columns.tolist() == ["prompt_id", "base", "textual_inversion"]
+    assert table["textual_inversion"].tolist() == ["<t> x", "<t> y"]
 
 
 def test_per_method_means_the_models():

@@ -24,6 +24,7 @@ import pandas as pd
 
 from cemaps.report.html_tables import records_html
 from cemaps.report.results import Results
+from cemaps.report.style import TITLE_SIZE
 
 SECTION_ID = "in_context"
 TITLE = "Subjects in context"
@@ -77,20 +78,25 @@ def shift_figure_html(shift: pd.DataFrame, layers: pd.DataFrame | None) -> str:
     if table.empty or "method" not in table.columns:
         return ""
     fig = attention_shift_per_layer(table, layers)
+    fig.axes[0].set_title("Non-subject attention shift per layer, subjects in context (mean, 95% CI)", loc="left",
+                          fontsize=TITLE_SIZE)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     caption = ("Non-subject attention shift per layer and method, subjects in context (mean and 95% t interval over "
-               "personalized records; the context tokens only).")
+               "personalized records; the context tokens only). A layer whose maps are 1x1 shows 0 by construction: "
+               "a one-pixel map is the same distribution in every model.")
     return (f'<figure id="fig-in-context-shift"><img alt="{escape(caption)}" src="data:image/png;base64,{encoded}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
-def example_texts(records: pd.DataFrame, limit: int = 4) -> pd.DataFrame:
-    """The text each model got for the first ``limit`` prompts (seed-deduplicated)."""
-    first = list(dict.fromkeys(records["prompt_id"]))[:limit]
-    rows = records[records["prompt_id"].isin(first)].drop_duplicates(["model_id", "prompt_id"])
-    return rows[["prompt_id", "model_id", "method", "text"]]
+def example_texts(records: pd.DataFrame, per_subject: int = 2) -> pd.DataFrame:
+    """The text each method got for the first ``per_subject`` prompts of every subject: one row per prompt."""
+    first = records.drop_duplicates("prompt_id").groupby("subject_id", sort=False).head(per_subject)["prompt_id"]
+    rows = records[records["prompt_id"].isin(first)].drop_duplicates(["method", "prompt_id"])
+    table = rows.pivot(index="prompt_id", columns="method", values="text").reindex(list(first))
+    methods = ["base", *sorted(m for m in table.columns if m != "base")]
+    return table[[m for m in methods if m in table.columns]].reset_index()
 
 
 def in_context_section(results: Results) -> str:
@@ -105,7 +111,7 @@ def in_context_section(results: Results) -> str:
     if "shift" in tables:
         parts.append(shift_figure_html(tables["shift"], results.tables.get("layers")))
     if "records" in tables:
-        parts.append(records_html(_records(example_texts(tables["records"])), "the placeholder filled per model "
+        parts.append(records_html(_records(example_texts(tables["records"])), "the placeholder filled per method "
                                                                                "(in_context.csv)"))
     parts.append("</section>")
     return "\n".join(p for p in parts if p)
