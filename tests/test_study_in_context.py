@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cemaps.analysis.clip_scorer import ClipScorer
+from cemaps.analysis.in_context import analyse_in_context
 from cemaps.config import GenerationSettings, PersonalizedEntry, StudyConfig
 from cemaps.errors import ConfigError
 from cemaps.probes import CrossAttentionSettings
@@ -82,6 +84,18 @@ def test_in_context_records_are_paired_with_per_model_texts(tmp_path, tiny_pipe,
     # Resuming writes nothing new.
     again = run_study(study, tmp_path / "s.h5", progress=False, pipe=tiny_pipe)
     assert (again.written, again.in_context.written, again.in_context.skipped) == (0, 0, 6)
+    # The analysis finds the store beside the main one and scores every record.
+    (tmp_path / "results").mkdir()
+    files = analyse_in_context(tmp_path / "s.h5", tmp_path / "results", ClipScorer.tiny(seed=0))
+    assert sorted(files) == ["in_context", "in_context_shift", "in_context_summary"]
+    scores = pd.read_csv(tmp_path / "results" / "in_context.csv")
+    shift = pd.read_csv(tmp_path / "results" / "in_context_shift.csv")
+    assert len(scores) == 6 and scores["clip_t"].notna().all()
+    n_layers = shift["layer"].nunique()
+    assert len(shift) == 3 * n_layers and n_layers > 1
+    assert shift["non_subject_shift"].between(0, 1).all()
+    # TI: start + "a photo of" + "on a beach" + end; DreamBooth: start + "in the snow" + end.
+    assert dict(shift.groupby("model_id")["n_context_tokens"].first()) == {"db-object1": 5, "ti-face1": 8}
 
 
 def test_in_context_only(tmp_path, tiny_pipe, study):
