@@ -87,7 +87,7 @@ def test_in_context_records_are_paired_with_per_model_texts(tmp_path, tiny_pipe,
     # The analysis finds the store beside the main one and scores every record.
     (tmp_path / "results").mkdir()
     files = analyse_in_context(tmp_path / "s.h5", tmp_path / "results", ClipScorer.tiny(seed=0))
-    assert sorted(files) == ["in_context", "in_context_shift", "in_context_summary"]
+    assert sorted(files) == ["in_context", "in_context_shift", "in_context_summary", "in_context_tokens"]
     scores = pd.read_csv(tmp_path / "results" / "in_context.csv")
     shift = pd.read_csv(tmp_path / "results" / "in_context_shift.csv")
     assert len(scores) == 6 and scores["clip_t"].notna().all()
@@ -96,6 +96,9 @@ def test_in_context_records_are_paired_with_per_model_texts(tmp_path, tiny_pipe,
     assert shift["non_subject_shift"].between(0, 1).all()
     # TI: start + "a photo of" + "on a beach" + end; DreamBooth: start + "in the snow" + end.
     assert dict(shift.groupby("model_id")["n_context_tokens"].first()) == {"db-object1": 5, "ti-face1": 8}
+    words = pd.read_csv(tmp_path / "results" / "in_context_tokens.csv")
+    assert set(words.loc[words.model_id == "db-object1", "token"]) == {"<|startoftext|>", "in</w>", "the</w>",
+                                                                       "snow</w>", "<|endoftext|>"}
 
 
 def test_in_context_only(tmp_path, tiny_pipe, study):

@@ -105,6 +105,14 @@ def test_a_planted_context_shift_is_found_at_its_aligned_tokens(tmp_path, images
     assert shift["ti"] == pytest.approx(float(expected), rel=1e-5)
     assert shift["ti"] > 0.01
     assert shift["db"] == 0.0
+    with open_store(tmp_path / "s.h5") as store:
+        per_token = non_subject_shift(store, per="token")
+    ti = per_token[per_token["model_id"] == "ti"].set_index("token")
+    # Only the moved "a" of "on a beach" (TI position 6) shifts; "a" of "a photo" (position 1) does not.
+    assert ti.loc[ti["token_index"] == 6, "non_subject_shift"].item() > 0.05
+    assert (ti.loc[ti["token_index"] != 6, "non_subject_shift"] == 0).all()
+    assert ti["non_subject_shift"].mean() == pytest.approx(shift["ti"], rel=1e-5)
+    assert list(ti.index) == [BOS, "a</w>", "photo</w>", "of</w>", "on</w>", "a</w>", "beach</w>", EOS]
 
 
 def test_context_tokens_that_differ_from_the_twin_are_an_error(tmp_path, images):

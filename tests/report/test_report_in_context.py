@@ -6,10 +6,11 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cemaps.analysis.in_context import in_context_summary
 from cemaps.report import write_report
-from cemaps.report.in_context import example_texts, in_context_section, per_method
+from cemaps.report.in_context import example_texts, in_context_section, per_method, top_words
 from cemaps.report.results import load_results
 
 LAYERS = ["down_blocks.0.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.0.transformer_blocks.0.attn2"]
@@ -31,6 +32,10 @@ def write_in_context(folder):
                            "n_context_tokens": 6, "non_subject_shift": rng.random() * 0.1, "method": method,
                            "subject_id": "face1"} for layer in LAYERS]
     records, shift = pd.DataFrame(rows), pd.DataFrame(shift)
+    pd.DataFrame({"model_id": ["ti-face1", "ti-face1", "db-face1"], "method": ["textual_inversion"] * 2 + ["dreambooth"],
+                  "subject_id": "face1", "token": ["beach</w>", "photo</w>", "beach</w>"],
+                  "non_subject_shift": [0.02, 0.01, 0.03], "n": [32, 32, 32]}).to_csv(folder / "in_context_tokens.csv",
+                                                                                      index=False)
     records.to_csv(folder / "in_context.csv", index=False)
     shift.to_csv(folder / "in_context_shift.csv", index=False)
     in_context_summary(records, shift).to_csv(folder / "in_context_summary.csv", index=False)
@@ -45,7 +50,7 @@ def test_section_renders_tables_figure_and_nav_link(results_dir, tmp_path):
     assert 'id="fig-in-context-shift"' in html
     assert "&lt;sks-face1&gt; on a beach" in html  # the filled placeholder is shown, escaped
     section = in_context_section(load_results(folder))
-    assert section.count("<table") == 3
+    assert section.count("<table") == 4
     assert 'class="sig"' not in section  # descriptive: nothing is marked significant
 
 
@@ -56,6 +61,16 @@ def test_example_texts_show_one_prompt_per_row_and_a_column_per_method():
     table = example_texts(records)
     assert table.columns.tolist() == ["prompt_id", "base", "textual_inversion"]
     assert table["textual_inversion"].tolist() == ["<t> x", "<t> y"]
+
+
+def test_top_words_rank_within_each_method_weighted_by_occurrences():
+    tokens = pd.DataFrame({"model_id": ["a", "b", "a", "c"], "method": ["lora", "lora", "lora", "dreambooth"],
+                           "token": ["sea</w>", "sea</w>", "of</w>", "of</w>"],
+                           "non_subject_shift": [0.1, 0.4, 0.2, 0.5], "n": [3, 1, 4, 2]})
+    table = top_words(tokens, top=1).set_index("method")
+    assert table.at["lora", "token"] == "of</w>"  # sea: (0.3 + 0.4) / 4 = 0.175 < of: 0.2
+    assert table.at["lora", "non_subject_shift"] == pytest.approx(0.2)
+    assert table.at["dreambooth", "n"] == 2
 
 
 def test_per_method_means_the_models():

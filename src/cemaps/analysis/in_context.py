@@ -124,7 +124,8 @@ def in_context_scores(store: Any, scorer: ClipScorer, subject_images: Mapping[st
     return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS] if frames else pd.DataFrame(columns=SCORE_COLUMNS)
 
 
-def non_subject_shift(store: Any, layers: Any = None, half: str = "cond", chunk_size: int = 64) -> pd.DataFrame:
+def non_subject_shift(store: Any, layers: Any = None, half: str = "cond", chunk_size: int = 64,
+                      per: str = "record") -> pd.DataFrame:
     """Attention shift of the context (non-subject) tokens of every personalized record vs its base twin.
 
     Args:
@@ -132,14 +133,18 @@ def non_subject_shift(store: Any, layers: Any = None, half: str = "cond", chunk_
         layers: cross-attention layers (see :func:`cemaps.analysis.attention_shift.select_layers`).
         half: the CFG half compared.
         chunk_size: personalized records read per step.
+        per: ``"record"`` (mean over the context tokens) or ``"token"`` (one row per context token).
 
     Returns:
         Columns model_id, prompt_id, seed, layer, n_context_tokens, non_subject_shift (JS divergence,
-        base 2, in [0, 1], averaged over the context tokens and captured steps).
+        base 2, in [0, 1], averaged over the captured steps and, per record, the context tokens);
+        per token also token_index (in the personalized text) and token.
 
     Raises:
         StoreError: a record without its text, or context tokens that differ from its base twin's.
     """
+    if per not in ("record", "token"):
+        raise ConfigError(f"per={per!r}; expected 'record' or 'token'")
     names = select_layers(store, layers)
     halves = _capture_halves(store)
     paired = paired_records(store)
@@ -154,7 +159,7 @@ def non_subject_shift(store: Any, layers: Any = None, half: str = "cond", chunk_
             raise StoreError(f"{getattr(store, 'path', 'store')}: ({row.model_id}, {row.prompt_id}) has context tokens "
                              f"{[own['tokens'][i] for i in mine]} but its base twin "
                              f"{[twin['tokens'][i] for i in base]}; expected the same template words")
-        positions.append((mine, base))
+        positions.append((mine, base, [own["tokens"][i] for i in mine]))
     rows = []
     for name in names:
         axes = store.axes(name)
@@ -164,13 +169,19 @@ def non_subject_shift(store: Any, layers: Any = None, half: str = "cond", chunk_
             personalized = store.read(name, chunk["record"].tolist())
             twins = store.read(name, chunk["base_record"].tolist())
             for offset, (row, maps, base_maps) in enumerate(zip(chunk.itertuples(), personalized, twins, strict=True)):
-                mine, base = positions[start + offset]
+                mine, base, words = positions[start + offset]
                 shift = attention_shift(np.take(base_maps, base, axis=token_axis),
-                                        np.take(maps, mine, axis=token_axis), axes, halves, half)
-                rows.append({"model_id": row.model_id, "prompt_id": row.prompt_id, "seed": int(row.seed),
-                             "layer": name.split("/", 1)[1], "n_context_tokens": len(mine),
-                             "non_subject_shift": float(shift)})
-    columns = ["model_id", "prompt_id", "seed", "layer", "n_context_tokens", "non_subject_shift"]
+                                        np.take(maps, mine, axis=token_axis), axes, halves, half,
+                                        reduce=("token", "step") if per == "record" else ("step",))
+                key = {"model_id": row.model_id, "prompt_id": row.prompt_id, "seed": int(row.seed),
+                       "layer": name.split("/", 1)[1], "n_context_tokens": len(mine)}
+                if per == "record":
+                    rows.append({**key, "non_subject_shift": float(shift)})
+                else:
+                    rows += [{**key, "token_index": int(i), "token": word, "non_subject_shift": float(value)}
+                             for i, word, value in zip(mine, words, shift, strict=True)]
+    columns = ["model_id", "prompt_id", "seed", "layer", "n_context_tokens",
+               *(("token_index", "token") if per == "token" else ()), "non_subject_shift"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -223,8 +234,9 @@ def analyse_in_context(store_path: str | Path, out: str | Path, scorer: ClipScor
 
     Returns:
         Result name -> file name (relative to ``out``): ``in_context`` (per record),
-        ``in_context_shift`` (per personalized record and layer), ``in_context_summary``
-        (per model); empty when the study had no in-context set.
+        ``in_context_shift`` (per personalized record and layer), ``in_context_tokens`` (per model
+        and context word, mean over records, layers and occurrences), ``in_context_summary`` (per
+        model); empty when the study had no in-context set.
     """
     from cemaps.prompt_sets import IN_CONTEXT_SUFFIX, in_context_store_path
     from cemaps.store import open_store
@@ -238,11 +250,17 @@ def analyse_in_context(store_path: str | Path, out: str | Path, scorer: ClipScor
         if store.records.empty:
             return {}
         scores = in_context_scores(store, scorer, subject_images)
-        shift = non_subject_shift(store)
-    shift = shift.merge(scores[["model_id", "method", "subject_id"]].drop_duplicates("model_id"), on="model_id",
-                        how="left")
+        per_token = non_subject_shift(store, per="token")
+    labels = scores[["model_id", "method", "subject_id"]].drop_duplicates("model_id")
+    record_keys = ["model_id", "prompt_id", "seed", "layer", "n_context_tokens"]
+    # Per record, the mean over its context tokens (what per="record" computes, without reading the maps twice).
+    shift = per_token.groupby(record_keys, sort=False, as_index=False)["non_subject_shift"].mean()
+    shift = shift.merge(labels, on="model_id", how="left")
+    words = per_token.merge(labels, on="model_id", how="left").groupby(
+        ["model_id", "method", "subject_id", "token"], sort=False)["non_subject_shift"].agg(["mean", "size"])
+    words = words.reset_index().rename(columns={"mean": "non_subject_shift", "size": "n"})
     files = {}
-    for name, table in (("in_context", scores), ("in_context_shift", shift),
+    for name, table in (("in_context", scores), ("in_context_shift", shift), ("in_context_tokens", words),
                         ("in_context_summary", in_context_summary(scores, shift))):
         table.to_csv(out / f"{name}.csv", index=False)
         files[name] = f"{name}.csv"

@@ -18,7 +18,7 @@ Results folder::
     similarity.csv              per (model, prompt): cosine of subject descriptor and prompt
     cem_<metric>.csv, entanglement_maps.h5   the Concept Entanglement Maps
     prompts.csv, models.csv     labels
-    in_context*.csv             subjects in context (CLIP-T, CLIP-I, non-subject shift), if the study ran that set
+    in_context*.csv             subjects in context (CLIP-T, CLIP-I, non-subject shift per layer and word), if run
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ from cemaps.report.style import TITLE_SIZE
 
 SECTION_ID = "in_context"
 TITLE = "Subjects in context"
-FILES = {"summary": "in_context_summary.csv", "records": "in_context.csv", "shift": "in_context_shift.csv"}
+FILES = {"summary": "in_context_summary.csv", "records": "in_context.csv", "shift": "in_context_shift.csv",
+         "tokens": "in_context_tokens.csv"}
+TOP_WORDS = 6
 ID_COLUMNS = {"model_id": str, "prompt_id": str, "subject_id": str, "template_id": str}
 INTRO = (
     "Each subject of the study placed in new contexts, as personalization papers evaluate "
@@ -90,6 +92,15 @@ def shift_figure_html(shift: pd.DataFrame, layers: pd.DataFrame | None) -> str:
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
+def top_words(tokens: pd.DataFrame, top: int = TOP_WORDS) -> pd.DataFrame:
+    """Per method, the ``top`` context words with the largest mean shift (occurrence-weighted over its models)."""
+    weighted = tokens.assign(total=tokens["non_subject_shift"] * tokens["n"])
+    grouped = weighted.groupby(["method", "token"], as_index=False)[["total", "n"]].sum()
+    grouped["non_subject_shift"] = grouped["total"] / grouped["n"]
+    ranked = grouped.sort_values(["method", "non_subject_shift"], ascending=[True, False])
+    return ranked.groupby("method", sort=True).head(top)[["method", "token", "non_subject_shift", "n"]]
+
+
 def example_texts(records: pd.DataFrame, per_subject: int = 2) -> pd.DataFrame:
     """The text each method got for the first ``per_subject`` prompts of every subject: one row per prompt."""
     first = records.drop_duplicates("prompt_id").groupby("subject_id", sort=False).head(per_subject)["prompt_id"]
@@ -110,6 +121,10 @@ def in_context_section(results: Results) -> str:
     parts.append(records_html(_records(summary), "per model: its records and their base twins (in_context_summary.csv)"))
     if "shift" in tables:
         parts.append(shift_figure_html(tables["shift"], results.tables.get("layers")))
+    if "tokens" in tables and not tables["tokens"].empty:
+        parts.append(records_html(_records(top_words(tables["tokens"])),
+                                  f"context words whose attention shifts most, top {TOP_WORDS} per method "
+                                  "(mean over records, layers and occurrences; in_context_tokens.csv)"))
     if "records" in tables:
         parts.append(records_html(_records(example_texts(tables["records"])), "the placeholder filled per method "
                                                                                "(in_context.csv)"))
