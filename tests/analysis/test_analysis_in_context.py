@@ -181,3 +181,16 @@ def test_summary_pairs_each_model_with_its_base_twins():
 
 def test_analyse_in_context_writes_nothing_without_an_in_context_store(tmp_path, scorer):
     assert analyse_in_context(tmp_path / "study.h5", tmp_path, scorer) == {}
+
+
+def test_the_main_analysis_refuses_an_in_context_store_with_a_hint(tmp_path, images, scorer):
+    from cemaps.analysis.pipeline import run_analysis
+
+    rng = np.random.default_rng(6)
+    context = context_maps(rng)
+    maps = {m: with_subject(context, TEXTS[m][3], rng) for m in TEXTS}
+    path = write_store(tmp_path / "s.in_context.h5", images, maps)
+    with pytest.raises(StoreError, match="in-context store; analyze the main store") as error:
+        run_analysis(path, tmp_path / "results", scorer=scorer, progress=False)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "results").exists()

@@ -60,6 +60,9 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
     console = console or Console(stderr=True, quiet=not progress)
     out = Path(out_dir)
     with open_store(store_path) as store:
+        if (store.settings.get("prompt_set") or {}).get("name") == "in_context":
+            raise StoreError(f"{store_path}: this is a study's in-context store; analyze the main store beside it "
+                             "(it finds this one), or call cemaps.analysis.in_context.analyse_in_context")
         models = store.models.reset_index()
         if (models["method"] == "base").sum() != 1:
             raise StoreError(f"{store_path}: expected exactly one base model in the models table")
