@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 from cemaps.analysis.clip_scorer import ClipScorer
 from cemaps.analysis.in_context import analyse_in_context
 from cemaps.config import GenerationSettings, PersonalizedEntry, StudyConfig
-from cemaps.errors import ConfigError
 from cemaps.probes import CrossAttentionSettings
 from cemaps.prompt_sets import InContextSettings, in_context_store_path
 from cemaps.store import open_store

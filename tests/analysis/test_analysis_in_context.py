@@ -11,9 +11,15 @@ from PIL import Image
 
 from cemaps.analysis.attention_shift import attention_shift
 from cemaps.analysis.clip_scorer import ClipScorer
-from cemaps.analysis.in_context import (analyse_in_context, context_positions, in_context_scores, in_context_summary,
-                                        load_subject_images,
-                                        non_subject_shift, subject_fidelity)
+from cemaps.analysis.in_context import (
+    analyse_in_context,
+    context_positions,
+    in_context_scores,
+    in_context_summary,
+    load_subject_images,
+    non_subject_shift,
+    subject_fidelity,
+)
 from cemaps.errors import ConfigError, StoreError
 from cemaps.store import StoreWriter, open_store
 

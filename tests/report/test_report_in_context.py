@@ -44,7 +44,7 @@ def write_in_context(folder):
 
 def test_section_renders_tables_figure_and_nav_link(results_dir, tmp_path):
     folder = shutil.copytree(results_dir, tmp_path / "results")
-    records, shift = write_in_context(folder)
+    write_in_context(folder)
     html = write_report(folder, tmp_path / "out").read_text(encoding="utf-8")
     assert '<section id="in_context">' in html and '<a href="#in_context">' in html
     assert 'id="fig-in-context-shift"' in html

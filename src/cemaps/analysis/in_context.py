@@ -34,8 +34,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cemaps.analysis.attention_shift import _capture_halves, attention_shift, base_model_id, paired_records, \
-    select_layers
+from cemaps.analysis.attention_shift import (
+    _capture_halves,
+    attention_shift,
+    base_model_id,
+    paired_records,
+    select_layers,
+)
 from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
 from cemaps.errors import ConfigError, StoreError
 

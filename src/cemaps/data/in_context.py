@@ -32,8 +32,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from cemaps.data.suite import SUBJECT_KINDS, _check_ids, _check_label, _check_non_empty, _check_rows, _read_table, \
-    _user_table_path, _where
+from cemaps.data.suite import (
+    SUBJECT_KINDS,
+    _check_ids,
+    _check_label,
+    _check_non_empty,
+    _check_rows,
+    _read_table,
+    _user_table_path,
+    _where,
+)
 from cemaps.errors import ConfigError
 
 PLACEHOLDER = "{subject}"
