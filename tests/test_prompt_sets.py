@@ -71,6 +71,11 @@ def test_in_context_set_checks_subjects_and_tokens_before_any_image(tmp_path):
     assert in_context.text("m", "face03@face1") == "a zwx woman wearing a red hat"
     assert in_context.text("base", "face03@face1") == "a woman wearing a red hat"
     assert in_context.prompt_ids("m") == [f"face{i:02d}@face1" for i in range(1, 26)]
+    # A weights file inside the training folder finds the record beside it.
+    (tmp_path / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    path = write(tmp_path, "prompt_sets: [in_context]\npersonalized: [{id: m, method: dreambooth, "
+                           "path: lora/pytorch_lora_weights.safetensors, subject: style4}]\n")
+    assert InContextSet(load_config(path)).text("m", "style07@style4") == "a zwx print of a sailing ship in a storm"
 
 
 def test_in_context_store_sits_beside_the_main_one():

@@ -11,6 +11,7 @@ Example ``study.yaml``::
     personalized:
       - {id: lora-mug, method: lora, subject: object1, path: out/lora-mug}
       - {id: ti-face1, method: textual_inversion, subject: face1, path: out/ti-face1, token: "<sks-face1>"}
+    prompt_sets: [unrelated, in_context]  # the suite above, and each subject in context (cemaps.prompt_sets)
 
 Every key is checked: an unknown key, a wrong type or a malformed file is a
 :class:`~cemaps.errors.ConfigError` that names the file, the key and, for YAML

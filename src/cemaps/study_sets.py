@@ -152,7 +152,8 @@ def _trained_token(entry: Any) -> str | None:
         return entry.token
     import json
 
-    metadata = Path(entry.path) / TRAIN_METADATA
+    folder = Path(entry.path)
+    metadata = (folder if folder.is_dir() else folder.parent) / TRAIN_METADATA  # a weights file sits beside it
     if metadata.is_file():
         try:
             token = json.loads(metadata.read_text(encoding="utf-8")).get("token")
