@@ -68,7 +68,7 @@ def test_top_words_rank_within_each_method_weighted_by_occurrences():
                            "token": ["sea</w>", "sea</w>", "of</w>", "of</w>"],
                            "non_subject_shift": [0.1, 0.4, 0.2, 0.5], "n": [3, 1, 4, 2]})
     table = top_words(tokens, top=1).set_index("method")
-    assert table.at["lora", "token"] == "of</w>"  # sea: (0.3 + 0.4) / 4 = 0.175 < of: 0.2
+    assert table.at["lora", "token"] == "of"  # sea: (0.3 + 0.4) / 4 = 0.175 < of: 0.2
     assert table.at["lora", "non_subject_shift"] == pytest.approx(0.2)
     assert table.at["dreambooth", "n"] == 2
 

@@ -93,12 +93,16 @@ def shift_figure_html(shift: pd.DataFrame, layers: pd.DataFrame | None) -> str:
 
 
 def top_words(tokens: pd.DataFrame, top: int = TOP_WORDS) -> pd.DataFrame:
-    """Per method, the ``top`` context words with the largest mean shift (occurrence-weighted over its models)."""
+    """Per method, the ``top`` context words with the largest mean shift (occurrence-weighted over its models).
+
+    ``n`` counts (record, layer, occurrence) values: a word of one template has few, so read it with ``n``.
+    """
     weighted = tokens.assign(total=tokens["non_subject_shift"] * tokens["n"])
     grouped = weighted.groupby(["method", "token"], as_index=False)[["total", "n"]].sum()
     grouped["non_subject_shift"] = grouped["total"] / grouped["n"]
     ranked = grouped.sort_values(["method", "non_subject_shift"], ascending=[True, False])
-    return ranked.groupby("method", sort=True).head(top)[["method", "token", "non_subject_shift", "n"]]
+    table = ranked.groupby("method", sort=True).head(top)[["method", "token", "non_subject_shift", "n"]]
+    return table.assign(token=table["token"].str.removesuffix("</w>"))  # CLIP's end-of-word mark
 
 
 def example_texts(records: pd.DataFrame, per_subject: int = 2) -> pd.DataFrame:
