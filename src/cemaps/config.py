@@ -11,6 +11,7 @@ Example ``study.yaml``::
     personalized:
       - {id: lora-mug, method: lora, subject: object1, path: out/lora-mug}
       - {id: ti-face1, method: textual_inversion, subject: face1, path: out/ti-face1, token: "<sks-face1>"}
+    prompt_sets: [unrelated, in_context]  # the suite above, and each subject in context (cemaps.prompt_sets)
 
 Every key is checked: an unknown key, a wrong type or a malformed file is a
 :class:`~cemaps.errors.ConfigError` that names the file, the key and, for YAML
@@ -29,6 +30,7 @@ import yaml
 from cemaps.errors import ConfigError
 from cemaps.models.methods import METHODS
 from cemaps.probes.cross_attention import CrossAttentionSettings
+from cemaps.prompt_sets import InContextSettings, check_prompt_sets, prompt_set_values
 
 SCHEDULERS = {
     "pndm": "PNDMScheduler",
@@ -103,6 +105,8 @@ class StudyConfig:
     capture: CrossAttentionSettings = field(default_factory=CrossAttentionSettings)
     images: bool = True
     personalized: tuple[PersonalizedEntry, ...] = ()
+    prompt_sets: tuple[str, ...] = ("unrelated",)
+    in_context: InContextSettings = field(default_factory=InContextSettings)
     store: str | None = None
     device: str | None = None
     dtype: str | None = None
@@ -117,6 +121,7 @@ class StudyConfig:
         duplicated = {i for i in ids if ids.count(i) > 1}
         if duplicated:
             raise ConfigError(f"{self.source}: personalized id {sorted(duplicated)[0]!r} is listed twice")
+        check_prompt_sets(self)
 
     def with_overrides(self, **overrides: Any) -> StudyConfig:
         """A copy with top-level fields replaced (``None`` values are ignored)."""
@@ -147,7 +152,9 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>", root: Pat
     """Build a :class:`StudyConfig` from a parsed mapping, naming any unknown key."""
     top = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
     _no_unknown(raw, top, source, "")
-    values: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("generation", "capture", "personalized", "seeds")}
+    values: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("generation", "capture", "personalized", "seeds",
+                                                                   "prompt_sets", "in_context")}
+    values.update(prompt_set_values(raw, source, root))
     if "seeds" in raw:
         seeds = raw["seeds"]
         seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds

@@ -18,6 +18,7 @@ Results folder::
     similarity.csv              per (model, prompt): cosine of subject descriptor and prompt
     cem_<metric>.csv, entanglement_maps.h5   the Concept Entanglement Maps
     prompts.csv, models.csv     labels
+    in_context*.csv             subjects in context (CLIP-T, CLIP-I, non-subject shift per layer and word), if run
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from cemaps.analysis.attention_shift import attention_shift_table
 from cemaps.analysis.clip_scorer import ClipScorer
 from cemaps.analysis.disruption import aggregate_over_seeds, disruption_table, semantic_similarity
 from cemaps.analysis.entanglement import entanglement_map, write_entanglement_maps
+from cemaps.analysis.in_context import analyse_in_context
 from cemaps.analysis.stats_abstractness import compare_abstractness
 from cemaps.analysis.stats_clustering import cluster
 from cemaps.analysis.stats_common import to_jsonable
@@ -58,6 +60,9 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
     console = console or Console(stderr=True, quiet=not progress)
     out = Path(out_dir)
     with open_store(store_path) as store:
+        if (store.settings.get("prompt_set") or {}).get("name") == "in_context":
+            raise StoreError(f"{store_path}: this is a study's in-context store; analyze the main store beside it "
+                             "(it finds this one), or call cemaps.analysis.in_context.analyse_in_context")
         models = store.models.reset_index()
         if (models["method"] == "base").sum() != 1:
             raise StoreError(f"{store_path}: expected exactly one base model in the models table")
@@ -105,6 +110,8 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
     if ti_stats is not None:
         files.update(_write_table(ti_stats, out, "textual_inversion"))
 
+    with console.status("subjects in context"):
+        files.update(analyse_in_context(store_path, out, scorer))  # {} when the study had no in-context set
     maps = {metric: entanglement_map(by_prompt, metric) for metric in METRICS}
     for name, path in write_entanglement_maps(maps, out).items():
         files[name] = Path(path).name

@@ -49,3 +49,6 @@ def capture_command(
     result = run_study(study, target, progress=not no_progress, records_per_part=records_per_part)
     console.print(f"[green]store[/] {result.store}: {result.written} records written, {result.skipped} already there "
                   f"({result.total} in this process's share)")
+    if result.in_context is not None:
+        console.print(f"[green]store[/] {result.in_context.store} (subjects in context): {result.in_context.written} "
+                      f"records written, {result.in_context.skipped} already there")

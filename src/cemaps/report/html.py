@@ -26,6 +26,7 @@ from typing import Any
 from cemaps.report.figures import RenderedFigure, render_figures
 from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
 from cemaps.report.html_tables import records_html, summary_html
+from cemaps.report.in_context import in_context_section
 from cemaps.report.results import QUESTIONS, Results, load_results
 
 REPORT_FILE = "report.html"
@@ -163,7 +164,9 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = render_figures(results, out_dir / FIGURES_DIR)
     skipped = [f for f in figures if f.note]
-    nav = " ".join(f'<a href="#{q}">{escape(q.replace("_", " "))}</a>' for q in ("cem", *QUESTIONS, "provenance", "data"))
+    in_context = in_context_section(results)  # '' when the study ran no in-context prompt set
+    sections = ("cem", *QUESTIONS, *(("in_context",) if in_context else ()), "provenance", "data")
+    nav = " ".join(f'<a href="#{q}">{escape(q.replace("_", " "))}</a>' for q in sections)
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>cemaps report</h1><p>Made {created} from <code>{escape(str(results.folder))}</code>; metrics: "
@@ -172,6 +175,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
         f"<nav>{nav}</nav>",
         f'<section id="cem"><h2>Concept Entanglement Maps</h2>{interactive_cems(results)}</section>',
         *[question_section(q, results, figures) for q in QUESTIONS],
+        in_context,
         provenance_section(results),
         data_section(results, out_dir),
     ]
