@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from cemaps.errors import CemapsError
+from cemaps.cli.app import quiet_option
 
 # Kept as text so that `cemaps --help` does not import torch; a test checks them against
 # cemaps.models.train.METHOD_DEFAULTS.
@@ -60,13 +60,21 @@ def personalize_command(
     gradient_checkpointing: bool = typer.Option(False, help="Trade ~30% speed for much less activation memory."),
     use_8bit_adam: bool = typer.Option(False, help="bitsandbytes 8-bit AdamW (CUDA; pip install bitsandbytes)."),
     device: str | None = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
-    overwrite: bool = typer.Option(False, help="Replace the contents of a non-empty OUT (class images are kept)."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier `cemaps personalize` output in OUT (class images "
+                                   "are kept); a folder holding other files is always refused."),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Personalize a base model on a subject and save weights that diffusers loads directly."""
+    from cemaps.errors import SettingError
+
+    _check_out(out, overwrite)
     from cemaps.cli.app import quiet_libraries
+    from cemaps.config import check_base_model, check_device
     from cemaps.models.train import TrainSettings, personalize
 
+    if device is not None:
+        check_device(device, "--device")
+    check_base_model(base, "--base")
     quiet_libraries()
     try:
         settings = TrainSettings(
@@ -89,13 +97,28 @@ def personalize_command(
         result = personalize(
             pipe, method, images, token, class_word, out, settings, progress=not quiet, overwrite=overwrite
         )
-    except CemapsError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
+    except SettingError as error:  # name the flag the user typed, not the Python field
+        raise error.renamed("--" + error.field.replace("_", "-")) from None
     typer.echo(
         f"{method}: {result.settings.steps} steps, final loss {result.final_loss:.4f}, "
         f"{result.seconds:.1f} s -> {result.artifact}"
     )
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """OUT is new, empty, holds only the class-image cache, or (with --overwrite) an earlier personalize output."""
+    from cemaps.errors import OutputError
+    from cemaps.outputs import MARKER, check_output_folder
+
+    if out.is_dir():
+        present = sorted(p.name for p in out.iterdir() if p.name not in ("class_images", MARKER))
+        if present and not overwrite:
+            listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+            raise OutputError(f"--out {out}: folder is not empty ({listed}); choose a new folder, or pass --overwrite "
+                              "to replace an earlier `cemaps personalize` output there")
+        if not present:
+            return
+    check_output_folder(out, "personalize")
 
 
 def _load_base(base: str, device: str | None) -> Any:

@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision import transforms
 
-from cemaps.errors import ConfigError
+from cemaps.errors import ConfigError, SettingError
 
 METHODS = ("dreambooth", "lora", "textual_inversion")
 LORA_TARGETS = ("cross_attention", "attention")
@@ -144,7 +144,7 @@ class TrainSettings:
 
 def _require(ok: bool, field: str, value: object, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"TrainSettings.{field}={value!r} is invalid; expected {expected}")
+        raise SettingError("TrainSettings", field, value, expected)
 
 
 @dataclass(frozen=True)
@@ -332,6 +332,9 @@ def commit_outputs(staging: Path, out: Path) -> None:
     staged = sorted(staging.iterdir(), key=lambda p: p.name == METADATA_NAME)
     for path in staged:
         shutil.move(str(path), str(out / path.name))
+    from cemaps.outputs import write_marker
+
+    write_marker(out, "personalize")  # lets `cemaps personalize --overwrite` tell its own output from a user's files
 
 
 def write_metadata(path: Path, record: dict) -> None:
@@ -352,10 +355,8 @@ def adamw_8bit_class() -> type[torch.optim.Optimizer]:
     try:
         import bitsandbytes
     except ImportError:
-        raise ConfigError(
-            "use_8bit_adam=True needs bitsandbytes, which is not installed; "
-            "expected `pip install bitsandbytes` (CUDA only) or use_8bit_adam=False"
-        ) from None
+        raise SettingError("TrainSettings", "use_8bit_adam", True,
+                           "False, or `pip install bitsandbytes` first (CUDA only)") from None
     return bitsandbytes.optim.AdamW8bit
 
 
