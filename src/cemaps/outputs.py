@@ -38,8 +38,10 @@ MARKER = ".cemaps-output.json"
 
 def os_error_message(error: OSError, path: str | Path | None = None) -> str:
     """One line for an operating-system error: the path it concerns and the system's reason."""
+    from cemaps.errors import one_line
+
     where = error.filename if error.filename is not None else path
-    reason = error.strerror or type(error).__name__
+    reason = error.strerror or one_line(error)
     if isinstance(error, PermissionError) or error.errno in (13, 30):  # EACCES, EROFS
         reason += "; expected a folder this user can write to"
     return f"{where}: {reason}" if where is not None else reason
@@ -76,6 +78,7 @@ def check_output_folder(path: str | Path, command: str, *, option: str = "--out"
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path}: is an existing file; expected a folder path")
+    check_writable(path, option)
     if not path.is_dir():
         return
     try:
@@ -94,6 +97,30 @@ def check_output_folder(path: str | Path, command: str, *, option: str = "--out"
     if foreign:
         raise OutputError(f"{option} {path}: holds files that `cemaps {command}` did not write ({_some(foreign)}); "
                           "move them or choose a new folder, nothing was changed")
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Refuses, before any work, a path whose folder (or nearest existing ancestor) this user cannot write.
+
+    The check writes and removes a probe file: permission bits alone mislead (root ignores
+    them; read-only mounts and immutable folders ignore the bits).
+
+    Raises:
+        OutputError: naming ``path``, the folder that refused, and the system's reason.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{option} {path}: {folder} is a file; expected a folder there")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".cemaps-write-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise OutputError(f"{option} {path}: cannot write in {folder} ({error.strerror or type(error).__name__}); "
+                          "expected a folder this user can write to") from None
 
 
 def _some(names: list[str]) -> str:

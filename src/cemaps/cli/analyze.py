@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from cemaps.cli.app import quiet_option
+from cemaps.cli.app import one_line_errors, quiet_option
 
 
+@one_line_errors
 def analyze_command(
     store: Path = typer.Argument(..., help="A store written by `cemaps capture` (the .h5 manifest)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder, written as a whole when the "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -52,6 +55,30 @@ def say(markup: str, *values: object) -> None:
     """A status line on stderr: ``markup`` is the command's own rich markup, ``values`` user text
     (paths, ids) filled into its ``{}`` slots literally."""
     console.print(markup.format(*(escape(str(v)) for v in values)), highlight=False, soft_wrap=True)
+
+
+def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Wraps a command so that a user error is one literal ``error:`` line and exit code 2.
+
+    Done inside the app (not only in :func:`main`), so ``typer.testing.CliRunner`` and
+    ``python -m cemaps`` behave alike.
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from cemaps.errors import CemapsError, one_line
+        from cemaps.outputs import os_error_message
+
+        try:
+            command(*args, **kwargs)
+        except CemapsError as exc:
+            print_error(one_line(exc))
+            raise typer.Exit(code=2) from None
+        except OSError as exc:  # a folder that cannot be written, a file where a folder is needed, a full disk
+            print_error(os_error_message(exc))
+            raise typer.Exit(code=2) from None
+
+    return run
 
 
 def main() -> None:

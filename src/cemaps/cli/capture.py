@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from cemaps.cli.app import quiet_option, say
+from cemaps.cli.app import one_line_errors, quiet_option, say
 
 
+@one_line_errors
 def capture_command(
     config: Path = typer.Option(None, "--config", "-c", help="study.yaml: base, prompts, seeds, generation, capture, "
                                 "personalized models (required)."),
@@ -59,6 +60,9 @@ def capture_command(
     study = study.with_overrides(base=base, prompts=prompts, device=device)
     check_base_model(study.base, "--base" if base is not None else f"{config}: base")
     target = store or Path(study.store or "study.h5")
+    from cemaps.outputs import check_writable
+
+    check_writable(target, "--store" if store is not None else f"{config}: store")  # before the model is loaded
     result = run_study(study, target, progress=not quiet, records_per_part=records_per_part)
     say("[green]store[/] {}: {} records written, {} already there ({} in this process's share)",
         result.store, result.written, result.skipped, result.total)

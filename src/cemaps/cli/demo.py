@@ -6,9 +6,10 @@ from pathlib import Path
 
 import typer
 
-from cemaps.cli.app import quiet_option
+from cemaps.cli.app import one_line_errors, quiet_option
 
 
+@one_line_errors
 def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for models, store, results and report: new, "
                              "empty, or an earlier demo's (it resumes there); any other folder is refused."),

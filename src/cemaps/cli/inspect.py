@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 import typer
+
+from cemaps.cli.app import one_line_errors
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 
+@one_line_errors
 def inspect_command(
     store: Path = typer.Argument(..., help="A store written by `cemaps capture` (the .h5 manifest)."),
     provenance: bool = typer.Option(True, help="Print provenance (package versions, settings)."),

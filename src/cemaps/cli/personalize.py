@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from cemaps.cli.app import quiet_option
+from cemaps.cli.app import one_line_errors, quiet_option
 
 # Kept as text so that `cemaps --help` does not import torch; a test checks them against
 # cemaps.models.train.METHOD_DEFAULTS.
@@ -21,6 +21,7 @@ STEPS_HELP = "dreambooth 400, lora 500, textual_inversion 3000"
 LEARNING_RATE_HELP = "dreambooth 5e-06, lora 0.0001, textual_inversion 0.0005"
 
 
+@one_line_errors
 def personalize_command(
     method: str = typer.Option(
         ..., "--method", "-m", help=f"Personalization method: {METHODS_HELP}."
@@ -53,14 +54,14 @@ def personalize_command(
     batch_size: int = typer.Option(1, help="Instance images per step."),
     resolution: int | None = typer.Option(None, help="Training side in pixels (default: the model's, 512 for SD v1.5)."),
     prior_preservation: bool = typer.Option(
-        False, help="DreamBooth: add the class-prior loss on images the base model generates (cached in OUT/class_images)."
+        False, "--prior-preservation", help="DreamBooth: add the class-prior loss on images the base model generates (cached in OUT/class_images)."
     ),
     num_class_images: int = typer.Option(100, help="DreamBooth prior preservation: number of class images."),
     mixed_precision: str | None = typer.Option(None, help="fp16 or bf16 autocast (GPU); default float32."),
-    gradient_checkpointing: bool = typer.Option(False, help="Trade ~30% speed for much less activation memory."),
-    use_8bit_adam: bool = typer.Option(False, help="bitsandbytes 8-bit AdamW (CUDA; pip install bitsandbytes)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade ~30% speed for much less activation memory."),
+    use_8bit_adam: bool = typer.Option(False, "--use-8bit-adam", help="bitsandbytes 8-bit AdamW (CUDA; pip install bitsandbytes)."),
     device: str | None = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
-    overwrite: bool = typer.Option(False, help="Replace an earlier `cemaps personalize` output in OUT (class images "
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier `cemaps personalize` output in OUT (class images "
                                    "are kept); a folder holding other files is always refused."),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -108,8 +109,11 @@ def personalize_command(
 def _check_out(out: Path, overwrite: bool) -> None:
     """OUT is new, empty, holds only the class-image cache, or (with --overwrite) an earlier personalize output."""
     from cemaps.errors import OutputError
-    from cemaps.outputs import MARKER, check_output_folder
+    from cemaps.outputs import MARKER, check_output_folder, check_writable
 
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out}: is an existing file; expected a folder path")
+    check_writable(out, "--out")
     if out.is_dir():
         present = sorted(p.name for p in out.iterdir() if p.name not in ("class_images", MARKER))
         if present and not overwrite:

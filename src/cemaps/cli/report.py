@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from cemaps.cli.app import one_line_errors
 
+
+@one_line_errors
 def report_command(
     results: Path = typer.Argument(Path("results"), help="The folder `cemaps analyze` wrote."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Report folder: report.html and figures/ (PNG + SVG). "
