@@ -75,3 +75,16 @@ def study_copy(unlabelled_study, tmp_path) -> Path:
     copy = tmp_path / "study"
     shutil.copytree(unlabelled_study, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def analysed_results(unlabelled_study, tmp_path_factory) -> Path:
+    """`cemaps analyze` of the unlabelled study (read-only for tests: copy before changing it)."""
+    from typer.testing import CliRunner
+
+    from cemaps.cli import app
+
+    out = tmp_path_factory.mktemp("analysed") / "results"
+    result = CliRunner().invoke(app, ["analyze", str(unlabelled_study / "study.h5"), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    return out
