@@ -172,8 +172,10 @@ class ClipScorer:
         except (RuntimeError, KeyError, ValueError, OSError) as error:
             from cemaps.errors import one_line
 
-            raise ModelLoadError(  # the whole message: a state-dict error's first line names no key
-                f"CLIP weights file {str(path)!r} could not be loaded as {model_name}: {one_line(error)[:600]}"
+            detail = one_line(error)  # not just the first line: a state-dict error's first line names no key
+            detail = detail if len(detail) <= 600 else detail[:600] + " ..."
+            raise ModelLoadError(
+                f"CLIP weights file {str(path)!r} could not be loaded as {model_name}: {detail}"
             ) from error
         finally:
             if previous is None:
