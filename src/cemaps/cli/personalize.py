@@ -100,6 +100,9 @@ def personalize_command(
         )
     except SettingError as error:  # name the flag the user typed, not the Python field
         raise error.renamed("--" + error.field.replace("_", "-")) from None
+    from cemaps.outputs import write_marker
+
+    write_marker(out, "personalize")  # lets a later --overwrite tell this output from a user's files
     typer.echo(
         f"{method}: {result.settings.steps} steps, final loss {result.final_loss:.4f}, "
         f"{result.seconds:.1f} s -> {result.artifact}"

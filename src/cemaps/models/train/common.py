@@ -332,9 +332,6 @@ def commit_outputs(staging: Path, out: Path) -> None:
     staged = sorted(staging.iterdir(), key=lambda p: p.name == METADATA_NAME)
     for path in staged:
         shutil.move(str(path), str(out / path.name))
-    from cemaps.outputs import write_marker
-
-    write_marker(out, "personalize")  # lets `cemaps personalize --overwrite` tell its own output from a user's files
 
 
 def write_metadata(path: Path, record: dict) -> None:
