@@ -65,14 +65,14 @@ def read_only_folder(folder: Path):
         return
     folder.chmod(0o755)
     chattr = shutil.which("chattr")
-    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True, check=False).returncode != 0:
         pytest.skip("running as root, and chattr +i is not available here: no way to make a folder read-only")
     try:
         if _can_write(folder):
             pytest.skip("running as root, and an immutable folder is still writable here")
         yield folder
     finally:
-        subprocess.run([chattr, "-i", str(folder)], capture_output=True)
+        subprocess.run([chattr, "-i", str(folder)], capture_output=True, check=False)
 
 
 def _can_write(folder: Path) -> bool:

@@ -38,7 +38,7 @@ def test_skipped_questions_are_said_on_the_console(cli, study_copy, tmp_path):
 
 
 def test_a_report_reads_the_unlabelled_results(cli, analysed_results, tmp_path):
-    code, out, err = cli("report", analysed_results, "--out", tmp_path / "report")
+    code, _, err = cli("report", analysed_results, "--out", tmp_path / "report")
     assert code == 0, err
     assert (tmp_path / "report" / "report.html").is_file()
 

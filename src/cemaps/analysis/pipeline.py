@@ -44,7 +44,11 @@ from rich.markup import escape
 
 from cemaps.analysis.attention_shift import attention_shift_table
 from cemaps.analysis.clip_scorer import ClipScorer
-from cemaps.analysis.disruption import aggregate_over_seeds, disruption_table, semantic_similarity
+from cemaps.analysis.disruption import (
+    aggregate_over_seeds,
+    disruption_table,
+    semantic_similarity,
+)
 from cemaps.analysis.entanglement import entanglement_map, write_entanglement_maps
 from cemaps.analysis.stats_abstractness import compare_abstractness
 from cemaps.analysis.stats_clustering import cluster

@@ -39,7 +39,8 @@ def capture_command(
                           "for a ready-made small study run `cemaps demo`")
     quiet_libraries()
 
-    from cemaps.config import check_base_model, check_device, load_config
+    from cemaps.config import load_config
+    from cemaps.config_checks import check_base_model, check_device
     from cemaps.study import run_study
 
     study = load_config(config)

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import typer
-
-from cemaps.cli.app import one_line_errors
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from cemaps.cli.app import one_line_errors
 
 
 @one_line_errors

@@ -7,7 +7,6 @@ Registered by the app as ``app.command("personalize")(personalize_command)``; th
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 import typer
@@ -70,7 +69,7 @@ def personalize_command(
 
     _check_out(out, overwrite)
     from cemaps.cli.app import quiet_libraries
-    from cemaps.config import check_base_model, check_device
+    from cemaps.config_checks import check_base_model, check_device
     from cemaps.models.train import TrainSettings, personalize
 
     if device is not None:
