@@ -35,15 +35,29 @@ def test_help_fits_80_columns(command):
     assert not long, long
 
 
-def test_analyze_prints_no_library_warnings(cli, study_copy, tmp_path):
-    def show(message, category, filename, lineno, file=None, line=None):  # as Python prints them outside pytest
+def _with_visible_warnings(cli, *args):
+    """Runs the CLI with warnings shown as Python shows them outside pytest (pytest records them)."""
+    def show(message, category, filename, lineno, file=None, line=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = show
-        code, _, err = cli("analyze", study_copy / "study.h5", "--out", tmp_path / "r", "--n-perm", "99")
+        return cli(*args)
+
+
+def test_analyze_prints_no_library_warnings(cli, study_copy, tmp_path):
+    code, _, err = _with_visible_warnings(cli, "analyze", study_copy / "study.h5", "--out", tmp_path / "r",
+                                          "--n-perm", "99")
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) <= 12, err
     assert not [line for line in lines if "site-packages" in line or "warnings.warn" in line], err
+
+
+def test_report_prints_no_library_warnings(cli, analysed_results, tmp_path):
+    code, _, err = _with_visible_warnings(cli, "report", analysed_results, "--out", tmp_path / "report")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) <= 2, err
+    assert not [line for line in lines if "site-packages" in line], err

@@ -29,10 +29,8 @@ def analyze_command(
     Writes tidy tables (CSV, Parquet), the Concept Entanglement Maps (CSV + HDF5) and
     summary.json with every statistical test; `cemaps report` reads the folder.
     """
-    import warnings
-
     from cemaps.analysis.pipeline import check_clip_model
-    from cemaps.cli.app import quiet_libraries, say
+    from cemaps.cli.app import library_warnings_counted, quiet_libraries
     from cemaps.outputs import check_output_folder
 
     check_output_folder(out, "analyze")  # before any model or store is opened
@@ -40,19 +38,7 @@ def analyze_command(
     quiet_libraries()
     from cemaps.analysis.pipeline import run_analysis
 
-    # Small studies make scipy/statsmodels warn (constant input, few groups) once per test; the
-    # results record what could not be computed, so the warnings are counted, not printed.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with library_warnings_counted(quiet, "summary.json says which tests could not run"):
         summary = run_analysis(store, out, clip_model=clip_model, clip_weights=clip_weights, subjects=subjects,
                                n_perm=n_perm, progress=not quiet)
-    package = str(Path(__file__).resolve().parents[1])
-    own = list(dict.fromkeys(str(w.message) for w in caught if str(w.filename).startswith(package)))
-    others = [w for w in caught if not str(w.filename).startswith(package)]
-    for message in own:
-        say("[yellow]warning[/]: {}", message)
-    if others and not quiet:
-        kinds = sorted({w.category.__name__ for w in others})
-        say("[dim]{} library warnings while testing ({}); summary.json says which tests could not run[/]",
-            len(others), ", ".join(kinds))
     typer.echo(str(summary.parent))

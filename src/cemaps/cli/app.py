@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -81,6 +84,27 @@ def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+@contextlib.contextmanager
+def library_warnings_counted(quiet: bool, hint: str) -> Iterator[None]:
+    """Library warnings inside the block are counted in one line, not printed one by one; cemaps'
+    own warnings are printed once each.
+
+    Small studies make scipy, statsmodels, sklearn and matplotlib warn (constant input, few
+    groups, flat axes) once per test or figure: pages of text a user cannot act on.
+    """
+    package = str(Path(__file__).resolve().parents[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    own = list(dict.fromkeys(str(w.message) for w in caught if str(w.filename).startswith(package)))
+    others = [w for w in caught if not str(w.filename).startswith(package)]
+    for message in own:
+        say("[yellow]warning[/]: {}", message)
+    if others and not quiet:
+        kinds = sorted({w.category.__name__ for w in others})
+        say("[dim]{} library warnings ({}); {}[/]", len(others), ", ".join(kinds), hint)
+
+
 def main() -> None:
     """Console-script entry point: user errors are one line on stderr and exit code 2."""
     import os
@@ -104,8 +128,6 @@ def main() -> None:
 
 def quiet_libraries() -> None:
     """Silence diffusers/transformers' loading bars and the library warnings a CLI user cannot act on."""
-    import warnings
-
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cemaps.cli.app import one_line_errors
+from cemaps.cli.app import library_warnings_counted, one_line_errors
 
 
 @one_line_errors
@@ -23,6 +23,6 @@ def report_command(
     if not (results / "manifest.json").is_file():
         raise ConfigError(f"{results}: no manifest.json; expected a folder written by `cemaps analyze`")
     check_output_folder(out, "report")
-    with staged_output(out, "report") as staging:
+    with staged_output(out, "report") as staging, library_warnings_counted(False, "figures were still drawn"):
         written = Path(write_report(results, staging))
     typer.echo(str(out / written.relative_to(staging)))
