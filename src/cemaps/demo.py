@@ -24,6 +24,7 @@ from cemaps.config import load_config
 from cemaps.data import load_subjects, synthetic_subject_images
 from cemaps.models import tiny_pipeline
 from cemaps.models.train import TrainSettings, personalize
+from cemaps.outputs import claim_output_folder
 
 DEMO_SUBJECTS = ("face1", "object1")
 # The trainers' defaults follow diffusers' scripts (hundreds to thousands of steps); the demo
@@ -56,8 +57,7 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out, "demo")  # refuses a folder holding files the demo did not write
     console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE}")
     pipe = tiny_pipeline(seed=0)
     subjects = load_subjects().set_index("subject_id")

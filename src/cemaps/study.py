@@ -306,6 +306,7 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
     if not enabled:
         yield lambda model_id: None
         return
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     class RateColumn(TextColumn):
@@ -317,4 +318,4 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
                RateColumn("- rec/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("capture", total=total)
-        yield lambda model_id: bar.update(task, advance=1, description=f"capture {model_id}")
+        yield lambda model_id: bar.update(task, advance=1, description=f"capture {escape(model_id)}")  # ids are literal

@@ -161,7 +161,8 @@ def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> Sta
     config_folder = config if config is not None else _cached_config_for_checkpoint(path, allow_pickle)
     if not (Path(config_folder) / "model_index.json").is_file():
         raise ModelLoadError(
-            f"config folder {config_folder!r} has no model_index.json; pass --base-config DIR (a diffusers SD v1.5 folder)"
+            f"config folder {config_folder!r} has no model_index.json; set `base_config:` in study.yaml "
+            "(Python: config=DIR) to a diffusers SD v1.5 folder"
         )
     try:
         return StableDiffusionPipeline.from_single_file(
@@ -192,7 +193,8 @@ def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError) as error:
         raise ModelLoadError(
             f"checkpoint {str(path)!r} looks like {repo_id!r}, whose diffusers config is not in the local "
-            "Hugging Face cache (offline); pass --base-config DIR (a diffusers SD v1.5 folder)"
+            "Hugging Face cache (offline); set `base_config:` in study.yaml (Python: config=DIR) to a diffusers "
+            "SD v1.5 folder"
         ) from error
 
 

@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision import transforms
 
-from cemaps.errors import ConfigError
+from cemaps.errors import ConfigError, SettingError
 from cemaps.models.hashing import file_sha256
 from cemaps.models.methods import METHODS
 
@@ -145,7 +145,7 @@ class TrainSettings:
 
 def _require(ok: bool, field: str, value: object, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"TrainSettings.{field}={value!r} is invalid; expected {expected}")
+        raise SettingError("TrainSettings", field, value, expected)
 
 
 @dataclass(frozen=True)
@@ -353,10 +353,8 @@ def adamw_8bit_class() -> type[torch.optim.Optimizer]:
     try:
         import bitsandbytes
     except ImportError:
-        raise ConfigError(
-            "use_8bit_adam=True needs bitsandbytes, which is not installed; "
-            "expected `pip install bitsandbytes` (CUDA only) or use_8bit_adam=False"
-        ) from None
+        raise SettingError("TrainSettings", "use_8bit_adam", True,
+                           "False, or `pip install bitsandbytes` first (CUDA only)") from None
     return bitsandbytes.optim.AdamW8bit
 
 
