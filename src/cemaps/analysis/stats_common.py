@@ -27,6 +27,12 @@ from statsmodels.stats.multitest import multipletests
 from cemaps.errors import CemapsError
 
 
+NULL_RATE_VALIDATED = "null_rate_validated"
+"""Key of ``TestResult.extra``: True when the test's rejection rate at alpha 0.05 is measured in [0.03, 0.07]
+under the realistic null of ``stats_simulation`` (tests/analysis/test_stats_validity.py). The report bolds a
+p-value only for such tests."""
+
+
 class StatsInputError(CemapsError, ValueError):
     """A table handed to a statistics function lacks columns, rows or structure it needs."""
 
