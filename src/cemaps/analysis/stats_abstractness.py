@@ -243,7 +243,7 @@ def compare_abstractness(disruption: pd.DataFrame, value: str, unit: str = "prom
         "kruskal": kruskal_test(units, value, unit),
         "pairwise": pairwise_mannwhitney(units, value),
         "pairwise_method": (f"scipy.stats.mannwhitneyu two-sided, one observation per {unit}; "
-                            "p_holm = Holm over class pairs (statsmodels); effect_size = rank-biserial "
+                            "p_holm = Holm over class pairs (Holm 1979); effect_size = rank-biserial "
                             "2U/(n_a n_b) - 1, positive when class_a is more disrupted"),
         "prompt_anova": prompt_permutation_anova(disruption, value, n_perm, seed) if n_perm > 0 else None,
     })

@@ -243,7 +243,7 @@ def compare_methods(disruption: pd.DataFrame, value: str, n_boot: int = 2000, se
         "subject_anova": subject_blocked_anova(model_means),
         "pairwise": pairwise_paired_t(model_means),
         "pairwise_method": ("paired t-test (two-sided) across subjects on per-model means over shared prompts; "
-                            "p_holm = Holm over all method pairs (statsmodels multipletests); effect_size = "
+                            "p_holm = Holm over all method pairs (Holm 1979); effect_size = "
                             "Cohen's d_z of (method_a - method_b); null rate measured in "
                             "tests/analysis/test_stats_validity.py"),
         "model_means": model_means.reset_index(),
