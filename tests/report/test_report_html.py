@@ -60,8 +60,14 @@ def test_report_has_every_section_with_tests_and_figures(page):
         assert '<table class="tests">' in section or question == "clustering", question  # ARI tables there
         assert "<figure" in section, question
     methods = text.split('<section id="methods">')[1].split("</section>")[0]
-    assert "<td>friedman</td>" in methods and "pairwise" in methods
-    assert "<td>kruskal</td>" in text and "mixedlm" not in text  # the fixture skips the mixed model
+    assert "<td>subject_blocked_anova</td>" in methods and "pairwise" in methods
+    assert "<td>kruskal</td>" in text and "<td>prompt_permutation_anova</td>" in text and "mixedlm" not in text
+    # structural zeros in words: TI on the fixture's first prompt, both seeds
+    assert ('<p class="structural-zeros">textual_inversion: 3 of 36 (model, prompt) pairs are structural zeros'
+            in methods)
+    cem = text.split('<section id="cem">')[1].split("</section>")[0]
+    assert "Structural zeros: textual_inversion-alice (textual_inversion): 2 of 24 records" in cem
+    assert "by construction" in cem
     layers = text.split('<section id="layer_linking">')[1].split("</section>")[0]
     assert "<td>ridge_cv_r2</td>" in layers and "<caption>layers</caption>" in layers
     clustering = text.split('<section id="clustering">')[1].split("</section>")[0]

@@ -92,6 +92,16 @@ def structural_zero_note(results: Results) -> str:
     return f'<p class="structural-zeros">{escape(sentence)}</p>'
 
 
+def method_structural_zeros(section: Any) -> str:
+    """The method comparison's sentence on structural zeros per method (the same for every metric), or ''."""
+    if not isinstance(section, Mapping):
+        return ""
+    for results in section.values():
+        if isinstance(results, Mapping) and isinstance(results.get("structural_zeros"), str):
+            return f'<p class="structural-zeros">{escape(results["structural_zeros"])}</p>'
+    return ""
+
+
 def figure_html(figure: RenderedFigure) -> str:
     """A figure embedded as base64 PNG with its caption and links to its files, or its skip note."""
     if figure.note:
@@ -125,7 +135,7 @@ def question_section(question: str, results: Results, figures: list[RenderedFigu
     section = results.summary.get(question)
     parts = [f'<section id="{question}"><h2>{escape(QUESTION_TITLES[question])}</h2>']
     if question == "methods":
-        parts.append(structural_zero_note(results))
+        parts.append(method_structural_zeros(section))
     if isinstance(section, Mapping) and all(m in section for m in results.metrics) and results.metrics:
         for metric in results.metrics:
             parts.append(f"<h3>Tests: {escape(metric)}</h3>{summary_html(section[metric])}")
