@@ -49,7 +49,8 @@ def scorer():
     return CountingScorer(tiny.model, tiny.preprocess, tiny.tokenizer)
 
 
-def build_store(path, *, identical: bool, with_text: bool = True, lora_maps_differ: bool = False):
+def build_store(path, *, identical: bool, with_text: bool = True, lora_maps_differ: bool = False,
+                lora_without_maps: bool = False):
     rng = np.random.default_rng(0)
     with StoreWriter(path, settings={"capture": {"halves": ["cond"]}}, base={"model_id": "tiny"},
                      records_per_part=8) as writer:
@@ -68,9 +69,11 @@ def build_store(path, *, identical: bool, with_text: bool = True, lora_maps_diff
                     if model["method"] == "base":
                         base_images[prompt_id, seed] = image
                     attention = 0.5 if lora_maps_differ and model["method"] == "lora" else 0.25
-                    writer.write_record(model["model_id"], prompt_id, seed,
-                                        {ATTN: np.full((1, 1, 1, 1, 2, 2), attention, np.float16)},
-                                        axes={ATTN: ("token", "step", "half", "head", "y", "x")}, image=image)
+                    arrays = {ATTN: np.full((1, 1, 1, 1, 2, 2), attention, np.float16)}
+                    axes = {ATTN: ("token", "step", "half", "head", "y", "x")}
+                    if lora_without_maps and model["method"] == "lora":  # a record must store some array
+                        arrays, axes = {"scores/x": np.zeros((1, 2), np.float16)}, {"scores/x": ("token", "x")}
+                    writer.write_record(model["model_id"], prompt_id, seed, arrays, axes=axes, image=image)
     return open_store(path)
 
 
@@ -109,6 +112,14 @@ def test_identical_image_with_different_maps_is_not_a_structural_zero(tmp_path, 
     assert not table.loc[lora, "structural_zero"].any() and table.loc[~lora, "structural_zero"].all()
     pairs = aggregate_over_seeds(table, ["alignment_drop"])
     assert pairs.groupby("model_id")["structural_zero"].all().to_dict() == {"lora-mug": False, "ti-face1": True}
+
+
+def test_a_record_without_the_base_twins_maps_is_not_a_structural_zero(tmp_path, scorer):
+    with build_store(tmp_path / "nomaps.h5", identical=True, lora_without_maps=True) as store:
+        table = disruption_table(store, scorer, batch_size=4)
+    lora = table["model_id"] == "lora-mug"
+    assert table["image_identical"].all()
+    assert not table.loc[lora, "structural_zero"].any() and table.loc[~lora, "structural_zero"].all()
 
 
 def test_measured_records_are_not_structural_zeros(different_store, scorer):

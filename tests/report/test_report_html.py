@@ -189,3 +189,19 @@ def test_load_results_refuses_bad_folders(tmp_path):
     (tmp_path / "cem_x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match=r"cem_x.csv: not a CEM table"):
         load_results(tmp_path)
+
+
+def test_only_tests_with_a_validated_null_rate_are_bold():
+    from cemaps.report.html_tables import test_rows_html
+
+    def test(name, p, validated):
+        extra = {"null_rate_validated": True} if validated else {}
+        return {"test": name, "statistic": 1.0, "p": p, "effect_size": 0.1, "effect_size_name": "e", "n": 9,
+                "method": "m", "extra": extra}
+
+    html = test_rows_html([("a", test("valid_small", 0.001, True)), ("b", test("unchecked_small", 0.0001, False)),
+                           ("c", test("valid_large", 0.5, True))])
+    rows = html.split("<tr>")[2:]
+    assert '<td class="sig">0.001</td>' in rows[0]
+    assert 'class="sig"' not in rows[1] and "(null rate not validated)" in rows[1]
+    assert 'class="sig"' not in rows[2] and "not validated" not in rows[2]

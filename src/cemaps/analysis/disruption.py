@@ -109,9 +109,13 @@ def disruption_table(store: Any, scorer: ClipScorer, batch_size: int = 32) -> pd
     table["alignment_drop"] = table["clip_base"] - table["clip_personalized"]
     table["structural_zero"] = identical.copy()
     map_names = [name for name in store.array_names if name.startswith(MAP_PREFIX)]
-    for row in np.flatnonzero(identical):
-        table.iloc[row, table.columns.get_loc("structural_zero")] = _maps_identical(
-            store, int(paired["record"].iat[row]), int(paired["base_record"].iat[row]), map_names)
+    rows = np.flatnonzero(identical)
+    zero = table["structural_zero"].to_numpy().copy()
+    for start in range(0, rows.size, batch_size):
+        chunk = rows[start:start + batch_size]
+        zero[chunk] = _maps_identical(store, paired["record"].to_numpy()[chunk],
+                                      paired["base_record"].to_numpy()[chunk], map_names)
+    table["structural_zero"] = zero
     return table[DISRUPTION_COLUMNS]
 
 
@@ -120,23 +124,34 @@ def _image_digest(image: np.ndarray) -> bytes:
     return hashlib.blake2b(repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()).digest()
 
 
-def _maps_identical(store: Any, record: int, base_record: int, names: Sequence[str]) -> bool:
-    """Whether every stored cross-attention map of ``record`` equals its base twin's, bit for bit.
+def _maps_identical(store: Any, records: np.ndarray, base_records: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """[n] whether every stored cross-attention map of each record equals its base twin's, bit for bit.
 
-    A layer that neither record stored is skipped; one stored for only one of them counts as different.
+    Each layer is read for the whole batch in one call. A layer that neither record stored is
+    skipped; one stored for only one of them counts as different.
     """
+    same = np.ones(len(records), dtype=bool)
     for name in names:
-        stored = []
-        for which in (record, base_record):
-            try:
-                stored.append(store.read_one(name, which))
-            except StoreError:
-                stored.append(None)
-        if stored[0] is None and stored[1] is None:
+        try:
+            mine, theirs = store.read(name, records.tolist()), store.read(name, base_records.tolist())
+        except StoreError:  # some record lacks this layer: compare one by one
+            for i, (record, twin) in enumerate(zip(records.tolist(), base_records.tolist(), strict=True)):
+                same[i] &= _one_map_identical(store, name, record, twin)
             continue
-        if stored[0] is None or stored[1] is None or not np.array_equal(stored[0], stored[1]):
-            return False
-    return True
+        same &= np.array([np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True)], dtype=bool)
+    return same
+
+
+def _one_map_identical(store: Any, name: str, record: int, base_record: int) -> bool:
+    stored = []
+    for which in (record, base_record):
+        try:
+            stored.append(store.read_one(name, which))
+        except StoreError:
+            stored.append(None)
+    if stored[0] is None or stored[1] is None:
+        return stored[0] is None and stored[1] is None
+    return bool(np.array_equal(stored[0], stored[1]))
 
 
 def structural_zeros_by_model(table: pd.DataFrame) -> pd.DataFrame:

@@ -41,7 +41,7 @@ class TestResult:
     """One statistical test, with everything a reader needs to judge it.
 
     Attributes:
-        test: short name of the test, e.g. ``"friedman"``.
+        test: short name of the test, e.g. ``"kruskal"``.
         statistic: the test statistic (None when not computable).
         p: p-value as computed (uncorrected unless ``method`` says otherwise).
         effect_size: the effect size named by ``effect_size_name``.

@@ -10,9 +10,9 @@ asserts the rates.
 
 Example:
     >>> import numpy as np
-    >>> p = methods_p_values(20, seed=0, planted=False)
-    >>> sorted(p)[:2], p["subject_anova"].shape
-    (['pair_lora_vs_dreambooth', 'pairwise_any_holm'], (20,))
+    >>> p = methods_p_values(5, seed=0, planted=False)
+    >>> p["subject_anova"].shape, bool(np.all((p["subject_anova"] > 0) & (p["subject_anova"] <= 1)))
+    ((5,), True)
 """
 
 from __future__ import annotations

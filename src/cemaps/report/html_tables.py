@@ -5,9 +5,9 @@ other values are listed as details. So new statistics appear in the report
 without report code.
 
 Example:
-    >>> html = summary_html({"friedman": {"test": "friedman", "statistic": 4.0, "p": 0.01, "effect_size": 0.2,
-    ...                                   "effect_size_name": "kendall_w", "n": 12, "method": "scipy", "extra": {}}})
-    >>> "friedman" in html and "<table" in html
+    >>> html = summary_html({"kruskal": {"test": "kruskal", "statistic": 4.0, "p": 0.01, "effect_size": 0.2,
+    ...                                  "effect_size_name": "epsilon_squared", "n": 12, "method": "scipy", "extra": {}}})
+    >>> "kruskal" in html and "<table" in html
     True
 """
 
