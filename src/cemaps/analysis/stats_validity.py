@@ -93,14 +93,14 @@ def proximity_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesig
     """Semantic proximity: the combined prompt permutation, one model's own permutation, similarity Spearman.
 
     Planted: ``PLANTED_IN_DOMAIN`` added to in-domain pairs; similarity then carries the same
-    effect (in-domain prompts get a higher similarity), so its power is measured on the same link.
+    effect (in-domain prompts get a similarity 2 higher), so its power is measured on the same link.
     """
     out: dict[str, list[float]] = {"proximity_combined": [], "proximity_one_model": [], "similarity_spearman": []}
     for rng in _seeds(seed, n_sims):
         table = simulate_study(design, rng, in_domain_effect=PLANTED_IN_DOMAIN if planted else 0.0)
         similarity = simulate_similarity(design, table, rng)
         if planted:
-            similarity["similarity"] += (table["domain"] == table["subject_domain"]).to_numpy()
+            similarity["similarity"] += 2.0 * (table["domain"] == table["subject_domain"]).to_numpy()
         result = semantic_proximity(table, "alignment_drop", n_perm=PERMUTATIONS, seed=int(rng.integers(2**31)),
                                     similarity=similarity)
         out["proximity_combined"].append(result["combined"]["p"])
@@ -154,7 +154,7 @@ FAMILIES: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 PLANTED_TEXT = {
     "methods": f"method offsets {PLANTED_METHOD_OFFSETS}",
     "abstractness": f"+{PLANTED_ABSTRACT} on abstract and compositional prompts",
-    "semantic_proximity": f"+{PLANTED_IN_DOMAIN} on in-domain pairs (similarity +1 on them)",
+    "semantic_proximity": f"+{PLANTED_IN_DOMAIN} on in-domain pairs (similarity +2 on them)",
     "layer_linking": f"disruption += {PLANTED_LINK} x one layer's shift",
     "clustering": f"+{2 * PLANTED_ABSTRACT} on abstract and compositional prompts",
 }
