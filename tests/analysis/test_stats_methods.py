@@ -54,7 +54,8 @@ def test_pairwise_paired_t_across_subjects_is_holm_corrected():
                                                                ("lora", "textual_inversion")]
     means = model_means(table)
     expected = stats.ttest_rel(means["dreambooth"], means["textual_inversion"])
-    assert pairs[1]["statistic"] == pytest.approx(expected.statistic) and pairs[1]["p"] == pytest.approx(expected.pvalue)
+    assert pairs[1]["statistic"] == pytest.approx(expected.statistic)
+    assert pairs[1]["p"] == pytest.approx(expected.pvalue)
     raw = np.array([r["p"] for r in pairs])
     order = np.argsort(raw)
     holm = np.maximum.accumulate(np.minimum(raw[order] * np.array([3, 2, 1]), 1.0))

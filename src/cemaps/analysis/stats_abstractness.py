@@ -192,7 +192,8 @@ def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, 
     total = float(np.sum((values - values.mean()) ** 2))
     if k < 2 or n - k < 1 or total == 0 or n_perm == 0:
         reason = ("n_perm = 0" if n_perm == 0 else
-                  f"needs >= 2 classes, more prompts than classes and non-constant values; has {k} classes, {n} prompts")
+                  f"needs >= 2 classes, more prompts than classes and non-constant values; "
+                  f"has {k} classes, {n} prompts")
         result = TestResult(test="prompt_permutation_anova", statistic=None, p=None, effect_size=None,
                             effect_size_name="eta_squared", n=int(n), method=text,
                             extra={"computable": False, "reason": reason, "classes": classes})

@@ -156,8 +156,8 @@ def cluster(cem: pd.DataFrame, prompt_labels: pd.DataFrame, model_labels: pd.Dat
     out: dict[str, Any] = {"method": method, "metric": metric,
                            "agreement_method": ("scipy.cluster.hierarchy.fcluster(maxclust=k classes); "
                                                 "sklearn adjusted_rand_score and normalized_mutual_info_score; "
-                                                f"p_ari = one-sided permutation p, {n_perm} label shuffles; conservative (ties of "
-                                                "the ARI): null rate 0.025 at alpha 0.05 in "
+                                                f"p_ari = one-sided permutation p, {n_perm} label shuffles; "
+                                                "conservative (ties of the ARI): null rate 0.025 at alpha 0.05 in "
                                                 "benchmarks/stats_validity.py, so read it as an upper bound")}
     for name, profiles, ids, labels in (("prompts", values.T, prompt_ids, prompts),
                                         ("models", values, model_ids, models)):

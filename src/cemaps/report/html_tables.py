@@ -6,7 +6,8 @@ without report code.
 
 Example:
     >>> html = summary_html({"kruskal": {"test": "kruskal", "statistic": 4.0, "p": 0.01, "effect_size": 0.2,
-    ...                                  "effect_size_name": "epsilon_squared", "n": 12, "method": "scipy", "extra": {}}})
+    ...                                  "effect_size_name": "epsilon_squared", "n": 12, "method": "scipy",
+    ...                                  "extra": {}}})
     >>> "kruskal" in html and "<table" in html
     True
 """
