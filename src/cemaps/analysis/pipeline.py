@@ -209,7 +209,7 @@ def _statistics(metric, by_prompt, similarity, shift, layer_delta, layer_order, 
     results: dict[str, Any] = {}
     families = {
         "methods": lambda: compare_methods(by_prompt, metric),
-        "abstractness": lambda: compare_abstractness(by_prompt, metric),
+        "abstractness": lambda: compare_abstractness(by_prompt, metric, n_perm=n_perm),
         "semantic_proximity": lambda: semantic_proximity(by_prompt, metric, n_perm=n_perm, similarity=similarity),
         "layer_linking": lambda: link_layers(shift, by_prompt, metric, weight_delta=layer_delta, layer_order=layer_order),
         "clustering": lambda: cluster(_flat(cem), _prompt_labels(prompts), models[["model_id", "method"]]),
