@@ -18,7 +18,9 @@ and probes label them so instead of guessing.
 A new generation starts at a UNet call when a text encoder ran since the last UNet
 call, when the scheduler was given a new schedule (``set_timesteps`` replaces
 ``scheduler.timesteps``), or when the call's timestep cannot follow the last one in
-the schedule.
+the schedule. Each call is placed in the schedule (see :class:`Generation`): the
+first at the scheduler's ``begin_index`` or diffusers' convention, the others at the
+next position of their timestep.
 """
 
 from __future__ import annotations
@@ -79,19 +81,26 @@ class CaptureContext:
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = int(torch.as_tensor(timestep).flatten()[0].item())
-        schedule_tensor = self.pipe.scheduler.timesteps
-        position = None if not self.generations else self.generation.next_position(t)
+        scheduler = self.pipe.scheduler
+        schedule_tensor = scheduler.timesteps
         new_generation = (
             not self.generations
             or self._text_encoder_called
             or (schedule_tensor is not self._schedule_tensor and self._schedule_changed(schedule_tensor))
-            or (position is None and bool(self.generation.positions(t)))
         )
+        position = None
+        if not new_generation:
+            generation = self.generation
+            position = generation.next_position(t)
+            if position is None:
+                position = generation.restart_earlier(t)
+            # a timestep of the schedule that cannot follow the last call: the loop started again
+            new_generation = position is None and bool(generation.positions(t))
         if new_generation:
             encoder_hidden_states = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
             self.generations.append(self._new_generation(sample, encoder_hidden_states, schedule_tensor))
             self._schedule_tensor = schedule_tensor
-            position = self.generation.next_position(t)
+            position = self.generation.first_position(t, getattr(scheduler, "begin_index", None))
         self._encodings = []
         self._text_encoder_called = False
         generation = self.generation

@@ -12,6 +12,9 @@ the schedule (``schedule_index``) and how many steps it has run (``step``).
 Steps are counted from the first UNet call of a generation: step 0 is the first step
 the pipeline runs, and a selection (``timesteps=N`` or explicit indices) is made over
 the steps from there to the end of the schedule, the steps the pipeline will run.
+A step is a UNet call (a second-order scheduler makes two per inference step, as the
+old PNDM warm-up does), so steps are never skipped or counted twice however the
+calls map onto the schedule.
 So ``timesteps=5`` gives 5 maps for img2img at strength 0.5 as for text-to-image,
 spread over the denoising that actually happens, never steps that are skipped.
 """
@@ -77,7 +80,7 @@ class Generation:
         negative_token_ids: ``[prompts, seq]`` of the negative prompts, or None.
         images_per_prompt: images of each prompt (``num_images_per_prompt``); image ``i``
             is prompt ``i // images_per_prompt``, as diffusers repeats each prompt in place.
-        timesteps: timestep of each UNet call so far.
+        timesteps: timestep of each UNet call so far; the step of a call is its index here.
         schedule_indices: position in ``schedule`` of each UNet call so far.
         schedule: the scheduler's timesteps for this call, in loop order.
         start: position in ``schedule`` of the first UNet call (> 0 for img2img with strength < 1).
@@ -107,34 +110,55 @@ class Generation:
         return self._positions.get(timestep, ())
 
     def next_position(self, timestep: int) -> int | None:
-        """Where a UNet call at ``timestep`` falls: its first position after the last call's.
+        """Where a later UNet call at ``timestep`` falls: its first position after the last call's.
 
         None if the schedule has no such position (the call belongs to another loop).
         """
         last = self.schedule_indices[-1] if self.schedule_indices else -1
         return next((p for p in self.positions(timestep) if p > last), None)
 
+    def first_position(self, timestep: int, begin_index: int | None) -> int | None:
+        """Where the first UNet call at ``timestep`` falls.
+
+        The scheduler's ``begin_index`` when the pipeline set it (img2img does, for
+        schedulers that have one) and it holds this timestep; else, when the timestep
+        occurs twice, the second occurrence: diffusers' own convention for a loop that
+        may start part-way (``index_for_timestep``), and where ``get_timesteps`` starts a
+        second-order schedule (``t_start * order``). :meth:`restart_earlier` corrects it
+        when the next call shows the loop started at the first occurrence.
+        """
+        found = self.positions(timestep)
+        if begin_index is not None and begin_index in found:
+            return begin_index
+        if not found:
+            return None
+        return found[1] if len(found) > 1 else found[0]
+
+    def restart_earlier(self, timestep: int) -> int | None:
+        """The second call repeats the first call's timestep: the loop began at its earlier occurrence.
+
+        Moves the first call there and returns the second call's position (None if that does not fit).
+        """
+        if len(self.schedule_indices) != 1 or self.timesteps[0] != timestep:
+            return None
+        earlier = [p for p in self.positions(timestep) if p < self.schedule_indices[0]]
+        if not earlier:
+            return None
+        self.schedule_indices[0] = self.start = earlier[-1]
+        return self.next_position(timestep)
+
     def add_call(self, timestep: int, position: int) -> int:
-        """Records a UNet call; returns its step (index counted from the first call's position)."""
+        """Records a UNet call at ``position`` of the schedule; returns its step (calls before it)."""
         if not self.schedule_indices:
             self.start = position
         self.timesteps.append(timestep)
         self.schedule_indices.append(position)
-        return position - self.start
-
-    @property
-    def steps(self) -> list[int]:
-        """Step of each UNet call so far (0 = the first step this generation ran)."""
-        return [p - self.start for p in self.schedule_indices]
+        return len(self.timesteps) - 1
 
     @property
     def planned_steps(self) -> int:
         """Steps from the first UNet call to the end of the schedule: what a selection chooses from."""
-        return max(self.total_steps - self.start, len(self.schedule_indices))
-
-    def timestep_at(self, step: int) -> int:
-        """The timestep of the UNet call at ``step``."""
-        return self.timesteps[self.steps.index(step)]
+        return max(self.total_steps - self.start, len(self.timesteps))
 
     @property
     def halves(self) -> tuple[str, ...]:

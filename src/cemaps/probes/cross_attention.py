@@ -157,7 +157,7 @@ class CrossAttentionProbe:
 
     def _reset(self, tokenizer: Any) -> None:
         self._slots: dict[str, _LayerSlot] = {}
-        self._steps: dict[int, tuple[int, ...]] = {}  # generation -> selected steps
+        self._steps: dict[tuple[int, int], tuple[int, ...]] = {}  # (generation, planned steps) -> selected
         self._captured: dict[int, list[int]] = {}  # generation -> steps captured, in call order
         self._limits: dict[int, int | None] = {}
         self._tokenizer = tokenizer
@@ -202,9 +202,11 @@ class CrossAttentionProbe:
 
     def _active(self, context: CaptureContext) -> bool:
         generation = context.generation
-        steps = self._steps.get(generation.index)
+        # keyed by the planned steps too: the second call may move the first (Generation.restart_earlier)
+        key = (generation.index, generation.planned_steps)
+        steps = self._steps.get(key)
         if steps is None:
-            steps = self._steps[generation.index] = selected_steps(self.settings.timesteps, generation.planned_steps)
+            steps = self._steps[key] = selected_steps(self.settings.timesteps, generation.planned_steps)
         return context.step_index in steps
 
     @staticmethod
@@ -305,8 +307,8 @@ class CrossAttentionProbe:
             lengths = self._lengths(generation)
             step_coords = {
                 "step": list(steps),
-                "schedule_index": [generation.start + s for s in steps],
-                "timestep": [generation.timestep_at(s) for s in steps],
+                "schedule_index": [generation.schedule_indices[s] for s in steps],
+                "timestep": [generation.timesteps[s] for s in steps],
                 "half": list(halves),
             }
             for i in range(generation.batch_size):
