@@ -34,6 +34,8 @@ from torch.utils.hooks import RemovableHandle
 
 from cemaps.hooks.steps import Generation
 
+_KEPT_ENCODINGS = 8
+
 
 class CaptureContext:
     """Tracks pipeline calls (generations) and denoising steps while a capture is open.
@@ -75,7 +77,9 @@ class CaptureContext:
             return
         hidden = output if isinstance(output, torch.Tensor) else output[0]  # last_hidden_state
         if isinstance(hidden, torch.Tensor):
-            self._encodings.append((input_ids.detach().cpu().numpy(), hidden))
+            # the latest few suffice (diffusers encodes prompt then negative right before the loop);
+            # the bound keeps encodings made for other purposes inside a capture from piling up
+            self._encodings = [*self._encodings[-(_KEPT_ENCODINGS - 1):], (input_ids.detach().cpu().numpy(), hidden)]
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]

@@ -62,7 +62,9 @@ class CrossAttentionSettings:
 
     Attributes:
         layers: glob, list of module paths, or predicate over cross-attention modules.
-        timesteps: "all", N evenly spaced steps, or explicit step indices.
+        timesteps: "all", N evenly spaced steps, or explicit step indices, all counted over
+            the steps (UNet calls) a generation runs from its first call to the end of the
+            schedule (see :mod:`cemaps.hooks.steps`).
         heads: "mean" (average over heads after the softmax) or "all".
         tokens: "prompt" (the prompt's tokens incl. start and end) or "all".
         spatial: "native" or the largest side kept; larger maps are average-pooled.
@@ -285,7 +287,6 @@ class CrossAttentionProbe:
         Raises:
             RuntimeError: a selected layer did not run at every captured step.
         """
-        tokenizer = self._tokenizer
         records: list[dict[str, LabelledArray]] = []
         for generation in context.generations:
             steps = self._captured.get(generation.index, [])
