@@ -87,9 +87,11 @@ def test_prompt_embeds_have_unknown_tokens(tiny_pipe, guidance_scale):
     ids = tokenizer(PROMPTS, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
         embeds = tiny_pipe.text_encoder(ids)[0]
+    call = dict(prompt_embeds=embeds, guidance_scale=guidance_scale, num_images_per_prompt=2)
+    plain, _ = _run(tiny_pipe, generator=_generators(4), **call)
     probe = CrossAttentionProbe(timesteps="all", dtype="float32")
-    images, records = _run(tiny_pipe, probe, prompt_embeds=embeds, generator=_generators(4),
-                           guidance_scale=guidance_scale, num_images_per_prompt=2)
+    images, records = _run(tiny_pipe, probe, generator=_generators(4), **call)
+    assert np.array_equal(plain, images)
     assert len(records) == 4
     maps = [r[LAYER] for r in records]
     seq = tokenizer.model_max_length
