@@ -115,7 +115,10 @@ class Generation:
         None if the schedule has no such position (the call belongs to another loop).
         """
         last = self.schedule_indices[-1] if self.schedule_indices else -1
-        return next((p for p in self.positions(timestep) if p > last), None)
+        for position in self.positions(timestep):
+            if position > last:
+                return position
+        return None
 
     def first_position(self, timestep: int, begin_index: int | None) -> int | None:
         """Where the first UNet call at ``timestep`` falls.

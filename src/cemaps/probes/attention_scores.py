@@ -104,8 +104,9 @@ def _score(attn: Attention, queries: list[torch.Tensor], keys: list[torch.Tensor
         k = attn.norm_k(k)
     probs = attn.get_attention_scores(q, k, None)
     pixels = probs.shape[1]
-    # head_to_batch_dim puts each row's heads together: (layer row head) is the batch order
-    probs = rearrange(probs, "(layer row head) pixel token -> layer row head pixel token", layer=layers, head=attn.heads)
+    # head_to_batch_dim puts each row's heads together: "(layer row head) pixel token" -> split.
+    # A plain view here: this runs per group at every captured step, and einops costs ~20 us a call.
+    probs = probs.view(layers, -1, attn.heads, pixels, probs.shape[-1])  # [layer, row, head, pixel, token]
     if reduction.tokens is not None and reduction.tokens < probs.shape[-1]:
         probs = probs[..., :reduction.tokens]  # before pooling: later tokens are not kept
     if reduction.mean_heads:
@@ -113,7 +114,8 @@ def _score(attn: Attention, queries: list[torch.Tensor], keys: list[torch.Tensor
     height, width = layer_grid(latent_hw, pixels)
     pooled = pooled_grid(height, width, reduction.spatial)
     if pooled != (height, width):
-        # pooled over (y, x) with the tokens as channels; the rearrangement is a view
+        # pooled over (y, x) with the tokens as channels; the rearrangement is a view (only where
+        # maps are large enough to pool, so the pooling, not einops' per-call cost, dominates)
         heads = probs.shape[2]
         grid = rearrange(probs, "layer row head (y x) token -> (layer row head) token y x", y=height).float()
         probs = rearrange(F.adaptive_avg_pool2d(grid, pooled),
