@@ -260,8 +260,7 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
 
 def _layer_table(store) -> pd.DataFrame:
     from cemaps.analysis.stats_layers import order_layers
-
-    prefix = "cross_attention/"
+    from cemaps.labelled import CROSS_ATTENTION_PREFIX as prefix
     names = [n[len(prefix):] for n in store.array_names if n.startswith(prefix)]
     rows = []
     for order, layer in enumerate(order_layers(names, None)):
