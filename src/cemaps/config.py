@@ -11,23 +11,39 @@ Example ``study.yaml``::
     personalized:
       - {id: lora-mug, method: lora, subject: object1, path: out/lora-mug}
       - {id: ti-face1, method: textual_inversion, subject: face1, path: out/ti-face1, token: "<sks-face1>"}
+    prompt_sets: [unrelated, in_context]  # the suite above, and each subject in context (cemaps.prompt_sets)
 
-Every key is checked: an unknown key, a wrong type or a malformed file is a
-:class:`~cemaps.errors.ConfigError` that names the file, the key and, for YAML
-syntax errors, the line.
+Every key is checked: an unknown key, a duplicated key, a value of the wrong type
+(``allow_pickle: "false"`` is a string, not a boolean), an unknown device, an empty or
+malformed file is a :class:`~cemaps.errors.ConfigError` that names the file, the key
+and, for YAML errors, the line.
+
+Paths: every path in the file (``base``, ``base_config``, ``prompts``, ``store``,
+``personalized[].path``) is relative to the folder that holds the config file, not to
+the current directory. A ``base`` that is neither on disk there nor written as a path
+(``./x``, ``a/b/c``, ``x.safetensors``) is a Hugging Face hub id.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cemaps.config_checks import (
+    StrictLoader,
+    check_device,
+    check_mapping_types,
+    check_types,
+)
 from cemaps.errors import ConfigError
+from cemaps.models.methods import METHODS
 from cemaps.probes.cross_attention import CrossAttentionSettings
+from cemaps.prompt_sets import InContextSettings, check_prompt_sets, prompt_set_values
 
 SCHEDULERS = {
     "pndm": "PNDMScheduler",
@@ -37,7 +53,7 @@ SCHEDULERS = {
     "dpm": "DPMSolverMultistepScheduler",
     "lms": "LMSDiscreteScheduler",
 }
-METHODS = ("lora", "textual_inversion", "dreambooth")
+DTYPES = ("float16", "fp16", "half", "bfloat16", "bf16", "float32", "fp32", "float")
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class PersonalizedEntry:
             raise ConfigError(f"personalized '{self.id}': textual_inversion needs a token, e.g. token: \"<sks>\"")
         if self.id == "base":
             raise ConfigError("personalized id 'base' is reserved for the base model")
+        check_types(self, f"personalized '{self.id}': ")
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,8 @@ class StudyConfig:
     capture: CrossAttentionSettings = field(default_factory=CrossAttentionSettings)
     images: bool = True
     personalized: tuple[PersonalizedEntry, ...] = ()
+    prompt_sets: tuple[str, ...] = ("unrelated",)
+    in_context: InContextSettings = field(default_factory=InContextSettings)
     store: str | None = None
     device: str | None = None
     dtype: str | None = None
@@ -117,6 +136,18 @@ class StudyConfig:
         duplicated = {i for i in ids if ids.count(i) > 1}
         if duplicated:
             raise ConfigError(f"{self.source}: personalized id {sorted(duplicated)[0]!r} is listed twice")
+        check_types(self, f"{self.source}: ")
+        if isinstance(self.prompts, (list, tuple)) and not all(isinstance(p, str) for p in self.prompts):
+            bad = next(p for p in self.prompts if not isinstance(p, str))
+            raise ConfigError(f"{self.source}: prompts: inline prompt {bad!r} is not a string; quote it")
+        if not isinstance(self.prompts, (str, list, tuple)):
+            raise ConfigError(f"{self.source}: prompts={self.prompts!r}: expected suite200, demo24, a CSV/YAML file "
+                              "or a list of strings")
+        if self.dtype is not None and self.dtype.lower() not in DTYPES:
+            raise ConfigError(f"{self.source}: dtype={self.dtype!r}: expected one of float16, bfloat16, float32")
+        if self.device is not None:
+            check_device(self.device, f"{self.source}: device")
+        check_prompt_sets(self)
 
     def with_overrides(self, **overrides: Any) -> StudyConfig:
         """A copy with top-level fields replaced (``None`` values are ignored)."""
@@ -126,18 +157,22 @@ class StudyConfig:
 def load_config(path: str | Path) -> StudyConfig:
     """Read and validate ``study.yaml``."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a study.yaml file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: malformed YAML ({exc.problem or exc.context})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{path}: the file is empty; expected a study (base, prompts, seeds, personalized, ...)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     return config_from_dict(raw, source=str(path), root=path.parent)
@@ -147,7 +182,9 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>", root: Pat
     """Build a :class:`StudyConfig` from a parsed mapping, naming any unknown key."""
     top = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
     _no_unknown(raw, top, source, "")
-    values: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("generation", "capture", "personalized", "seeds")}
+    values: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("generation", "capture", "personalized", "seeds",
+                                                                   "prompt_sets", "in_context")}
+    values.update(prompt_set_values(raw, source, root))
     if "seeds" in raw:
         seeds = raw["seeds"]
         seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
@@ -170,17 +207,25 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>", root: Pat
         if missing:
             raise ConfigError(f"{source}: personalized[{i}]: missing key {missing[0]!r}")
         item = dict(item, id=str(item["id"]))
-        if root is not None and not Path(item["path"]).is_absolute():
-            item["path"] = str(root / item["path"])
-        entries.append(PersonalizedEntry(**item))
+        if not isinstance(item["path"], str):
+            raise ConfigError(f"{source}: personalized[{i}].path={item['path']!r}: expected a string")
+        item["path"] = _resolve(item["path"], root)
+        try:
+            entries.append(PersonalizedEntry(**item))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     values["personalized"] = tuple(entries)
-    if root is not None:
-        prompts = values.get("prompts")
-        if isinstance(prompts, str) and prompts.endswith((".csv", ".yaml", ".yml")) and not Path(prompts).is_absolute():
-            values["prompts"] = str(root / prompts)
     for key in ("base", "store", "base_config", "device", "dtype"):
         if key in values and values[key] is not None and not isinstance(values[key], str):
             raise ConfigError(f"{source}: {key}={values[key]!r}: expected a string")
+    prompts = values.get("prompts")
+    if isinstance(prompts, str) and prompts.endswith((".csv", ".yaml", ".yml")):
+        values["prompts"] = _resolve(prompts, root)
+    for key in ("store", "base_config"):
+        if values.get(key) is not None:
+            values[key] = _resolve(values[key], root)
+    if isinstance(values.get("base"), str) and _is_local_path(values["base"], root):
+        values["base"] = _resolve(values["base"], root)
     try:
         return StudyConfig(source=source, **values)
     except ConfigError as exc:
@@ -194,6 +239,7 @@ def _section(raw: dict[str, Any], key: str, cls: type, source: str) -> Any:
         raise ConfigError(f"{source}: {key}: expected a mapping of settings")
     _no_unknown(section, {f.name for f in dataclasses.fields(cls)}, source, f"{key}.")
     try:
+        check_mapping_types(cls, section, f"{key}.")
         return cls(**section)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -209,3 +255,21 @@ def _require_int(name: str, value: Any, *, minimum: int, source: str | None = No
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         where = f"{source}: " if source else ""
         raise ConfigError(f"{where}{name}: {value!r} is not an integer >= {minimum}")
+
+
+def _resolve(value: str, root: Path | None) -> str:
+    """A path from the config file, relative to the config's folder (``~`` expanded)."""
+    path = Path(value).expanduser()
+    return str(path if root is None or path.is_absolute() else root / path)
+
+
+def _is_local_path(base: str, root: Path | None) -> bool:
+    """Whether ``base:`` names a file or folder (resolved against ``root``) rather than a hub id or alias."""
+    if base in ("cemaps/tiny-sd", "tiny"):
+        return False
+    path = Path(base).expanduser()
+    if path.is_absolute() or (root is not None and (root / path).exists()):
+        return True
+    return (base.startswith((".", "~")) or base.count("/") > 1 or (os.altsep is not None and os.altsep in base)
+            or path.suffix.lower() in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"))
+

@@ -2,8 +2,9 @@
 
 It builds the random-weight tiny SD pipeline, trains LoRA, Textual Inversion and
 DreamBooth personalizations of two synthetic subjects with cemaps' own trainers,
-captures the 24-prompt demo suite with two seeds for the base and every
-personalized model, analyses the store and writes the HTML report.
+captures the 24-prompt demo suite and the in-context prompt set (each subject in 25
+contexts) with two seeds for the base and every personalized model, analyses the
+stores and writes the HTML report.
 
 The embedded model has random weights: the demo validates the pipeline end to
 end (every stage, file format and statistic runs on real data); its numbers are
@@ -23,6 +24,7 @@ from cemaps.config import load_config
 from cemaps.data import load_subjects, synthetic_subject_images
 from cemaps.models import tiny_pipeline
 from cemaps.models.train import TrainSettings, personalize
+from cemaps.outputs import claim_output_folder
 
 DEMO_SUBJECTS = ("face1", "object1")
 # The trainers' defaults follow diffusers' scripts (hundreds to thousands of steps); the demo
@@ -55,15 +57,19 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out, "demo")  # refuses a folder holding files the demo did not write
     console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE}")
     pipe = tiny_pipeline(seed=0)
     subjects = load_subjects().set_index("subject_id")
-    personalized = []
+    personalized, subject_images = [], {}
     for subject_id in DEMO_SUBJECTS:
         subject = subjects.loc[subject_id]
         images = synthetic_subject_images(subject_id, n=4, size=64)
+        # The training images, kept for subject fidelity (CLIP-I) of the in-context prompt set.
+        subject_images[subject_id] = f"subjects/{subject_id}"
+        (out / "subjects" / subject_id).mkdir(parents=True, exist_ok=True)
+        for index, image in enumerate(images):
+            image.save(out / "subjects" / subject_id / f"{index}.png")
         for method, settings in DEMO_TRAINING.items():
             model_id = f"{SHORT[method]}-{subject_id}"
             model_dir = out / "models" / model_id
@@ -82,6 +88,7 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
         "generation": {"steps": steps, "guidance_scale": 7.5, "height": 64, "width": 64, "batch_size": 8},
         "capture": {"timesteps": 5},
         "personalized": personalized,
+        "prompt_sets": ["unrelated", "in_context"], "in_context": {"subject_images": subject_images},
     }, sort_keys=False))
     config = load_config(config_path)
     store = out / "study.h5"

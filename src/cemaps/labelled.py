@@ -15,6 +15,13 @@ from typing import Any
 
 import numpy as np
 
+# The cross-attention probe's vocabulary, defined once: its name (also the store prefix of
+# its arrays, "<probe name>/<layer path>") and the axes of each layer's maps. Kept here, not
+# in cemaps.probes, so that analysis and report code can use them without importing torch.
+CROSS_ATTENTION = "cross_attention"
+CROSS_ATTENTION_PREFIX = f"{CROSS_ATTENTION}/"
+CROSS_ATTENTION_AXES = ("token", "step", "half", "head", "y", "x")
+
 
 @dataclass(frozen=True)
 class LabelledArray:

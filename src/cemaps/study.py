@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -38,12 +39,15 @@ from cemaps.data import load_prompts
 from cemaps.distributed import ProcessInfo, capture_device, process_info, shard
 from cemaps.errors import ConfigError
 from cemaps.hooks import capture
-from cemaps.models.loading import file_sha256, load_pipeline, weights_fingerprint
-from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied
+from cemaps.models.hashing import source_sha256
+from cemaps.models.loading import load_pipeline, weights_fingerprint
+from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check_all
 from cemaps.probes import CrossAttentionProbe
 from cemaps.probes.weight_delta import weight_delta_for
+from cemaps.prompt_sets import in_context_store_path
 from cemaps.store import StoreWriter
 from cemaps.store.provenance import default_provenance
+from cemaps.study_sets import InContextSet, UnrelatedSet
 
 BASE_ID = "base"
 
@@ -56,6 +60,7 @@ class StudyResult:
     written: int
     skipped: int
     total: int
+    in_context: StudyResult | None = None  # the in-context set's run, when the study has both sets
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,8 @@ def _distributed() -> ProcessInfo:
 
 
 def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = True,
-              records_per_part: int = 16, pipe: Any = None, probes: Sequence[Any] = ()) -> StudyResult:
+              records_per_part: int = 16, pipe: Any = None, probes: Sequence[Any] = (),
+              prompt_set: UnrelatedSet | InContextSet | None = None) -> StudyResult:
     """Generate and capture every (model, prompt, seed) of ``config`` into ``store_path``.
 
     Args:
@@ -145,19 +151,26 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         pipe: an already loaded base pipeline (otherwise ``config.base`` is loaded).
         probes: user probes captured beside the cross-attention probe and stored under
             their ``name`` (see :class:`cemaps.Probe`).
+        prompt_set: one set to generate into ``store_path``; None runs each of ``config.prompt_sets``,
+            the in-context set into its own store (:func:`cemaps.prompt_sets.in_context_store_path`).
     """
     process = _distributed()
     device = capture_device(process, config.device)
     if pipe is None:
         pipe = load_pipeline(config.base, device=device, dtype=config.dtype, config=config.base_config)
     _set_scheduler(pipe, config.generation.scheduler)
+    if prompt_set is None:
+        return _run_prompt_sets(config, Path(store_path), pipe=pipe, progress=progress,
+                                records_per_part=records_per_part, probes=probes)
     probe = CrossAttentionProbe.from_settings(config.capture)
     layers = probe.layer_names(pipe.unet)
-    prompts = prompt_table(config, pipe.tokenizer)
+    prompts = prompt_set.table(pipe.tokenizer)
     specs = {entry.id: _spec(entry) for entry in config.personalized}
+    # Every personalized model is read and checked before the store is touched or an image generated.
+    check_all(pipe, specs.values())
     settings = {"generation": config.generation.to_dict(), "capture": {**config.capture.to_dict(), **_captured_axes(pipe, config, probe), "layers_selected": layers},
                 "images": config.images, "seeds": list(config.seeds),
-                "probes": [probe.name, *(p.name for p in probes)]}
+                "probes": [probe.name, *(p.name for p in probes)], **prompt_set.settings}
     base_identity = {"model_id": config.base, "weights_sha256": weights_fingerprint(pipe.unet),
                      "text_encoder_sha256": weights_fingerprint(pipe.text_encoder)}
     provenance = {**default_provenance(), "command": " ".join(sys.argv), "config_source": config.source,
@@ -172,33 +185,33 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         for entry in config.personalized:
             source = Path(entry.path)
             model_rows.append({"model_id": entry.id, "method": entry.method, "subject_id": entry.subject,
-                               "source": str(source), "sha256": _source_sha256(source), "token": entry.token,
+                               "source": str(source), "sha256": source_sha256(source), "token": entry.token,
                                "scale": entry.scale})
         writer.add_models(model_rows)
         done = writer.completed()
         deltas_done = _models_with_weight_deltas(store_path)
         model_ids = [BASE_ID, *specs]
-        plan = _plan(config, list(prompts["prompt_id"]), model_ids)
+        plan = [w for m in model_ids for w in _plan(config, prompt_set.prompt_ids(m), [m])]
         mine = shard(plan, process.rank, process.world_size)
         total = sum(len(w.items) for w in mine)
         todo = [w for w in mine if any((w.model_id, p, s) not in done for p, s in w.items)]
         pending = sum(sum((w.model_id, p, s) not in done for p, s in w.items) for w in todo)
-        texts = dict(zip(prompts["prompt_id"], prompts["text"]))
         written = 0
         # One CPU copy of the base weights, taken once: DreamBooth restores and every weight delta use it.
         base_weights = BaseWeights(pipe) if specs else None
         with _progress(progress, pending) as advance:
             for model_id, works in _by_model(todo):
-                if model_id != BASE_ID and model_id not in deltas_done:
+                if model_id != BASE_ID and model_id not in deltas_done and prompt_set.weight_deltas:
                     _write_weight_deltas(writer, pipe, specs[model_id], base_weights)
                 with ExitStack() as stack:
                     if model_id != BASE_ID:
                         stack.enter_context(applied(pipe, specs[model_id], base_weights))
+                    prompt_set.record_texts(writer, pipe, model_id)
                     for work in works:
                         prompt_ids = [p for p, _ in work.items]
                         seeds = [s for _, s in work.items]
                         with capture(pipe, [probe, *probes]) as run:
-                            images = _generate(pipe, config, [texts[p] for p in prompt_ids], seeds)
+                            images = _generate(pipe, config, [prompt_set.text(model_id, p) for p in prompt_ids], seeds)
                         for (prompt_id, seed), arrays, image in zip(work.items, run.records(), images):
                             if (model_id, prompt_id, seed) in done:
                                 continue
@@ -209,6 +222,17 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
                             written += 1
                             advance(model_id)
     return StudyResult(store=store_path, written=written, skipped=total - pending, total=total)
+
+
+def _run_prompt_sets(config: StudyConfig, store_path: Path, **kwargs: Any) -> StudyResult:
+    """Runs each set of ``config.prompt_sets``; the result of the unrelated set carries the in-context one."""
+    # Every set is built (and its input checked) before the first image.
+    sets = {name: InContextSet(config) if name == "in_context" else UnrelatedSet(config) for name in config.prompt_sets}
+    results = {name: run_study(config, in_context_store_path(store_path) if name == "in_context" else store_path,
+                               prompt_set=prompt_set, **kwargs) for name, prompt_set in sets.items()}
+    if "unrelated" not in results:
+        return results["in_context"]
+    return dataclasses.replace(results["unrelated"], in_context=results.get("in_context"))
 
 
 def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -> dict[str, Any]:
@@ -259,21 +283,6 @@ def _json_friendly(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _source_sha256(source: Path) -> str | None:
-    if source.is_file():
-        return file_sha256(source)
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".ckpt", ".pt"))
-        import hashlib
-
-        digest = hashlib.sha256()
-        for path in files:
-            digest.update(str(path.relative_to(source)).encode())
-            digest.update(file_sha256(path).encode())
-        return digest.hexdigest()
-    return None
-
-
 def _by_model(works: list[_Work]) -> Iterator[tuple[str, list[_Work]]]:
     current: list[_Work] = []
     for work in works:
@@ -290,6 +299,7 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
     if not enabled:
         yield lambda model_id: None
         return
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     class RateColumn(TextColumn):
@@ -301,4 +311,4 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
                RateColumn("- rec/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("capture", total=total)
-        yield lambda model_id: bar.update(task, advance=1, description=f"capture {model_id}")
+        yield lambda model_id: bar.update(task, advance=1, description=f"capture {escape(model_id)}")  # ids are literal

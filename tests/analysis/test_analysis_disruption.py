@@ -8,7 +8,13 @@ import pytest
 from scipy import stats
 
 from cemaps.analysis.clip_scorer import ClipScorer
-from cemaps.analysis.disruption import aggregate_over_seeds, disruption_table, semantic_similarity
+from cemaps.analysis.disruption import (
+    aggregate_over_seeds,
+    disruption_table,
+    semantic_similarity,
+    structural_zero_sentence,
+    structural_zeros_by_model,
+)
 from cemaps.errors import ConfigError, StoreError
 from cemaps.store import StoreWriter, open_store
 
@@ -43,7 +49,8 @@ def scorer():
     return CountingScorer(tiny.model, tiny.preprocess, tiny.tokenizer)
 
 
-def build_store(path, *, identical: bool, with_text: bool = True):
+def build_store(path, *, identical: bool, with_text: bool = True, lora_maps_differ: bool = False,
+                lora_without_maps: bool = False):
     rng = np.random.default_rng(0)
     with StoreWriter(path, settings={"capture": {"halves": ["cond"]}}, base={"model_id": "tiny"},
                      records_per_part=8) as writer:
@@ -61,9 +68,12 @@ def build_store(path, *, identical: bool, with_text: bool = True):
                         image = base_images[prompt_id, seed]
                     if model["method"] == "base":
                         base_images[prompt_id, seed] = image
-                    writer.write_record(model["model_id"], prompt_id, seed,
-                                        {ATTN: np.full((1, 1, 1, 1, 2, 2), 0.25, np.float16)},
-                                        axes={ATTN: ("token", "step", "half", "head", "y", "x")}, image=image)
+                    attention = 0.5 if lora_maps_differ and model["method"] == "lora" else 0.25
+                    arrays = {ATTN: np.full((1, 1, 1, 1, 2, 2), attention, np.float16)}
+                    axes = {ATTN: ("token", "step", "half", "head", "y", "x")}
+                    if lora_without_maps and model["method"] == "lora":  # a record must store some array
+                        arrays, axes = {"scores/x": np.zeros((1, 2), np.float16)}, {"scores/x": ("token", "x")}
+                    writer.write_record(model["model_id"], prompt_id, seed, arrays, axes=axes, image=image)
     return open_store(path)
 
 
@@ -82,11 +92,42 @@ def different_store(tmp_path_factory):
 def test_identical_images_give_zero_drop_and_drift(same_store, scorer):
     table = disruption_table(same_store, scorer, batch_size=4)
     assert list(table.columns) == ["model_id", "prompt_id", "seed", "clip_base", "clip_personalized",
-                                   "alignment_drop", "image_drift"]
+                                   "alignment_drop", "image_drift", "image_identical", "structural_zero"]
     assert len(table) == 2 * len(PROMPTS) * len(SEEDS)
-    # same pixels, same embedding up to batched-matmul rounding
-    np.testing.assert_allclose(table["alignment_drop"], 0.0, atol=1e-4)
-    np.testing.assert_allclose(table["image_drift"], 0.0, atol=1e-5)
+    # bit-identical image and maps: zero by construction, exactly
+    assert table["image_identical"].all() and table["structural_zero"].all()
+    assert (table["alignment_drop"] == 0.0).all() and (table["image_drift"] == 0.0).all()
+    counts = structural_zeros_by_model(table.assign(method=table["model_id"].str.split("-").str[0]))
+    assert counts[["model_id", "method", "n_records", "records_structural_zero"]].values.tolist() == [
+        ["lora-mug", "lora", 6, 6], ["ti-face1", "ti", 6, 6]]
+    sentence = structural_zero_sentence(counts)
+    assert "ti-face1 (ti): 6 of 6 records" in sentence and "by construction" in sentence
+
+
+def test_identical_image_with_different_maps_is_not_a_structural_zero(tmp_path, scorer):
+    with build_store(tmp_path / "maps.h5", identical=True, lora_maps_differ=True) as store:
+        table = disruption_table(store, scorer, batch_size=3)
+    lora = table["model_id"] == "lora-mug"
+    assert table["image_identical"].all()
+    assert not table.loc[lora, "structural_zero"].any() and table.loc[~lora, "structural_zero"].all()
+    pairs = aggregate_over_seeds(table, ["alignment_drop"])
+    assert pairs.groupby("model_id")["structural_zero"].all().to_dict() == {"lora-mug": False, "ti-face1": True}
+
+
+def test_a_record_without_the_base_twins_maps_is_not_a_structural_zero(tmp_path, scorer):
+    with build_store(tmp_path / "nomaps.h5", identical=True, lora_without_maps=True) as store:
+        table = disruption_table(store, scorer, batch_size=4)
+    lora = table["model_id"] == "lora-mug"
+    assert table["image_identical"].all()
+    assert not table.loc[lora, "structural_zero"].any() and table.loc[~lora, "structural_zero"].all()
+
+
+def test_measured_records_are_not_structural_zeros(different_store, scorer):
+    table = disruption_table(different_store, scorer, batch_size=5)
+    assert not table["image_identical"].any() and not table["structural_zero"].any()
+    assert "every zero in these results is measured" in structural_zero_sentence(structural_zeros_by_model(table))
+    with pytest.raises(ConfigError, match="structural_zero"):
+        structural_zeros_by_model(table.drop(columns="structural_zero"))
 
 
 def test_values_match_a_direct_computation_and_base_embeddings_are_cached(different_store, scorer):

@@ -76,6 +76,8 @@ def test_run_analysis_writes_the_results_folder(planted_store, tmp_path):
     assert len(disruption) == 2 * 24
     same = disruption[disruption.model_id == "db-same"]
     assert np.allclose(same["image_drift"], 0, atol=1e-6) and np.allclose(same["alignment_drop"], 0, atol=1e-4)
+    assert same["structural_zero"].all()  # an unchanged model is bit-identical to the base: 0 by construction
+    assert not disruption[disruption.model_id == "db-tok"]["structural_zero"].all()
     assert (disruption[disruption.model_id == "db-tok"]["image_drift"] > 0).any()
     layers = pd.read_csv(out / "layers.csv")
     assert len(layers) == 16 and layers["layer"].iloc[0].startswith("down_blocks.0")

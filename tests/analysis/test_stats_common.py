@@ -59,6 +59,9 @@ def test_holm_and_bh_match_statsmodels_and_keep_nan():
     finite = p[np.isfinite(p)]
     np.testing.assert_allclose(holm(p)[[0, 1, 3]], multipletests(finite, method="holm")[1])
     np.testing.assert_allclose(benjamini_hochberg(p)[[0, 1, 3]], stats.false_discovery_control(finite))
+    ties = np.array([0.01, 0.04, 0.04, 0.2, 0.01, 0.9])
+    np.testing.assert_allclose(holm(ties), multipletests(ties, method="holm")[1])
+    np.testing.assert_allclose(benjamini_hochberg(ties), stats.false_discovery_control(ties))
     assert math.isnan(holm(p)[2]) and math.isnan(benjamini_hochberg(p)[2])
     assert np.all(np.isnan(holm([np.nan])))
 

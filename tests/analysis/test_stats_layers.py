@@ -42,8 +42,8 @@ def test_layer_correlations_match_scipy_and_bh_finds_the_linked_layer():
         x = shift[shift["layer"] == layer].set_index(["model_id", "prompt_id"])["attention_shift"]
         y = disruption.set_index(["model_id", "prompt_id"])["alignment_drop"].loc[x.index]
         expected = stats.spearmanr(x, y)
-        assert rows[layer]["rho"] == pytest.approx(expected.statistic) and rows[layer]["p"] == pytest.approx(expected.pvalue)
-    assert min(rows, key=lambda k: rows[k]["q_bh"]) == LAYERS[3] and rows[LAYERS[3]]["q_bh"] < 1e-6
+        assert rows[layer]["rho"] == pytest.approx(expected.statistic) and rows[layer]["p_asymptotic"] == pytest.approx(expected.pvalue)
+    assert min(rows, key=lambda k: rows[k]["q_bh_asymptotic"]) == LAYERS[3] and rows[LAYERS[3]]["q_bh_asymptotic"] < 1e-6
     assert [r["layer"] for r in out["layers"]] == order_layers(LAYERS, None)
     assert out["ridge"] is None and out["pairs"]["pairs_used"] == 80
     json.dumps(out, allow_nan=False)
@@ -55,7 +55,7 @@ def test_prompt_permutation_p_tracks_scipy_on_independent_pairs_and_flags_the_li
     for row in rows:
         assert 0 < row["p_perm"] <= 1 and row["q_bh_perm"] >= row["p_perm"]
         if row["layer"] != LAYERS[3]:
-            assert abs(row["p_perm"] - row["p"]) < 0.1  # same null when pairs are independent
+            assert abs(row["p_perm"] - row["p_asymptotic"]) < 0.1  # same null when pairs are independent
     linked = next(r for r in rows if r["layer"] == LAYERS[3])
     assert linked["p_perm"] == pytest.approx(1 / 1000) and linked["q_bh_perm"] < 0.01
 

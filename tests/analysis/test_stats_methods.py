@@ -1,4 +1,4 @@
-"""compare_methods: blocks, Friedman, pairwise Wilcoxon, bootstrap means, bad input."""
+"""compare_methods: model means, subject-blocked ANOVA, paired t-tests, bootstrap means, structural zeros, bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from cemaps.analysis.stats_common import StatsInputError
-from cemaps.analysis.stats_methods import compare_methods, method_blocks
+from cemaps.analysis.stats_methods import compare_methods, subject_method_means
 
 METHODS = ("dreambooth", "lora", "textual_inversion")
 
@@ -23,31 +23,53 @@ def disruption_table(seed: int = 0, n_subjects: int = 3, n_prompts: int = 10, sh
     return pd.DataFrame(rows)
 
 
-def test_friedman_matches_scipy_on_the_blocks_and_w_is_bounded():
+def model_means(table: pd.DataFrame) -> pd.DataFrame:
+    per_model = table.groupby(["subject_id", "method"])["alignment_drop"].mean()
+    return per_model.unstack("method")[sorted(METHODS)]
+
+
+def test_subject_anova_is_the_two_way_anova_without_replication_on_model_means():
     table = disruption_table(shift=0.5)
     out = compare_methods(table, "alignment_drop", n_boot=0)
-    wide = table.pivot_table(index=["subject_id", "prompt_id"], columns="method", values="alignment_drop")
-    expected = stats.friedmanchisquare(*(wide[m] for m in sorted(METHODS)))
-    assert out["friedman"]["statistic"] == pytest.approx(expected.statistic)
-    assert out["friedman"]["p"] == pytest.approx(expected.pvalue)
-    assert out["friedman"]["n"] == 30
-    assert out["friedman"]["effect_size"] == pytest.approx(expected.statistic / (30 * 2))
-    assert 0 <= out["friedman"]["effect_size"] <= 1
+    x = model_means(table).to_numpy()
+    s, k = x.shape
+    ss_method = s * np.sum((x.mean(0) - x.mean()) ** 2)
+    ss_subject = k * np.sum((x.mean(1) - x.mean()) ** 2)
+    ss_residual = np.sum((x - x.mean()) ** 2) - ss_method - ss_subject
+    f = (ss_method / (k - 1)) / (ss_residual / ((s - 1) * (k - 1)))
+    anova = out["subject_anova"]
+    assert anova["statistic"] == pytest.approx(f) and anova["n"] == 3
+    assert anova["p"] == pytest.approx(stats.f.sf(f, k - 1, (s - 1) * (k - 1)))
+    assert anova["effect_size"] == pytest.approx(ss_method / (ss_method + ss_residual))
+    assert anova["extra"]["null_rate_validated"] is True and anova["extra"]["df"] == [2, 4]
+    np.testing.assert_allclose([[r[m] for m in sorted(METHODS)] for r in out["model_means"]], x)
     json.dumps(out, allow_nan=False)
 
 
-def test_pairwise_wilcoxon_is_holm_corrected_with_signed_rank_biserial():
+def test_pairwise_paired_t_across_subjects_is_holm_corrected():
     table = disruption_table(shift=1.0)
     pairs = compare_methods(table, "alignment_drop", n_boot=0)["pairwise"]
     assert [(r["method_a"], r["method_b"]) for r in pairs] == [("dreambooth", "lora"),
                                                                ("dreambooth", "textual_inversion"),
                                                                ("lora", "textual_inversion")]
+    means = model_means(table)
+    expected = stats.ttest_rel(means["dreambooth"], means["textual_inversion"])
+    assert pairs[1]["statistic"] == pytest.approx(expected.statistic)
+    assert pairs[1]["p"] == pytest.approx(expected.pvalue)
     raw = np.array([r["p"] for r in pairs])
     order = np.argsort(raw)
     holm = np.maximum.accumulate(np.minimum(raw[order] * np.array([3, 2, 1]), 1.0))
     np.testing.assert_allclose(np.array([r["p_holm"] for r in pairs])[order], holm)
     # dreambooth has shift 0, textual_inversion 2: a - b is negative
-    assert pairs[1]["effect_size"] < -0.5 and pairs[1]["mean_difference"] < 0
+    assert pairs[1]["effect_size"] < -0.5 and pairs[1]["mean_difference"] < 0 and pairs[1]["n"] == 3
+
+
+def test_model_effects_do_not_count_prompts_as_replicates():
+    # one model per method far from the others, no method effect: 30 prompts must not make it significant
+    table = disruption_table(n_prompts=30)
+    table.loc[table["model_id"] == "lora-0", "alignment_drop"] += 3.0
+    anova = compare_methods(table, "alignment_drop", n_boot=0)["subject_anova"]
+    assert anova["p"] > 0.05 and anova["n"] == 3
 
 
 def test_bootstrap_ci_contains_the_mean_and_is_seeded():
@@ -61,29 +83,42 @@ def test_bootstrap_ci_contains_the_mean_and_is_seeded():
         assert row["mean"] == pytest.approx(rows.groupby("prompt_id")["alignment_drop"].mean().mean())
 
 
-def test_incomplete_blocks_are_dropped_and_counted():
+def test_subjects_lacking_a_method_and_prompts_lacking_a_model_are_dropped_and_counted():
     table = disruption_table()
     table = table[~((table["method"] == "lora") & (table["prompt_id"] == "p0"))]
+    table = table[~((table["model_id"] == "lora-2"))]
     out = compare_methods(table, "alignment_drop", n_boot=0)
-    assert out["blocks"] == {"blocks_total": 30, "blocks_dropped_incomplete": 3, "cells_averaged_over_models": 0,
-                             "blocks_used": 27}
-    assert out["friedman"]["n"] == 27
+    assert out["subjects"] == {"subjects_total": 3, "subjects_dropped_incomplete": 1, "prompts_used": 9,
+                               "subjects_used": 2}
+    assert out["subject_anova"]["n"] == 2
 
 
-def test_two_models_per_cell_are_averaged_and_counted():
-    table = disruption_table(n_subjects=1, n_prompts=4)
-    extra = table[table["method"] == "lora"].assign(model_id="lora-0-b", alignment_drop=10.0)
-    blocks, counts = method_blocks(pd.concat([table, extra]), "alignment_drop")
-    assert counts["cells_averaged_over_models"] == 4
-    original = table[table["method"] == "lora"].set_index(["subject_id", "prompt_id"])["alignment_drop"]
-    np.testing.assert_allclose(blocks["lora"], (original + 10.0) / 2)
+def test_two_models_per_cell_are_averaged():
+    table = disruption_table(n_subjects=2, n_prompts=4)
+    extra = table[table["method"] == "lora"].assign(model_id=lambda t: t["model_id"] + "-b", alignment_drop=10.0)
+    means, _ = subject_method_means(pd.concat([table, extra]), "alignment_drop")
+    original = table[table["method"] == "lora"].groupby("subject_id")["alignment_drop"].mean()
+    np.testing.assert_allclose(means["lora"], (original + 10.0) / 2)
 
 
-def test_two_methods_give_wilcoxon_but_no_friedman():
+def test_one_subject_gives_a_non_computable_anova_that_says_why():
+    out = compare_methods(disruption_table(n_subjects=1), "alignment_drop", n_boot=0)
+    assert out["subject_anova"]["p"] is None and "needs >= 2 methods and >= 2 subjects" in \
+        out["subject_anova"]["extra"]["reason"]
+
+
+def test_structural_zeros_are_counted_per_method_and_said_in_words():
     table = disruption_table()
-    out = compare_methods(table[table["method"] != "lora"], "alignment_drop", n_boot=0)
-    assert out["friedman"]["p"] is None and out["friedman"]["extra"]["computable"] is False
-    assert len(out["pairwise"]) == 1
+    ti = table["method"] == "textual_inversion"
+    table = table.assign(structural_zero=ti, alignment_drop=np.where(ti, 0.0, table["alignment_drop"]))
+    out = compare_methods(table, "alignment_drop", n_boot=0)
+    means = {r["method"]: r for r in out["means"]}
+    assert means["textual_inversion"]["pairs_structural_zero"] == 30 == means["textual_inversion"]["n_pairs"]
+    assert means["lora"]["pairs_structural_zero"] == 0
+    assert out["structural_zeros"].startswith("textual_inversion: 30 of 30 (model, prompt) pairs are structural zeros")
+    assert "by construction" in out["structural_zeros"]
+    plain = compare_methods(disruption_table(), "alignment_drop", n_boot=0)
+    assert "every zero is measured" in plain["structural_zeros"]
 
 
 @pytest.mark.parametrize("mutate, message", [

@@ -76,10 +76,10 @@ def test_hub_id_not_in_cache_fails_fast_with_download_hint():
 def test_single_file_without_cached_config_asks_for_base_config(tmp_path):
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, tmp_path / "sd.safetensors")
     start = time.perf_counter()
-    with pytest.raises(ModelLoadError, match=r"pass --base-config DIR \(a diffusers SD v1.5 folder\)"):
+    with pytest.raises(ModelLoadError, match=r"set `base_config:` in study.yaml \(Python: config=DIR\)"):
         load_pipeline(str(tmp_path / "sd.safetensors"), device="cpu")
     assert time.perf_counter() - start < 5.0
-    with pytest.raises(ModelLoadError, match="has no model_index.json; pass --base-config"):
+    with pytest.raises(ModelLoadError, match="has no model_index.json; set `base_config:` in study.yaml"):
         load_pipeline(str(tmp_path / "sd.safetensors"), device="cpu", config=str(tmp_path))
 
 

@@ -79,6 +79,12 @@ def test_non_empty_out_needs_overwrite(app, image_folder, tmp_path):
                  "--steps", "1", "--quiet"]
     refused = CliRunner().invoke(app, base_args)
     assert refused.exit_code == 2 and "overwrite" in refused.output
+    # --overwrite replaces only an earlier personalize output: a file the user put there is never deleted
+    kept = CliRunner().invoke(app, [*base_args, "--overwrite"])
+    assert kept.exit_code == 2 and "old.txt" in kept.output
+    assert (out / "old.txt").read_text() == "x"
+    (out / "old.txt").unlink()
+    assert CliRunner().invoke(app, base_args).exit_code == 0
     replaced = CliRunner().invoke(app, [*base_args, "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
-    assert not (out / "old.txt").exists()
+    assert (out / "pytorch_lora_weights.safetensors").is_file()

@@ -182,3 +182,18 @@ def test_pooled_mean_maps_equal_pooled_reference(tiny_pipe):
         cond = scores.view(2, attn.heads, side, side, -1)[1].mean(dim=0)  # [y, x, token]
         pooled = torch.nn.functional.adaptive_avg_pool2d(cond.permute(2, 0, 1), (4, 4))[:tokens]
         np.testing.assert_allclose(maps.values[:, step, 0, 0], pooled.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_each_image_of_a_batch_gets_its_own_rows(tiny_pipe):
+    # num_images_per_prompt with guidance: the UNet batch is (uncond x 4, cond x 4), prompts repeated in place
+    prompts = ["a cat", "a watercolor of a lighthouse"]
+    reference = _reference_scores(tiny_pipe, LAYER, prompts, num_images_per_prompt=2)
+    with capture(tiny_pipe, [_full_probe()]) as run:
+        _generate(tiny_pipe, prompts, num_images_per_prompt=2)
+    records = [r[f"cross_attention/{LAYER}"] for r in run.records()]
+    assert [r.coords["prompt"] for r in records] == [[0], [0], [1], [1]]
+    tokens, _, _, heads, height, width = records[0].shape
+    for image, maps in enumerate(records):
+        for step, expected in enumerate(reference):
+            rows = expected.view(2, 4, heads, height, width, tokens)[:, image]  # [half, head, y, x, token]
+            np.testing.assert_array_equal(maps.values[:, step], rows.permute(4, 0, 1, 2, 3).numpy())

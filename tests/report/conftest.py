@@ -70,11 +70,16 @@ def synthetic_disruption(prompts: pd.DataFrame, models: pd.DataFrame, rng: np.ra
                 effect = METHOD_EFFECT[model.method] + ABSTRACTNESS_EFFECT[prompt.abstractness]
                 clip_base = 30.0 + rng.normal(0, 0.5)
                 drop = effect + rng.normal(0, 0.4)
+                # TI on the first prompt: bit-identical to the base twin, 0 by construction
+                structural_zero = model.method == "textual_inversion" and prompt.Index == 0
+                if structural_zero:
+                    effect = drop = 0.0
                 rows.append(dict(model_id=model.model_id, prompt_id=prompt.prompt_id, seed=seed, method=model.method,
                                  subject_id=model.subject_id, subject_domain=model.subject_domain,
                                  abstractness=prompt.abstractness, domain=prompt.domain, clip_base=clip_base,
                                  clip_personalized=clip_base - drop, alignment_drop=drop,
-                                 image_drift=0.1 * effect + abs(rng.normal(0, 0.05))))
+                                 image_drift=0.0 if structural_zero else 0.1 * effect + abs(rng.normal(0, 0.05)),
+                                 image_identical=structural_zero, structural_zero=structural_zero))
     return pd.DataFrame(rows)
 
 
@@ -124,7 +129,7 @@ def summary(per_pair: pd.DataFrame, shift: pd.DataFrame, similarity: pd.DataFram
     for metric in METRICS:
         # CIs for the first metric only: the figure must also draw its own when the summary has none
         out["methods"][metric] = compare_methods(per_pair, metric, n_boot=99 if metric == METRICS[0] else 0)
-        out["abstractness"][metric] = compare_abstractness(per_pair, metric, mixed_model=False)
+        out["abstractness"][metric] = compare_abstractness(per_pair, metric, n_perm=99)
         out["semantic_proximity"][metric] = semantic_proximity(per_pair, metric, n_perm=99, similarity=similarity)
         out["layer_linking"][metric] = link_layers(shift_per_pair, per_pair, metric, layer_order=[l for l, _, _ in LAYERS],
                                                    cv_folds=3)
@@ -142,7 +147,7 @@ def write_results(folder: Path, store_path: Path) -> Path:
     disruption = synthetic_disruption(prompts, models, rng)
     per_pair = disruption.groupby(["model_id", "prompt_id"], sort=True).agg(
         **{c: (c, "first") for c in ["method", "subject_id", "subject_domain", "abstractness", "domain"]},
-        **{m: (m, "mean") for m in METRICS}).reset_index()
+        **{m: (m, "mean") for m in METRICS}, structural_zero=("structural_zero", "all")).reset_index()
     shift = synthetic_shift(disruption, rng)
     similarity = per_pair[["model_id", "prompt_id"]].assign(similarity=rng.uniform(0.1, 0.4, len(per_pair)))
     cems = {m: entanglement_map(per_pair, m) for m in METRICS}

@@ -129,14 +129,15 @@ def test_attention_shift_per_layer(results):
 
 
 def test_layer_correlation_marks_fdr_significant_layers(results):
-    table = find_records(results.section("layer_linking", METRIC), ["layer", "rho", "q_bh"])
-    table.loc[0, "q_bh"] = 0.2  # force one non-significant layer
+    table = find_records(results.section("layer_linking", METRIC), ["layer", "rho", "q_bh_perm"])
+    table.loc[0, "q_bh_perm"] = 0.2  # force one non-significant layer
+    table.loc[1, "q_bh_asymptotic"] = 0.2  # the asymptotic q marks nothing
     fig = layer_correlation(table, results.tables["layers"], METRIC)
     ax = fig.axes[0]
     stars = [t for t in ax.texts if t.get_text() == "*"]
-    assert len(stars) == int((table["q_bh"] < 0.05).sum()) == len(table) - 1
+    assert len(stars) == int((table["q_bh_perm"] < 0.05).sum()) == len(table) - 1
     assert ax.get_ylabel() == "Spearman rho"
-    assert "BH q < 0.05" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "permutation BH q < 0.05" in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_weight_delta_per_layer(results):

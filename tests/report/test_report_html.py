@@ -60,8 +60,14 @@ def test_report_has_every_section_with_tests_and_figures(page):
         assert '<table class="tests">' in section or question == "clustering", question  # ARI tables there
         assert "<figure" in section, question
     methods = text.split('<section id="methods">')[1].split("</section>")[0]
-    assert "<td>friedman</td>" in methods and "pairwise" in methods
-    assert "<td>kruskal</td>" in text and "mixedlm" not in text  # the fixture skips the mixed model
+    assert "<td>subject_blocked_anova</td>" in methods and "pairwise" in methods
+    assert "<td>kruskal</td>" in text and "<td>prompt_permutation_anova</td>" in text and "mixedlm" not in text
+    # structural zeros in words: TI on the fixture's first prompt, both seeds
+    assert ('<p class="structural-zeros">textual_inversion: 3 of 36 (model, prompt) pairs are structural zeros'
+            in methods)
+    cem = text.split('<section id="cem">')[1].split("</section>")[0]
+    assert "Structural zeros: textual_inversion-alice (textual_inversion): 2 of 24 records" in cem
+    assert "by construction" in cem
     layers = text.split('<section id="layer_linking">')[1].split("</section>")[0]
     assert "<td>ridge_cv_r2</td>" in layers and "<caption>layers</caption>" in layers
     clustering = text.split('<section id="clustering">')[1].split("</section>")[0]
@@ -183,3 +189,19 @@ def test_load_results_refuses_bad_folders(tmp_path):
     (tmp_path / "cem_x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ConfigError, match=r"cem_x.csv: not a CEM table"):
         load_results(tmp_path)
+
+
+def test_only_tests_with_a_validated_null_rate_are_bold():
+    from cemaps.report.html_tables import test_rows_html
+
+    def test(name, p, validated):
+        extra = {"null_rate_validated": True} if validated else {}
+        return {"test": name, "statistic": 1.0, "p": p, "effect_size": 0.1, "effect_size_name": "e", "n": 9,
+                "method": "m", "extra": extra}
+
+    html = test_rows_html([("a", test("valid_small", 0.001, True)), ("b", test("unchecked_small", 0.0001, False)),
+                           ("c", test("valid_large", 0.5, True))])
+    rows = html.split("<tr>")[2:]
+    assert '<td class="sig">0.001</td>' in rows[0]
+    assert 'class="sig"' not in rows[1] and "(null rate not validated)" in rows[1]
+    assert 'class="sig"' not in rows[2] and "not validated" not in rows[2]

@@ -36,10 +36,10 @@ import pandas as pd
 import torch
 
 from cemaps.errors import ConfigError, LayerNotFoundError, StoreError
+from cemaps.labelled import CROSS_ATTENTION_AXES as MAP_AXES
+from cemaps.labelled import CROSS_ATTENTION_PREFIX
 
-MAP_AXES = ("token", "step", "half", "head", "y", "x")
 REDUCIBLE_AXES = ("token", "step")
-CROSS_ATTENTION_PREFIX = "cross_attention/"
 # x * log2(x / m) is 0 at x = 0; clamping the ratio keeps 0 * log2(0) from becoming NaN
 # (float16 maps underflow to exact zeros).
 _TINY = float(torch.finfo(torch.float32).tiny)

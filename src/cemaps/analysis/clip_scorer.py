@@ -153,9 +153,8 @@ class ClipScorer:
             )
         if suffix in PICKLE_SUFFIXES and not allow_pickle:
             raise ModelLoadError(
-                f"CLIP weights file {str(path)!r} is pickle-based; convert it to .safetensors or pass "
-                "allow_pickle=True "
-                "(--allow-pickle) to read it with torch.load(weights_only=True)"
+                f"CLIP weights file {str(path)!r} is pickle-based; convert it to .safetensors "
+                "(Python: ClipScorer.load(..., allow_pickle=True) reads it with torch.load(weights_only=True))"
             )
         device = device if device is not None else _default_device()
         # Belt and braces: nothing below should reach the network, and if it tries it must fail at once.
@@ -171,9 +170,12 @@ class ClipScorer:
                 "torch.load(weights_only=True); expected a plain state dict (ideally .safetensors)"
             ) from None
         except (RuntimeError, KeyError, ValueError, OSError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            from cemaps.errors import one_line
+
+            detail = one_line(error)  # not just the first line: a state-dict error's first line names no key
+            detail = detail if len(detail) <= 600 else detail[:600] + " ..."
             raise ModelLoadError(
-                f"CLIP weights file {str(path)!r} could not be loaded as {model_name}: {first_line[:200]}"
+                f"CLIP weights file {str(path)!r} could not be loaded as {model_name}: {detail}"
             ) from error
         finally:
             if previous is None:

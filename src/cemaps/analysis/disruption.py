@@ -7,6 +7,11 @@ same prompt and seed):
   positive when personalization made the image match its prompt less.
 - ``image_drift`` = 1 - cos(base image embedding, personalized image embedding);
   how much the picture changed, whatever the prompt.
+- ``structural_zero``: the personalized image and every stored cross-attention
+  map are bit-identical to the base twin's. Then both metrics are 0 by
+  construction, not by measurement: a Textual Inversion model only adds a token
+  embedding, so on a prompt without its token it computes exactly what the base
+  model computes. ``image_identical`` says the image alone is identical.
 
 Example:
     >>> import pandas as pd
@@ -18,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +37,10 @@ from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
 from cemaps.errors import ConfigError, StoreError
 
 KEYS = ["model_id", "prompt_id", "seed"]
-DISRUPTION_COLUMNS = [*KEYS, "clip_base", "clip_personalized", "alignment_drop", "image_drift"]
+DISRUPTION_COLUMNS = [*KEYS, "clip_base", "clip_personalized", "alignment_drop", "image_drift", "image_identical",
+                      "structural_zero"]
+MAP_PREFIX = "cross_attention/"
+STRUCTURAL_ZERO = "structural_zero"
 MODEL_LABELS = ("method", "subject_id", "subject_domain")
 PROMPT_LABELS = ("abstractness", "domain")
 CI_LEVEL = 0.95
@@ -50,7 +59,9 @@ def disruption_table(store: Any, scorer: ClipScorer, batch_size: int = 32) -> pd
 
     Returns:
         Columns model_id, prompt_id, seed, clip_base, clip_personalized (CLIPScore, 0..100),
-        alignment_drop, image_drift; one row per personalized record.
+        alignment_drop, image_drift, image_identical (bool: image bit-identical to the base twin's),
+        structural_zero (bool: image and every cross-attention map bit-identical); one row per
+        personalized record.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r}; expected an integer >= 1")
@@ -66,13 +77,22 @@ def disruption_table(store: Any, scorer: ClipScorer, batch_size: int = 32) -> pd
     texts = prompts.loc[used, "text"].astype(str).tolist()
     text_embedding = dict(zip(used, scorer.text_embeddings(texts), strict=True))
     base_embedding: dict[int, np.ndarray] = {}
-    columns: dict[str, list[np.ndarray]] = {"clip_base": [], "clip_personalized": [], "image_drift": []}
+    base_digest: dict[int, bytes] = {}  # digests, not images: a paper-scale study has ~800 base images
+    columns: dict[str, list[np.ndarray]] = {"clip_base": [], "clip_personalized": [], "image_drift": [],
+                                            "image_identical": []}
     for start in range(0, len(paired), batch_size):
         chunk = paired.iloc[start:start + batch_size]
         missing = sorted(set(chunk["base_record"].tolist()) - base_embedding.keys())
         if missing:
-            base_embedding.update(zip(missing, scorer.image_embeddings(store.images(missing)), strict=True))
-        personalized = scorer.image_embeddings(store.images(chunk["record"].tolist()))
+            images = store.images(missing)
+            base_embedding.update(zip(missing, scorer.image_embeddings(images), strict=True))
+            base_digest.update(zip(missing, map(_image_digest, images), strict=True))
+        personalized_images = store.images(chunk["record"].tolist())
+        columns["image_identical"].append(np.array(
+            [_image_digest(image) == base_digest[twin] for image, twin in zip(personalized_images,
+                                                                              chunk["base_record"], strict=True)],
+            dtype=bool))
+        personalized = scorer.image_embeddings(personalized_images)
         base = np.stack([base_embedding[record] for record in chunk["base_record"]])
         texts = np.stack([text_embedding[prompt_id] for prompt_id in chunk["prompt_id"]])
         columns["clip_base"].append(clip_score_from_embeddings(base, texts))
@@ -80,9 +100,99 @@ def disruption_table(store: Any, scorer: ClipScorer, batch_size: int = 32) -> pd
         columns["image_drift"].append(1.0 - np.sum(base * personalized, axis=-1))
     table = paired[KEYS].copy()
     for name, parts in columns.items():
-        table[name] = np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+        dtype = bool if name == "image_identical" else np.float64
+        table[name] = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+    identical = table["image_identical"].to_numpy()
+    # the same pixels give the same embedding; batched matmuls would leave ~1e-5 of rounding instead of 0
+    table.loc[identical, "clip_personalized"] = table.loc[identical, "clip_base"]
+    table.loc[identical, "image_drift"] = 0.0
     table["alignment_drop"] = table["clip_base"] - table["clip_personalized"]
+    table["structural_zero"] = identical.copy()
+    map_names = [name for name in store.array_names if name.startswith(MAP_PREFIX)]
+    rows = np.flatnonzero(identical)
+    zero = table["structural_zero"].to_numpy().copy()
+    for start in range(0, rows.size, batch_size):
+        chunk = rows[start:start + batch_size]
+        zero[chunk] = _maps_identical(store, paired["record"].to_numpy()[chunk],
+                                      paired["base_record"].to_numpy()[chunk], map_names)
+    table["structural_zero"] = zero
     return table[DISRUPTION_COLUMNS]
+
+
+def _image_digest(image: np.ndarray) -> bytes:
+    """BLAKE2b digest of an image's shape and bytes (equal digests: bit-identical images)."""
+    return hashlib.blake2b(repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()).digest()
+
+
+def _maps_identical(store: Any, records: np.ndarray, base_records: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """[n] whether every stored cross-attention map of each record equals its base twin's, bit for bit.
+
+    Each layer is read for the whole batch in one call. A layer that neither record stored is
+    skipped; one stored for only one of them counts as different.
+    """
+    same = np.ones(len(records), dtype=bool)
+    for name in names:
+        try:
+            mine, theirs = store.read(name, records.tolist()), store.read(name, base_records.tolist())
+        except StoreError:  # some record lacks this layer: compare one by one
+            for i, (record, twin) in enumerate(zip(records.tolist(), base_records.tolist(), strict=True)):
+                same[i] &= _one_map_identical(store, name, record, twin)
+            continue
+        same &= np.array([np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True)], dtype=bool)
+    return same
+
+
+def _one_map_identical(store: Any, name: str, record: int, base_record: int) -> bool:
+    stored = []
+    for which in (record, base_record):
+        try:
+            stored.append(store.read_one(name, which))
+        except StoreError:
+            stored.append(None)
+    if stored[0] is None or stored[1] is None:
+        return stored[0] is None and stored[1] is None
+    return bool(np.array_equal(stored[0], stored[1]))
+
+
+def structural_zeros_by_model(table: pd.DataFrame) -> pd.DataFrame:
+    """Per personalized model: how many records are bit-identical to their base twin.
+
+    Args:
+        table: one row per (model_id, prompt_id, seed) with ``structural_zero`` (and optionally
+            ``image_identical`` and ``method``), e.g. :func:`disruption_table` or ``disruption.csv``.
+
+    Returns:
+        Columns model_id, method (when given), n_records, records_image_identical,
+        records_structural_zero, share_structural_zero; one row per model, sorted by model_id.
+
+    Raises:
+        ConfigError: ``table`` lacks model_id or structural_zero.
+    """
+    missing = [c for c in ("model_id", STRUCTURAL_ZERO) if c not in table.columns]
+    if missing:
+        raise ConfigError(f"table lacks column(s) {missing}; expected the output of disruption_table")
+    zero = table[STRUCTURAL_ZERO].astype(bool)
+    image = table["image_identical"].astype(bool) if "image_identical" in table.columns else zero
+    grouped = table.assign(__zero__=zero, __image__=image).groupby("model_id", sort=True)
+    out = pd.DataFrame({"n_records": grouped.size(), "records_image_identical": grouped["__image__"].sum(),
+                        "records_structural_zero": grouped["__zero__"].sum()}).astype(np.int64)
+    out["share_structural_zero"] = out["records_structural_zero"] / out["n_records"]
+    if "method" in table.columns:
+        out.insert(0, "method", grouped["method"].first())
+    return out.reset_index()
+
+
+def structural_zero_sentence(by_model: pd.DataFrame) -> str:
+    """Plain words for the report: which models have records bit-identical to the base twin."""
+    hit = by_model[by_model["records_structural_zero"] > 0]
+    if hit.empty:
+        return ("No personalized record is bit-identical to its base twin: every zero in these results is measured.")
+    parts = [f"{row.model_id}{f' ({row.method})' if 'method' in hit.columns else ''}: "
+             f"{row.records_structural_zero} of {row.n_records} records" for row in hit.itertuples()]
+    return ("Structural zeros: " + "; ".join(parts) + ". In these records the image and every cross-attention "
+            "map are bit-identical to the base model's for the same prompt and seed (e.g. a Textual Inversion "
+            "model on a prompt without its token computes exactly what the base model computes), so their "
+            "disruption and attention shift are 0 by construction, not by measurement.")
 
 
 def aggregate_over_seeds(
@@ -105,7 +215,8 @@ def aggregate_over_seeds(
         One row per (model_id, prompt_id) with the labels, then per value ``v``: ``v`` (the
         mean, so that statistics and maps take the same column name), ``v_sd`` (ddof 1),
         ``v_n``, ``v_ci_low``, ``v_ci_high`` (``scipy.stats.t`` with n - 1 degrees of
-        freedom; NaN when n < 2). NaN values are left out of n.
+        freedom; NaN when n < 2). NaN values are left out of n. When ``table`` has
+        ``structural_zero``, that column is true where it is true for every seed.
     """
     value_cols = [value_cols] if isinstance(value_cols, str) else list(value_cols)
     if not value_cols:
@@ -130,6 +241,9 @@ def aggregate_over_seeds(
         out[f"{column}_n"] = count
         out[f"{column}_ci_low"] = mean[column].to_numpy() - half_width
         out[f"{column}_ci_high"] = mean[column].to_numpy() + half_width
+    if STRUCTURAL_ZERO in table.columns:  # a pair is a structural zero when every seed is
+        out[STRUCTURAL_ZERO] = table.groupby(["model_id", "prompt_id"], sort=True)[STRUCTURAL_ZERO].agg(
+            lambda x: bool(x.astype(bool).all()))
     out = out.reset_index()
     out = _join_labels(out, models, "model_id", MODEL_LABELS)
     out = _join_labels(out, prompts, "prompt_id", PROMPT_LABELS)

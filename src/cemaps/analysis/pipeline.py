@@ -18,6 +18,17 @@ Results folder::
     similarity.csv              per (model, prompt): cosine of subject descriptor and prompt
     cem_<metric>.csv, entanglement_maps.h5   the Concept Entanglement Maps
     prompts.csv, models.csv     labels
+    in_context*.csv             subjects in context (CLIP-T, CLIP-I, non-subject shift per layer and word), if run
+
+The folder describes one run: it is written aside and moved into place when complete
+(:func:`cemaps.outputs.staged_output`), so a failed run leaves no half-written folder and a
+new run leaves no stale file of an older one; a folder holding other files is refused.
+
+Prompts without labels (an inline list in study.yaml has no ``abstractness`` or ``domain``)
+are analysed as far as no label is needed: disruption, attention shift, the Concept
+Entanglement Maps (label "n/a"), method comparison, layer linking and clustering. The
+questions that need a label are skipped, with the reason in ``summary.json``
+(``not_computed``) and ``manifest.json`` (``skipped``).
 """
 
 from __future__ import annotations
@@ -30,34 +41,82 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 
 from cemaps.analysis.attention_shift import attention_shift_table
 from cemaps.analysis.clip_scorer import ClipScorer
-from cemaps.analysis.disruption import aggregate_over_seeds, disruption_table, semantic_similarity
+from cemaps.analysis.disruption import (
+    aggregate_over_seeds,
+    disruption_table,
+    semantic_similarity,
+)
 from cemaps.analysis.entanglement import entanglement_map, write_entanglement_maps
+from cemaps.analysis.in_context import analyse_in_context
 from cemaps.analysis.stats_abstractness import compare_abstractness
 from cemaps.analysis.stats_clustering import cluster
 from cemaps.analysis.stats_common import to_jsonable
 from cemaps.analysis.stats_layers import link_layers
 from cemaps.analysis.stats_methods import compare_methods
 from cemaps.analysis.stats_semantic import semantic_proximity
-from cemaps.errors import CemapsError, StoreError
+from cemaps.errors import CemapsError, ConfigError, StoreError
+from cemaps.outputs import check_output_folder, staged_output
 from cemaps.store import open_store
 
 METRICS = ("alignment_drop", "image_drift")
 TINY_BASES = ("cemaps/tiny-sd", "tiny")
+PROMPT_LABELS = ("abstractness", "domain")
+# question -> the prompt label it cannot do without
+NEEDS_LABEL = {"abstractness": "abstractness", "semantic_proximity": "domain"}
+TINY_SCORER = "tiny random-weight open_clip model (cemaps ClipScorer.tiny, seed 0)"
 
 
 def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipScorer | None = None,
                  clip_model: str = "ViT-B-32", clip_weights: str | Path | None = None,
                  subjects: str | Path = "subjects15", n_perm: int = 9999, progress: bool = True,
                  console: Console | None = None) -> Path:
-    """Analyse a store into ``out_dir``; returns the path of ``summary.json``."""
-    from cemaps.data import load_subjects
+    """Analyse a store into ``out_dir``; returns the path of ``summary.json``.
 
+    Raises:
+        OutputError: ``out_dir`` is a file or a folder holding files this analysis did not write.
+        ConfigError: ``clip_model`` is not an open_clip architecture.
+        StoreError: the store is unreadable or has no personalized models.
+    """
     console = console or Console(stderr=True, quiet=not progress)
     out = Path(out_dir)
+    check_output_folder(out, "analyze")
+    if scorer is None:
+        check_clip_model(clip_model)
+    with staged_output(out, "analyze") as staging:
+        skipped = _analyse(store_path, staging, scorer=scorer, clip_model=clip_model, clip_weights=clip_weights,
+                           subjects=subjects, n_perm=n_perm, console=console)
+    for question, reason in skipped.items():
+        console.print(f"[yellow]skipped[/] {question}: {escape(reason)}")
+    console.print(f"[green]results[/] {escape(str(out))}")
+    return out / "summary.json"
+
+
+def check_clip_model(name: str) -> None:
+    """Refuses a CLIP scorer name that open_clip does not know, naming the ones it does."""
+    import difflib
+
+    import open_clip
+
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"--clip-model {name!r} is not an open_clip architecture; {hint}open_clip knows "
+                          f"{len(known)}: {', '.join(known)}")
+
+
+def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subjects, n_perm, console) -> dict[str, str]:
+    """Writes every result file into ``out``; returns the skipped questions with their reasons."""
+    from cemaps.data import load_subjects
+
     with open_store(store_path) as store:
+        if (store.settings.get("prompt_set") or {}).get("name") == "in_context":
+            raise StoreError(f"{store_path}: this is a study's in-context store; analyze the main store beside it "
+                             "(it finds this one), or call cemaps.analysis.in_context.analyse_in_context")
         models = store.models.reset_index()
         if (models["method"] == "base").sum() != 1:
             raise StoreError(f"{store_path}: expected exactly one base model in the models table")
@@ -68,13 +127,21 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
             if clip_weights is None and base_id in TINY_BASES:
                 console.print("[yellow]CLIP scorer[/]: the tiny random-weight open_clip model (the store's base is the "
                               "embedded tiny model); pass --clip-weights for a real one")
-                scorer = ClipScorer.tiny(seed=0)
+                scorer, scorer_name = ClipScorer.tiny(seed=0), TINY_SCORER
             else:
                 scorer = ClipScorer.load(clip_model, clip_weights)
-        out.mkdir(parents=True, exist_ok=True)
+                scorer_name = f"{clip_model} ({clip_weights or 'weights from the local Hugging Face cache'})"
+        else:
+            scorer_name = getattr(scorer, "description", None) or f"caller's {type(scorer).__name__}"
         subject_table = load_subjects(subjects).set_index("subject_id")
         models = _with_subject_labels(models, subject_table)
         prompts = store.prompts.reset_index()
+        unlabelled = [c for c in PROMPT_LABELS if c not in prompts.columns or prompts[c].isna().all()]
+        for column in unlabelled:
+            prompts[column] = None  # the maps show such prompts under the label "n/a"
+        skipped = {question: f"the prompts carry no {label!r} labels (e.g. an inline prompt list); give a prompts "
+                             f"CSV/YAML with the column {label} (prompt_id, text, abstractness, domain)"
+                   for question, label in NEEDS_LABEL.items() if label in unlabelled}
 
         with console.status("CLIP disruption of every personalized record"):
             per_seed = disruption_table(store, scorer)
@@ -105,6 +172,8 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
     if ti_stats is not None:
         files.update(_write_table(ti_stats, out, "textual_inversion"))
 
+    with console.status("subjects in context"):
+        files.update(analyse_in_context(store_path, out, scorer))  # {} when the study had no in-context set
     maps = {metric: entanglement_map(by_prompt, metric) for metric in METRICS}
     for name, path in write_entanglement_maps(maps, out).items():
         files[name] = Path(path).name
@@ -115,7 +184,7 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
     with console.status("statistics"):
         for metric in METRICS:
             per_metric = _statistics(metric, by_prompt, similarity, shift_by_prompt, layer_delta,
-                                     list(layers["layer"]), maps[metric], prompts, models, n_perm)
+                                     list(layers["layer"]), maps[metric], prompts, models, n_perm, skipped)
             for question, results in per_metric.items():
                 summary.setdefault(question, {})[metric] = results
     summary_path = out / "summary.json"
@@ -125,26 +194,30 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cemaps_version": _version(),
         "metrics": list(METRICS),
-        "clip_scorer": getattr(scorer, "description", clip_model),
+        "clip_scorer": scorer_name,
+        "skipped": skipped,
         "provenance": to_jsonable(provenance),
         "files": {**files, "summary": "summary.json"},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-    console.print(f"[green]results[/] {out}")
-    return summary_path
+    return skipped
 
 
-def _statistics(metric, by_prompt, similarity, shift, layer_delta, layer_order, cem, prompts, models, n_perm):
+def _statistics(metric, by_prompt, similarity, shift, layer_delta, layer_order, cem, prompts, models, n_perm,
+                skipped=None):
     """The five families for one metric; a family that cannot run on this design says why."""
     results: dict[str, Any] = {}
     families = {
         "methods": lambda: compare_methods(by_prompt, metric),
-        "abstractness": lambda: compare_abstractness(by_prompt, metric),
+        "abstractness": lambda: compare_abstractness(by_prompt, metric, n_perm=n_perm),
         "semantic_proximity": lambda: semantic_proximity(by_prompt, metric, n_perm=n_perm, similarity=similarity),
         "layer_linking": lambda: link_layers(shift, by_prompt, metric, weight_delta=layer_delta, layer_order=layer_order),
         "clustering": lambda: cluster(_flat(cem), _prompt_labels(prompts), models[["model_id", "method"]]),
     }
     for name, family in families.items():
+        if skipped and name in skipped:
+            results[name] = {"not_computed": skipped[name]}
+            continue
         try:
             results[name] = family()
         except CemapsError as exc:
@@ -187,8 +260,7 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
 
 def _layer_table(store) -> pd.DataFrame:
     from cemaps.analysis.stats_layers import order_layers
-
-    prefix = "cross_attention/"
+    from cemaps.labelled import CROSS_ATTENTION_PREFIX as prefix
     names = [n[len(prefix):] for n in store.array_names if n.startswith(prefix)]
     rows = []
     for order, layer in enumerate(order_layers(names, None)):

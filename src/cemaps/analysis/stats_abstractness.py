@@ -11,35 +11,40 @@ averages each prompt over models first and tests across prompts, the units that
 were sampled. ``unit="pair"`` is offered for comparison with work that tested
 pairs; the validity tests measure its inflated false-positive rate.
 
-The mixed model uses all pairs, with ``method`` as a fixed effect and a random
-intercept per subject, as the reference analysis specified.
+The reference analysis also fit a mixed model with a random intercept per
+subject only; it treated the rows of one prompt as independent and rejected a
+true null in 71 of 100 simulations (issue 10). It is replaced by a one-way
+ANOVA on model-centred prompt effects with a permutation p over prompts
+(:func:`prompt_permutation_anova`). Null rates and power of every test here are
+measured in ``tests/analysis/test_stats_validity.py``.
 
 Example:
     >>> import pandas as pd
     >>> rows = [dict(model_id=f"m{m}", method="lora", subject_id=f"s{m}", prompt_id=p,
     ...              abstractness=("concrete", "abstract")[p % 2], alignment_drop=float(p % 2 + p / 10))
     ...         for m in range(2) for p in range(10)]
-    >>> out = compare_abstractness(pd.DataFrame(rows), "alignment_drop", mixed_model=False)
+    >>> out = compare_abstractness(pd.DataFrame(rows), "alignment_drop", n_perm=0)
     >>> out["kruskal"]["n"]
     10
 """
 
 from __future__ import annotations
 
-import warnings
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
 from scipy import stats
 
 from cemaps.analysis.stats_common import (
+    NULL_RATE_VALIDATED,
     StatsInputError,
     TestResult,
     check_choice,
+    check_positive_int,
     holm,
+    permutation_p_greater,
     rank_biserial_independent,
     require_columns,
     require_constant_within,
@@ -93,7 +98,7 @@ def kruskal_test(units: pd.DataFrame, value: str, unit: str) -> TestResult:
     h, p = stats.kruskal(*groups)
     return TestResult(test="kruskal", statistic=float(h), p=float(p), effect_size=float(h / (n - 1)),
                       effect_size_name="epsilon_squared", n=n, method=text,
-                      extra={"computable": True, "classes": classes,
+                      extra={"computable": True, NULL_RATE_VALIDATED: unit == "prompt", "classes": classes,
                              "n_per_class": {c: int(g.size) for c, g in zip(classes, groups)},
                              "median_per_class": {c: float(np.median(g)) for c, g in zip(classes, groups)}})
 
@@ -122,91 +127,97 @@ def pairwise_mannwhitney(units: pd.DataFrame, value: str) -> pd.DataFrame:
     return table
 
 
-OPTIMIZERS = ("lbfgs", "powell", "nm")
+PERMUTATION_BATCH = 1000
 
 
-def fit_mixedlm_ml(formula: str, data: pd.DataFrame, group: str) -> tuple[Any, list[str]]:
-    """Fits a random-intercept mixedlm by ML with several optimizers; keeps the best converged fit.
+def model_centred_prompt_effects(disruption: pd.DataFrame, value: str) -> pd.DataFrame:
+    """One value per prompt: the mean over models of (value - that model's mean over the shared prompts).
 
-    statsmodels' gradient optimizers often stop early or land on a singular
-    boundary with an infinite likelihood on small designs, while Powell or
-    Nelder-Mead converge; the largest finite log-likelihood among converged fits
-    is the ML estimate. Returns (fit, warning messages of the kept fit) and sets
-    ``fit.optimizer_name``.
+    Uses the prompts seen by every model. Centring each model removes model,
+    subject and method levels, which are constant across a model's prompts; in a
+    complete design this changes prompt means only by a constant, and with a
+    missing model it keeps every prompt comparable.
+
+    Returns:
+        Columns prompt_id, abstractness, ``value``; one row per shared prompt.
     """
-    model = smf.mixedlm(formula, data, groups=data[group])
-    fits = []
-    for optimizer in OPTIMIZERS:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                fit = model.fit(reml=False, method=optimizer)
-            except (np.linalg.LinAlgError, ValueError):
-                continue  # a failed optimizer is simply not a candidate; another one usually succeeds
-        if np.isfinite(fit.llf):
-            fit.optimizer_name = optimizer
-            fits.append((bool(fit.converged), float(fit.llf), fit, [str(w.message) for w in caught]))
-    if not fits:
-        raise StatsInputError(f"mixed model {formula!r}: no optimizer produced a finite likelihood")
-    _, _, best, messages = max(fits, key=lambda f: (f[0], f[1]))
-    return best, messages
+    grid = disruption.pivot_table(index="model_id", columns="prompt_id", values=value, aggfunc="mean")
+    shared = grid.columns[grid.notna().all(axis=0)]
+    grid = grid[shared]
+    effects = (grid.sub(grid.mean(axis=1), axis=0)).mean(axis=0)
+    classes = require_constant_within(disruption, "prompt_id", "abstractness", "disruption")
+    return pd.DataFrame({"prompt_id": effects.index, "abstractness": classes.loc[effects.index].astype(str).to_numpy(),
+                         value: effects.to_numpy(dtype=np.float64)})
 
 
-def abstractness_mixed_model(disruption: pd.DataFrame, value: str) -> dict[str, Any]:
-    """``value ~ C(abstractness) + C(method)`` with a random intercept per subject_id.
+def _between_class_ss(values: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Between-class sum of squares for each row of ``codes`` [B, n] (values [n])."""
+    one_hot = codes[..., None] == np.arange(n_classes)  # [B, n, k]
+    sums = np.einsum("bnk,n->bk", one_hot, values)
+    sizes = one_hot.sum(axis=-2)
+    return np.sum(sums ** 2 / sizes, axis=-1) - values.sum() ** 2 / values.size
 
-    Coefficients (treatment coding, reference ``concrete`` when present) and
-    their Wald p-values come from the ML fit; the abstractness term is tested by a
-    likelihood-ratio test against ``value ~ C(method)``, both fit by ML (REML
-    likelihoods of models with different fixed effects are not comparable).
+
+def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, seed: int) -> dict[str, Any]:
+    """Abstractness test on model-centred prompt effects: one-way ANOVA F with a class-label permutation p.
+
+    This replaces the mixed model with a random intercept per subject, which
+    counted the rows of one prompt as independent and rejected a true null in
+    71 of 100 simulations (issue 10). Abstractness is a prompt property, so the
+    replicates are prompts: each prompt's effect is its model-centred mean (see
+    :func:`model_centred_prompt_effects`), and the abstractness labels are
+    permuted across prompts. In a complete design this is the test of a
+    prompt-level factor in the crossed prompt x model random-effects model
+    (the prompt-level ANOVA of a balanced design), with an exact permutation p
+    instead of an asymptotic chi-square. Class effects are differences of class
+    means from the reference class (concrete), in the metric's units.
+
+    Returns:
+        dict: ``test`` (TestResult; statistic F, effect size eta^2), ``class_effects`` (records:
+        term, estimate, n_prompts), ``reference_class``.
     """
-    require_columns(disruption, ["subject_id", "method", "abstractness", value], "disruption")
-    data = disruption[["subject_id", "method", "abstractness", value]].copy()
-    data["abstractness"] = data["abstractness"].astype(str)
-    data["method"] = data["method"].astype(str)
-    data = data.rename(columns={value: "response"})
-    classes = ordered_classes(data["abstractness"])
-    if len(classes) < 2:
-        raise StatsInputError(f"disruption.abstractness: mixed model needs >= 2 classes, got {classes}")
-    if data["subject_id"].nunique() < 2:
-        raise StatsInputError("disruption.subject_id: mixed model needs >= 2 subjects for a random intercept")
-    methods_term = " + C(method)" if data["method"].nunique() > 1 else ""
-    full_formula = f"response ~ C(abstractness, Treatment(reference={classes[0]!r})){methods_term}"
-    reduced_formula = f"response ~ 1{methods_term}"
-    full, full_messages = fit_mixedlm_ml(full_formula, data, "subject_id")
-    reduced, reduced_messages = fit_mixedlm_ml(reduced_formula, data, "subject_id")
-    lr = float(2.0 * (full.llf - reduced.llf))
-    df = len(classes) - 1
-    prefix = f"C(abstractness, Treatment(reference={classes[0]!r}))[T."
-    coefficients = [
-        dict(term=name[len(prefix):-1], estimate=float(full.params[name]), std_error=float(full.bse[name]),
-             p=float(full.pvalues[name]))
-        for name in full.params.index if name.startswith(prefix)
-    ]
-    lrt = TestResult(
-        test="mixedlm_lrt_abstractness", statistic=lr, p=float(stats.chi2.sf(max(lr, 0.0), df)),
-        effect_size=None, effect_size_name="none", n=int(len(data)),
-        method=(f"statsmodels mixedlm, ML fits; LR = 2 (llf[{full_formula}] - llf[{reduced_formula}]), "
-                f"random intercept per subject_id, chi2 with {df} df"),
-        extra={"df": df, "llf_full": float(full.llf), "llf_reduced": float(reduced.llf),
-               "converged_full": bool(full.converged), "converged_reduced": bool(reduced.converged),
-               "optimizer_full": full.optimizer_name, "optimizer_reduced": reduced.optimizer_name},
-    )
-    return {
-        "formula": full_formula,
-        "reference_class": classes[0],
-        "coefficients": pd.DataFrame(coefficients, columns=["term", "estimate", "std_error", "p"]),
-        "subject_variance": float(full.cov_re.iloc[0, 0]),
-        "residual_variance": float(full.scale),
-        "n_subjects": int(data["subject_id"].nunique()),
-        "lrt": lrt,
-        "warnings": sorted(set(full_messages) | set(reduced_messages)),
-    }
+    effects = model_centred_prompt_effects(disruption, value)
+    classes = ordered_classes(effects["abstractness"])
+    codes = pd.Categorical(effects["abstractness"], categories=classes).codes.astype(np.int64)
+    values = effects[value].to_numpy(dtype=np.float64)
+    n, k = values.size, len(classes)
+    text = (f"one-way ANOVA F of abstractness on model-centred prompt effects (prompts seen by every model); "
+            f"p = (1 + #permuted F >= observed) / (1 + {n_perm}), abstractness labels permuted across prompts "
+            f"(seed {seed}); eta^2 = SS_between / SS_total; replaces the subject-intercept mixed model; null rate "
+            "measured in tests/analysis/test_stats_validity.py")
+    class_effects = pd.DataFrame(
+        [dict(term=c, estimate=float(values[codes == i].mean() - values[codes == 0].mean()),
+              n_prompts=int((codes == i).sum())) for i, c in enumerate(classes) if i > 0],
+        columns=["term", "estimate", "n_prompts"])
+    total = float(np.sum((values - values.mean()) ** 2))
+    if k < 2 or n - k < 1 or total == 0 or n_perm == 0:
+        reason = ("n_perm = 0" if n_perm == 0 else
+                  f"needs >= 2 classes, more prompts than classes and non-constant values; "
+                  f"has {k} classes, {n} prompts")
+        result = TestResult(test="prompt_permutation_anova", statistic=None, p=None, effect_size=None,
+                            effect_size_name="eta_squared", n=int(n), method=text,
+                            extra={"computable": False, "reason": reason, "classes": classes})
+        return {"test": result, "class_effects": class_effects, "reference_class": classes[0] if classes else None}
+    between = float(_between_class_ss(values, codes[None, :], k)[0])
+    f_value = (between / (k - 1)) / max((total - between) / (n - k), 1e-300)
+    rng = np.random.default_rng(seed)
+    null_between = np.empty(n_perm)
+    for start in range(0, n_perm, PERMUTATION_BATCH):
+        size = min(PERMUTATION_BATCH, n_perm - start)
+        null_between[start:start + size] = _between_class_ss(values, rng.permuted(np.broadcast_to(codes, (size, n)),
+                                                                                   axis=1), k)
+    # F is increasing in SS_between at fixed SS_total, so permuting labels, SS_between orders F
+    p = float(permutation_p_greater(between, null_between))
+    result = TestResult(test="prompt_permutation_anova", statistic=float(f_value), p=p,
+                        effect_size=float(between / total), effect_size_name="eta_squared", n=int(n), method=text,
+                        extra={"computable": True, NULL_RATE_VALIDATED: True, "n_perm": int(n_perm), "classes": classes,
+                               "df": [k - 1, n - k], "n_models": int(disruption["model_id"].nunique())})
+    return {"test": result, "class_effects": class_effects, "reference_class": classes[0]}
 
 
-def compare_abstractness(disruption: pd.DataFrame, value: str, unit: str = "prompt",
-                         mixed_model: bool = True) -> dict[str, Any]:
-    """Family 2: Kruskal-Wallis, pairwise Mann-Whitney and a mixed model over abstractness classes.
+def compare_abstractness(disruption: pd.DataFrame, value: str, unit: str = "prompt", n_perm: int = 9999,
+                         seed: int = 0) -> dict[str, Any]:
+    """Family 2: Kruskal-Wallis, pairwise Mann-Whitney and a prompt-permutation ANOVA over abstractness classes.
 
     Args:
         disruption: one row per (model_id, prompt_id) with columns model_id,
@@ -214,12 +225,17 @@ def compare_abstractness(disruption: pd.DataFrame, value: str, unit: str = "prom
         value: metric column.
         unit: ``"prompt"`` (default; average over models per prompt, then test
             across prompts — see the module docstring) or ``"pair"``.
-        mixed_model: fit the mixed model (the slow part; seconds at paper scale).
+        n_perm: permutations of the prompt-level ANOVA (0 skips it).
+        seed: seeds those permutations.
 
     Returns:
         JSON-able dict: ``kruskal`` (TestResult dict), ``pairwise`` (records),
-        ``mixed_model`` (dict or None), ``unit``, ``n_units``.
+        ``prompt_anova`` (dict with ``test``, ``class_effects``) or None, ``unit``, ``n_units``.
+
+    Raises:
+        StatsInputError: missing columns, non-numeric or empty input, a bad ``unit`` or ``n_perm``.
     """
+    check_positive_int(n_perm, "n_perm", minimum=0)
     units = abstractness_units(disruption, value, unit)
     return to_jsonable({
         "value": value,
@@ -228,7 +244,7 @@ def compare_abstractness(disruption: pd.DataFrame, value: str, unit: str = "prom
         "kruskal": kruskal_test(units, value, unit),
         "pairwise": pairwise_mannwhitney(units, value),
         "pairwise_method": (f"scipy.stats.mannwhitneyu two-sided, one observation per {unit}; "
-                            "p_holm = Holm over class pairs (statsmodels); effect_size = rank-biserial "
+                            "p_holm = Holm over class pairs (Holm 1979); effect_size = rank-biserial "
                             "2U/(n_a n_b) - 1, positive when class_a is more disrupted"),
-        "mixed_model": abstractness_mixed_model(disruption, value) if mixed_model else None,
+        "prompt_anova": prompt_permutation_anova(disruption, value, n_perm, seed) if n_perm > 0 else None,
     })

@@ -22,9 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.multitest import multipletests
 
 from cemaps.errors import CemapsError
+
+
+NULL_RATE_VALIDATED = "null_rate_validated"
+"""Key of ``TestResult.extra``: True when the test's rejection rate at alpha 0.05 is measured in [0.03, 0.07]
+under the realistic null of ``stats_simulation`` (tests/analysis/test_stats_validity.py). The report bolds a
+p-value only for such tests."""
 
 
 class StatsInputError(CemapsError, ValueError):
@@ -36,7 +41,7 @@ class TestResult:
     """One statistical test, with everything a reader needs to judge it.
 
     Attributes:
-        test: short name of the test, e.g. ``"friedman"``.
+        test: short name of the test, e.g. ``"kruskal"``.
         statistic: the test statistic (None when not computable).
         p: p-value as computed (uncorrected unless ``method`` says otherwise).
         effect_size: the effect size named by ``effect_size_name``.
@@ -139,21 +144,38 @@ def require_constant_within(table: pd.DataFrame, key: str, column: str, table_na
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
-    """Holm step-down adjusted p-values (statsmodels), NaN entries left NaN."""
+    """Holm (1979) step-down adjusted p-values, NaN entries left NaN.
+
+    adj p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)) over the m finite p-values sorted
+    ascending; equals statsmodels ``multipletests(method="holm")`` (checked in the tests), which
+    is not called here because it runs ``gc.collect()`` on every call (0.1-0.2 s in a big process).
+    """
     return _adjust(p_values, "holm")
 
 
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg q-values (statsmodels ``fdr_bh``), NaN entries left NaN."""
+    """Benjamini-Hochberg (1995) q-values, NaN entries left NaN.
+
+    q_(i) = min_{j >= i} min(1, m p_(j) / j); equals ``scipy.stats.false_discovery_control``.
+    """
     return _adjust(p_values, "fdr_bh")
 
 
 def _adjust(p_values: Sequence[float], how: str) -> np.ndarray:
     p = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full_like(p, np.nan)
-    finite = np.isfinite(p)
-    if finite.any():
-        adjusted[finite] = multipletests(p[finite], method=how)[1]
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return adjusted
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    sorted_p = p[order]
+    if how == "holm":
+        values = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * sorted_p))
+    else:
+        values = np.minimum.accumulate((m * sorted_p / np.arange(1, m + 1))[::-1])[::-1]
+        values = np.minimum(values, 1.0)
+    adjusted[order] = values
     return adjusted
 
 

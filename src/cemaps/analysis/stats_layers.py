@@ -111,7 +111,11 @@ def shift_matrix(shift: pd.DataFrame, disruption: pd.DataFrame, value: str,
 
 
 def layer_correlations(x: pd.DataFrame, y: np.ndarray) -> pd.DataFrame:
-    """Per layer Spearman rho(shift, y) with scipy's p-value and BH q-values over layers.
+    """Per layer Spearman rho(shift, y) with scipy's asymptotic p-value and BH q-values over layers.
+
+    ``p_asymptotic`` / ``q_bh_asymptotic`` treat the pairs as independent; with
+    prompt effects in both variables they over-reject (0.375 at alpha 0.05 in
+    the project's simulation), so the report marks layers by ``q_bh_perm``.
 
     Args:
         x: [n_pairs x n_layers] shifts, columns = layer names.
@@ -125,9 +129,9 @@ def layer_correlations(x: pd.DataFrame, y: np.ndarray) -> pd.DataFrame:
         else:
             result = stats.spearmanr(column, y)
             rho, p = float(result.statistic), float(result.pvalue)
-        rows.append(dict(layer=layer, block=layer_block(layer), rho=rho, p=p, n=int(y.size)))
-    table = pd.DataFrame(rows, columns=["layer", "block", "rho", "p", "n"])
-    table.insert(4, "q_bh", benjamini_hochberg(table["p"].to_numpy()))
+        rows.append(dict(layer=layer, block=layer_block(layer), rho=rho, p_asymptotic=p, n=int(y.size)))
+    table = pd.DataFrame(rows, columns=["layer", "block", "rho", "p_asymptotic", "n"])
+    table.insert(4, "q_bh_asymptotic", benjamini_hochberg(table["p_asymptotic"].to_numpy()))
     return table
 
 
@@ -219,7 +223,12 @@ def ridge_with_ablation(x: pd.DataFrame, y: np.ndarray, cv_folds: int, seed: int
 
 
 def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
-    """Per layer Spearman rho across models of delta_norm vs the model's mean attention shift (>= 3 models)."""
+    """Per layer Spearman rho across models of delta_norm vs the model's mean attention shift (>= 3 models).
+
+    ``p_asymptotic`` is scipy's, treating models as independent; models of one
+    subject or one method share levels of both variables, so it is descriptive
+    and the report marks nothing with it.
+    """
     require_columns(weight_delta, ["model_id", "layer", "delta_norm"], "weight_delta")
     require_numeric(weight_delta, "delta_norm", "weight_delta")
     if weight_delta.duplicated(["model_id", "layer"]).any():
@@ -231,7 +240,7 @@ def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: S
     for layer in layers:
         part = joined.xs(layer, level="layer") if layer in joined.index.get_level_values("layer") else joined.iloc[:0]
         n = int(len(part))
-        row = dict(layer=layer, block=layer_block(layer), n_models=n, rho=float("nan"), p=float("nan"),
+        row = dict(layer=layer, block=layer_block(layer), n_models=n, rho=float("nan"), p_asymptotic=float("nan"),
                    computable=False, reason="")
         if n < 3:
             row["reason"] = f"needs >= 3 models with both delta_norm and attention_shift, has {n}"
@@ -239,10 +248,10 @@ def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: S
             row["reason"] = "delta_norm or mean attention shift is constant across models"
         else:
             result = stats.spearmanr(part["delta_norm"], part["mean_shift"])
-            row.update(rho=float(result.statistic), p=float(result.pvalue), computable=True)
+            row.update(rho=float(result.statistic), p_asymptotic=float(result.pvalue), computable=True)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["layer", "block", "n_models", "rho", "p", "computable", "reason"])
-    table.insert(5, "q_bh", benjamini_hochberg(table["p"].to_numpy()))
+    table = pd.DataFrame(rows, columns=["layer", "block", "n_models", "rho", "p_asymptotic", "computable", "reason"])
+    table.insert(5, "q_bh_asymptotic", benjamini_hochberg(table["p_asymptotic"].to_numpy()))
     return table
 
 
@@ -262,10 +271,11 @@ def link_layers(shift: pd.DataFrame, disruption: pd.DataFrame, value: str, weigh
         ridge: fit the cross-validated ridge and its ablations.
         n_perm: prompt permutations for ``p_perm`` (0 skips them). ``p_perm`` /
             ``q_bh_perm`` stay valid when prompts affect both shift and
-            disruption under every model; ``p`` / ``q_bh`` assume independent pairs.
+            disruption under every model; ``p_asymptotic`` / ``q_bh_asymptotic`` assume independent pairs.
 
     Returns:
-        JSON-able dict: ``layers`` (records: layer, block, rho, p, q_bh, n, p_perm, q_bh_perm),
+        JSON-able dict: ``layers`` (records: layer, block, rho, p_asymptotic, q_bh_asymptotic, n, p_perm,
+        q_bh_perm),
         ``ridge`` (full TestResult dict + ``ablation`` records) or None,
         ``weight_delta`` (records) or None, ``pairs`` (counts).
     """
@@ -280,10 +290,11 @@ def link_layers(shift: pd.DataFrame, disruption: pd.DataFrame, value: str, weigh
     return to_jsonable({
         "value": value,
         "layers": correlations,
-        "layers_method": ("scipy.stats.spearmanr per layer over (model, prompt) pairs; p = scipy's asymptotic p "
-                          "(pairs treated as independent); p_perm = two-sided, "
-                          f"{n_perm} permutations of prompts shared by all models (prompts seen by every model); "
-                          "q_bh / q_bh_perm = Benjamini-Hochberg over layers (statsmodels fdr_bh)"),
+        "layers_method": ("scipy.stats.spearmanr per layer over (model, prompt) pairs; p_perm = two-sided, "
+                          f"{n_perm} permutations of prompts shared by all models (prompts seen by every model), "
+                          "null rate measured in tests/analysis/test_stats_validity.py; p_asymptotic = scipy's "
+                          "asymptotic p (pairs treated as independent; over-rejects with shared prompt effects, "
+                          "not validated); q_bh_perm / q_bh_asymptotic = Benjamini-Hochberg over layers"),
         "ridge": ridge_with_ablation(x, y, cv_folds, seed) if ridge else None,
         "weight_delta": (weight_delta_link(shift, weight_delta, list(x.columns))
                          if weight_delta is not None else None),

@@ -35,6 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from cemaps.analysis.stats_common import (
+    NULL_RATE_VALIDATED,
     StatsInputError,
     TestResult,
     check_choice,
@@ -138,7 +139,7 @@ def proximity_permutation(disruption: pd.DataFrame, value: str, n_perm: int,
             p=float(permutation_p_greater(observed_sum, null_sums)),
             effect_size=float(per_model["difference"].mean()), effect_size_name="mean_difference",
             n=int(len(per_model)), method=text,
-            extra={"computable": True, "n_perm": n_perm, "n_models": int(len(per_model)),
+            extra={"computable": True, NULL_RATE_VALIDATED: True, "n_perm": n_perm, "n_models": int(len(per_model)),
                    "n_models_skipped": len(skipped), "n_prompts": int(domain_codes.size)},
         )
     return per_model, combined, skipped
@@ -185,7 +186,8 @@ def similarity_spearman(pairs: pd.DataFrame, value: str, n_perm: int, rng: np.ra
     p = permutation_p_greater(rho, null) if alternative == "greater" else permutation_p_two_sided(rho, null)
     return TestResult(test="similarity_spearman", statistic=rho, p=float(p), effect_size=rho,
                       effect_size_name="spearman_rho", n=n_pairs, method=text,
-                      extra={"computable": True, "n_perm": n_perm, "n_models": int(similarity.shape[0]),
+                      extra={"computable": True, NULL_RATE_VALIDATED: True, "n_perm": n_perm,
+                             "n_models": int(similarity.shape[0]),
                              "n_prompts": int(n_prompts),
                              "n_pairs_dropped_incomplete_prompts": int(len(pairs) - n_pairs),
                              "alternative": alternative})

@@ -8,9 +8,13 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from cemaps.cli.app import one_line_errors
 
+
+@one_line_errors
 def inspect_command(
     store: Path = typer.Argument(..., help="A store written by `cemaps capture` (the .h5 manifest)."),
     provenance: bool = typer.Option(True, help="Print provenance (package versions, settings)."),
@@ -21,22 +25,25 @@ def inspect_command(
     out = Console(width=None if sys.stdout.isatty() else 200)
     with open_store(store) as reader:
         records = reader.records
-        out.print(f"[bold]{store}[/]  schema v{reader.schema_version}  {len(records)} records  "
+        out.print(f"[bold]{escape(str(store))}[/]  schema v{reader.schema_version}  {len(records)} records  "
                   f"{reader.size_on_disk() / 1e6:.2f} MB on disk "
                   f"({reader.size_on_disk() / max(len(records), 1) / 1e3:.1f} kB/record)")
         models = Table("model", "method", "subject", "records", title="models")
         counts = records.groupby("model_id").size() if len(records) else {}
         for model_id, row in reader.models.iterrows():
-            models.add_row(str(model_id), str(row.get("method")), str(row.get("subject_id")), str(int(counts.get(model_id, 0))))
+            models.add_row(*(escape(str(v)) for v in (model_id, row.get("method"), row.get("subject_id"),
+                                                        int(counts.get(model_id, 0)))))
         out.print(models)
         prompts = reader.prompts
-        out.print(f"prompts: {len(prompts)}; seeds: {sorted(set(records['seed'])) if len(records) else []}")
+        seeds = sorted(set(records['seed'])) if len(records) else []
+        out.print(f"prompts: {len(prompts)}; seeds: {escape(str(seeds))}")
         arrays = Table("array", "axes", "per-record shape (first axis ragged)", "dtype", title="arrays")
         for name in reader.array_names:
             shape = ("n", *reader.trailing_shape(name))
-            arrays.add_row(name, ", ".join(reader.axes(name)), " x ".join(map(str, shape)), str(reader.dtype(name)) if hasattr(reader, "dtype") else "")
+            arrays.add_row(*(escape(v) for v in (name, ", ".join(reader.axes(name)), " x ".join(map(str, shape)),
+                                                 str(reader.dtype(name)) if hasattr(reader, "dtype") else "")))
         out.print(arrays)
         if provenance:
-            out.print("[bold]settings[/]", json.dumps(reader.settings, indent=1, default=str))
-            out.print("[bold]base[/]", json.dumps(reader.base, default=str))
-            out.print("[bold]provenance[/]", json.dumps(reader.provenance, indent=1, default=str))
+            for title, value, indent in (("settings", reader.settings, 1), ("base", reader.base, None),
+                                         ("provenance", reader.provenance, 1)):
+                out.print(f"[bold]{title}[/]", escape(json.dumps(value, indent=indent, default=str)), highlight=False)

@@ -1,5 +1,8 @@
 """The shipped prompt suite (200 labelled prompts, a 24-prompt demo list), the 15 subjects,
-loaders for user-made lists, and synthetic subject images for the demo."""
+loaders for user-made lists, synthetic subject images for the demo, and the in-context
+templates (``{subject}`` placeholders) for subjects in context."""
+
+from cemaps.data.in_context import IN_CONTEXT_LISTS, TEMPLATE_COLUMNS, fill, load_in_context_prompts, subject_phrase
 
 from cemaps.data.suite import (
     ABSTRACTNESS_LEVELS,
@@ -19,6 +22,11 @@ from cemaps.data.suite import (
 
 __all__ = [
     "ABSTRACTNESS_LEVELS",
+    "IN_CONTEXT_LISTS",
+    "TEMPLATE_COLUMNS",
+    "fill",
+    "load_in_context_prompts",
+    "subject_phrase",
     "DOMAINS",
     "KIND_DOMAINS",
     "PROMPT_COLUMNS",

@@ -2,7 +2,8 @@
 
 The run object is both the context manager and the result (as in baukit's
 ``TraceDict``). Every hook is removed when the block ends, normally or by an
-exception, in reverse order of attachment.
+exception, in reverse order of attachment. A run is used once: entering a finished
+run again is an error (its results would silently mix two captures).
 
 Example:
     >>> import torch, cemaps
@@ -19,17 +20,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from torch.utils.hooks import RemovableHandle
-
+from cemaps.errors import CemapsError
 from cemaps.hooks.context import CaptureContext
+
+
+@runtime_checkable
+class Removable(Protocol):
+    """Something attached that ``remove()`` detaches; removing twice is a no-op.
+
+    torch's ``RemovableHandle`` (what ``register_forward_hook`` returns) is one.
+    """
+
+    def remove(self) -> None: ...
 
 
 @runtime_checkable
 class Probe(Protocol):
     """What a probe implements to be captured and stored.
 
-    ``attach`` registers torch hooks and returns their handles (cemaps removes
-    them). ``collect`` returns, for each image generated while attached, a dict of
+    ``attach`` registers hooks and returns :class:`Removable` handles (torch's hook
+    handles, or objects of its own whose ``remove()`` is safe to call twice); cemaps
+    removes them, most recent first, when the capture ends. Hooks whose order
+    matters relative to other hooks on the same module say so with torch's
+    ``prepend=True``. ``collect`` returns, for each image generated while attached, a dict of
     named arrays; each array is anything with ``values`` (numpy) and ``axes``
     (names), such as :class:`cemaps.probes.LabelledArray`. The store writes them
     as they are, under ``"<probe.name>/<array name>"``.
@@ -37,7 +50,7 @@ class Probe(Protocol):
 
     name: str
 
-    def attach(self, pipe: Any, context: CaptureContext) -> list[RemovableHandle]: ...
+    def attach(self, pipe: Any, context: CaptureContext) -> list[Removable]: ...
 
     def collect(self, context: CaptureContext) -> list[dict[str, Any]]: ...
 
@@ -52,14 +65,23 @@ class CaptureRun:
         self.pipe = pipe
         self.probes = list(probes)
         self.context = CaptureContext(pipe)
-        self._handles: list[RemovableHandle] = []
+        self._handles: list[Removable] = []
         self._records: dict[str, list[dict[str, Any]]] | None = None
+        self._entered = False
 
     def __enter__(self) -> CaptureRun:
+        if self._entered:
+            raise CemapsError("this capture run was already used; start a new one with cemaps.capture(pipe, probes)")
+        self._entered = True
         try:
             self._handles.extend(self.context.attach())
             for probe in self.probes:
-                self._handles.extend(probe.attach(self.pipe, self.context))
+                handles = list(probe.attach(self.pipe, self.context))
+                self._handles.extend(h for h in handles if isinstance(h, Removable))
+                wrong = [h for h in handles if not isinstance(h, Removable)]
+                if wrong:
+                    raise TypeError(f"probe {probe.name!r}: attach returned {type(wrong[0]).__name__} "
+                                    "objects without remove(); return torch hook handles (Removable)")
         except BaseException:
             self.close()
             raise

@@ -1,8 +1,26 @@
 """The state a capture shares with its probes: current generation and step.
 
 A :class:`CaptureContext` watches the pipeline through two read-only hooks: a
-pre-hook on the text encoder (to learn the prompt's token ids) and a pre-hook on
-the UNet (to learn the timestep, batch, guidance and latent size of each call).
+forward hook on the text encoder (the token ids and output of each encoding) and a
+pre-hook on the UNet (the timestep, batch, guidance, latent size and text embeddings
+of each call). Neither changes an argument or an output.
+
+Which encoding is the prompt? diffusers encodes the prompt, then the negative prompt,
+and passes ``cat([negative, prompt])`` (each repeated ``num_images_per_prompt`` times)
+to the UNet as ``encoder_hidden_states``; a prompt given as ``prompt_embeds`` is not
+encoded at all, but its negative may be. So at the first UNet call of a generation the
+encodings seen since the last UNet call are matched, exactly, against the conditional
+and unconditional rows of ``encoder_hidden_states``. An encoding that matches neither
+(``clip_skip`` takes a hidden layer, prompt weighting rescales) is taken as the prompt
+when it is the only one left; otherwise the tokens are unknown (``token_ids`` None),
+and probes label them so instead of guessing.
+
+A new generation starts at a UNet call when a text encoder ran since the last UNet
+call, when the scheduler was given a new schedule (``set_timesteps`` replaces
+``scheduler.timesteps``), or when the call's timestep cannot follow the last one in
+the schedule. Each call is placed in the schedule (see :class:`Generation`): the
+first at the scheduler's ``begin_index`` or diffusers' convention, the others at the
+next position of their timestep.
 """
 
 from __future__ import annotations
@@ -16,13 +34,16 @@ from torch.utils.hooks import RemovableHandle
 
 from cemaps.hooks.steps import Generation
 
+_KEPT_ENCODINGS = 8
+
 
 class CaptureContext:
     """Tracks pipeline calls (generations) and denoising steps while a capture is open.
 
     Attributes:
         generations: one :class:`Generation` per pipeline call, in order.
-        step_index: index of the current UNet call within its generation.
+        step_index: step of the current UNet call within its generation (0 = the first
+            step the generation ran; see :mod:`cemaps.hooks.steps`).
     """
 
     def __init__(self, pipe: Any):
@@ -31,61 +52,137 @@ class CaptureContext:
         self.tokenizer = getattr(pipe, "tokenizer", None)
         self.generations: list[Generation] = []
         self.step_index: int = -1
-        self._pending_token_ids: np.ndarray | None = None
+        # (token ids [prompts, seq], output [prompts, seq, dim]) of each encoding since the last UNet call
+        self._encodings: list[tuple[np.ndarray, torch.Tensor]] = []
         self._text_encoder_called = False
+        self._schedule_tensor: Any = None
 
     @property
     def generation(self) -> Generation:
         return self.generations[-1]
 
     def attach(self) -> list[RemovableHandle]:
-        handles = [self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True)]
+        # prepend: the step must be known before any other pre-hook on the UNet runs
+        # (the probes' pre-hooks switch their per-step hooks on it), whatever the order of attachment.
+        handles = [self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
         text_encoder = getattr(self.pipe, "text_encoder", None)
         if text_encoder is not None:
-            handles.append(text_encoder.register_forward_pre_hook(self._on_text_encoder_call, with_kwargs=True))
+            handles.append(text_encoder.register_forward_hook(self._on_text_encoder_call, with_kwargs=True))
         return handles
 
-    def _on_text_encoder_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _on_text_encoder_call(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         input_ids = args[0] if args else kwargs.get("input_ids")
-        # The pipeline encodes the prompt first and the negative prompt second;
-        # only the first encoding after a denoising loop is the prompt.
-        if not self._text_encoder_called and input_ids is not None:
-            self._pending_token_ids = input_ids.detach().cpu().numpy()
         self._text_encoder_called = True
+        if input_ids is None:
+            return
+        hidden = output if isinstance(output, torch.Tensor) else output[0]  # last_hidden_state
+        if isinstance(hidden, torch.Tensor):
+            # the latest few suffice (diffusers encodes prompt then negative right before the loop);
+            # the bound keeps encodings made for other purposes inside a capture from piling up
+            self._encodings = [*self._encodings[-(_KEPT_ENCODINGS - 1):], (input_ids.detach().cpu().numpy(), hidden)]
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = int(torch.as_tensor(timestep).flatten()[0].item())
-        guidance = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        scheduler = self.pipe.scheduler
+        schedule_tensor = scheduler.timesteps
         new_generation = (
             not self.generations
             or self._text_encoder_called
-            or len(self.generation.timesteps) >= self.generation.total_steps
+            or (schedule_tensor is not self._schedule_tensor and self._schedule_changed(schedule_tensor))
         )
+        position = None
+        if not new_generation:
+            generation = self.generation
+            position = generation.next_position(t)
+            if position is None:
+                position = generation.restart_earlier(t)
+            # a timestep of the schedule that cannot follow the last call: the loop started again
+            new_generation = position is None and bool(generation.positions(t))
         if new_generation:
-            # The schedule is fixed for a pipeline call (set_timesteps runs before the loop),
-            # so it is read once per generation, not at every UNet call.
-            schedule = [int(v) for v in self.pipe.scheduler.timesteps.tolist()]
-            unet_batch = sample.shape[0]
-            if guidance and unet_batch % 2:
-                raise RuntimeError(f"guidance is on but the UNet batch ({unet_batch}) is odd")
-            self.generations.append(
-                Generation(
-                    index=len(self.generations),
-                    batch_size=unet_batch // 2 if guidance else unet_batch,
-                    guidance=guidance,
-                    latent_hw=(int(sample.shape[-2]), int(sample.shape[-1])),
-                    total_steps=len(schedule),
-                    token_ids=self._pending_token_ids,
-                    schedule=tuple(schedule),
-                )
-            )
-            self._pending_token_ids = None
-            self._text_encoder_called = False
+            encoder_hidden_states = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+            self.generations.append(self._new_generation(sample, encoder_hidden_states, schedule_tensor))
+            self._schedule_tensor = schedule_tensor
+            position = self.generation.first_position(t, getattr(scheduler, "begin_index", None))
+        self._encodings = []
+        self._text_encoder_called = False
         generation = self.generation
-        # Schedulers of order 2 visit a timestep twice: count earlier visits of t.
-        occurrence = generation.timesteps.count(t)
-        matches = generation.positions(t)
-        self.step_index = matches[occurrence] if occurrence < len(matches) else len(generation.timesteps)
-        generation.timesteps.append(t)
+        if position is None:  # a timestep outside the schedule (a custom loop): counted in call order
+            position = generation.schedule_indices[-1] + 1 if generation.schedule_indices else 0
+        self.step_index = generation.add_call(t, position)
+
+    def _schedule_changed(self, schedule_tensor: Any) -> bool:
+        self._schedule_tensor = schedule_tensor  # compare contents once per new tensor, not per call
+        return tuple(int(v) for v in torch.as_tensor(schedule_tensor).flatten().tolist()) != self.generation.schedule
+
+    def _new_generation(self, sample: torch.Tensor, encoder_hidden_states: Any, schedule_tensor: Any) -> Generation:
+        # The schedule is fixed for a pipeline call (set_timesteps runs before the loop),
+        # so it is read once per generation, not at every UNet call.
+        schedule = tuple(int(v) for v in torch.as_tensor(schedule_tensor).flatten().tolist())
+        guidance = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        unet_batch = int(sample.shape[0])
+        if guidance and unet_batch % 2:
+            raise RuntimeError(f"guidance is on but the UNet batch ({unet_batch}) is odd")
+        batch = unet_batch // 2 if guidance else unet_batch
+        prompt, negative = self._match_encodings(encoder_hidden_states, batch, guidance)
+        rows = len(prompt) if prompt is not None else _distinct_prompts(encoder_hidden_states, batch, guidance)
+        return Generation(
+            index=len(self.generations),
+            batch_size=batch,
+            guidance=guidance,
+            latent_hw=(int(sample.shape[-2]), int(sample.shape[-1])),
+            total_steps=len(schedule),
+            token_ids=prompt,
+            negative_token_ids=negative,
+            images_per_prompt=max(1, batch // rows) if rows and batch % rows == 0 else 1,
+            schedule=schedule,
+        )
+
+    def _match_encodings(self, encoder_hidden_states: Any, batch: int,
+                         guidance: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Token ids of (prompt, negative prompt) among the encodings since the last UNet call."""
+        if not self._encodings:
+            return None, None
+        prompt = negative = None
+        unmatched = []
+        if isinstance(encoder_hidden_states, torch.Tensor) and encoder_hidden_states.shape[0] == batch * (1 + guidance):
+            cond = encoder_hidden_states[batch:] if guidance else encoder_hidden_states
+            uncond = encoder_hidden_states[:batch] if guidance else None
+            for ids, hidden in self._encodings:
+                if prompt is None and _repeated_rows(hidden, cond):
+                    prompt = ids
+                elif negative is None and uncond is not None and _repeated_rows(hidden, uncond):
+                    negative = ids
+                else:
+                    unmatched.append(ids)
+        else:
+            unmatched = [ids for ids, _ in self._encodings]
+        if prompt is None and len(unmatched) == 1 and batch % len(unmatched[0]) == 0:
+            prompt = unmatched[0]
+        return prompt, negative
+
+
+def _repeated_rows(hidden: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether ``rows`` [batch, seq, dim] is ``hidden`` [prompts, seq, dim] with each prompt repeated in place."""
+    if hidden.dim() != rows.dim() or hidden.shape[1:] != rows.shape[1:] or rows.shape[0] % hidden.shape[0]:
+        return False
+    repeats = rows.shape[0] // hidden.shape[0]
+    return bool(torch.equal(rows[::repeats], hidden.to(dtype=rows.dtype, device=rows.device)))
+
+
+def _distinct_prompts(encoder_hidden_states: Any, batch: int, guidance: bool) -> int | None:
+    """Prompts in a batch given as embeddings: the fewest equal blocks of adjacent rows (None if unknown).
+
+    diffusers repeats each prompt's embeddings ``num_images_per_prompt`` times in place, so
+    the largest block size whose rows are all equal is the number of images per prompt.
+    """
+    if not isinstance(encoder_hidden_states, torch.Tensor) or encoder_hidden_states.shape[0] != batch * (1 + guidance):
+        return None
+    cond = encoder_hidden_states[batch:] if guidance else encoder_hidden_states
+    for repeats in range(batch, 0, -1):
+        if batch % repeats == 0:
+            blocks = cond.unflatten(0, (batch // repeats, repeats))
+            if torch.equal(blocks, blocks[:, :1].expand_as(blocks)):
+                return batch // repeats
+    return batch

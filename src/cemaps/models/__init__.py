@@ -1,13 +1,18 @@
-"""Models: the embedded tiny pipeline, loaders for base and personalized models, trainers."""
+"""Models: the embedded tiny pipeline, loaders for base and personalized models, trainers.
 
-from cemaps.models.tiny import TINY_MODEL_ID, clip_tokenizer, tiny_pipeline
+Names are imported on first use, so ``cemaps.models.methods`` (read by the study config)
+does not import diffusers.
+"""
 
-__all__ = ["TINY_MODEL_ID", "clip_tokenizer", "tiny_pipeline", "load_pipeline", "PersonalizedSpec", "applied",
-           "BaseWeights", "personalize", "TrainSettings", "TrainResult"]
+from cemaps.models.methods import METHODS
+
+__all__ = ["METHODS", "TINY_MODEL_ID", "clip_tokenizer", "tiny_pipeline", "load_pipeline", "PersonalizedSpec",
+           "applied", "check", "BaseWeights", "personalize", "TrainSettings", "TrainResult"]
 
 _LAZY = {
+    "TINY_MODEL_ID": "cemaps.models.tiny", "clip_tokenizer": "cemaps.models.tiny", "tiny_pipeline": "cemaps.models.tiny",
     "load_pipeline": "cemaps.models.loading", "PersonalizedSpec": "cemaps.models.personalized",
-    "applied": "cemaps.models.personalized", "BaseWeights": "cemaps.models.personalized",
+    "applied": "cemaps.models.personalized", "check": "cemaps.models.personalized", "BaseWeights": "cemaps.models.personalized",
     "personalize": "cemaps.models.train", "TrainSettings": "cemaps.models.train", "TrainResult": "cemaps.models.train",
 }
 

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -26,11 +25,12 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from cemaps.errors import ModelLoadError
+from cemaps.models.hashing import file_sha256, weights_fingerprint
 from cemaps.models.safety import SAFETENSORS_SUFFIX, WEIGHT_SUFFIXES, check_pickle_allowed, is_pickle_file
 from cemaps.models.tiny import TINY_MODEL_ID, tiny_pipeline
 
 TINY_ALIASES = frozenset({TINY_MODEL_ID, "tiny"})
-_HASH_CHUNK_BYTES = 1 << 24
+__all__ = ["default_device_and_dtype", "file_sha256", "load_pipeline", "weights_fingerprint"]
 
 
 def default_device_and_dtype(
@@ -161,7 +161,8 @@ def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> Sta
     config_folder = config if config is not None else _cached_config_for_checkpoint(path, allow_pickle)
     if not (Path(config_folder) / "model_index.json").is_file():
         raise ModelLoadError(
-            f"config folder {config_folder!r} has no model_index.json; pass --base-config DIR (a diffusers SD v1.5 folder)"
+            f"config folder {config_folder!r} has no model_index.json; set `base_config:` in study.yaml "
+            "(Python: config=DIR) to a diffusers SD v1.5 folder"
         )
     try:
         return StableDiffusionPipeline.from_single_file(
@@ -192,45 +193,11 @@ def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError) as error:
         raise ModelLoadError(
             f"checkpoint {str(path)!r} looks like {repo_id!r}, whose diffusers config is not in the local "
-            "Hugging Face cache (offline); pass --base-config DIR (a diffusers SD v1.5 folder)"
+            "Hugging Face cache (offline); set `base_config:` in study.yaml (Python: config=DIR) to a diffusers "
+            "SD v1.5 folder"
         ) from error
 
 
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def weights_fingerprint(module_or_state_dict: torch.nn.Module | dict[str, torch.Tensor]) -> str:
-    """SHA-256 over parameter names, dtypes, shapes and bytes, in sorted-name order.
-
-    The same weights give the same digest regardless of device or insertion order;
-    the store records it as the identity of a base or personalized model.
-
-    Args:
-        module_or_state_dict: a module (its ``state_dict()``) or a name -> tensor mapping.
-
-    Returns:
-        64 hex characters.
-    """
-    state = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, torch.nn.Module) else module_or_state_dict
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().contiguous().cpu()
-        digest.update(name.encode())
-        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-        # view as bytes: numpy has no bfloat16, and this avoids any dtype conversion
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in 16 MiB chunks (64 hex characters)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"cannot hash {str(path)!r}: not a file")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()

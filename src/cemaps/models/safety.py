@@ -47,7 +47,8 @@ def check_pickle_allowed(path: str | Path, allow_pickle: bool) -> None:
     if is_pickle_file(path) and not allow_pickle:
         raise ModelLoadError(
             f"refusing to read pickle-based weights {str(path)!r}: pickle files can run code when loaded; "
-            "convert them to .safetensors, or opt in with allow_pickle=True (CLI: --allow-pickle), "
+            "convert them to .safetensors, or opt in with `allow_pickle: true` on the model's entry under "
+            "`personalized:` in study.yaml (Python: allow_pickle=True), "
             "which reads them with torch.load(weights_only=True)"
         )
 

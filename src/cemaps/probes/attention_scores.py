@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
+from einops import rearrange
 
 # Largest [layers x rows x heads x pixels x tokens] scored at once (float32: 128 MiB), so that
 # stacking layers never needs much more memory than the largest layer alone.
@@ -101,20 +102,24 @@ def _score(attn: Attention, queries: list[torch.Tensor], keys: list[torch.Tensor
         q = attn.norm_q(q)
     if attn.norm_k is not None:
         k = attn.norm_k(k)
-    probs = attn.get_attention_scores(q, k, None)  # [layers * rows * heads, pixels, text tokens]
-    pixels, tokens = probs.shape[1], probs.shape[2]
-    probs = probs.view(layers, -1, attn.heads, pixels, tokens)
-    if reduction.tokens is not None and reduction.tokens < tokens:
+    probs = attn.get_attention_scores(q, k, None)
+    pixels = probs.shape[1]
+    # head_to_batch_dim puts each row's heads together: "(layer row head) pixel token" -> split.
+    # A plain view here: this runs per group at every captured step, and einops costs ~20 us a call.
+    probs = probs.view(layers, -1, attn.heads, pixels, probs.shape[-1])  # [layer, row, head, pixel, token]
+    if reduction.tokens is not None and reduction.tokens < probs.shape[-1]:
         probs = probs[..., :reduction.tokens]  # before pooling: later tokens are not kept
     if reduction.mean_heads:
         probs = probs.mean(dim=2, keepdim=True, dtype=torch.float32)
     height, width = layer_grid(latent_hw, pixels)
     pooled = pooled_grid(height, width, reduction.spatial)
     if pooled != (height, width):
-        shape = probs.shape
-        # pooled over (y, x) with the tokens as channels; the permutes are views
-        grid = probs.reshape(-1, height, width, shape[-1]).permute(0, 3, 1, 2).float()
-        probs = F.adaptive_avg_pool2d(grid, pooled).permute(0, 2, 3, 1).reshape(*shape[:3], -1, shape[-1])
+        # pooled over (y, x) with the tokens as channels; the rearrangement is a view (only where
+        # maps are large enough to pool, so the pooling, not einops' per-call cost, dominates)
+        heads = probs.shape[2]
+        grid = rearrange(probs, "layer row head (y x) token -> (layer row head) token y x", y=height).float()
+        probs = rearrange(F.adaptive_avg_pool2d(grid, pooled),
+                          "(layer row head) token y x -> layer row head (y x) token", layer=layers, head=heads)
     # a copy either way, so the full-size maps are not kept alive
     return probs.to(reduction.dtype, copy=True), pooled
 

@@ -9,6 +9,18 @@ seen with their update); when the UNet call returns, the probe computes
 the selected steps (a UNet pre-hook switches them), so the other steps run exactly as
 without capture.
 
+Which steps: see :mod:`cemaps.hooks.steps`. Steps count from the first UNet call of a
+pipeline call, and ``timesteps=N`` picks N evenly spaced steps among those the pipeline
+runs (img2img and inpainting with ``strength < 1`` run only the end of the schedule).
+Each map records the steps it holds (``step``), their positions in the scheduler's
+schedule (``schedule_index``) and their timesteps (``timestep``).
+
+Batches: one record per generated image, in the pipeline's order (each prompt's
+``num_images_per_prompt`` images together), labelled with its prompt (``prompt``: index
+in the call's prompt list) and that prompt's tokens (``token``). A prompt given as
+``prompt_embeds`` has no tokens to read: its ``token`` labels are None and, with
+``tokens="prompt"``, every position of the embeddings is kept.
+
 Example:
     >>> probe = CrossAttentionProbe(layers="*attn2", timesteps=5, spatial=16)
     >>> probe.name
@@ -17,23 +29,26 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from einops import rearrange
 from diffusers.models.attention_processor import Attention
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cemaps.errors import ConfigError
+from cemaps.hooks.capture import Removable
 from cemaps.hooks.context import CaptureContext
 from cemaps.hooks.selection import LayerSelector, select_modules
 from cemaps.hooks.steps import Generation, StepSpec, selected_steps
-from cemaps.labelled import LabelledArray
+from cemaps.labelled import CROSS_ATTENTION, CROSS_ATTENTION_AXES, LabelledArray
 from cemaps.probes.attention_scores import Reduction, layer_probabilities
 
-AXES = ("token", "step", "half", "head", "y", "x")
+AXES = CROSS_ATTENTION_AXES
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
@@ -47,7 +62,9 @@ class CrossAttentionSettings:
 
     Attributes:
         layers: glob, list of module paths, or predicate over cross-attention modules.
-        timesteps: "all", N evenly spaced steps, or explicit step indices.
+        timesteps: "all", N evenly spaced steps, or explicit step indices, all counted over
+            the steps (UNet calls) a generation runs from its first call to the end of the
+            schedule (see :mod:`cemaps.hooks.steps`).
         heads: "mean" (average over heads after the softmax) or "all".
         tokens: "prompt" (the prompt's tokens incl. start and end) or "all".
         spatial: "native" or the largest side kept; larger maps are average-pooled.
@@ -86,9 +103,13 @@ class CrossAttentionSettings:
 
 
 class _StepHooks:
-    """Hooks attached while a captured step runs and removed otherwise; ``remove`` detaches them."""
+    """Hooks attached while a captured step runs and removed otherwise.
 
-    def __init__(self, attach: Any):
+    A :class:`~cemaps.hooks.capture.Removable`: ``remove`` detaches whatever is attached
+    and is safe to call any number of times.
+    """
+
+    def __init__(self, attach: Callable[[], list[RemovableHandle]]):
         self._attach = attach
         self._handles: list[RemovableHandle] = []
 
@@ -107,6 +128,7 @@ class _StepHooks:
 class _LayerSlot:
     """Per-layer scratch between the to_q and to_k hooks."""
 
+    name: str
     query: torch.Tensor | None = None
     # maps[generation] = list over captured steps of [(half, image), head, y*x, token]
     maps: dict[int, list[torch.Tensor]] = field(default_factory=dict)
@@ -121,37 +143,48 @@ class CrossAttentionProbe:
     spatial position (they sum to 1 over all tokens when ``tokens="all"``).
     """
 
-    name = "cross_attention"
+    name = CROSS_ATTENTION
 
     def __init__(self, layers: LayerSelector = "*attn2", timesteps: StepSpec = 5, heads: str = "mean",
                  tokens: str = "prompt", spatial: int | str = 16, dtype: str = "float16", halves: str = "cond"):
         self.settings = CrossAttentionSettings(layers, timesteps, heads, tokens, spatial, dtype, halves)
-        self._slots: dict[str, _LayerSlot] = {}
-        self._steps: dict[int, tuple[int, ...]] = {}
-        self._limits: dict[int, int] = {}
-        self._tokenizer: Any = None
-        self._pending: list[tuple[_LayerSlot, Attention, torch.Tensor, torch.Tensor]] = []
+        self._reset(None)
 
     @classmethod
     def from_settings(cls, settings: CrossAttentionSettings) -> CrossAttentionProbe:
         probe = cls.__new__(cls)
-        probe.settings, probe._slots, probe._steps, probe._limits, probe._tokenizer = settings, {}, {}, {}, None
-        probe._pending = []
+        probe.settings = settings
+        probe._reset(None)
         return probe
+
+    def _reset(self, tokenizer: Any) -> None:
+        self._slots: dict[str, _LayerSlot] = {}
+        self._steps: dict[tuple[int, int], tuple[int, ...]] = {}  # (generation, planned steps) -> selected
+        self._captured: dict[int, list[int]] = {}  # generation -> steps captured, in call order
+        self._limits: dict[int, int | None] = {}
+        self._tokenizer = tokenizer
+        self._pending: list[tuple[_LayerSlot, Attention, torch.Tensor, torch.Tensor]] = []
 
     def layer_names(self, unet: nn.Module) -> list[str]:
         return list(select_modules(unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer"))
 
-    def attach(self, pipe: Any, context: CaptureContext) -> list[Any]:
+    def attach(self, pipe: Any, context: CaptureContext) -> list[Removable]:
+        """Registers the probe's hooks on ``pipe.unet``; returns their handles (see :class:`Removable`).
+
+        Raises:
+            LayerNotFoundError: ``layers`` names or matches no cross-attention layer.
+        """
         layers = select_modules(pipe.unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer")
-        self._slots = {name: _LayerSlot() for name in layers}
-        self._steps, self._limits, self._tokenizer = {}, {}, context.tokenizer
+        self._reset(context.tokenizer)
+        self._slots = {name: _LayerSlot(name) for name in layers}
 
         def layer_hooks() -> list[RemovableHandle]:
             self._pending = []
             handles = []
             for name, attn in layers.items():
                 slot = self._slots[name]
+                # appended (not prepended): the probe sees the projections after any other hook
+                # on to_q/to_k has run, i.e. what the attention actually uses
                 handles.append(attn.to_q.register_forward_hook(self._keep_query(slot)))
                 handles.append(attn.to_k.register_forward_hook(self._score(slot, attn)))
             handles.append(pipe.unet.register_forward_hook(self._flush(context)))
@@ -161,16 +194,21 @@ class CrossAttentionProbe:
         step_hooks = _StepHooks(layer_hooks)
 
         def on_unet_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            step_hooks.set_active(self._active(context))
+            # the context's pre-hook is prepended, so the step of this call is already known
+            active = self._active(context)
+            if active:
+                self._captured.setdefault(context.generation.index, []).append(context.step_index)
+            step_hooks.set_active(active)
 
-        # The context's own UNet pre-hook was registered first, so the step is already known here.
         return [pipe.unet.register_forward_pre_hook(on_unet_call, with_kwargs=True), step_hooks]
 
     def _active(self, context: CaptureContext) -> bool:
         generation = context.generation
-        steps = self._steps.get(generation.index)
+        # keyed by the planned steps too: the second call may move the first (Generation.restart_earlier)
+        key = (generation.index, generation.planned_steps)
+        steps = self._steps.get(key)
         if steps is None:
-            steps = self._steps[generation.index] = selected_steps(self.settings.timesteps, generation.total_steps)
+            steps = self._steps[key] = selected_steps(self.settings.timesteps, generation.planned_steps)
         return context.step_index in steps
 
     @staticmethod
@@ -184,8 +222,11 @@ class CrossAttentionProbe:
         # scoring waits for the end of the UNet call, where layers that score alike go together.
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             query, slot.query = slot.query, None
-            if query is not None:
-                self._pending.append((slot, attn, query, output))
+            if query is None:
+                raise RuntimeError(
+                    f"layer {slot.name!r}: its key projection ran before its query projection; the attention "
+                    f"processor {type(attn.processor).__name__} projects in an order cemaps cannot pair")
+            self._pending.append((slot, attn, query, output))
         return hook
 
     def _flush(self, context: CaptureContext):
@@ -212,15 +253,18 @@ class CrossAttentionProbe:
         return Reduction(rows=rows, mean_heads=self.settings.heads == "mean", tokens=self._token_limit(generation),
                          spatial=self.settings.spatial, dtype=_DTYPES[self.settings.dtype])
 
+    def _lengths(self, generation: Generation) -> list[int | None]:
+        """Tokens kept per image: its prompt's (None: all, or the tokens are unknown)."""
+        if self.settings.tokens != "prompt":
+            return [None] * generation.batch_size
+        return generation.prompt_lengths(getattr(self._tokenizer, "eos_token_id", None))
+
     def _token_limit(self, generation: Generation) -> int | None:
         """Tokens kept at capture time: the longest prompt of the batch (None: all)."""
-        if self.settings.tokens != "prompt" or generation.token_ids is None:
-            return None
-        limit = self._limits.get(generation.index)
-        if limit is None:
-            eos = getattr(self._tokenizer, "eos_token_id", None)
-            limit = self._limits[generation.index] = max(generation.prompt_lengths(eos)) if eos is not None else -1
-        return None if limit < 0 else limit
+        if generation.index not in self._limits:
+            lengths = self._lengths(generation)
+            self._limits[generation.index] = None if None in lengths else max(lengths)  # type: ignore[type-var]
+        return self._limits[generation.index]
 
     def kept_halves(self, halves: tuple[str, ...]) -> tuple[str, ...]:
         wanted = {"cond": ("cond",), "uncond": ("uncond",), "both": ("uncond", "cond")}[self.settings.halves]
@@ -231,36 +275,57 @@ class CrossAttentionProbe:
         return keep
 
     def collect(self, context: CaptureContext) -> list[dict[str, LabelledArray]]:
-        """Per generated image: ``{layer: LabelledArray[token, step, half, head, y, x]}``."""
-        tokenizer = context.tokenizer
+        """Per generated image, in order: ``{layer: LabelledArray[token, step, half, head, y, x]}``.
+
+        Coordinates of each array: ``step`` (steps captured, 0 = the first step run),
+        ``schedule_index`` and ``timestep`` (per captured step), ``half``, ``token`` (the
+        image's prompt tokens; None labels when the prompt was given as embeddings),
+        ``uncond_token`` (the negative prompt's tokens at the same positions, when the
+        uncond half is kept and known), ``prompt`` and ``generation`` (one value each: the
+        image's prompt within its pipeline call, and which pipeline call).
+
+        Raises:
+            RuntimeError: a selected layer did not run at every captured step.
+        """
         records: list[dict[str, LabelledArray]] = []
         for generation in context.generations:
-            steps = self._steps.get(generation.index, selected_steps(self.settings.timesteps, generation.total_steps))
+            steps = self._captured.get(generation.index, [])
+            halves = self.kept_halves(generation.halves)
             stacked = {}
-            n_halves = len(self.kept_halves(generation.halves))
             for name, slot in self._slots.items():
                 per_step = slot.maps.get(generation.index, [])
                 if len(per_step) != len(steps):
                     raise RuntimeError(f"layer {name!r} ran {len(per_step)} of {len(steps)} captured steps")
-                # [step, (half, image), head, y*x, token] -> [image, token, step, half, head, y, x]
-                maps = torch.stack(per_step).unflatten(1, (n_halves, generation.batch_size))
-                maps = maps.unflatten(4, slot.grid).permute(2, 6, 0, 1, 3, 4, 5)
+                if not steps:
+                    continue
+                maps = rearrange(torch.stack(per_step),
+                                 "step (half image) head (y x) token -> image token step half head y x",
+                                 half=len(halves), y=slot.grid[0])
                 stacked[name] = maps.cpu().numpy()
-            if self.settings.tokens == "prompt":
-                lengths = generation.prompt_lengths(tokenizer.eos_token_id)
-            else:
-                lengths = [None] * generation.batch_size
+            if not stacked:  # no selected step ran (e.g. the loop was interrupted first): records without maps
+                records.extend({} for _ in range(generation.batch_size))
+                continue
+            lengths = self._lengths(generation)
+            step_coords = {
+                "step": list(steps),
+                "schedule_index": [generation.schedule_indices[s] for s in steps],
+                "timestep": [generation.timesteps[s] for s in steps],
+                "half": list(halves),
+            }
             for i in range(generation.batch_size):
-                coords: dict[str, Any] = {
-                    "step": list(steps),
-                    "timestep": [generation.timesteps[s] for s in steps],
-                    "half": list(self.kept_halves(generation.halves)),
-                }
-                if generation.token_ids is not None and tokenizer is not None:
-                    ids = generation.token_ids[i][: lengths[i]]
-                    coords["token"] = tokenizer.convert_ids_to_tokens([int(t) for t in ids])
-                records.append({name: LabelledArray(np.ascontiguousarray(maps[i, : lengths[i]]), AXES, coords)
+                prompt = generation.prompt_of_image(i)
+                kept = lengths[i] if lengths[i] is not None else next(iter(stacked.values())).shape[1]
+                coords: dict[str, Any] = {**step_coords, "token": self._token_labels(generation.token_ids, prompt, kept),
+                                          "prompt": [prompt], "generation": [generation.index]}
+                if "uncond" in halves and generation.negative_token_ids is not None:
+                    coords["uncond_token"] = self._token_labels(generation.negative_token_ids, prompt, kept)
+                records.append({name: LabelledArray(np.ascontiguousarray(maps[i, :kept]), AXES, coords)
                                 for name, maps in stacked.items()})
         for slot in self._slots.values():
             slot.maps.clear()
         return records
+
+    def _token_labels(self, token_ids: np.ndarray | None, prompt: int, kept: int) -> list[str | None]:
+        if token_ids is None or self._tokenizer is None:
+            return [None] * kept
+        return self._tokenizer.convert_ids_to_tokens([int(t) for t in token_ids[prompt][:kept]])

@@ -90,9 +90,9 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
              lambda m=metric, p=pairs: similarity_scatter(_need(tables.get("similarity"), "similarity.csv"),
                                                           _need(p, "disruption.csv"), m)),
             (f"layer_rho_{metric}", "layer_linking", f"Per-layer Spearman rho between attention shift and {metric}; "
-             "* marks Benjamini-Hochberg q < 0.05.",
+             "* marks Benjamini-Hochberg q < 0.05 from the prompt-permutation p-values (q_bh_perm).",
              lambda m=metric, s=layer_linking: layer_correlation(
-                 _need(find_records(s, ["layer", "rho", "q_bh"]), "summary layer_linking layers table"),
+                 _need(find_records(s, ["layer", "rho", "q_bh_perm"]), "summary layer_linking layers table"),
                  tables.get("layers"), m)),
             (f"dendrograms_{metric}", "clustering", f"Hierarchical clustering of prompts and models by their {metric} "
              "profiles.",

@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 
+from cemaps.analysis.disruption import STRUCTURAL_ZERO, structural_zero_sentence, structural_zeros_by_model
 from cemaps.report.figures import RenderedFigure, render_figures
 from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
 from cemaps.report.html_tables import records_html, summary_html
+from cemaps.report.in_context import in_context_section
 from cemaps.report.results import QUESTIONS, Results, load_results
 
 REPORT_FILE = "report.html"
@@ -46,7 +48,8 @@ nav a { margin-right: 14px; } .banner { background: #FFF4D6; border-left: 6px so
 table { border-collapse: collapse; margin: 10px 0 18px; font-size: 12.5px; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; } caption { text-align: left; font-weight: 600; padding: 4px 0; }
-td.sig { font-weight: 700; } td.method { max-width: 420px; color: #555; }
+td.sig { font-weight: 700; } .unvalidated { color: #777; } .structural-zeros { background: #EEF5FB; padding: 8px 12px; }
+td.method { max-width: 420px; color: #555; }
 figure { margin: 18px 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 13px; } .note { color: #8a5a00; }
 .cem-wrap { overflow-x: auto; } svg.cem text.label { font-size: 11px; fill: #333; }
@@ -75,6 +78,29 @@ def tiny_model_banner(results: Results) -> str:
     return (f'<p class="banner" id="tiny-model-warning"><b>Base model: {TINY_MODEL_ID}</b>, the embedded '
             "random-weight tiny model. This report validates the pipeline end to end; "
             "it is not evidence about SD v1.5.</p>")
+
+
+def structural_zero_note(results: Results) -> str:
+    """A paragraph naming the models whose records are bit-identical to the base twin, or ''.
+
+    Read from ``disruption.csv``'s ``structural_zero`` column; results written before that
+    column existed get no paragraph.
+    """
+    table = results.tables.get("disruption")
+    if table is None or STRUCTURAL_ZERO not in table.columns or "model_id" not in table.columns:
+        return ""
+    sentence = structural_zero_sentence(structural_zeros_by_model(table))
+    return f'<p class="structural-zeros">{escape(sentence)}</p>'
+
+
+def method_structural_zeros(section: Any) -> str:
+    """The method comparison's sentence on structural zeros per method (the same for every metric), or ''."""
+    if not isinstance(section, Mapping):
+        return ""
+    for results in section.values():
+        if isinstance(results, Mapping) and isinstance(results.get("structural_zeros"), str):
+            return f'<p class="structural-zeros">{escape(results["structural_zeros"])}</p>'
+    return ""
 
 
 def figure_html(figure: RenderedFigure) -> str:
@@ -109,6 +135,8 @@ def interactive_cems(results: Results) -> str:
 def question_section(question: str, results: Results, figures: list[RenderedFigure]) -> str:
     section = results.summary.get(question)
     parts = [f'<section id="{question}"><h2>{escape(QUESTION_TITLES[question])}</h2>']
+    if question == "methods":
+        parts.append(method_structural_zeros(section))
     if isinstance(section, Mapping) and all(m in section for m in results.metrics) and results.metrics:
         for metric in results.metrics:
             parts.append(f"<h3>Tests: {escape(metric)}</h3>{summary_html(section[metric])}")
@@ -163,15 +191,19 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = render_figures(results, out_dir / FIGURES_DIR)
     skipped = [f for f in figures if f.note]
-    nav = " ".join(f'<a href="#{q}">{escape(q.replace("_", " "))}</a>' for q in ("cem", *QUESTIONS, "provenance", "data"))
+    in_context = in_context_section(results)  # '' when the study ran no in-context prompt set
+    sections = ("cem", *QUESTIONS, *(("in_context",) if in_context else ()), "provenance", "data")
+    nav = " ".join(f'<a href="#{q}">{escape(q.replace("_", " "))}</a>' for q in sections)
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>cemaps report</h1><p>Made {created} from <code>{escape(str(results.folder))}</code>; metrics: "
         f"{escape(', '.join(results.metrics) or 'none')}.</p>",
         tiny_model_banner(results),
         f"<nav>{nav}</nav>",
-        f'<section id="cem"><h2>Concept Entanglement Maps</h2>{interactive_cems(results)}</section>',
+        f'<section id="cem"><h2>Concept Entanglement Maps</h2>{structural_zero_note(results)}'
+        f'{interactive_cems(results)}</section>',
         *[question_section(q, results, figures) for q in QUESTIONS],
+        in_context,
         provenance_section(results),
         data_section(results, out_dir),
     ]

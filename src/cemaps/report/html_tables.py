@@ -5,9 +5,10 @@ other values are listed as details. So new statistics appear in the report
 without report code.
 
 Example:
-    >>> html = summary_html({"friedman": {"test": "friedman", "statistic": 4.0, "p": 0.01, "effect_size": 0.2,
-    ...                                   "effect_size_name": "kendall_w", "n": 12, "method": "scipy", "extra": {}}})
-    >>> "friedman" in html and "<table" in html
+    >>> html = summary_html({"kruskal": {"test": "kruskal", "statistic": 4.0, "p": 0.01, "effect_size": 0.2,
+    ...                                  "effect_size_name": "epsilon_squared", "n": 12, "method": "scipy",
+    ...                                  "extra": {}}})
+    >>> "kruskal" in html and "<table" in html
     True
 """
 
@@ -18,6 +19,8 @@ import math
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
+
+from cemaps.analysis.stats_common import NULL_RATE_VALIDATED
 
 MAX_TABLE_ROWS = 60
 TEST_COLUMNS = ("where", "test", "statistic", "p", "effect size", "n", "method")
@@ -53,18 +56,24 @@ def _cell(value: Any) -> str:
 
 
 def test_rows_html(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """One table of test results: where (path in the summary), test, statistic, p, effect size, n, method."""
+    """One table of test results: where (path in the summary), test, statistic, p, effect size, n, method.
+
+    A p below 0.05 is bold only when the test's null rate is validated (``extra.null_rate_validated``,
+    see ``cemaps.analysis.stats_common``); any other p is labelled as not validated and never bold.
+    """
     rows = []
     for where, test in tests:
         effect = f"{test.get('effect_size_name', '')} = {format_number(test.get('effect_size'))}"
         extra = test.get("extra") or {}
         reason = f"<br><small>{escape(str(extra['reason']))}</small>" if extra.get("reason") else ""
         p = test.get("p")
-        significant = isinstance(p, (int, float)) and math.isfinite(p) and p < 0.05
+        validated = extra.get(NULL_RATE_VALIDATED) is True
+        significant = validated and isinstance(p, (int, float)) and math.isfinite(p) and p < 0.05
+        label = "" if validated or p is None else ' <small class="unvalidated">(null rate not validated)</small>'
         rows.append(
             f"<tr><td>{escape(where)}</td><td>{escape(str(test.get('test')))}</td>"
             f"<td>{_cell(test.get('statistic'))}</td>"
-            f"<td class=\"{'sig' if significant else ''}\">{_cell(p)}</td><td>{escape(effect)}</td>"
+            f"<td class=\"{'sig' if significant else ''}\">{_cell(p)}{label}</td><td>{escape(effect)}</td>"
             f"<td>{_cell(test.get('n'))}</td><td class=\"method\">{escape(str(test.get('method', '')))}{reason}</td></tr>")
     header = "".join(f"<th>{escape(c)}</th>" for c in TEST_COLUMNS)
     return f"<table class=\"tests\"><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

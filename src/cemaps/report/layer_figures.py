@@ -118,19 +118,22 @@ def attention_shift_per_layer(shift: pd.DataFrame, layers: pd.DataFrame | None =
 
 
 def layer_correlation(correlations: pd.DataFrame, layers: pd.DataFrame | None = None, metric: str = "") -> Figure:
-    """Per-layer Spearman rho between attention shift and disruption; '*' marks BH q < 0.05.
+    """Per-layer Spearman rho between attention shift and disruption; '*' marks BH q_bh_perm < 0.05.
+
+    The mark uses the prompt-permutation q-values (``q_bh_perm``), whose null rate is
+    measured under shared prompt effects; the asymptotic q-values over-reject there.
 
     Args:
-        correlations: records layer, rho, q_bh (the summary's layer-linking table).
+        correlations: records layer, rho, q_bh_perm (the summary's layer-linking table).
         layers: optional ``layers.csv`` for order and tick labels.
         metric: the disruption metric, for the axis label.
     """
-    require_table(correlations, ["layer", "rho", "q_bh"], "layer correlations")
+    require_table(correlations, ["layer", "rho", "q_bh_perm"], "layer correlations")
     table = correlations.assign(layer=correlations["layer"].astype(str)).drop_duplicates("layer").set_index("layer")
     ordered, labels = layer_axis(table.index, layers)
     table = table.loc[ordered]
     rho = pd.to_numeric(table["rho"], errors="coerce").to_numpy(np.float64)
-    q = pd.to_numeric(table["q_bh"], errors="coerce").to_numpy(np.float64)
+    q = pd.to_numeric(table["q_bh_perm"], errors="coerce").to_numpy(np.float64)
     fig = style.new_figure(max(5.0, 1.5 + 0.32 * len(ordered)), 3.8)
     ax = fig.add_subplot()
     colours = [style.BLOCK_COLOURS.get(block_of(n), style.BLOCK_COLOURS["other"]) for n in ordered]
@@ -151,7 +154,7 @@ def layer_correlation(correlations: pd.DataFrame, layers: pd.DataFrame | None = 
     handles = [Patch(color=style.BLOCK_COLOURS[b], label=b) for b in ("down", "mid", "up")
                if any(block_of(n) == b for n in ordered)]
     handles.append(Line2D([], [], linestyle="none", marker="$*$", color="black", markersize=8,
-                          label=f"BH q < {SIGNIFICANCE_Q}"))
+                          label=f"permutation BH q < {SIGNIFICANCE_Q}"))
     ax.legend(handles=handles, fontsize=style.TEXT_SIZE - 1, frameon=False, ncols=len(handles))
     return fig
 

@@ -24,10 +24,10 @@ from matplotlib.figure import Figure
 
 from cemaps.analysis.attention_shift import base_model_id as store_base_model_id
 from cemaps.errors import ConfigError, LayerNotFoundError, StoreError
+from cemaps.labelled import CROSS_ATTENTION_AXES as MAP_AXES
+from cemaps.labelled import CROSS_ATTENTION_PREFIX as ARRAY_PREFIX
 from cemaps.report import style
 
-ARRAY_PREFIX = "cross_attention/"
-MAP_AXES = ("token", "step", "half", "head", "y", "x")
 OVERLAY_CMAP = "inferno"
 OVERLAY_ALPHA = 0.6
 # Settings keys under which a study may record the captured step indices.

@@ -55,6 +55,7 @@ class StoreReader:
         self.settings: dict = header.settings
         self.base: dict = header.base
         self.provenance: dict = header.provenance
+        _require_listed_parts(self.path)
         self._contents = ContentsCache().scan(self.path)
         self._schemas = array_schemas(self._contents.parts)
         self._records = record_table(self._contents.parts)
@@ -254,3 +255,20 @@ class StoreReader:
 def open_store(path: str | os.PathLike) -> StoreReader:
     """Opens a store read-only (lazy: arrays are read on demand)."""
     return StoreReader(path)
+
+
+def _require_listed_parts(path: Path) -> None:
+    """Every part file the manifest lists is on disk (a manifest copied without its folder holds no data)."""
+    try:
+        with h5py.File(path, "r") as manifest:
+            listed = [p.decode() if isinstance(p, bytes) else str(p) for p in manifest["parts"][()]] \
+                if "parts" in manifest else []
+    except OSError:
+        return  # read_header already read this file; a failure here is reported where the data is read
+    missing = [p for p in listed if not (path.parent / p).is_file()]
+    if missing:
+        folder = parts_dir(path)
+        what = (f"its parts folder {folder.name}/ is missing ({len(listed)} part files listed)" if not folder.is_dir()
+                else f"{len(missing)} of the {len(listed)} part files it lists are missing from {folder.name}/ "
+                     f"(e.g. {Path(missing[0]).name})")
+        raise StoreError(f"{path}: {what}; a store is the .h5 manifest plus that folder: copy or restore both")

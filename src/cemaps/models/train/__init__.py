@@ -63,7 +63,7 @@ from pathlib import Path
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from cemaps.errors import ConfigError
+from cemaps.errors import ConfigError, SettingError
 from cemaps.models.train import dreambooth, lora, textual_inversion
 from cemaps.models.train.common import (
     CLASS_IMAGES_DIR,
@@ -136,9 +136,8 @@ def personalize(
     sources = load_instance_images(images)
     resolution = settings.resolution if settings.resolution is not None else default_resolution(pipe)
     if resolution % pipe.vae_scale_factor:
-        raise ConfigError(
-            f"TrainSettings.resolution={resolution} is invalid; expected a multiple of the VAE factor {pipe.vae_scale_factor}"
-        )
+        raise SettingError("TrainSettings", "resolution", resolution,
+                           f"a multiple of the VAE factor {pipe.vae_scale_factor}")
     settings = replace(_TRAINERS[method].check_inputs(pipe, token, class_word, settings), resolution=resolution)
     if settings.use_8bit_adam:
         adamw_8bit_class()

@@ -31,9 +31,10 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision import transforms
 
-from cemaps.errors import ConfigError
+from cemaps.errors import ConfigError, SettingError
+from cemaps.models.hashing import file_sha256
+from cemaps.models.methods import METHODS
 
-METHODS = ("dreambooth", "lora", "textual_inversion")
 LORA_TARGETS = ("cross_attention", "attention")
 MIXED_PRECISIONS = ("fp16", "bf16")
 METADATA_NAME = "cemaps_train.json"
@@ -144,7 +145,7 @@ class TrainSettings:
 
 def _require(ok: bool, field: str, value: object, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"TrainSettings.{field}={value!r} is invalid; expected {expected}")
+        raise SettingError("TrainSettings", field, value, expected)
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ def load_instance_images(images: list[Image.Image] | str | Path) -> list[SourceI
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 raise ConfigError(f"image file {str(path)!r} is not readable ({error}); expected a valid image") from None
             continue  # notes, captions and other non-image files are allowed beside the images
-        sources.append(SourceImage(image, path.name, hashlib.sha256(path.read_bytes()).hexdigest()))
+        sources.append(SourceImage(image, path.name, file_sha256(path)))
     if not sources:
         raise ConfigError(f"images folder {str(folder)!r} has no readable images; expected .png/.jpg/... files")
     return sources
@@ -352,10 +353,8 @@ def adamw_8bit_class() -> type[torch.optim.Optimizer]:
     try:
         import bitsandbytes
     except ImportError:
-        raise ConfigError(
-            "use_8bit_adam=True needs bitsandbytes, which is not installed; "
-            "expected `pip install bitsandbytes` (CUDA only) or use_8bit_adam=False"
-        ) from None
+        raise SettingError("TrainSettings", "use_8bit_adam", True,
+                           "False, or `pip install bitsandbytes` first (CUDA only)") from None
     return bitsandbytes.optim.AdamW8bit
 
 

@@ -10,7 +10,6 @@ kept in a CPU copy, are loaded back: the caller's pipe is bit-identical to befor
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from cemaps.errors import ConfigError
+from cemaps.models.hashing import file_sha256
 from cemaps.models.train.common import (
     SourceImage,
     TrainingData,
@@ -89,12 +89,8 @@ def ensure_class_images(
     sources = []
     for path in paths:
         with Image.open(path) as opened:
-            sources.append(SourceImage(opened.convert("RGB"), path.name, _file_sha256(path)))
+            sources.append(SourceImage(opened.convert("RGB"), path.name, file_sha256(path)))
     return sources
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def train(

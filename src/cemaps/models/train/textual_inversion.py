@@ -18,7 +18,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
-from cemaps.errors import ConfigError
+from cemaps.errors import ConfigError, SettingError
 from cemaps.models.train.common import (
     TrainingData,
     TrainSettings,
@@ -38,17 +38,17 @@ def check_inputs(pipe: StableDiffusionPipeline, token: str, class_word: str, set
         ConfigError: the token is already known to the tokenizer, the initializer is not exactly
             one token, or the text encoder is not float32.
     """
-    if copy.deepcopy(pipe.tokenizer).add_tokens(token) != 1:
+    vocab = pipe.tokenizer.get_vocab()
+    # "dog" is in CLIP's vocabulary as "dog</w>": as an added token it would replace the word in every prompt.
+    if token in vocab or f"{token}</w>" in vocab or copy.deepcopy(pipe.tokenizer).add_tokens(token) != 1:
         raise ConfigError(
             f"token {token!r} is already in the tokenizer; textual inversion needs a new token, e.g. '<my-{class_word}>'"
         )
     initializer = settings.initializer_token if settings.initializer_token is not None else class_word
     initializer_ids = pipe.tokenizer.encode(initializer, add_special_tokens=False)
     if len(initializer_ids) != 1:
-        raise ConfigError(
-            f"initializer token {initializer!r} is {len(initializer_ids)} tokens; expected a word the tokenizer "
-            "keeps as a single token (set TrainSettings.initializer_token)"
-        )
+        raise SettingError("TrainSettings", "initializer_token", initializer,
+                           f"a word the tokenizer keeps as a single token (it is {len(initializer_ids)} tokens)")
     weight_dtype = pipe.text_encoder.get_input_embeddings().weight.dtype
     if weight_dtype != torch.float32:
         raise ConfigError(

@@ -1,0 +1,15 @@
+"""The personalization methods cemaps loads and trains: one definition for configs, loaders and trainers.
+
+Kept free of heavy imports so that reading a study config does not import torch or diffusers.
+
+Example:
+    >>> METHODS
+    ('lora', 'textual_inversion', 'dreambooth')
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Method = Literal["lora", "textual_inversion", "dreambooth"]
+METHODS: tuple[str, ...] = ("lora", "textual_inversion", "dreambooth")
