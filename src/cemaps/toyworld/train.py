@@ -1,0 +1,334 @@
+"""Training the toy world's models from rendered (image, caption) pairs.
+
+``train_pipeline`` trains the VAE (pixel MSE + a small KL term), then the UNet and the
+text encoder together on the VAE's latents (epsilon prediction, DDPM noise with SD v1.5's
+betas, Min-SNR-5 loss weighting [Hang et al. 2023], 10% empty captions for
+classifier-free guidance, EMA of the weights), and writes a diffusers folder.
+``train_toy_clip`` trains an open_clip ``CLIP`` contrastively (the CLIP loss with soft
+targets, since identical captions occur in a batch). Both are deterministic from their
+seed on one device, log their loss to ``train_log.csv`` and write ``training.json`` (the
+settings and command) beside the weights.
+
+Command: ``python -m cemaps.toyworld.train pipeline --out DIR`` (and ``clip --out DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cemaps.toyworld.architecture import TOY_CLIP_NAME, build_pipeline, toy_clip_config
+from cemaps.toyworld.language import random_training_pair
+from cemaps.toyworld.world import render
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class PipelineTraining:
+    """Settings of :func:`train_pipeline` (defaults: the shipped run)."""
+
+    seed: int = 0
+    n_pairs: int = 30000
+    vae_minutes: float = 7.0
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    unet_minutes: float = 60.0
+    unet_batch: int = 64
+    unet_lr: float = 6e-4
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    save_every_minutes: float = 10.0
+
+
+@dataclass(frozen=True)
+class ClipTraining:
+    """Settings of :func:`train_toy_clip`."""
+
+    seed: int = 1
+    n_pairs: int = 30000
+    minutes: float = 30.0
+    batch: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 100
+
+
+def render_pairs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """``n`` rendered training pairs: uint8 [n, 32, 32, 3] images and their captions."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for _ in range(n):
+        scene, text = random_training_pair(rng)
+        images.append(render(scene)[0])
+        captions.append(text)
+    return np.stack(images), captions
+
+
+class _Log:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.write_text("phase,step,seconds,loss\n")
+        self.started = time.perf_counter()
+
+    def __call__(self, phase: str, step: int, loss: float) -> None:
+        elapsed = time.perf_counter() - self.started
+        with self.path.open("a") as handle:
+            handle.write(f"{phase},{step},{elapsed:.1f},{loss:.5f}\n")
+        print(f"[{phase}] step {step} {elapsed:.0f}s loss {loss:.4f}", file=sys.stderr, flush=True)
+
+
+def _lr_factor(step: int, warmup: int) -> float:
+    return min(1.0, (step + 1) / warmup)
+
+
+def _to_unit(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _train_vae(vae, images: np.ndarray, settings: PipelineTraining, log: _Log, device: torch.device) -> None:
+    generator = np.random.default_rng(settings.seed + 1)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
+    deadline = time.perf_counter() + 60 * settings.vae_minutes
+    step, running = 0, []
+    vae.train()
+    while time.perf_counter() < deadline:
+        batch = _to_unit(images[generator.integers(len(images), size=settings.vae_batch)]).to(device)
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = F.mse_loss(reconstruction, batch) + settings.vae_kl_weight * posterior.kl().mean()
+        for group in optimizer.param_groups:
+            group["lr"] = settings.vae_lr * _lr_factor(step, 100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running.append(loss.item())
+        step += 1
+        if step % 25 == 0:
+            log("vae", step, float(np.mean(running)))
+            running = []
+    vae.eval()
+
+
+@torch.no_grad()
+def _encode_all(vae, images: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for start in range(0, len(images), 256):
+        dist = vae.encode(_to_unit(images[start : start + 256]).to(device)).latent_dist
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTraining(), device: str | None = None) -> Path:
+    """Trains the VAE, then UNet + text encoder; writes a diffusers folder to ``out``.
+
+    Returns:
+        ``out``, holding the pipeline (safetensors, float16), ``train_log.csv`` and ``training.json``.
+    """
+    from diffusers import DDPMScheduler
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(settings.seed)
+    log = _Log(out / "train_log.csv")
+    _write_settings(out, "pipeline", asdict(settings))
+    images, captions = render_pairs(settings.n_pairs, settings.seed)
+    log("data", 0, 0.0)
+    pipe = build_pipeline(seed=settings.seed)
+    vae, unet, text_encoder, tokenizer = pipe.vae.to(device), pipe.unet.to(device), pipe.text_encoder.to(device), pipe.tokenizer
+    _train_vae(vae, images, settings, log, device)
+    means, stds = _encode_all(vae, images, device)
+    scaling = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scaling)
+    vae.requires_grad_(False)
+    print(f"latent scaling factor {scaling:.4f}", file=sys.stderr, flush=True)
+
+    tokens = _tokenize(tokenizer, captions)
+    empty = _tokenize(tokenizer, [""])[0]
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=settings.unet_lr, weight_decay=0.01)
+    ema = [p.detach().clone() for p in parameters]
+    generator = torch.Generator().manual_seed(settings.seed + 2)
+    unet.train()
+    text_encoder.train()
+    started = time.perf_counter()
+    last_save = started
+    step, running = 0, []
+    while time.perf_counter() - started < 60 * settings.unet_minutes and not (out / "STOP").exists():
+        index = torch.randint(len(images), (settings.unet_batch,), generator=generator)
+        latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scaling
+        ids = tokens[index].clone()
+        dropped = torch.rand(settings.unet_batch, generator=generator) < settings.caption_dropout
+        ids[dropped] = empty
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (settings.unet_batch,), generator=generator)
+        latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        hidden = text_encoder(ids)[0]
+        prediction = unet(noisy, timesteps, hidden).sample
+        weight = torch.clamp(snr[timesteps], max=settings.min_snr_gamma) / snr[timesteps]
+        loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        for group in optimizer.param_groups:
+            group["lr"] = settings.unet_lr * _lr_factor(step, settings.warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        decay = min(settings.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for shadow, parameter in zip(ema, parameters):
+                shadow.lerp_(parameter.detach(), 1 - decay)
+        running.append(loss.item())
+        step += 1
+        if step % 25 == 0:
+            log("unet", step, float(np.mean(running)))
+            running = []
+        if time.perf_counter() - last_save > 60 * settings.save_every_minutes:
+            _save_pipeline(pipe, parameters, ema, out / "checkpoint")
+            last_save = time.perf_counter()
+    _save_pipeline(pipe, parameters, ema, out)
+    plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
+    return out
+
+
+def _save_pipeline(pipe, parameters, ema, folder: Path) -> None:
+    """Saves the EMA weights as a float16 safetensors diffusers folder; training weights are restored."""
+    backup = [p.detach().clone() for p in parameters]
+    with torch.no_grad():
+        for parameter, shadow in zip(parameters, ema):
+            parameter.copy_(shadow)
+    saved = copy.deepcopy(pipe).to("cpu", torch.float16)
+    saved.save_pretrained(folder, safe_serialization=True)
+    with torch.no_grad():
+        for parameter, value in zip(parameters, backup):
+            parameter.copy_(value)
+
+
+def _write_settings(out: Path, what: str, settings: dict) -> None:
+    record = {"what": what, "settings": settings, "command": " ".join(["python", "-m", "cemaps.toyworld.train", *sys.argv[1:]]),
+              "torch": torch.__version__}
+    (out / f"training_{what}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def plot_loss_curve(log_csv: Path, png: Path) -> None:
+    """Loss against step, one panel per phase, from ``train_log.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    table = pd.read_csv(log_csv)
+    phases = [p for p in table["phase"].unique() if p != "data"]
+    if not phases:
+        return
+    figure, axes = plt.subplots(1, len(phases), figsize=(4 * len(phases), 3), squeeze=False)
+    for axis, phase in zip(axes[0], phases):
+        rows = table[table["phase"] == phase]
+        axis.plot(rows["step"], rows["loss"])
+        axis.set_yscale("log")
+        axis.set_title(phase)
+        axis.set_xlabel("step")
+    figure.tight_layout()
+    figure.savefig(png, dpi=80)
+    plt.close(figure)
+
+
+def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), device: str | None = None) -> Path:
+    """Trains the toy CLIP contrastively; writes ``open_clip_model.safetensors`` and its open_clip config."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(settings.seed)
+    log = _Log(out / "train_log.csv")
+    _write_settings(out, "clip", asdict(settings))
+    config = toy_clip_config()
+    (out / f"{TOY_CLIP_NAME}.json").write_text(json.dumps(config, indent=2) + "\n")
+    images, captions = render_pairs(settings.n_pairs, settings.seed)
+    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
+    tokens = tokenizer(captions)
+    caption_ids = torch.from_numpy(np.unique(np.array(captions), return_inverse=True)[1].reshape(-1))
+    pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+              - torch.tensor(_CLIP_MEAN)[:, None, None]) / torch.tensor(_CLIP_STD)[:, None, None]
+    model = open_clip.CLIP(**config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(settings.seed + 2)
+    started, step, running = time.perf_counter(), 0, []
+    model.train()
+    while time.perf_counter() - started < 60 * settings.minutes and not (out / "STOP").exists():
+        index = torch.randint(len(images), (settings.batch,), generator=generator)
+        image_features = model.encode_image(pixels[index].to(device), normalize=True)
+        text_features = model.encode_text(tokens[index].to(device), normalize=True)
+        logits = model.logit_scale.exp() * image_features @ text_features.T
+        same = (caption_ids[index][:, None] == caption_ids[index][None, :]).float().to(device)
+        targets = same / same.sum(dim=1, keepdim=True)
+        loss = 0.5 * (torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+                      + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * _lr_factor(step, settings.warmup_steps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+        running.append(loss.item())
+        step += 1
+        if step % 25 == 0:
+            log("clip", step, float(np.mean(running)))
+            running = []
+        if step % 500 == 0:
+            _save_clip(model, out)
+    _save_clip(model, out)
+    plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
+    return out
+
+
+def _save_clip(model, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(out / "open_clip_model.safetensors"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cemaps.toyworld.train", description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["pipeline", "clip"])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--minutes", type=float, default=None, help="training time of the main phase")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    if args.what == "pipeline":
+        settings = PipelineTraining() if args.minutes is None else PipelineTraining(unet_minutes=args.minutes)
+        train_pipeline(args.out, settings, args.device)
+    else:
+        settings = ClipTraining() if args.minutes is None else ClipTraining(minutes=args.minutes)
+        train_toy_clip(args.out, settings, args.device)
+
+
+if __name__ == "__main__":
+    main()
