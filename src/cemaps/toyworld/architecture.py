@@ -51,7 +51,7 @@ def build_unet() -> UNet2DConditionModel:
 
 def build_vae() -> AutoencoderKL:
     return AutoencoderKL(
-        block_out_channels=(32, 64),
+        block_out_channels=(16, 32),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         latent_channels=4,
