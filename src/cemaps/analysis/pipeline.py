@@ -46,6 +46,7 @@ from cemaps.store import open_store
 
 METRICS = ("alignment_drop", "image_drift")
 TINY_BASES = ("cemaps/tiny-sd", "tiny")
+TOYWORLD_BASES = ("cemaps/toyworld", "toyworld")
 
 
 def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipScorer | None = None,
@@ -69,6 +70,9 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
                 console.print("[yellow]CLIP scorer[/]: the tiny random-weight open_clip model (the store's base is the "
                               "embedded tiny model); pass --clip-weights for a real one")
                 scorer = ClipScorer.tiny(seed=0)
+            elif clip_weights is None and base_id in TOYWORLD_BASES:
+                console.print("[yellow]CLIP scorer[/]: the toy world's trained CLIP (the store's base is the toy world)")
+                scorer = ClipScorer.toyworld()
             else:
                 scorer = ClipScorer.load(clip_model, clip_weights)
         out.mkdir(parents=True, exist_ok=True)

@@ -24,10 +24,9 @@ from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from cemaps.models.tiny import clip_tokenizer
+from cemaps.toyworld.assets import TOY_CLIP_NAME
 from cemaps.toyworld.world import IMAGE_SIZE
 
-TOYWORLD_MODEL_ID = "cemaps/toyworld"
-TOY_CLIP_NAME = "cemaps-toyclip"
 TEXT_WIDTH = 64
 LATENT_SIZE = IMAGE_SIZE // 2
 # open_clip model-config format (what open_clip.add_model_config reads from a .json file).

@@ -172,20 +172,23 @@ def judge_image(image: np.ndarray, min_area: int = MIN_AREA) -> list[JudgedObjec
     return sorted(found, key=lambda o: -o.area)
 
 
-def warm_share(image: np.ndarray) -> float:
-    """Share of foreground palette pixels whose colour is warm (red, orange, yellow, pink); NaN if none."""
+def _hue_share(image: np.ndarray, wanted: tuple[str, ...]) -> float:
     labels = colour_labels(image)
     names = palette_labels()
     colours = [names[i][0] for i in labels[labels >= 0]]
-    return float(np.mean([c in WARM_COLOURS for c in colours])) if colours else float("nan")
+    # brown is neither warm nor cool (and anti-aliased edges of orange on black fall near it)
+    hues = [c for c in colours if c in WARM_COLOURS or c in COOL_COLOURS]
+    return float(np.mean([c in wanted for c in hues])) if hues else float("nan")
+
+
+def warm_share(image: np.ndarray) -> float:
+    """Share of warm (red, orange, yellow, pink) among warm and cool foreground pixels; NaN if none."""
+    return _hue_share(image, WARM_COLOURS)
 
 
 def cool_share(image: np.ndarray) -> float:
-    """Share of foreground palette pixels whose colour is cool (green, cyan, blue, purple); NaN if none."""
-    labels = colour_labels(image)
-    names = palette_labels()
-    colours = [names[i][0] for i in labels[labels >= 0]]
-    return float(np.mean([c in COOL_COLOURS for c in colours])) if colours else float("nan")
+    """Share of cool (green, cyan, blue, purple) among warm and cool foreground pixels; NaN if none."""
+    return _hue_share(image, COOL_COLOURS)
 
 
 def pale_share(image: np.ndarray) -> float:

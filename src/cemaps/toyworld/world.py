@@ -46,7 +46,8 @@ GLYPHS = ("face", "fish")
 KINDS = SHAPES + GLYPHS
 # Half-extent (pixels at 32x32) of each size word.
 SIZES = MappingProxyType({"small": 4.5, "medium": 6.5, "large": 9.5})
-STYLES = ("filled", "outline", "striped", "dotted")
+# "checkered" appears in no caption: it is the toy style subject's, for personalization to teach.
+STYLES = ("filled", "outline", "striped", "dotted", "checkered")
 POSITIONS = MappingProxyType({
     "left": (8.0, 16.0), "right": (24.0, 16.0), "top": (16.0, 8.0),
     "bottom": (16.0, 24.0), "centre": (16.0, 16.0),
@@ -188,6 +189,8 @@ def _style_pattern(style: str, size: int, body: np.ndarray, body_hi: np.ndarray 
         return body * (((x + y) // 2) % 2 == 0)
     if style == "dotted":
         return body * ((x % 3 != 2) & (y % 3 != 2) & (((x // 3) + (y // 3)) % 2 == 0) | ((x % 3 == 0) & (y % 3 == 0)))
+    if style == "checkered":
+        return body * (((x // 2) + (y // 2)) % 2 == 0)
     raise ValueError(f"style {style!r} is unknown; expected one of {', '.join(STYLES)}")
 
 
