@@ -126,13 +126,14 @@ def _rendered(texts_specs: list[tuple[str, PromptSpec | None]], seeds: list[int]
 
 
 def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: float = 5.0,
-                      with_attention: bool = True, batch_size: int = 16) -> dict[str, pd.DataFrame]:
+                      with_attention: bool = True, batch_size: int = 16) -> dict:
     """Judge accuracies (generated vs rendered), abstract features, and per-layer mIoU.
 
     Returns:
         ``accuracy``: rows (check, source) with the mean and the number of images;
         ``abstract``: per abstract word, its feature for generated images, rendered images and
-        the empty prompt; ``miou``: per layer, mean IoU of the colour and shape words' maps.
+        the empty prompt; ``miou``: per layer, mean IoU of the colour and shape words' maps over
+        images where the judge found the asked colour (``miou_images`` of them).
     """
     singles, positions, counts = single_object_specs(), position_specs(), count_specs()
     rows = []
@@ -150,7 +151,7 @@ def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: f
                 mask = objects[0].mask if objects else np.zeros(image.shape[:2], dtype=bool)
                 for layer, by_word in layer_ious(generated.records[index], [phrase.colour, phrase.kind], mask).items():
                     for word, value in by_word.items():
-                        ious.append({"layer": layer, "token": "colour" if word == phrase.colour else "shape",
+                        ious.append({"image": index, "layer": layer, "token": "colour" if word == phrase.colour else "shape",
                                      "iou": value, "object_found": bool(objects)})
     table = pd.DataFrame(rows)
     accuracy = [{"check": check, "source": source, "accuracy": group[check].mean(), "images": int(group[check].notna().sum())}
@@ -177,8 +178,12 @@ def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: f
                          "empty prompt": float(np.nanmean([measure(im) for im in prior]))})
     result = {"accuracy": pd.DataFrame(accuracy), "abstract": pd.DataFrame(abstract)}
     if ious:
+        # DAAM scores maps against ground-truth objects: images where the judge found no object of
+        # the asked colour have no mask to score against and are left out (their number is reported)
         frame = pd.DataFrame(ious)
-        miou = frame.pivot_table(index="layer", columns="token", values="iou", aggfunc="mean")
+        found = frame[frame["object_found"]]
+        miou = found.pivot_table(index="layer", columns="token", values="iou", aggfunc="mean")
         miou["mean"] = miou.mean(axis=1)
         result["miou"] = miou.sort_values("mean", ascending=False)
+        result["miou_images"] = int(found["image"].nunique())
     return result
