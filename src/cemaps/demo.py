@@ -21,7 +21,10 @@ from rich.console import Console
 
 from cemaps.config import load_config
 from cemaps.data import load_subjects, synthetic_subject_images
+from cemaps.errors import ConfigError
 from cemaps.models import tiny_pipeline
+from cemaps.models.loading import TOYWORLD_MODEL_ID as TOYWORLD_BASE
+from cemaps.models.loading import load_pipeline
 from cemaps.models.train import TrainSettings, personalize
 
 DEMO_SUBJECTS = ("face1", "object1")
@@ -37,6 +40,15 @@ RANDOM_WEIGHTS_NOTICE = ("The embedded tiny model has random weights: this demo 
                          "its numbers are not evidence about Stable Diffusion v1.5.")
 
 
+def _toy_inputs(world: str, out: Path):
+    """The toy world's demo inputs (written into ``out``), or None for the tiny model."""
+    if world == "tiny":
+        return None
+    from cemaps.toyworld.demo_inputs import write_demo_inputs
+
+    return write_demo_inputs(out)
+
+
 @dataclass(frozen=True)
 class DemoResult:
     out: Path
@@ -47,23 +59,32 @@ class DemoResult:
 
 
 def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), prompts: str = "demo24",
-             steps: int = 10, progress: bool = True, console: Console | None = None) -> DemoResult:
-    """Train, capture, analyse and report a small study into ``out``; returns the paths."""
+             steps: int = 10, progress: bool = True, console: Console | None = None,
+             world: str = "tiny") -> DemoResult:
+    """Train, capture, analyse and report a small study into ``out``; returns the paths.
+
+    ``world="toy"`` runs it on the trained toy world (:mod:`cemaps.toyworld`): its shipped
+    pipeline, toy prompt suite (24), toy subjects and toy CLIP instead of the random tiny model.
+    """
     from cemaps.analysis.pipeline import run_analysis
     from cemaps.report import write_report
     from cemaps.study import run_study
 
+    if world not in ("tiny", "toy"):
+        raise ConfigError(f"demo world {world!r} is unknown; expected 'tiny' or 'toy'")
     console = console or Console(stderr=True)
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE}")
-    pipe = tiny_pipeline(seed=0)
-    subjects = load_subjects().set_index("subject_id")
+    toy = _toy_inputs(world, out)
+    if toy is None:
+        console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE}")
+    pipe = tiny_pipeline(seed=0) if toy is None else load_pipeline(TOYWORLD_BASE, device="cpu")
+    subjects = load_subjects(toy.subjects if toy else "subjects15").set_index("subject_id")
     personalized = []
-    for subject_id in DEMO_SUBJECTS:
+    for subject_id in (DEMO_SUBJECTS if toy is None else tuple(toy.subject_images)):
         subject = subjects.loc[subject_id]
-        images = synthetic_subject_images(subject_id, n=4, size=64)
+        images = synthetic_subject_images(subject_id, n=4, size=64) if toy is None else toy.subject_images[subject_id]
         for method, settings in DEMO_TRAINING.items():
             model_id = f"{SHORT[method]}-{subject_id}"
             model_dir = out / "models" / model_id
@@ -78,8 +99,10 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
             personalized.append(entry)
     config_path = out / "study.yaml"
     config_path.write_text(yaml.safe_dump({
-        "base": "cemaps/tiny-sd", "prompts": prompts, "seeds": list(seeds), "store": "study.h5",
-        "generation": {"steps": steps, "guidance_scale": 7.5, "height": 64, "width": 64, "batch_size": 8},
+        "base": "cemaps/tiny-sd" if toy is None else TOYWORLD_BASE,
+        "prompts": prompts if toy is None else str(toy.prompts), "seeds": list(seeds), "store": "study.h5",
+        "generation": {"steps": steps, "guidance_scale": 7.5, "height": 64 if toy is None else toy.size,
+                       "width": 64 if toy is None else toy.size, "batch_size": 8},
         "capture": {"timesteps": 5},
         "personalized": personalized,
     }, sort_keys=False))
@@ -87,7 +110,8 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
     store = out / "study.h5"
     run_study(config, store, progress=progress, pipe=pipe)
     results = out / "results"
-    run_analysis(store, results, progress=progress, console=console)
+    run_analysis(store, results, progress=progress, console=console,
+                 **({} if toy is None else {"subjects": toy.subjects}))
     report = write_report(results, out / "report")
     return DemoResult(out=out, store=store, results=results, report=Path(report),
                       seconds=time.perf_counter() - started)

@@ -9,7 +9,9 @@ targets, since identical captions occur in a batch). Both are deterministic from
 seed on one device, log their loss to ``train_log.csv`` and write ``training.json`` (the
 settings and command) beside the weights.
 
-Command: ``python -m cemaps.toyworld.train pipeline --out DIR`` (and ``clip --out DIR``).
+Command: ``python -m cemaps.toyworld.train pipeline --out DIR`` (and ``clip --out DIR``); under
+``torchrun --nproc_per_node N`` the UNet phase averages gradients over N CPU processes (gloo),
+and ``--resume DIR`` continues the UNet + text-encoder phase from a saved folder.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import copy
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,7 @@ class PipelineTraining:
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     save_every_minutes: float = 10.0
+    resume: str | None = None  # a saved pipeline folder: skip the VAE phase, continue UNet + text encoder
 
 
 @dataclass(frozen=True)
@@ -145,18 +148,29 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
     from diffusers import DDPMScheduler
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    rank, world = _distributed()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
-    log = _Log(out / "train_log.csv")
-    _write_settings(out, "pipeline", asdict(settings))
-    images, captions = render_pairs(settings.n_pairs, settings.seed)
+    log = _Log(out / "train_log.csv") if rank == 0 else (lambda *args: None)
+    if rank == 0:
+        _write_settings(out, "pipeline", {**asdict(settings), "world_size": world})
+    # each rank renders its own share of the pairs (a different seed per rank)
+    images, captions = render_pairs(settings.n_pairs // world, settings.seed + 1000 * rank)
     log("data", len(images), 0.0)
-    pipe = build_pipeline(seed=settings.seed)
+    if settings.resume:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(settings.resume, safety_checker=None, requires_safety_checker=False,
+                                                       local_files_only=True)
+    else:
+        pipe = build_pipeline(seed=settings.seed)
     vae, unet, text_encoder, tokenizer = pipe.vae.to(device), pipe.unet.to(device), pipe.text_encoder.to(device), pipe.tokenizer
-    _train_vae(vae, images, settings, log, device)
+    if not settings.resume:
+        _train_vae(vae, images, settings, log, device)
     means, stds = _encode_all(vae, images, device)
-    scaling = float(1.0 / means.std())
+    scaling = float(vae.config.scaling_factor) if settings.resume else float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling)
     vae.requires_grad_(False)
     print(f"latent scaling factor {scaling:.4f}", file=sys.stderr, flush=True)
@@ -169,20 +183,21 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=settings.unet_lr, weight_decay=0.01)
     ema = [p.detach().clone() for p in parameters]
-    generator = torch.Generator().manual_seed(settings.seed + 2)
+    generator = torch.Generator().manual_seed(settings.seed + 2 + rank)
+    batch = settings.unet_batch // world  # per rank: the averaged gradient is over unet_batch samples
     unet.train()
     text_encoder.train()
     started = time.perf_counter()
     last_save = started
     step, running = 0, []
-    while time.perf_counter() - started < 60 * settings.unet_minutes and not (out / "STOP").exists():
-        index = torch.randint(len(images), (settings.unet_batch,), generator=generator)
+    while not _should_stop(time.perf_counter() - started > 60 * settings.unet_minutes or (out / "STOP").exists(), world):
+        index = torch.randint(len(images), (batch,), generator=generator)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scaling
         ids = tokens[index].clone()
-        dropped = torch.rand(settings.unet_batch, generator=generator) < settings.caption_dropout
+        dropped = torch.rand(batch, generator=generator) < settings.caption_dropout
         ids[dropped] = empty
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (settings.unet_batch,), generator=generator)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
         latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         hidden = text_encoder(ids)[0]
@@ -193,6 +208,7 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
             group["lr"] = settings.unet_lr * _lr_factor(step, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _average_gradients(parameters, world)
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         decay = min(settings.ema_decay, (1 + step) / (10 + step))
@@ -204,12 +220,53 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
         if step % 25 == 0:
             log("unet", step, float(np.mean(running)))
             running = []
-        if time.perf_counter() - last_save > 60 * settings.save_every_minutes:
+        if rank == 0 and time.perf_counter() - last_save > 60 * settings.save_every_minutes:
             _save_pipeline(pipe, parameters, ema, out / "checkpoint")
             last_save = time.perf_counter()
-    _save_pipeline(pipe, parameters, ema, out)
-    plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
+    if rank == 0:
+        _save_pipeline(pipe, parameters, ema, out)
+        plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
     return out
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): several CPU processes under torchrun share the UNet's gradients (gloo)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), world
+
+
+def _average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for parameter, grad in zip(parameters, grads):
+        parameter.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
+        offset += grad.numel()
+
+
+def _should_stop(local: bool, world: int) -> bool:
+    """All ranks stop at the same step (any rank's deadline or STOP file stops all)."""
+    if world == 1:
+        return local
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(local)])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _save_pipeline(pipe, parameters, ema, folder: Path) -> None:
@@ -320,9 +377,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--minutes", type=float, default=None, help="training time of the main phase")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--resume", default=None, help="continue UNet + text encoder training from a saved folder")
+    parser.add_argument("--pairs", type=int, default=PipelineTraining.n_pairs, help="rendered training pairs")
+    parser.add_argument("--warmup", type=int, default=PipelineTraining.warmup_steps, help="learning-rate warmup steps")
     args = parser.parse_args(argv)
     if args.what == "pipeline":
-        settings = PipelineTraining() if args.minutes is None else PipelineTraining(unet_minutes=args.minutes)
+        settings = PipelineTraining(resume=args.resume, warmup_steps=args.warmup, n_pairs=args.pairs)
+        settings = settings if args.minutes is None else replace(settings, unet_minutes=args.minutes)
         train_pipeline(args.out, settings, args.device)
     else:
         settings = ClipTraining() if args.minutes is None else ClipTraining(minutes=args.minutes)
