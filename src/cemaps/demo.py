@@ -1,13 +1,14 @@
-"""``cemaps demo``: a complete small study on the embedded tiny model, end to end.
+"""``cemaps demo``: a complete small study on the trained toy world (or the tiny model), end to end.
 
-It builds the random-weight tiny SD pipeline, trains LoRA, Textual Inversion and
-DreamBooth personalizations of two synthetic subjects with cemaps' own trainers,
+By default it loads the shipped toy-world pipeline (:mod:`cemaps.toyworld`) and its three toy
+subjects, 24 toy prompts and toy CLIP; with ``world="tiny"`` it builds the random-weight tiny
+SD pipeline and two synthetic subjects. It trains LoRA, Textual Inversion and
+DreamBooth personalizations of each subject with cemaps' own trainers,
 captures the 24-prompt demo suite with two seeds for the base and every
 personalized model, analyses the store and writes the HTML report.
 
-The embedded model has random weights: the demo validates the pipeline end to
-end (every stage, file format and statistic runs on real data); its numbers are
-not evidence about Stable Diffusion v1.5.
+The tiny model has random weights: on it the demo validates the pipeline end to
+end; its numbers are not evidence about Stable Diffusion v1.5 (nor are the toy world's).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ DEMO_TRAINING = {
 SHORT = {"lora": "lora", "textual_inversion": "ti", "dreambooth": "db"}
 RANDOM_WEIGHTS_NOTICE = ("The embedded tiny model has random weights: this demo validates the pipeline end to end; "
                          "its numbers are not evidence about Stable Diffusion v1.5.")
+TOY_WORLD_NOTICE = ("The toy world is a small model trained here on rendered 32x32 scenes (README: 'The toy world'); "
+                    "its numbers are about the toy world, not Stable Diffusion v1.5.")
 
 
 def _toy_inputs(world: str, out: Path):
@@ -60,11 +63,11 @@ class DemoResult:
 
 def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), prompts: str = "demo24",
              steps: int = 10, progress: bool = True, console: Console | None = None,
-             world: str = "tiny") -> DemoResult:
+             world: str = "toy") -> DemoResult:
     """Train, capture, analyse and report a small study into ``out``; returns the paths.
 
-    ``world="toy"`` runs it on the trained toy world (:mod:`cemaps.toyworld`): its shipped
-    pipeline, toy prompt suite (24), toy subjects and toy CLIP instead of the random tiny model.
+    ``world="toy"`` (default) runs it on the trained toy world (:mod:`cemaps.toyworld`): its shipped
+    pipeline, toy prompt suite (24), toy subjects and toy CLIP; ``world="tiny"`` on the random tiny model.
     """
     from cemaps.analysis.pipeline import run_analysis
     from cemaps.report import write_report
@@ -77,8 +80,7 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     toy = _toy_inputs(world, out)
-    if toy is None:
-        console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE}")
+    console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE if toy is None else TOY_WORLD_NOTICE}")
     pipe = tiny_pipeline(seed=0) if toy is None else load_pipeline(TOYWORLD_BASE, device="cpu")
     subjects = load_subjects(toy.subjects if toy else "subjects15").set_index("subject_id")
     personalized = []

@@ -205,7 +205,9 @@ class ClipScorer:
         Raises:
             ModelLoadError: the package was installed without the toy CLIP's files.
         """
-        return cls.load(TOY_CLIP_NAME, device=device)
+        scorer = cls.load(TOY_CLIP_NAME, device=device)
+        scorer.description = f"{TOY_CLIP_NAME} (the toy world's trained CLIP)"  # named in the results manifest
+        return scorer
 
     @classmethod
     def tiny(cls, seed: int = 0) -> ClipScorer:

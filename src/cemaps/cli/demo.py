@@ -1,4 +1,4 @@
-"""``cemaps demo``: the whole pipeline on the embedded tiny model, in minutes on a CPU."""
+"""``cemaps demo``: the whole pipeline on the trained toy world (or the tiny model), in minutes on a CPU."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import typer
 def demo_command(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for models, store, results and report."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
-    world: str = typer.Option("tiny", "--world", help="tiny: the random-weight tiny model; toy: the trained toy world."),
+    world: str = typer.Option("toy", "--world", help="toy: the trained toy world; tiny: the random-weight tiny model."),
 ) -> None:
-    """Train LoRA, Textual Inversion and DreamBooth on two synthetic subjects, capture, analyse, report.
+    """Train LoRA, Textual Inversion and DreamBooth on toy subjects, capture, analyse, report.
 
-    The embedded model has random weights: the demo validates the pipeline end to end;
-    its numbers are not evidence about Stable Diffusion v1.5.
+    By default on the trained toy world (--world tiny: the random-weight tiny model); its
+    numbers are about that small model, not evidence about Stable Diffusion v1.5.
     """
     from cemaps.cli.app import console
     from cemaps.cli.app import quiet_libraries
