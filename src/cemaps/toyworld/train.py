@@ -269,6 +269,48 @@ def _should_stop(local: bool, world: int) -> bool:
     return bool(flag.item())
 
 
+def train_vae_decoder(vae_folder: str | Path, out: str | Path, minutes: float, seed: int = 5, n_pairs: int = 6000,
+                      batch: int = 32, lr: float = 5e-4) -> Path:
+    """Fine-tunes only the VAE decoder (as SD's ft-MSE VAE): the encoder, hence the latent space the
+    UNet was trained in, is unchanged. Writes ``out/vae``."""
+    from diffusers import AutoencoderKL
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    log = _Log(out / "train_log.csv")
+    _write_settings(out, "vae_decoder", {"vae": str(vae_folder), "minutes": minutes, "seed": seed, "n_pairs": n_pairs,
+                                         "batch": batch, "lr": lr})
+    images, _ = render_pairs(n_pairs, seed)
+    vae = AutoencoderKL.from_pretrained(vae_folder)
+    vae.requires_grad_(False)
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    generator = np.random.default_rng(seed + 1)
+    started, step, running = time.perf_counter(), 0, []
+    while time.perf_counter() - started < 60 * minutes and not (out / "STOP").exists():
+        pixels = _to_unit(images[generator.integers(len(images), size=batch)])
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.sample()
+        loss = F.mse_loss(vae.decode(latents).sample, pixels)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * _lr_factor(step, 20)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running.append(loss.item())
+        step += 1
+        if step % 25 == 0:
+            log("vae_decoder", step, float(np.mean(running)))
+            running = []
+        if step % 200 == 0:
+            vae.save_pretrained(out / "vae", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    return out
+
+
 def _save_pipeline(pipe, parameters, ema, folder: Path) -> None:
     """Saves the EMA weights as a float32 safetensors diffusers folder; training weights are restored."""
     backup = [p.detach().clone() for p in parameters]
@@ -373,7 +415,7 @@ def _save_clip(model, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cemaps.toyworld.train", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["pipeline", "clip"])
+    parser.add_argument("what", choices=["pipeline", "clip", "vae-decoder"])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--minutes", type=float, default=None, help="training time of the main phase")
     parser.add_argument("--device", default=None)
@@ -385,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = PipelineTraining(resume=args.resume, warmup_steps=args.warmup, n_pairs=args.pairs)
         settings = settings if args.minutes is None else replace(settings, unet_minutes=args.minutes)
         train_pipeline(args.out, settings, args.device)
+    elif args.what == "vae-decoder":
+        train_vae_decoder(Path(args.resume) / "vae", args.out, minutes=args.minutes or 30.0)
     else:
         settings = ClipTraining() if args.minutes is None else ClipTraining(minutes=args.minutes)
         train_toy_clip(args.out, settings, args.device)
