@@ -144,7 +144,8 @@ class ClipScorer:
             ModelLoadError: the file is missing, unsafe without opt-in, or does not fit ``model_name``.
         """
         if model_name == TOY_CLIP_NAME:
-            weights = _register_toy_clip() if weights is None else weights
+            shipped = _register_toy_clip()  # its open_clip config ships with the package
+            weights = shipped if weights is None else weights
         if model_name not in open_clip.list_models():
             raise ModelLoadError(f"CLIP model name {model_name!r} is not an open_clip architecture (e.g. 'ViT-B-32')")
         if weights is None:

@@ -4,7 +4,7 @@
 text encoder together on the VAE's latents (epsilon prediction, DDPM noise with SD v1.5's
 betas, Min-SNR-5 loss weighting [Hang et al. 2023], 10% empty captions for
 classifier-free guidance, EMA of the weights), and writes a diffusers folder.
-``train_toy_clip`` trains an open_clip ``CLIP`` contrastively (the CLIP loss with soft
+``cemaps.toyworld.clip_training.train_toy_clip`` trains an open_clip ``CLIP`` contrastively (the CLIP loss with soft
 targets, since identical captions occur in a batch). Both are deterministic from their
 seed on one device, log their loss to ``train_log.csv`` and write ``training.json`` (the
 settings and command) beside the weights.
@@ -28,12 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cemaps.toyworld.architecture import TOY_CLIP_NAME, build_pipeline, toy_clip_config
+from cemaps.toyworld.architecture import build_pipeline
 from cemaps.toyworld.language import random_training_pair
 from cemaps.toyworld.world import render
 
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -55,18 +53,6 @@ class PipelineTraining:
     ema_decay: float = 0.999
     save_every_minutes: float = 10.0
     resume: str | None = None  # a saved pipeline folder: skip the VAE phase, continue UNet + text encoder
-
-
-@dataclass(frozen=True)
-class ClipTraining:
-    """Settings of :func:`train_toy_clip`."""
-
-    seed: int = 1
-    n_pairs: int = 12000
-    minutes: float = 30.0
-    batch: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 100
 
 
 def render_pairs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -354,65 +340,6 @@ def plot_loss_curve(log_csv: Path, png: Path) -> None:
     plt.close(figure)
 
 
-def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), device: str | None = None) -> Path:
-    """Trains the toy CLIP contrastively; writes ``open_clip_model.safetensors`` and its open_clip config."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(settings.seed)
-    log = _Log(out / "train_log.csv")
-    _write_settings(out, "clip", asdict(settings))
-    config = toy_clip_config()
-    (out / f"{TOY_CLIP_NAME}.json").write_text(json.dumps(config, indent=2) + "\n")
-    images, captions = render_pairs(settings.n_pairs, settings.seed)
-    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
-    tokens = tokenizer(captions)
-    caption_ids = torch.from_numpy(np.unique(np.array(captions), return_inverse=True)[1].reshape(-1))
-    pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-              - torch.tensor(_CLIP_MEAN)[:, None, None]) / torch.tensor(_CLIP_STD)[:, None, None]
-    model = open_clip.CLIP(**config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
-    generator = torch.Generator().manual_seed(settings.seed + 2)
-    started, step, running = time.perf_counter(), 0, []
-    model.train()
-    while time.perf_counter() - started < 60 * settings.minutes and not (out / "STOP").exists():
-        index = torch.randint(len(images), (settings.batch,), generator=generator)
-        image_features = model.encode_image(pixels[index].to(device), normalize=True)
-        text_features = model.encode_text(tokens[index].to(device), normalize=True)
-        logits = model.logit_scale.exp() * image_features @ text_features.T
-        same = (caption_ids[index][:, None] == caption_ids[index][None, :]).float().to(device)
-        targets = same / same.sum(dim=1, keepdim=True)
-        loss = 0.5 * (torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
-                      + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * _lr_factor(step, settings.warmup_steps)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, np.log(100))
-        running.append(loss.item())
-        step += 1
-        if step % 25 == 0:
-            log("clip", step, float(np.mean(running)))
-            running = []
-        if step % 500 == 0:
-            _save_clip(model, out)
-    _save_clip(model, out)
-    plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
-    return out
-
-
-def _save_clip(model, out: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(out / "open_clip_model.safetensors"))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cemaps.toyworld.train", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["pipeline", "clip", "vae-decoder"])
@@ -430,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "vae-decoder":
         train_vae_decoder(Path(args.resume) / "vae", args.out, minutes=args.minutes or 30.0)
     else:
+        from cemaps.toyworld.clip_training import ClipTraining, train_toy_clip
+
         settings = ClipTraining() if args.minutes is None else ClipTraining(minutes=args.minutes)
         train_toy_clip(args.out, settings, args.device)
 
