@@ -8,7 +8,7 @@ The same prompts are also rendered by the world itself and judged, so every accu
 comes with the judge's own ceiling measured side by side.
 
 Example:
-    >>> [caption(spec) for spec in single_object_specs()[:2]]
+    >>> [judged_caption(spec) for spec in single_object_specs()[:2]]
     ['a red circle', 'an orange square']
 """
 
@@ -62,8 +62,9 @@ def count_specs() -> list[PromptSpec]:
                                         (2, "star", "green"), (3, "square", "purple"), (1, "star", "orange"))]
 
 
-def _caption_of(spec: PromptSpec) -> str:
-    # the judge checks filled objects; "filled" is the unsaid default, so it is not written
+def judged_caption(spec: PromptSpec) -> str:
+    """The prompt text of a judged spec: its objects are drawn filled, the unsaid default, so
+    "filled" is not written (the prompts read as users write them)."""
     phrase = spec.phrases[0]
     return caption(PromptSpec((Phrase(**{**phrase.__dict__, "style": None}),), spec.relation, spec.background))
 
@@ -137,7 +138,7 @@ def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: f
     """
     singles, positions, counts = single_object_specs(), position_specs(), count_specs()
     rows = []
-    single_texts = [_caption_of(s) for s in singles]
+    single_texts = [judged_caption(s) for s in singles]
     generated = generate(pipe, single_texts, seeds, steps, guidance_scale, batch_size, capture_attention=with_attention)
     rendered = _rendered([(t, s) for t, s in zip(single_texts, singles)], seeds)
     ious = []
@@ -158,7 +159,7 @@ def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: f
                 for source, group in table.groupby("source") for check in ("colour", "shape")]
     for name, specs, judge in (("position", positions, lambda im, sp: judge_single(im, sp)["position"]),
                                ("count 1-3", counts, judge_count)):
-        texts = [_caption_of(s) for s in specs]
+        texts = [judged_caption(s) for s in specs]
         sources = {"generated": generate(pipe, texts, seeds, steps, guidance_scale, batch_size).images,
                    "rendered": _rendered(list(zip(texts, specs)), seeds)}
         for source, images in sources.items():

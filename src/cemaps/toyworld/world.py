@@ -9,7 +9,7 @@ and the objects' masks, so every pixel's meaning is known.
 Example:
     >>> scene = Scene((ToyObject("circle", "red", "medium", (16.0, 16.0)),))
     >>> image, masks = render(scene)
-    >>> image.shape, masks.shape, tuple(image[16, 16])
+    >>> image.shape, masks.shape, tuple(int(c) for c in image[16, 16])
     ((32, 32, 3), (1, 32, 32), (220, 40, 40))
 """
 
