@@ -1,14 +1,15 @@
-"""``cemaps demo``: a complete small study on the embedded tiny model, end to end.
+"""``cemaps demo``: a complete small study on the trained toy world (or the tiny model), end to end.
 
-It builds the random-weight tiny SD pipeline, trains LoRA, Textual Inversion and
-DreamBooth personalizations of two synthetic subjects with cemaps' own trainers,
-captures the 24-prompt demo suite and the in-context prompt set (each subject in 25
-contexts) with two seeds for the base and every personalized model, analyses the
-stores and writes the HTML report.
+By default it loads the shipped toy-world pipeline (:mod:`cemaps.toyworld`) and its three toy
+subjects, 24 toy prompts and toy CLIP; with ``world="tiny"`` it builds the random-weight tiny
+SD pipeline and two synthetic subjects. It trains LoRA, Textual Inversion and
+DreamBooth personalizations of each subject with cemaps' own trainers, captures the
+24-prompt demo suite and the in-context prompt set (each subject in
+``IN_CONTEXT_PER_KIND`` contexts) with two seeds for the base and every personalized
+model, analyses the stores and writes the HTML report.
 
-The embedded model has random weights: the demo validates the pipeline end to
-end (every stage, file format and statistic runs on real data); its numbers are
-not evidence about Stable Diffusion v1.5.
+The tiny model has random weights: on it the demo validates the pipeline end to
+end; its numbers are not evidence about Stable Diffusion v1.5 (nor are the toy world's).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from rich.console import Console
 
 from cemaps.config import load_config
 from cemaps.data import load_subjects, synthetic_subject_images
+from cemaps.errors import ConfigError
 from cemaps.models import tiny_pipeline
+from cemaps.models.loading import TOYWORLD_MODEL_ID as TOYWORLD_BASE
+from cemaps.models.loading import load_pipeline
 from cemaps.models.train import TrainSettings, personalize
 from cemaps.outputs import claim_output_folder
 
@@ -34,9 +38,34 @@ DEMO_TRAINING = {
     "textual_inversion": TrainSettings(method="textual_inversion", steps=40, learning_rate=5e-2),
     "dreambooth": TrainSettings(method="dreambooth", steps=40, learning_rate=1e-4),
 }
+IN_CONTEXT_PER_KIND = 8
 SHORT = {"lora": "lora", "textual_inversion": "ti", "dreambooth": "db"}
 RANDOM_WEIGHTS_NOTICE = ("The embedded tiny model has random weights: this demo validates the pipeline end to end; "
                          "its numbers are not evidence about Stable Diffusion v1.5.")
+TOY_WORLD_NOTICE = ("The toy world is a small model trained here on rendered 32x32 scenes (README: 'The toy world'); "
+                    "its numbers are about the toy world, not Stable Diffusion v1.5.")
+
+
+def _toy_inputs(world: str, out: Path):
+    """The toy world's demo inputs (written into ``out``), or None for the tiny model."""
+    if world == "tiny":
+        return None
+    from cemaps.toyworld.demo_inputs import write_demo_inputs
+
+    return write_demo_inputs(out)
+
+
+def _in_context_subset(out: Path) -> Path:
+    """The first ``IN_CONTEXT_PER_KIND`` templates of each subject kind, written into ``out``.
+
+    The full list (25 per kind) would more than double the demo's capture time.
+    """
+    from cemaps.data.in_context import load_in_context_prompts
+
+    templates = load_in_context_prompts()
+    path = out / "in_context_demo.csv"
+    templates.groupby("kind", sort=False).head(IN_CONTEXT_PER_KIND).to_csv(path, index=False)
+    return path
 
 
 @dataclass(frozen=True)
@@ -49,22 +78,30 @@ class DemoResult:
 
 
 def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), prompts: str = "demo24",
-             steps: int = 10, progress: bool = True, console: Console | None = None) -> DemoResult:
-    """Train, capture, analyse and report a small study into ``out``; returns the paths."""
+             steps: int = 10, progress: bool = True, console: Console | None = None,
+             world: str = "toy") -> DemoResult:
+    """Train, capture, analyse and report a small study into ``out``; returns the paths.
+
+    ``world="toy"`` (default) runs it on the trained toy world (:mod:`cemaps.toyworld`): its shipped
+    pipeline, toy prompt suite (24), toy subjects and toy CLIP; ``world="tiny"`` on the random tiny model.
+    """
     from cemaps.analysis.pipeline import run_analysis
     from cemaps.report import write_report
     from cemaps.study import run_study
 
+    if world not in ("tiny", "toy"):
+        raise ConfigError(f"demo world {world!r} is unknown; expected 'tiny' or 'toy'")
     console = console or Console(stderr=True)
     started = time.perf_counter()
     out = claim_output_folder(out, "demo")  # refuses a folder holding files the demo did not write
-    console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE}")
-    pipe = tiny_pipeline(seed=0)
-    subjects = load_subjects().set_index("subject_id")
+    toy = _toy_inputs(world, out)
+    console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE if toy is None else TOY_WORLD_NOTICE}")
+    pipe = tiny_pipeline(seed=0) if toy is None else load_pipeline(TOYWORLD_BASE, device="cpu")
+    subjects = load_subjects(toy.subjects if toy else "subjects15").set_index("subject_id")
     personalized, subject_images = [], {}
-    for subject_id in DEMO_SUBJECTS:
+    for subject_id in (DEMO_SUBJECTS if toy is None else tuple(toy.subject_images)):
         subject = subjects.loc[subject_id]
-        images = synthetic_subject_images(subject_id, n=4, size=64)
+        images = synthetic_subject_images(subject_id, n=4, size=64) if toy is None else toy.subject_images[subject_id]
         # The training images, kept for subject fidelity (CLIP-I) of the in-context prompt set.
         subject_images[subject_id] = f"subjects/{subject_id}"
         (out / "subjects" / subject_id).mkdir(parents=True, exist_ok=True)
@@ -84,17 +121,22 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
             personalized.append(entry)
     config_path = out / "study.yaml"
     config_path.write_text(yaml.safe_dump({
-        "base": "cemaps/tiny-sd", "prompts": prompts, "seeds": list(seeds), "store": "study.h5",
-        "generation": {"steps": steps, "guidance_scale": 7.5, "height": 64, "width": 64, "batch_size": 8},
+        "base": "cemaps/tiny-sd" if toy is None else TOYWORLD_BASE,
+        "prompts": prompts if toy is None else str(toy.prompts), "seeds": list(seeds), "store": "study.h5",
+        "generation": {"steps": steps, "guidance_scale": 7.5, "height": 64 if toy is None else toy.size,
+                       "width": 64 if toy is None else toy.size, "batch_size": 8},
         "capture": {"timesteps": 5},
         "personalized": personalized,
-        "prompt_sets": ["unrelated", "in_context"], "in_context": {"subject_images": subject_images},
+        "prompt_sets": ["unrelated", "in_context"],
+        "in_context": {"prompts": _in_context_subset(out).name, "subjects": "subjects15" if toy is None else
+                       str(toy.subjects.relative_to(out)), "subject_images": subject_images},
     }, sort_keys=False))
     config = load_config(config_path)
     store = out / "study.h5"
     run_study(config, store, progress=progress, pipe=pipe)
     results = out / "results"
-    run_analysis(store, results, progress=progress, console=console)
+    run_analysis(store, results, progress=progress, console=console,
+                 **({} if toy is None else {"subjects": toy.subjects}))
     report = write_report(results, out / "report")
     return DemoResult(out=out, store=store, results=results, report=Path(report),
                       seconds=time.perf_counter() - started)

@@ -68,6 +68,8 @@ PROMPT_LABELS = ("abstractness", "domain")
 # question -> the prompt label it cannot do without
 NEEDS_LABEL = {"abstractness": "abstractness", "semantic_proximity": "domain"}
 TINY_SCORER = "tiny random-weight open_clip model (cemaps ClipScorer.tiny, seed 0)"
+TOYWORLD_BASES = ("cemaps/toyworld", "toyworld")
+TOYWORLD_SCORER = "the toy world's trained CLIP (cemaps-toyclip, shipped in cemaps/toyworld/weights/clip)"
 
 
 def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipScorer | None = None,
@@ -128,6 +130,9 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
                 console.print("[yellow]CLIP scorer[/]: the tiny random-weight open_clip model (the store's base is the "
                               "embedded tiny model); pass --clip-weights for a real one")
                 scorer, scorer_name = ClipScorer.tiny(seed=0), TINY_SCORER
+            elif clip_weights is None and base_id in TOYWORLD_BASES:
+                console.print("[yellow]CLIP scorer[/]: the toy world's trained CLIP (the store's base is the toy world)")
+                scorer, scorer_name = ClipScorer.toyworld(), TOYWORLD_SCORER
             else:
                 scorer = ClipScorer.load(clip_model, clip_weights)
                 scorer_name = f"{clip_model} ({clip_weights or 'weights from the local Hugging Face cache'})"

@@ -2,7 +2,8 @@
 
 ``load_pipeline`` accepts a diffusers folder, a Hugging Face hub id that is
 already in the local cache, a single-file ``.safetensors`` checkpoint, or
-``"cemaps/tiny-sd"`` (alias ``"tiny"``) for the embedded tiny pipeline. It never
+``"cemaps/tiny-sd"`` (alias ``"tiny"``) for the embedded tiny pipeline, or
+``"cemaps/toyworld"`` (alias ``"toyworld"``) for the trained toy world shipped in the package. It never
 touches the network: a model that is not on disk fails within a second with a
 message saying how to provide it.
 
@@ -31,6 +32,8 @@ from cemaps.models.tiny import TINY_MODEL_ID, tiny_pipeline
 
 TINY_ALIASES = frozenset({TINY_MODEL_ID, "tiny"})
 __all__ = ["default_device_and_dtype", "file_sha256", "load_pipeline", "weights_fingerprint"]
+TOYWORLD_MODEL_ID = "cemaps/toyworld"
+TOYWORLD_ALIASES = frozenset({TOYWORLD_MODEL_ID, "toyworld"})
 
 
 def default_device_and_dtype(
@@ -72,7 +75,8 @@ def load_pipeline(
 
     Args:
         path_or_id: a diffusers folder (with ``model_index.json``), a hub id in the local
-            Hugging Face cache, a single-file ``.safetensors`` checkpoint, or ``"cemaps/tiny-sd"``.
+            Hugging Face cache, a single-file ``.safetensors`` checkpoint, ``"cemaps/tiny-sd"``, or
+            ``"cemaps/toyworld"`` (the trained toy world, :mod:`cemaps.toyworld`).
         device: target device; default CUDA when available, else CPU.
         dtype: target dtype; default float16 on CUDA, float32 on CPU.
         allow_pickle: also read ``.ckpt/.bin`` weights (with ``torch.load(weights_only=True)``).
@@ -89,6 +93,11 @@ def load_pipeline(
     resolved_device, resolved_dtype = default_device_and_dtype(device, dtype)
     if path_or_id in TINY_ALIASES:
         pipe = tiny_pipeline(seed=0)
+    elif path_or_id in TOYWORLD_ALIASES:
+        from cemaps.toyworld.assets import shipped_pipeline_folder
+
+        pipe = _from_diffusers_folder(shipped_pipeline_folder(), allow_pickle=False)
+        pipe.register_to_config(_name_or_path=TOYWORLD_MODEL_ID)
     else:
         path = Path(path_or_id).expanduser()
         if path.is_dir():
@@ -100,7 +109,7 @@ def load_pipeline(
         else:
             pipe = _from_diffusers_folder(Path(_cached_snapshot(path_or_id)), allow_pickle)
     # Casting an already-float32 model warns about "modules to keep in float32"; cast only when needed.
-    if pipe.unet.dtype != resolved_dtype:
+    if any(getattr(pipe, part).dtype != resolved_dtype for part in ("unet", "vae", "text_encoder")):
         pipe = pipe.to(dtype=resolved_dtype)
     if pipe.device != resolved_device:
         pipe = pipe.to(resolved_device)
