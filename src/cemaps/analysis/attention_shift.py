@@ -105,18 +105,20 @@ _LN2 = float(np.log(2.0))
 
 
 class _Workspace:
-    """Reusable float32 buffers for :func:`_shift_block`: allocating ~512 KiB temporaries per
-    block cost as much as the arithmetic on them (0.65 vs 0.24 ns per value for an add)."""
+    """Reusable buffers for the store pass: allocating fresh ~0.5-3 MiB temporaries per block
+    and chunk cost as much as the arithmetic on them (each is new memory the kernel must fault
+    in; 0.65 vs 0.24 ns per value for an add into a fresh vs a reused tensor)."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def get(self, key: str, shape: torch.Size) -> torch.Tensor:
+    def get(self, key: str, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         size = int(np.prod(shape))
         buffer = self._buffers.get(key)
-        if buffer is None or buffer.numel() < size:
-            buffer = self._buffers[key] = torch.empty(max(size, _BLOCK_VALUES), dtype=torch.float32)
-        return buffer[:size].view(shape)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            # a quarter more than asked, so chunks a few tokens longer do not reallocate
+            buffer = self._buffers[key] = torch.empty(max(size + size // 4, _BLOCK_VALUES), dtype=dtype)
+        return buffer[:size].view(tuple(shape))
 
 
 def _shift_block(p: torch.Tensor, half_p: torch.Tensor, maps: torch.Tensor, permutation: list[int],
@@ -413,9 +415,14 @@ def _layer_table(
                              f"{base_counts[i]}; expected the same prompt tokens")
         # Records are stacked along the token axis and computed in blocks of ~2**17 values, which keeps
         # the temporaries in cache (on 640x10x256 values, blocks of 64 rows ran ~4x faster than one piece).
-        stacked = torch.from_numpy(np.concatenate(personalized, axis=token_axis))
-        p = torch.cat([base_cache[record] for record in chunk["base_record"].tolist()])
-        half_p = p * 0.5
+        stacked_shape = list(personalized[0].shape)
+        stacked_shape[token_axis] = sum(counts)
+        dtype = torch.from_numpy(np.empty(0, np.result_type(*personalized))).dtype  # as concatenate would give
+        stacked = workspace.get("stacked", stacked_shape, dtype)
+        np.concatenate(personalized, axis=token_axis, out=stacked.numpy())
+        twins = [base_cache[record] for record in chunk["base_record"].tolist()]
+        p = torch.cat(twins, out=workspace.get("p", (sum(counts), *twins[0].shape[1:])))
+        half_p = torch.mul(p, 0.5, out=workspace.get("half_p", p.shape))
         rows = max(1, _BLOCK_VALUES // max(1, p[0].numel()))
         pieces = []
         for start in range(0, p.shape[0], rows):
