@@ -147,7 +147,7 @@ def use_reference_kernel() -> None:
     fresh temporaries), so the fused kernel can be timed against it on the same store and load."""
     import cemaps.analysis.attention_shift as shift
 
-    def reference(p, half_p, maps, permutation, half_index, workspace):
+    def reference(p, maps, permutation, half_index, workspace):
         n_halves = maps.permute(*permutation).shape[2]
         return shift._js_divergence(p, shift._spatial(maps, permutation, half_index, n_halves))
 

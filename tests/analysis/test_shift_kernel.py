@@ -16,8 +16,7 @@ def block_shift(base: np.ndarray, personalized: np.ndarray, axes=AXES, halves=("
     """What the store pass computes for one block: base distributions against raw personalized maps."""
     permutation, half_index = shift._check_axes(axes, base.ndim, list(halves), half)
     p = shift._spatial(torch.from_numpy(base), permutation, half_index, len(halves))
-    return shift._shift_block(p, p * 0.5, torch.from_numpy(personalized), permutation, half_index,
-                              shift._Workspace()).numpy()
+    return shift._shift_block(p, torch.from_numpy(personalized), permutation, half_index, shift._Workspace()).numpy()
 
 
 def scipy_reference(base: np.ndarray, personalized: np.ndarray) -> np.ndarray:
