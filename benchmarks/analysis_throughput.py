@@ -165,7 +165,7 @@ def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None, ke
 
     torch.set_num_threads(threads)
     if kernel == "reference":
-        use_reference_kernel()
+        use_reference_kernel()  # "baseline" and "fused" run the imported package as it is
     with open_store(path) as store:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -178,7 +178,7 @@ def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None, ke
             "records_per_s": round(records / seconds, 1), "kernel": kernel, "cpu_seconds": round(cpu_seconds, 2),
             "records_per_cpu_s": round(records / cpu_seconds, 1), "layer_records_per_s": round(len(table) / seconds, 1),
             "peak_rss_mib": round(peak_kib / 1024, 1), "peak_rss_before_pass_mib": round(rss_before / 1024, 1),
-            "torch_threads": threads, "cpus_allowed": len(os.sched_getaffinity(0)), "load_1min": round(load, 1),
+            "cemaps_src": str(Path(sys.modules["cemaps"].__file__).parent.parent), "torch_threads": threads, "cpus_allowed": len(os.sched_getaffinity(0)), "load_1min": round(load, 1),
             "mean_shift": float(table["attention_shift"].mean())}
 
 
@@ -200,6 +200,9 @@ def main() -> None:
     parser.add_argument("--kernels", type=str, default="fused",
                         help="of fused (the library's) and reference (the previous arithmetic), e.g. "
                              "'reference,fused' to time both on each store; the first is the reference of the ratios")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="a cemaps source folder (e.g. an older checkout's src/) whose pass is timed as kernel "
+                             "'baseline' beside the others (whole pass as that version runs it)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating passes per codec and size")
     parser.add_argument("--writers", type=int, default=2, help="processes that build each store")
     parser.add_argument("--records-per-part", type=int, default=64)
@@ -218,8 +221,12 @@ def main() -> None:
     if not codecs or any(c not in CODECS for c in codecs):
         parser.error(f"--codecs {args.codecs!r}: expected some of {sorted(CODECS)}")
     kernels = list(dict.fromkeys(k.strip() for k in args.kernels.split(",") if k.strip()))
-    if not kernels or any(k not in ("fused", "reference") for k in kernels):
-        parser.error(f"--kernels {args.kernels!r}: expected some of ['fused', 'reference']")
+    if args.baseline_src is not None and "baseline" not in kernels:
+        kernels.insert(0, "baseline")
+    if not kernels or any(k not in ("fused", "reference", "baseline") for k in kernels):
+        parser.error(f"--kernels {args.kernels!r}: expected some of ['fused', 'reference', 'baseline']")
+    if "baseline" in kernels and (args.baseline_src is None or not (args.baseline_src / "cemaps").is_dir()):
+        parser.error(f"--baseline-src {args.baseline_src}: expected a folder holding the cemaps package")
     variants = [(codec, kernel) for codec in codecs for kernel in kernels]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cemaps-bench-"))
     results = []
@@ -243,7 +250,11 @@ def main() -> None:
                     command = [sys.executable, __file__, "--measure", str(paths[codec]), "--chunk-size",
                                str(args.chunk_size), "--threads", str(args.threads), "--cpus", args.cpus,
                                "--kernels", kernel]
-                    measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+                    env = dict(os.environ)
+                    if kernel == "baseline":  # that version's package first on the path
+                        env["PYTHONPATH"] = os.pathsep.join([str(args.baseline_src.resolve()), env.get("PYTHONPATH", "")])
+                    measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True,
+                                                         env=env).stdout)
                     results.append({"models": models, "codec": codec, "round": round_index, "prompts": args.prompts,
                                     "seeds": args.seeds, "steps": args.steps, **built[codec], **measured})
                     print(json.dumps(results[-1]), flush=True)
