@@ -35,6 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cemaps.analysis.shift_kernel import Workspace as _Workspace
+from cemaps.analysis.shift_kernel import blocks as _blocks
+from cemaps.analysis.shift_kernel import shift_block as _shift_block
 from cemaps.errors import ConfigError, LayerNotFoundError, StoreError
 from cemaps.labelled import CROSS_ATTENTION_AXES as MAP_AXES
 from cemaps.labelled import CROSS_ATTENTION_PREFIX
@@ -99,56 +102,6 @@ def _js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     kl_q = torch.linalg.vecdot(q, torch.log2(complement.clamp_(min=_TINY)))
     # Identical rows give exactly 0; rounding may leave -1e-9, which is 0.
     return ((kl_p + kl_q) * 0.5).clamp_(0.0, 1.0)
-
-
-_LN2 = float(np.log(2.0))
-
-
-class _Workspace:
-    """Reusable buffers for the store pass: allocating fresh ~0.5-3 MiB temporaries per block
-    and chunk cost as much as the arithmetic on them (each is new memory the kernel must fault
-    in; 0.65 vs 0.24 ns per value for an add into a fresh vs a reused tensor)."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def get(self, key: str, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        size = int(np.prod(shape))
-        buffer = self._buffers.get(key)
-        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
-            # a quarter more than asked, so chunks a few tokens longer do not reallocate
-            buffer = self._buffers[key] = torch.empty(max(size + size // 4, _BLOCK_VALUES), dtype=dtype)
-        return buffer[:size].view(tuple(shape))
-
-
-def _shift_block(p: torch.Tensor, maps: torch.Tensor, permutation: list[int], half_index: int,
-                 workspace: _Workspace) -> torch.Tensor:
-    """JS divergence, base 2, [token, step], of base distributions ``p`` against raw personalized ``maps``.
-
-    The same divergence as ``_js_divergence(p, _spatial(maps, ...))`` in fewer passes over memory:
-    the personalized maps are never normalised (q = Q / S enters the mixture through one
-    ``addcmul`` and KL(q||m) through a per-row factor 1/S), natural logs (cheaper than log2 in
-    torch) are scaled to bits once per row, and temporaries live in ``workspace``.
-
-    Args:
-        p: float32 [token, step, y*x] base distributions (rows sum to 1).
-        maps: the personalized maps of the same tokens, axes permuted to MAP_AXES by ``permutation``.
-    """
-    chosen = maps.permute(*permutation)[:, :, half_index].flatten(3)  # [token, step, head, y*x]
-    raw = workspace.get("q", p.shape)
-    if chosen.shape[2] == 1:
-        raw.copy_(chosen[:, :, 0])  # float16 -> float32 straight into the buffer
-    else:
-        torch.mean(chosen.float(), dim=2, out=raw)
-    inverse_total = raw.sum(dim=-1, keepdim=True).reciprocal_()  # 1/S; inf where a map sums to 0 -> NaN below
-    total = torch.addcmul(p, raw, inverse_total, out=workspace.get("m", p.shape)).clamp_(min=_TINY)  # p + q = 2m
-    ratio = torch.div(p, total, out=total).mul_(2.0).clamp_(min=_TINY)  # p / m (the same rounding: 2 is exact)
-    logs = torch.log(ratio, out=workspace.get("log", p.shape))
-    kl_p = torch.mul(p, logs, out=logs).sum(dim=-1)
-    complement = ratio.neg_().add_(2.0).clamp_(min=_TINY).log_()  # ln(q / m), since p / m + q / m = 2
-    kl_q = torch.mul(raw, complement, out=complement).sum(dim=-1).mul_(inverse_total.squeeze(-1))
-    # Identical rows give exactly 0; rounding may leave -1e-9, which is 0.
-    return kl_p.add_(kl_q).mul_(0.5 / _LN2).clamp_(0.0, 1.0)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -392,7 +345,7 @@ def _layer_table(
     axes = store.axes(name)
     permutation, half_index = _check_axes(axes, len(axes), halves, half)
     token_axis = axes.index("token")
-    axis = _reduce_axes(reduce)
+    _reduce_axes(reduce)
     base_cache: dict[int, torch.Tensor] = {}  # base record -> [token, step, y*x], for this layer only
 
     def distributions(maps: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -421,29 +374,9 @@ def _layer_table(
         twins = [base_cache[record] for record in chunk["base_record"].tolist()]
         dtype = torch.from_numpy(np.empty(0, np.result_type(*personalized))).dtype  # as concatenate would give
         pieces = [_shift_block(p, maps, permutation, half_index, workspace)
-                  for p, maps in _blocks(twins, personalized, counts, token_axis, dtype, workspace)]
+                  for p, maps in _blocks(twins, personalized, counts, token_axis, dtype, workspace, _BLOCK_VALUES)]
         shifts.extend(_reduce_records(torch.cat(pieces), counts, reduce))
     return _shift_frame(paired, name[len(CROSS_ATTENTION_PREFIX):], shifts, reduce, tokens)
-
-
-def _blocks(
-    twins: list[torch.Tensor], personalized: list[np.ndarray], counts: list[int], token_axis: int,
-    dtype: torch.dtype, workspace: _Workspace,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(base distributions, personalized maps) of consecutive whole records, ~_BLOCK_VALUES values each."""
-    row_values = max(1, twins[0][0].numel())
-    start = 0
-    while start < len(counts):
-        stop, rows = start + 1, counts[start]
-        while stop < len(counts) and (rows + counts[stop]) * row_values <= _BLOCK_VALUES:
-            rows += counts[stop]
-            stop += 1
-        shape = list(personalized[start].shape)
-        shape[token_axis] = rows
-        maps = workspace.get("maps", shape, dtype)
-        np.concatenate(personalized[start:stop], axis=token_axis, out=maps.numpy())
-        yield torch.cat(twins[start:stop], out=workspace.get("p", (rows, *twins[start].shape[1:]))), maps
-        start = stop
 
 
 def _reduce_records(per_token_step: torch.Tensor, counts: list[int], reduce: tuple[str, ...]) -> list[np.ndarray]:
