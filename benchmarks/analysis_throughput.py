@@ -17,11 +17,13 @@ Usage:
     python benchmarks/analysis_throughput.py --cpus 0,1            # default sizes, both codecs
     python benchmarks/analysis_throughput.py --models 8 --small-models 2 --prompts 50
     taskset -c 0,1 python benchmarks/analysis_throughput.py --measure STORE   # one measurement
+    python benchmarks/analysis_throughput.py --compare-compute STORE --baseline-src OLD/src --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -182,6 +184,50 @@ def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None, ke
             "mean_shift": float(table["attention_shift"].mean())}
 
 
+def compare_compute(path: Path, baseline_src: Path, records: int, repeats: int, cpus: set[int] | None) -> dict:
+    """CPU seconds of the computing side alone (no reading): the first ``records`` personalized
+    records of every layer are decoded once, then this version's ``_layer_table`` and the one in
+    ``baseline_src`` run on the same decoded chunks, alternating ``repeats`` times. Thread CPU
+    time is what other jobs on the machine disturb least; both tables must agree."""
+    import importlib.util
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    import torch
+
+    import cemaps.analysis.attention_shift as shift
+    from cemaps.store import open_store
+
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("baseline_attention_shift",
+                                                  baseline_src / "cemaps" / "analysis" / "attention_shift.py")
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)
+    with open_store(path) as store:
+        names = shift.select_layers(store)
+        halves = shift._capture_halves(store)
+        paired = shift.paired_records(store).iloc[:records]
+        items = [(name, [item[1:] for item in chunks]) for name, chunks in itertools.groupby(
+            shift._read_ahead(store, names, paired, 64), key=lambda item: item[0])]
+        seconds: dict[str, list[float]] = {"baseline": [], "fused": []}
+        tables = {}
+        for _ in range(repeats):
+            for label, module in (("baseline", baseline), ("fused", shift)):
+                start = time.thread_time()
+                tables[label] = [module._layer_table(store, name, iter(chunks), paired, halves, "cond",
+                                                     ("token", "step"), {}) for name, chunks in items]
+                seconds[label].append(time.thread_time() - start)
+    difference = max(float(np.max(np.abs(a["attention_shift"].to_numpy() - b["attention_shift"].to_numpy())))
+                     for a, b in zip(tables["baseline"], tables["fused"], strict=True))
+    ratios = [b / f for b, f in zip(seconds["baseline"], seconds["fused"], strict=True)]
+    return {"records": len(paired), "layers": len(names), "baseline_cpu_s": seconds["baseline"],
+            "fused_cpu_s": seconds["fused"], "ratios": [round(r, 3) for r in ratios],
+            "median_ratio": round(float(np.median(ratios)), 3),
+            "fused_records_per_cpu_s": round(len(paired) / float(np.median(seconds["fused"])), 1),
+            "baseline_records_per_cpu_s": round(len(paired) / float(np.median(seconds["baseline"])), 1),
+            "max_abs_difference": difference, "load_1min": round(os.getloadavg()[0], 1)}
+
+
 CODECS = {"gzip": 1, "blosc2-zstd": 2}  # codec -> the store schema version that writes it
 
 
@@ -210,8 +256,19 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compare-compute", type=Path, default=None, metavar="STORE",
+                        help="time only the computing side of this version against --baseline-src on the same "
+                             "decoded chunks of STORE (--compare-records records, --rounds repeats), then exit")
+    parser.add_argument("--compare-records", type=int, default=1024)
     args = parser.parse_args()
 
+    if args.compare_compute is not None:
+        if args.baseline_src is None:
+            parser.error("--compare-compute needs --baseline-src")
+        cpus = {int(c) for c in args.cpus.split(",") if c.strip()}
+        print(json.dumps(compare_compute(args.compare_compute, args.baseline_src, args.compare_records,
+                                         args.rounds, cpus)))
+        return
     if args.measure is not None:
         cpus = {int(c) for c in args.cpus.split(",") if c.strip()}
         print(json.dumps(measure(args.measure, args.chunk_size, args.threads, cpus, args.kernels)))
