@@ -239,7 +239,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="captured steps per record (cemaps default: 5)")
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in the measured process")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in the measured process (2 ran 9-34x slower on a loaded 2-CPU machine)")
     parser.add_argument("--cpus", type=str, default="", help="pin the measured process to these CPUs, e.g. 0,1")
     parser.add_argument("--codecs", type=str, default="gzip,blosc2-zstd",
                         help=f"of {sorted(CODECS)}; the first is the reference of the printed ratios")
