@@ -17,11 +17,13 @@ Usage:
     python benchmarks/analysis_throughput.py --cpus 0,1            # default sizes, both codecs
     python benchmarks/analysis_throughput.py --models 8 --small-models 2 --prompts 50
     taskset -c 0,1 python benchmarks/analysis_throughput.py --measure STORE   # one measurement
+    python benchmarks/analysis_throughput.py --compare-compute STORE --baseline-src OLD/src --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -142,7 +144,19 @@ def build_store(path: Path, *, models: int, prompts: int, seeds: int, steps: int
             "build_seconds": round(seconds, 1), "store_bytes": size}
 
 
-def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None) -> dict:
+def use_reference_kernel() -> None:
+    """Makes the store pass use the previous arithmetic: normalise q, then ``_js_divergence`` (log2,
+    fresh temporaries), so the fused kernel can be timed against it on the same store and load."""
+    import cemaps.analysis.attention_shift as shift
+
+    def reference(p, maps, permutation, half_index, workspace):
+        n_halves = maps.permute(*permutation).shape[2]
+        return shift._js_divergence(p, shift._spatial(maps, permutation, half_index, n_halves))
+
+    shift._shift_block = reference
+
+
+def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None, kernel: str = "fused") -> dict:
     """Times one attention-shift pass over every personalized record and layer; peak RSS of this process."""
     if cpus:
         os.sched_setaffinity(0, cpus)  # e.g. {0, 1}: the "2 cores" the target is stated for
@@ -152,19 +166,66 @@ def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None) ->
     from cemaps.store import open_store
 
     torch.set_num_threads(threads)
+    if kernel == "reference":
+        use_reference_kernel()  # "baseline" and "fused" run the imported package as it is
     with open_store(path) as store:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         table = attention_shift_table(store, chunk_size=chunk_size)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     records = table[["model_id", "prompt_id", "seed"]].drop_duplicates().shape[0]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     load = os.getloadavg()[0]
     return {"records": records, "rows": len(table), "seconds": round(seconds, 2),
-            "records_per_s": round(records / seconds, 1), "layer_records_per_s": round(len(table) / seconds, 1),
+            "records_per_s": round(records / seconds, 1), "kernel": kernel, "cpu_seconds": round(cpu_seconds, 2),
+            "records_per_cpu_s": round(records / cpu_seconds, 1), "layer_records_per_s": round(len(table) / seconds, 1),
             "peak_rss_mib": round(peak_kib / 1024, 1), "peak_rss_before_pass_mib": round(rss_before / 1024, 1),
-            "torch_threads": threads, "cpus_allowed": len(os.sched_getaffinity(0)), "load_1min": round(load, 1),
+            "cemaps_src": str(Path(sys.modules["cemaps"].__file__).parent.parent), "torch_threads": threads, "cpus_allowed": len(os.sched_getaffinity(0)), "load_1min": round(load, 1),
             "mean_shift": float(table["attention_shift"].mean())}
+
+
+def compare_compute(path: Path, baseline_src: Path, records: int, repeats: int, cpus: set[int] | None) -> dict:
+    """CPU seconds of the computing side alone (no reading): the first ``records`` personalized
+    records of every layer are decoded once, then this version's ``_layer_table`` and the one in
+    ``baseline_src`` run on the same decoded chunks, alternating ``repeats`` times. Thread CPU
+    time is what other jobs on the machine disturb least; both tables must agree."""
+    import importlib.util
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    import torch
+
+    import cemaps.analysis.attention_shift as shift
+    from cemaps.store import open_store
+
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("baseline_attention_shift",
+                                                  baseline_src / "cemaps" / "analysis" / "attention_shift.py")
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)
+    with open_store(path) as store:
+        names = shift.select_layers(store)
+        halves = shift._capture_halves(store)
+        paired = shift.paired_records(store).iloc[:records]
+        items = [(name, [item[1:] for item in chunks]) for name, chunks in itertools.groupby(
+            shift._read_ahead(store, names, paired, 64), key=lambda item: item[0])]
+        seconds: dict[str, list[float]] = {"baseline": [], "fused": []}
+        tables = {}
+        for _ in range(repeats):
+            for label, module in (("baseline", baseline), ("fused", shift)):
+                start = time.thread_time()
+                tables[label] = [module._layer_table(store, name, iter(chunks), paired, halves, "cond",
+                                                     ("token", "step"), {}) for name, chunks in items]
+                seconds[label].append(time.thread_time() - start)
+    difference = max(float(np.max(np.abs(a["attention_shift"].to_numpy() - b["attention_shift"].to_numpy())))
+                     for a, b in zip(tables["baseline"], tables["fused"], strict=True))
+    ratios = [b / f for b, f in zip(seconds["baseline"], seconds["fused"], strict=True)]
+    return {"records": len(paired), "layers": len(names), "baseline_cpu_s": seconds["baseline"],
+            "fused_cpu_s": seconds["fused"], "ratios": [round(r, 3) for r in ratios],
+            "median_ratio": round(float(np.median(ratios)), 3),
+            "fused_records_per_cpu_s": round(len(paired) / float(np.median(seconds["fused"])), 1),
+            "baseline_records_per_cpu_s": round(len(paired) / float(np.median(seconds["baseline"])), 1),
+            "max_abs_difference": difference, "load_1min": round(os.getloadavg()[0], 1)}
 
 
 CODECS = {"gzip": 1, "blosc2-zstd": 2}  # codec -> the store schema version that writes it
@@ -178,10 +239,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="captured steps per record (cemaps default: 5)")
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in the measured process")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in the measured process (2 ran 9-34x slower on a loaded 2-CPU machine)")
     parser.add_argument("--cpus", type=str, default="", help="pin the measured process to these CPUs, e.g. 0,1")
     parser.add_argument("--codecs", type=str, default="gzip,blosc2-zstd",
                         help=f"of {sorted(CODECS)}; the first is the reference of the printed ratios")
+    parser.add_argument("--kernels", type=str, default="fused",
+                        help="of fused (the library's) and reference (the previous arithmetic), e.g. "
+                             "'reference,fused' to time both on each store; the first is the reference of the ratios")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="a cemaps source folder (e.g. an older checkout's src/) whose pass is timed as kernel "
+                             "'baseline' beside the others (whole pass as that version runs it)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating passes per codec and size")
     parser.add_argument("--writers", type=int, default=2, help="processes that build each store")
     parser.add_argument("--records-per-part", type=int, default=64)
@@ -189,16 +257,35 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--compare-compute", type=Path, default=None, metavar="STORE",
+                        help="time only the computing side of this version against --baseline-src on the same "
+                             "decoded chunks of STORE (--compare-records records, --rounds repeats), then exit")
+    parser.add_argument("--compare-records", type=int, default=1024)
     args = parser.parse_args()
 
+    if args.compare_compute is not None:
+        if args.baseline_src is None:
+            parser.error("--compare-compute needs --baseline-src")
+        cpus = {int(c) for c in args.cpus.split(",") if c.strip()}
+        print(json.dumps(compare_compute(args.compare_compute, args.baseline_src, args.compare_records,
+                                         args.rounds, cpus)))
+        return
     if args.measure is not None:
         cpus = {int(c) for c in args.cpus.split(",") if c.strip()}
-        print(json.dumps(measure(args.measure, args.chunk_size, args.threads, cpus)))
+        print(json.dumps(measure(args.measure, args.chunk_size, args.threads, cpus, args.kernels)))
         return
 
     codecs = list(dict.fromkeys(c.strip() for c in args.codecs.split(",") if c.strip()))
     if not codecs or any(c not in CODECS for c in codecs):
         parser.error(f"--codecs {args.codecs!r}: expected some of {sorted(CODECS)}")
+    kernels = list(dict.fromkeys(k.strip() for k in args.kernels.split(",") if k.strip()))
+    if args.baseline_src is not None and "baseline" not in kernels:
+        kernels.insert(0, "baseline")
+    if not kernels or any(k not in ("fused", "reference", "baseline") for k in kernels):
+        parser.error(f"--kernels {args.kernels!r}: expected some of ['fused', 'reference', 'baseline']")
+    if "baseline" in kernels and (args.baseline_src is None or not (args.baseline_src / "cemaps").is_dir()):
+        parser.error(f"--baseline-src {args.baseline_src}: expected a folder holding the cemaps package")
+    variants = [(codec, kernel) for codec in codecs for kernel in kernels]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cemaps-bench-"))
     results = []
     try:
@@ -217,31 +304,39 @@ def main() -> None:
                 paths[codec] = path
                 print(f"built {path}: {built[codec]}", flush=True)
             for round_index in range(args.rounds):
-                for codec in codecs if round_index % 2 == 0 else codecs[::-1]:
+                for codec, kernel in variants if round_index % 2 == 0 else variants[::-1]:
                     command = [sys.executable, __file__, "--measure", str(paths[codec]), "--chunk-size",
-                               str(args.chunk_size), "--threads", str(args.threads), "--cpus", args.cpus]
-                    measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+                               str(args.chunk_size), "--threads", str(args.threads), "--cpus", args.cpus,
+                               "--kernels", kernel]
+                    env = dict(os.environ)
+                    if kernel == "baseline":  # that version's package first on the path
+                        env["PYTHONPATH"] = os.pathsep.join([str(args.baseline_src.resolve()), env.get("PYTHONPATH", "")])
+                    measured = json.loads(subprocess.run(command, check=True, capture_output=True, text=True,
+                                                         env=env).stdout)
                     results.append({"models": models, "codec": codec, "round": round_index, "prompts": args.prompts,
                                     "seeds": args.seeds, "steps": args.steps, **built[codec], **measured})
                     print(json.dumps(results[-1]), flush=True)
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    _print_table(results, codecs)
+    _print_table(results, [f"{codec}/{kernel}" for codec, kernel in variants])
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
 
 
 def _print_table(results: list[dict], codecs: list[str]) -> None:
-    print(f"\n{'models':>6} {'round':>5} {'codec':>12} {'records':>7} {'seconds':>7} {'records/s':>9} "
-          f"{'peak RSS MiB':>12} {'KB/record':>9} {'load':>5}")
+    """``codecs``: the variants as 'codec/kernel'; ratios are against the first."""
+    print(f"\n{'models':>6} {'round':>5} {'codec/kernel':>22} {'records':>7} {'seconds':>7} {'records/s':>9} "
+          f"{'rec/CPU-s':>9} {'peak RSS MiB':>12} {'KB/record':>9} {'load':>5}")
     for row in results:
         per_record = row["store_bytes"] / (row["records"] + row["records"] // max(1, row["models"])) / 1e3
-        print(f"{row['models']:>6} {row['round']:>5} {row['codec']:>12} {row['records']:>7} {row['seconds']:>7} "
-              f"{row['records_per_s']:>9} {row['peak_rss_mib']:>12} {per_record:>9.1f} {row['load_1min']:>5}")
+        print(f"{row['models']:>6} {row['round']:>5} {row['codec'] + '/' + row['kernel']:>22} {row['records']:>7} "
+              f"{row['seconds']:>7} {row['records_per_s']:>9} {row['records_per_cpu_s']:>9} {row['peak_rss_mib']:>12} "
+              f"{per_record:>9.1f} {row['load_1min']:>5}")
     reference = codecs[0]
     for models in sorted({row["models"] for row in results}):
-        rates = {(row["round"], row["codec"]): row["records_per_s"] for row in results if row["models"] == models}
+        rates = {(row["round"], f"{row['codec']}/{row['kernel']}"): row["records_per_s"]
+                 for row in results if row["models"] == models}
         rounds = sorted({key[0] for key in rates})
         for codec in codecs[1:]:
             ratios = [rates[(r, codec)] / rates[(r, reference)] for r in rounds
