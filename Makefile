@@ -17,6 +17,8 @@ demo: venv
 	$(BIN)/cemaps demo --out demo-out
 
 test: venv
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 bench: venv

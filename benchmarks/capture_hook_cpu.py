@@ -37,8 +37,12 @@ def main() -> None:
 
     def one_image() -> None:
         with cemaps.capture(pipe, [CrossAttentionProbe()]) as run:
-            pipe("a watercolor of a lighthouse", num_inference_steps=args.steps,
-                 generator=torch.Generator().manual_seed(0), output_type="latent")
+            pipe(
+                "a watercolor of a lighthouse",
+                num_inference_steps=args.steps,
+                generator=torch.Generator().manual_seed(0),
+                output_type="latent",
+            )
         run.records()
 
     one_image()  # warm-up
@@ -52,9 +56,11 @@ def main() -> None:
     total = sum(tt for (_, _, tt, _, _) in stats.values())
     if args.images < 0:
         pass
-    print(f"{cemaps.__file__}: capture's own Python {1000 * own / args.images:.2f} ms CPU per image "
-          f"of {1000 * total / args.images:.0f} ms profiled ({100 * own / total:.2f} %), "
-          f"tiny 64x64, {args.steps} PNDM steps, default probe (5 captured steps)")
+    print(
+        f"{cemaps.__file__}: capture's own Python {1000 * own / args.images:.2f} ms CPU per image "
+        f"of {1000 * total / args.images:.0f} ms profiled ({100 * own / total:.2f} %), "
+        f"tiny 64x64, {args.steps} PNDM steps, default probe (5 captured steps)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,13 +43,27 @@ from cemaps import CrossAttentionProbe, capture, tiny_pipeline  # noqa: E402
 
 
 def _generate(pipe, steps, size, output_type, guidance_scale=7.5):
-    return pipe("an oil painting of a lighthouse on a cliff at dusk", num_inference_steps=steps, height=size,
-                width=size, generator=torch.Generator().manual_seed(0), output_type=output_type,
-                guidance_scale=guidance_scale)
+    return pipe(
+        "an oil painting of a lighthouse on a cliff at dusk",
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        generator=torch.Generator().manual_seed(0),
+        output_type=output_type,
+        guidance_scale=guidance_scale,
+    )
 
 
-def overhead(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output_type: str,
-             guidance_scale: float = 7.5, warmup: bool = True) -> dict:
+def overhead(
+    pipe,
+    steps: int,
+    size: int,
+    pairs: int,
+    probe_kwargs: dict,
+    output_type: str,
+    guidance_scale: float = 7.5,
+    warmup: bool = True,
+) -> dict:
     if warmup:
         _generate(pipe, steps, size, output_type, guidance_scale)
         with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]):
@@ -77,9 +91,13 @@ def overhead(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output
 def summarize(plain_times: list[float], capture_times: list[float]) -> dict:
     """Ratios of paired timings: per pair, of medians and of minimums."""
     ratios = [captured / plain for plain, captured in zip(plain_times, capture_times, strict=True)]
-    return {"median_ratio": statistics.median(ratios), "ratios": ratios, "plain_s": statistics.median(plain_times),
-            "ratio_of_medians": statistics.median(capture_times) / statistics.median(plain_times),
-            "ratio_of_minimums": min(capture_times) / min(plain_times)}
+    return {
+        "median_ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "plain_s": statistics.median(plain_times),
+        "ratio_of_medians": statistics.median(capture_times) / statistics.median(plain_times),
+        "ratio_of_minimums": min(capture_times) / min(plain_times),
+    }
 
 
 class _Turns:
@@ -102,8 +120,17 @@ class _Turns:
             self._cond.notify_all()
 
 
-def _lockstep_pair(pipes, capture_index: int, first: int, steps: int, size: int, output_type: str,
-                   guidance_scale: float, probe_kwargs: dict, threads: int) -> tuple[float, float]:
+def _lockstep_pair(
+    pipes,
+    capture_index: int,
+    first: int,
+    steps: int,
+    size: int,
+    output_type: str,
+    guidance_scale: float,
+    probe_kwargs: dict,
+    threads: int,
+) -> tuple[float, float]:
     """(plain seconds, captured seconds) of one image each, generated in turns at every UNet call."""
     turns = _Turns(first)
     elapsed = [0.0, 0.0]
@@ -148,8 +175,16 @@ def _lockstep_pair(pipes, capture_index: int, first: int, steps: int, size: int,
     return elapsed[1 - capture_index], elapsed[capture_index]
 
 
-def overhead_lockstep(pipe, steps: int, size: int, pairs: int, probe_kwargs: dict, output_type: str,
-                      guidance_scale: float = 7.5, threads: int | None = None) -> dict:
+def overhead_lockstep(
+    pipe,
+    steps: int,
+    size: int,
+    pairs: int,
+    probe_kwargs: dict,
+    output_type: str,
+    guidance_scale: float = 7.5,
+    threads: int | None = None,
+) -> dict:
     """Median ratio over ``pairs`` images generated in step-level turns with a twin of ``pipe``."""
     pipes = (pipe, copy.deepcopy(pipe))
     threads = threads or torch.get_num_threads()
@@ -157,8 +192,9 @@ def overhead_lockstep(pipe, steps: int, size: int, pairs: int, probe_kwargs: dic
     plain_times, capture_times = [], []
     for pair in range(pairs):
         # alternate which pipeline object captures and which side takes the first turn
-        plain, captured = _lockstep_pair(pipes, pair % 2, (pair // 2) % 2, steps, size, output_type,
-                                         guidance_scale, probe_kwargs, threads)
+        plain, captured = _lockstep_pair(
+            pipes, pair % 2, (pair // 2) % 2, steps, size, output_type, guidance_scale, probe_kwargs, threads
+        )
         plain_times.append(plain)
         capture_times.append(captured)
     return summarize(plain_times, capture_times)
@@ -168,17 +204,25 @@ def median_interval(ratios: list[float], confidence: float = 0.95) -> tuple[floa
     """Bootstrap (BCa) confidence interval of the median pair ratio."""
     if len(ratios) < 3:
         return float("nan"), float("nan")
-    result = stats.bootstrap((np.asarray(ratios),), np.median, confidence_level=confidence, n_resamples=9999,
-                             random_state=np.random.default_rng(0))
+    result = stats.bootstrap(
+        (np.asarray(ratios),),
+        np.median,
+        confidence_level=confidence,
+        n_resamples=9999,
+        random_state=np.random.default_rng(0),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def report(label: str, result: dict) -> None:
     ratios = ", ".join(f"{r:.3f}" for r in result["ratios"])
     low, high = median_interval(result["ratios"])
-    print(f"{label:<62} median of pair ratios {result['median_ratio']:.3f}x (95% CI {low:.3f}-{high:.3f}), "
-          f"ratio of medians {result['ratio_of_medians']:.3f}x, ratio of minimums {result['ratio_of_minimums']:.3f}x "
-          f"(plain {result['plain_s']:.2f} s; {len(result['ratios'])} pairs: {ratios})", flush=True)
+    print(
+        f"{label:<62} median of pair ratios {result['median_ratio']:.3f}x (95% CI {low:.3f}-{high:.3f}), "
+        f"ratio of medians {result['ratio_of_medians']:.3f}x, ratio of minimums {result['ratio_of_minimums']:.3f}x "
+        f"(plain {result['plain_s']:.2f} s; {len(result['ratios'])} pairs: {ratios})",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -202,8 +246,9 @@ def main() -> None:
     def measure(label, pipe, steps, size, pairs, probe_kwargs, output_type, guidance_scale=7.5, warmup=True):
         for method in methods:
             if method == "lockstep":
-                result = overhead_lockstep(pipe, steps, size, pairs, probe_kwargs, output_type, guidance_scale,
-                                           args.threads)
+                result = overhead_lockstep(
+                    pipe, steps, size, pairs, probe_kwargs, output_type, guidance_scale, args.threads
+                )
             else:
                 result = overhead(pipe, steps, size, pairs, probe_kwargs, output_type, guidance_scale, warmup)
             report(f"{label} [{method}]", result)
@@ -225,11 +270,29 @@ def main() -> None:
     steps = args.sd15_steps
     # The defaults capture 5 of 50 steps; keep at least that share of captured steps here.
     share = {"timesteps": max(1, -(-steps * 5 // 50))}
-    measure(f"SD v1.5 512x512, {steps} DDIM steps, no CFG, {share['timesteps']} of {steps} captured", sd, steps,
-            512, args.pairs, share, "latent", guidance_scale=1.0, warmup=False)
+    measure(
+        f"SD v1.5 512x512, {steps} DDIM steps, no CFG, {share['timesteps']} of {steps} captured",
+        sd,
+        steps,
+        512,
+        args.pairs,
+        share,
+        "latent",
+        guidance_scale=1.0,
+        warmup=False,
+    )
     if args.every_step:
-        measure(f"SD v1.5 512x512, {steps} DDIM steps, no CFG, every step", sd, steps, 512, args.pairs,
-                {"timesteps": "all"}, "latent", guidance_scale=1.0, warmup=False)
+        measure(
+            f"SD v1.5 512x512, {steps} DDIM steps, no CFG, every step",
+            sd,
+            steps,
+            512,
+            args.pairs,
+            {"timesteps": "all"},
+            "latent",
+            guidance_scale=1.0,
+            warmup=False,
+        )
 
 
 if __name__ == "__main__":

@@ -43,13 +43,19 @@ def kohya_lora(pipe, path: Path, rank: int) -> PersonalizedSpec:
     """rank-r kohya LoRA on every UNet attention projection and every text-encoder Linear in attention and MLP."""
     generator = torch.Generator().manual_seed(0)
     state: dict[str, torch.Tensor] = {}
-    for component, prefix, keep in (("unet", "lora_unet_", (".to_q", ".to_k", ".to_v", ".to_out.0")),
-                                    ("text_encoder", "lora_te_text_model_", ("_proj", ".fc1", ".fc2"))):
+    for component, prefix, keep in (
+        ("unet", "lora_unet_", (".to_q", ".to_k", ".to_v", ".to_out.0")),
+        ("text_encoder", "lora_te_text_model_", ("_proj", ".fc1", ".fc2")),
+    ):
         for name, module in getattr(pipe, component).named_modules():
             if isinstance(module, torch.nn.Linear) and name.endswith(keep) and "embeddings" not in name:
                 flat = prefix + name.replace(".", "_")
-                state[f"{flat}.lora_down.weight"] = (torch.randn(rank, module.in_features, generator=generator) * 0.01).half()
-                state[f"{flat}.lora_up.weight"] = (torch.randn(module.out_features, rank, generator=generator) * 0.01).half()
+                state[f"{flat}.lora_down.weight"] = (
+                    torch.randn(rank, module.in_features, generator=generator) * 0.01
+                ).half()
+                state[f"{flat}.lora_up.weight"] = (
+                    torch.randn(module.out_features, rank, generator=generator) * 0.01
+                ).half()
                 state[f"{flat}.alpha"] = torch.tensor(float(rank) / 2)
     save_file(state, path)
     return PersonalizedSpec("kohya", "lora", str(path))
@@ -70,7 +76,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=16)
     args = parser.parse_args()
-    pipe = tiny_pipeline(seed=0) if args.geometry == "tiny" else sd_geometry_pipeline(torch.device("cpu"), torch.float32)
+    pipe = (
+        tiny_pipeline(seed=0) if args.geometry == "tiny" else sd_geometry_pipeline(torch.device("cpu"), torch.float32)
+    )
     verify_times: list[float] = []
     original_verify = lora_module._verify_loaded
 
@@ -98,8 +106,10 @@ def main() -> None:
 
             applied_seconds = median_seconds(round_trip, args.repeats)
             verify = statistics.median(verify_times) if verify_times else float("nan")
-            print(f"{spec.method:<20}{checked:>10.3f}{applied_seconds:>14.3f}{verify:>10.3f}"
-                  f"{checked / applied_seconds:>13.2f}{verify / applied_seconds:>14.2f}")
+            print(
+                f"{spec.method:<20}{checked:>10.3f}{applied_seconds:>14.3f}{verify:>10.3f}"
+                f"{checked / applied_seconds:>13.2f}{verify / applied_seconds:>14.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,10 @@ def write_artifacts(pipe: StableDiffusionPipeline, folder: Path, rank: int = 4) 
     dreambooth = folder / "dreambooth_unet"
     dreambooth.mkdir()
     # a DreamBooth checkpoint as commonly shared: the whole UNet, every tensor changed, stored in float16
-    state = {k: (v.float() + 1e-3 * torch.randn(v.shape, generator=generator)).half() for k, v in pipe.unet.state_dict().items()}
+    state = {
+        k: (v.float() + 1e-3 * torch.randn(v.shape, generator=generator)).half()
+        for k, v in pipe.unet.state_dict().items()
+    }
     save_file(state, dreambooth / "diffusion_pytorch_model.safetensors")
     del state
     (dreambooth / "config.json").write_text(pipe.unet.to_json_string())
@@ -112,7 +115,9 @@ def timed(function, repeats: int) -> float:
     return statistics.median(seconds)
 
 
-def switch_seconds(pipe: StableDiffusionPipeline, specs: list[PersonalizedSpec], repeats: int) -> tuple[dict[str, float], float]:
+def switch_seconds(
+    pipe: StableDiffusionPipeline, specs: list[PersonalizedSpec], repeats: int
+) -> tuple[dict[str, float], float]:
     """Median seconds of one apply+restore round per method, and the one-off base snapshot time."""
     start = time.perf_counter()
     base = BaseWeights(pipe)
@@ -130,7 +135,12 @@ def switch_seconds(pipe: StableDiffusionPipeline, specs: list[PersonalizedSpec],
 
 def tiny_image_seconds(pipe: StableDiffusionPipeline, repeats: int) -> float:
     def generate() -> None:
-        pipe("a watercolor of a lighthouse", num_inference_steps=STEPS_PER_IMAGE, generator=torch.Generator().manual_seed(0), output_type="latent")
+        pipe(
+            "a watercolor of a lighthouse",
+            num_inference_steps=STEPS_PER_IMAGE,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        )
 
     generate()
     return timed(generate, repeats)
@@ -140,7 +150,9 @@ def sd_image_seconds(pipe: StableDiffusionPipeline, forwards: int) -> float:
     """50 x the mean time of one UNet forward on [2, 4, 64, 64] latents (the CFG pair)."""
     unet = pipe.unet
     latents = torch.randn(2, unet.config.in_channels, 64, 64, device=unet.device, dtype=unet.dtype)
-    context = torch.randn(2, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim, device=unet.device, dtype=unet.dtype)
+    context = torch.randn(
+        2, pipe.tokenizer.model_max_length, unet.config.cross_attention_dim, device=unet.device, dtype=unet.dtype
+    )
     timestep = torch.tensor(500, device=unet.device)
     with torch.no_grad():
         unet(latents, timestep, encoder_hidden_states=context)
@@ -148,12 +160,16 @@ def sd_image_seconds(pipe: StableDiffusionPipeline, forwards: int) -> float:
     return STEPS_PER_IMAGE * per_forward
 
 
-def report(geometry: str, image_seconds: float, switches: dict[str, float], snapshot_seconds: float, n_params: int) -> None:
+def report(
+    geometry: str, image_seconds: float, switches: dict[str, float], snapshot_seconds: float, n_params: int
+) -> None:
     paper_seconds = PAPER_IMAGES_PER_MODEL * image_seconds
     print(f"\n== {geometry}: UNet {n_params / 1e6:.1f}M params; one image ({STEPS_PER_IMAGE} steps) = {image_seconds:.3f} s; "
           f"one model at paper scale ({PAPER_IMAGES_PER_MODEL} images) = {paper_seconds:.0f} s")  # fmt: skip
     print(f"   base snapshot (once per study): {snapshot_seconds:.3f} s")
-    print(f"   {'method':<18} {'switch s':>9} {'x one image':>12} {'% of paper-scale model':>24}  target < {TARGET_FRACTION:.0%}")
+    print(
+        f"   {'method':<18} {'switch s':>9} {'x one image':>12} {'% of paper-scale model':>24}  target < {TARGET_FRACTION:.0%}"
+    )
     for method, seconds in switches.items():
         fraction = seconds / paper_seconds
         verdict = "ok" if fraction < TARGET_FRACTION else "OVER"
@@ -164,7 +180,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--geometry", choices=["tiny", "sd", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median)")
-    parser.add_argument("--sd-steps", type=int, default=2, help="UNet forwards timed for the SD-geometry image estimate")
+    parser.add_argument(
+        "--sd-steps", type=int, default=2, help="UNet forwards timed for the SD-geometry image estimate"
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = parser.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -26,8 +26,7 @@ def main() -> None:
     parser.add_argument("--null", type=int, default=1000, help="simulated studies under the null per family")
     parser.add_argument("--power", type=int, default=500, help="simulated studies with a planted effect per family")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--family", action="append", choices=sorted(FAMILIES),
-                        help="families to run (default: all)")
+    parser.add_argument("--family", action="append", choices=sorted(FAMILIES), help="families to run (default: all)")
     args = parser.parse_args()
     gc.freeze()  # the simulation loops allocate many small frames; a frozen heap keeps collections cheap
     start = time.perf_counter()
@@ -35,8 +34,10 @@ def main() -> None:
     print("| family | test | null rate (95% CI) | n null | power | n power | planted effect |")
     print("|---|---|---|---|---|---|---|")
     for row in table.itertuples():
-        print(f"| {row.family} | {row.test} | {row.null_rate:.3f} ({row.null_ci_low:.3f}-{row.null_ci_high:.3f}) "
-              f"| {row.n_null} | {row.power:.3f} | {row.n_power} | {row.planted} |")
+        print(
+            f"| {row.family} | {row.test} | {row.null_rate:.3f} ({row.null_ci_low:.3f}-{row.null_ci_high:.3f}) "
+            f"| {row.n_null} | {row.power:.3f} | {row.n_power} | {row.planted} |"
+        )
     print(f"\n{time.perf_counter() - start:.0f} s; seed {args.seed}")
 
 

@@ -26,8 +26,12 @@ from cemaps.probes import CrossAttentionSettings  # noqa: E402
 from cemaps.store import open_store  # noqa: E402
 from cemaps.study import run_study  # noqa: E402
 
-PROMPTS = ["an oil painting of a lighthouse on a cliff at dusk", "the quiet joy of a rainy sunday morning",
-           "three red apples in a blue bowl beside a candle", "a portrait of an old fisherman"]
+PROMPTS = [
+    "an oil painting of a lighthouse on a cliff at dusk",
+    "the quiet joy of a rainy sunday morning",
+    "three red apples in a blue bowl beside a candle",
+    "a portrait of an old fisherman",
+]
 
 
 def main() -> None:
@@ -39,8 +43,12 @@ def main() -> None:
 
     pipe = sd15_pipeline()
     capture = CrossAttentionSettings()
-    config = StudyConfig(prompts=PROMPTS[: args.records], seeds=(0,), capture=capture,
-                         generation=GenerationSettings(steps=args.steps, height=512, width=512, batch_size=1))
+    config = StudyConfig(
+        prompts=PROMPTS[: args.records],
+        seeds=(0,),
+        capture=capture,
+        generation=GenerationSettings(steps=args.steps, height=512, width=512, batch_size=1),
+    )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "study.h5"
         run_study(config, path, progress=True, pipe=pipe)
@@ -53,12 +61,20 @@ def main() -> None:
             shapes = {name: store.trailing_shape(name) for name in store.array_names}
     print(f"defaults: {capture.to_dict()}; {args.steps} denoising steps")
     print(f"records: {n}; mean prompt tokens {tokens:.1f}")
-    print(f"store size on disk: {total / n / 1e6:.3f} MB/record "
-          f"(maps {raw_maps / 1e6:.3f} MB raw float16 before compression; image PNG {png / 1e6:.3f} MB)")
+    print(
+        f"store size on disk: {total / n / 1e6:.3f} MB/record "
+        f"(maps {raw_maps / 1e6:.3f} MB raw float16 before compression; image PNG {png / 1e6:.3f} MB)"
+    )
     full = full_capture_bytes(pipe, steps=50)
-    print(f"full-resolution, per-head, every-step (50), both halves, 77 tokens, float16: {full / 1e9:.2f} GB/record "
-          "(computed from the layer shapes)")
-    print("per-layer stored map shape (token first, ragged):", {k.split('/')[-1]: v for k, v in list(shapes.items())[:2]}, "...")
+    print(
+        f"full-resolution, per-head, every-step (50), both halves, 77 tokens, float16: {full / 1e9:.2f} GB/record "
+        "(computed from the layer shapes)"
+    )
+    print(
+        "per-layer stored map shape (token first, ragged):",
+        {k.split("/")[-1]: v for k, v in list(shapes.items())[:2]},
+        "...",
+    )
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -74,8 +90,11 @@ def full_capture_bytes(pipe, steps: int, size: int = 512, tokens: int = 77, halv
     total = 0
     for name, module in pipe.unet.named_modules():
         if is_cross_attention(name, module):
-            level = int(name.split(".")[1]) if name.startswith("down_blocks") else (
-                3 - int(name.split(".")[1]) if name.startswith("up_blocks") else 3)
+            level = (
+                int(name.split(".")[1])
+                if name.startswith("down_blocks")
+                else (3 - int(name.split(".")[1]) if name.startswith("up_blocks") else 3)
+            )
             side = latent // 2**level
             total += side * side * module.heads * tokens * halves * steps * 2
     return total

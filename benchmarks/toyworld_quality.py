@@ -39,11 +39,19 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
     pipe = cemaps.load_pipeline(args.base, device="cpu")
-    tables = evaluate_pipeline(pipe, seeds=list(range(args.seeds)), steps=args.steps, guidance_scale=args.guidance,
-                               with_attention=not args.no_attention, batch_size=args.batch_size)
+    tables = evaluate_pipeline(
+        pipe,
+        seeds=list(range(args.seeds)),
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        with_attention=not args.no_attention,
+        batch_size=args.batch_size,
+    )
     pd.set_option("display.width", 160)
-    print(f"base {args.base}: {args.seeds} seeds, {args.steps} steps, guidance {args.guidance} "
-          f"({time.perf_counter() - started:.0f} s)")
+    print(
+        f"base {args.base}: {args.seeds} seeds, {args.steps} steps, guidance {args.guidance} "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
     accuracy = tables["accuracy"].pivot_table(index="check", columns="source", values="accuracy", sort=False)
     accuracy["images"] = tables["accuracy"].groupby("check", sort=False)["images"].first()
     print("\naccuracy (judged from pixels)\n" + accuracy.round(3).to_string())
@@ -54,8 +62,14 @@ def main() -> None:
         print(miou.round(3).to_string())
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({name: table.reset_index().to_dict(orient="records") if isinstance(table, pd.DataFrame) else table
-                       for name, table in tables.items()}, handle, indent=1)
+            json.dump(
+                {
+                    name: table.reset_index().to_dict(orient="records") if isinstance(table, pd.DataFrame) else table
+                    for name, table in tables.items()
+                },
+                handle,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

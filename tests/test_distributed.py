@@ -46,23 +46,31 @@ def test_no_launcher_is_one_process():
     assert process_info({}) == ProcessInfo(0, 1, 0, "single")
 
 
-@pytest.mark.parametrize(("environ", "expected"), [
-    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, ProcessInfo(3, 4, 1, "torchrun")),
-    ({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1"},
-     ProcessInfo(1, 2, 1, "mpi")),
-    ({"PMI_RANK": "2", "PMI_SIZE": "3"}, ProcessInfo(2, 3, 2, "mpi")),
-])
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, ProcessInfo(3, 4, 1, "torchrun")),
+        (
+            {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1"},
+            ProcessInfo(1, 2, 1, "mpi"),
+        ),
+        ({"PMI_RANK": "2", "PMI_SIZE": "3"}, ProcessInfo(2, 3, 2, "mpi")),
+    ],
+)
 def test_launcher_variables(environ, expected):
     assert process_info(environ) == expected
     assert expected.writer_tag == f"rank{expected.rank}"
 
 
-@pytest.mark.parametrize(("environ", "match"), [
-    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x': expected an integer"),
-    ({"RANK": "2", "WORLD_SIZE": "2"}, r"RANK=2: expected 0..1"),
-    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0: expected a process count >= 1"),
-    ({"RANK": "0"}, "WORLD_SIZE is not set"),
-])
+@pytest.mark.parametrize(
+    ("environ", "match"),
+    [
+        ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x': expected an integer"),
+        ({"RANK": "2", "WORLD_SIZE": "2"}, r"RANK=2: expected 0..1"),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0: expected a process count >= 1"),
+        ({"RANK": "0"}, "WORLD_SIZE is not set"),
+    ],
+)
 def test_bad_launcher_variables_are_named(environ, match):
     with pytest.raises(ConfigError, match=match):
         process_info(environ)
@@ -75,8 +83,9 @@ def test_shards_partition_the_batches_in_order(n_items, world):
     shares = [shard(items, rank, world) for rank in range(world)]
     assert sum(shares, []) == items
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
-    assert [shard_bounds(n_items, r, world)[1] - shard_bounds(n_items, r, world)[0] for r in range(world)] == \
-        [len(s) for s in shares]
+    assert [shard_bounds(n_items, r, world)[1] - shard_bounds(n_items, r, world)[0] for r in range(world)] == [
+        len(s) for s in shares
+    ]
 
 
 def test_capture_device_on_cpu_keeps_the_request():
@@ -131,14 +140,28 @@ def study(tmp_path_factory):
 
 
 def _env() -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     return {**env, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
 
 
 def _cemaps_capture(config: Path, store: Path) -> list[str]:
-    return [sys.executable, "-m", "cemaps", "capture", "-c", str(config), "-o", str(store),
-            "--records-per-part", "1", "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "cemaps",
+        "capture",
+        "-c",
+        str(config),
+        "-o",
+        str(store),
+        "--records-per-part",
+        "1",
+        "--no-progress",
+    ]
 
 
 def _free_port() -> str:
@@ -148,8 +171,16 @@ def _free_port() -> str:
 
 
 def _torchrun(config: Path, store: Path) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
-            *_cemaps_capture(config, store)[1:]]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        _free_port(),
+        *_cemaps_capture(config, store)[1:],
+    ]
 
 
 def _content(path: Path) -> dict:
@@ -197,16 +228,22 @@ def _assert_equal_to_reference(path: Path, reference: dict) -> None:
 def test_torchrun_two_processes_killed_rank_then_rerun_completes_only_the_missing(study, tmp_path):
     config, reference = study
     store = tmp_path / "two.h5"
-    launcher = subprocess.Popen(_torchrun(config, store), env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    launcher = subprocess.Popen(
+        _torchrun(config, store),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     import psutil
 
     victim, deadline = None, time.time() + 300
     try:
         while time.time() < deadline and launcher.poll() is None:
             if victim is None:
-                workers = [p for p in psutil.Process(launcher.pid).children(recursive=True)
-                           if _environ(p).get("RANK") == "1"]
+                workers = [
+                    p for p in psutil.Process(launcher.pid).children(recursive=True) if _environ(p).get("RANK") == "1"
+                ]
                 victim = workers[0] if workers else None
             if len(_part_keys(store).get("rank1", [])) >= 2:
                 break
@@ -244,9 +281,23 @@ def test_accelerate_launch_two_cpu_processes_equals_one_process(study, tmp_path)
     # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate runs several CPU
     # processes only through mpirun); --multi_gpu runs torchrun, which on a machine without CUDA
     # gives 2 CPU processes with RANK/WORLD_SIZE set.
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", _free_port(), *_cemaps_capture(config, store)[1:]]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        _free_port(),
+        *_cemaps_capture(config, store)[1:],
+    ]
     if torch.cuda.device_count() > 0:
         pytest.skip("checks the CPU launch path")
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)

@@ -23,8 +23,12 @@ PROMPTS = ["a red mug", "freedom", "two cats on a sofa", "a foggy harbour", "an 
 
 
 def _config(**overrides):
-    values = dict(prompts=PROMPTS[:2], seeds=(0, 1), generation=GenerationSettings(steps=2, batch_size=2),
-                  capture=CrossAttentionSettings(timesteps=2))
+    values = dict(
+        prompts=PROMPTS[:2],
+        seeds=(0, 1),
+        generation=GenerationSettings(steps=2, batch_size=2),
+        capture=CrossAttentionSettings(timesteps=2),
+    )
     values.update(overrides)
     return StudyConfig(**values)
 
@@ -59,10 +63,19 @@ def test_resume_skips_completed_records(tmp_path, tiny_pipe):
 
 
 def test_records_per_image_match_a_direct_capture(tmp_path, tiny_pipe):
-    run_study(_config(seeds=(5,), generation=GenerationSettings(steps=2, batch_size=1)), tmp_path / "s.h5",
-              progress=False, pipe=tiny_pipe)
-    image = tiny_pipe(["freedom"], num_inference_steps=2, generator=[torch.Generator().manual_seed(5)],
-                      negative_prompt=[""], output_type="np").images[0]
+    run_study(
+        _config(seeds=(5,), generation=GenerationSettings(steps=2, batch_size=1)),
+        tmp_path / "s.h5",
+        progress=False,
+        pipe=tiny_pipe,
+    )
+    image = tiny_pipe(
+        ["freedom"],
+        num_inference_steps=2,
+        generator=[torch.Generator().manual_seed(5)],
+        negative_prompt=[""],
+        output_type="np",
+    ).images[0]
     with open_store(tmp_path / "s.h5") as store:
         record = store.records.query("prompt_id == 'q001'").record.iloc[0]
         np.testing.assert_array_equal(store.images([record])[0], (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
@@ -80,6 +93,7 @@ class OutputNormProbe:
             def record(module, args, output):
                 key = (context.generation.index, layer)
                 self.norms.setdefault(key, []).append(output.flatten(1).norm(dim=1))  # [unet batch]
+
             return record
 
         layers = select_modules(pipe.unet, "*attn2")
@@ -88,11 +102,18 @@ class OutputNormProbe:
     def collect(self, context):
         records = []
         for g in context.generations:
-            per_layer = {layer: torch.stack(v, 1).view(len(g.halves), g.batch_size, -1)  # [half, image, step]
-                         for (index, layer), v in self.norms.items() if index == g.index}
+            per_layer = {
+                layer: torch.stack(v, 1).view(len(g.halves), g.batch_size, -1)  # [half, image, step]
+                for (index, layer), v in self.norms.items()
+                if index == g.index
+            }
             for i in range(g.batch_size):
-                records.append({layer: LabelledArray(norms[:, i].T.numpy(), ("step", "half"), {"half": list(g.halves)})
-                                for layer, norms in per_layer.items()})
+                records.append(
+                    {
+                        layer: LabelledArray(norms[:, i].T.numpy(), ("step", "half"), {"half": list(g.halves)})
+                        for layer, norms in per_layer.items()
+                    }
+                )
         return records
 
 
@@ -118,8 +139,19 @@ capture: {{timesteps: 2}}
 
 
 def _capture_command(config, store):
-    return [sys.executable, "-m", "cemaps", "capture", "-c", str(config), "-o", str(store),
-            "--records-per-part", "1", "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "cemaps",
+        "capture",
+        "-c",
+        str(config),
+        "-o",
+        str(store),
+        "--records-per-part",
+        "1",
+        "--no-progress",
+    ]
 
 
 def test_sigkill_mid_capture_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -127,8 +159,9 @@ def test_sigkill_mid_capture_then_resume_equals_an_uninterrupted_run(tmp_path):
     config.write_text(textwrap.dedent(CONFIG.format(prompts=PROMPTS)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed.h5"
-    process = subprocess.Popen(_capture_command(config, killed), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _capture_command(config, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     seen = 0
     while time.time() < deadline and process.poll() is None:

@@ -17,15 +17,19 @@ from cemaps.prompt_sets import InContextSettings, in_context_store_path
 from cemaps.store import open_store
 from cemaps.study import run_study
 
-TEMPLATES = ("template_id,kind,template\n"
-             "f1,face,a photo of {subject} on a beach\nf2,face,{subject} wearing a red hat\n"
-             "o1,object,{subject} in the snow\ns1,style,a lighthouse in the style of {subject}\n")
+TEMPLATES = (
+    "template_id,kind,template\n"
+    "f1,face,a photo of {subject} on a beach\nf2,face,{subject} wearing a red hat\n"
+    "o1,object,{subject} in the snow\ns1,style,a lighthouse in the style of {subject}\n"
+)
 
 
 def write_ti(folder: Path, width: int, token: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({token: torch.randn(1, width, generator=torch.Generator().manual_seed(1))},
-              folder / "learned_embeds.safetensors")
+    save_file(
+        {token: torch.randn(1, width, generator=torch.Generator().manual_seed(1))},
+        folder / "learned_embeds.safetensors",
+    )
     return folder
 
 
@@ -46,14 +50,26 @@ def study(tmp_path, tiny_pipe):
     templates.write_text(TEMPLATES, encoding="utf-8")
     width = tiny_pipe.text_encoder.config.hidden_size
     personalized = (
-        PersonalizedEntry("ti-face1", "textual_inversion", str(write_ti(tmp_path / "ti", width, "<sks-face1>")),
-                          subject="face1", token="<sks-face1>"),
-        PersonalizedEntry("db-object1", "dreambooth", str(write_dreambooth(tmp_path / "db")),
-                          subject="object1", token="sks"),
+        PersonalizedEntry(
+            "ti-face1",
+            "textual_inversion",
+            str(write_ti(tmp_path / "ti", width, "<sks-face1>")),
+            subject="face1",
+            token="<sks-face1>",
+        ),
+        PersonalizedEntry(
+            "db-object1", "dreambooth", str(write_dreambooth(tmp_path / "db")), subject="object1", token="sks"
+        ),
     )
-    return StudyConfig(prompts=["a red mug"], seeds=(0,), generation=GenerationSettings(steps=2, batch_size=2),
-                       capture=CrossAttentionSettings(timesteps=2), personalized=personalized,
-                       prompt_sets=("unrelated", "in_context"), in_context=InContextSettings(prompts=str(templates)))
+    return StudyConfig(
+        prompts=["a red mug"],
+        seeds=(0,),
+        generation=GenerationSettings(steps=2, batch_size=2),
+        capture=CrossAttentionSettings(timesteps=2),
+        personalized=personalized,
+        prompt_sets=("unrelated", "in_context"),
+        in_context=InContextSettings(prompts=str(templates)),
+    )
 
 
 def test_in_context_records_are_paired_with_per_model_texts(tmp_path, tiny_pipe, study):
@@ -75,11 +91,11 @@ def test_in_context_records_are_paired_with_per_model_texts(tmp_path, tiny_pipe,
     assert texts.loc[("db-object1", "o1@object1"), "text"] == "a sks mug in the snow"
     # The Textual Inversion token is one word while its model is applied; the subject span is found.
     ti = texts.loc[("ti-face1", "f1@face1")]
-    assert ti["tokens"][ti["subject_start"]:ti["subject_stop"]] == ["<sks-face1>"]
+    assert ti["tokens"][ti["subject_start"] : ti["subject_stop"]] == ["<sks-face1>"]
     base = texts.loc[("base", "f1@face1")]
-    assert base["tokens"][base["subject_start"]:base["subject_stop"]] == ["a</w>", "woman</w>"]
+    assert base["tokens"][base["subject_start"] : base["subject_stop"]] == ["a</w>", "woman</w>"]
     db = texts.loc[("db-object1", "o1@object1")]
-    assert db["tokens"][db["subject_start"]:db["subject_stop"]] == ["a</w>", "sks</w>", "mug</w>"]
+    assert db["tokens"][db["subject_start"] : db["subject_stop"]] == ["a</w>", "sks</w>", "mug</w>"]
     # Resuming writes nothing new.
     again = run_study(study, tmp_path / "s.h5", progress=False, pipe=tiny_pipe)
     assert (again.written, again.in_context.written, again.in_context.skipped) == (0, 0, 6)
@@ -96,8 +112,13 @@ def test_in_context_records_are_paired_with_per_model_texts(tmp_path, tiny_pipe,
     # TI: start + "a photo of" + "on a beach" + end; DreamBooth: start + "in the snow" + end.
     assert dict(shift.groupby("model_id")["n_context_tokens"].first()) == {"db-object1": 5, "ti-face1": 8}
     words = pd.read_csv(tmp_path / "results" / "in_context_tokens.csv")
-    assert set(words.loc[words.model_id == "db-object1", "token"]) == {"<|startoftext|>", "in</w>", "the</w>",
-                                                                       "snow</w>", "<|endoftext|>"}
+    assert set(words.loc[words.model_id == "db-object1", "token"]) == {
+        "<|startoftext|>",
+        "in</w>",
+        "the</w>",
+        "snow</w>",
+        "<|endoftext|>",
+    }
 
 
 def test_in_context_only(tmp_path, tiny_pipe, study):

@@ -21,14 +21,25 @@ TO_K = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
 
 
 def _config(*entries: PersonalizedEntry) -> StudyConfig:
-    return StudyConfig(prompts=["a red mug", "freedom"], seeds=(0,), generation=GenerationSettings(steps=2, batch_size=2),
-                       capture=CrossAttentionSettings(timesteps=2), personalized=tuple(entries))
+    return StudyConfig(
+        prompts=["a red mug", "freedom"],
+        seeds=(0,),
+        generation=GenerationSettings(steps=2, batch_size=2),
+        capture=CrossAttentionSettings(timesteps=2),
+        personalized=tuple(entries),
+    )
 
 
 def _lora(path, down_width: int = 32, value: float = 0.1):
     down = torch.full((2, down_width), value)
-    save_file({f"{TO_K}.lora_down.weight": down, f"{TO_K}.lora_up.weight": torch.full((32, 2), 0.1),
-               f"{TO_K}.alpha": torch.tensor(2.0)}, path)
+    save_file(
+        {
+            f"{TO_K}.lora_down.weight": down,
+            f"{TO_K}.lora_up.weight": torch.full((32, 2), 0.1),
+            f"{TO_K}.alpha": torch.tensor(2.0),
+        },
+        path,
+    )
     return str(path)
 
 
@@ -39,7 +50,11 @@ def _unet_calls(pipe) -> list[int]:
 
 
 def _folder_digest(folder) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _bad_entry(kind: str, models) -> tuple[PersonalizedEntry, str]:
@@ -50,15 +65,21 @@ def _bad_entry(kind: str, models) -> tuple[PersonalizedEntry, str]:
         (models / "cut.safetensors").write_bytes(data[: len(data) // 2])
         return PersonalizedEntry("m", "lora", str(models / "cut.safetensors")), "not a readable safetensors file"
     if kind == "wrong-shaped LoRA":
-        return PersonalizedEntry("m", "lora", _lora(models / "sd2.safetensors", down_width=1024)), "input width 32, not 1024"
+        return PersonalizedEntry(
+            "m", "lora", _lora(models / "sd2.safetensors", down_width=1024)
+        ), "input width 32, not 1024"
     if kind == "in-vocab TI token":
         save_file({"emb_params": torch.zeros(1, 32)}, models / "cat.safetensors")
-        return PersonalizedEntry("m", "textual_inversion", str(models / "cat.safetensors"), token="cat</w>"), "already in the tokenizer"
+        return PersonalizedEntry(
+            "m", "textual_inversion", str(models / "cat.safetensors"), token="cat</w>"
+        ), "already in the tokenizer"
     save_file({"emb_params": torch.zeros(1, 32)}, models / "e.safetensors")
     return PersonalizedEntry("m", "lora", str(models / "e.safetensors")), "looks like a Textual Inversion embedding"
 
 
-@pytest.mark.parametrize("kind", ["missing file", "truncated safetensors", "wrong-shaped LoRA", "in-vocab TI token", "TI file as LoRA"])
+@pytest.mark.parametrize(
+    "kind", ["missing file", "truncated safetensors", "wrong-shaped LoRA", "in-vocab TI token", "TI file as LoRA"]
+)
 def test_bad_model_is_refused_before_anything_is_generated_or_written(tmp_path, tiny_pipe, kind):
     models = tmp_path / "models"
     models.mkdir()
@@ -82,6 +103,8 @@ def test_nan_lora_added_to_an_existing_study_leaves_the_store_byte_identical(tmp
     before = _folder_digest(out)
     nan = PersonalizedEntry("nan", "lora", _lora(models / "nan.safetensors", value=float("nan")))
     calls = _unet_calls(tiny_pipe)
-    with pytest.raises(ModelLoadError, match=rf"nan\.safetensors'?: tensor '{TO_K}\.lora_down\.weight' has 64 non-finite"):
+    with pytest.raises(
+        ModelLoadError, match=rf"nan\.safetensors'?: tensor '{TO_K}\.lora_down\.weight' has 64 non-finite"
+    ):
         run_study(_config(good, nan), out / "study.h5", progress=False, pipe=tiny_pipe)
     assert calls == [] and _folder_digest(out) == before

@@ -22,10 +22,18 @@ from importlib import import_module
 from cemaps.errors import CemapsError, ConfigError, LayerNotFoundError, ModelLoadError, StoreError
 
 _LAZY = {
-    "capture": "cemaps.hooks", "select_modules": "cemaps.hooks", "LabelledArray": "cemaps.labelled",
-    "CrossAttentionProbe": "cemaps.probes", "Probe": "cemaps.probes", "tiny_pipeline": "cemaps.models",
-    "load_pipeline": "cemaps.models.loading", "open_store": "cemaps.store", "StudyConfig": "cemaps.config",
-    "load_config": "cemaps.config", "run_study": "cemaps.study", "run_analysis": "cemaps.analysis.pipeline",
+    "capture": "cemaps.hooks",
+    "select_modules": "cemaps.hooks",
+    "LabelledArray": "cemaps.labelled",
+    "CrossAttentionProbe": "cemaps.probes",
+    "Probe": "cemaps.probes",
+    "tiny_pipeline": "cemaps.models",
+    "load_pipeline": "cemaps.models.loading",
+    "open_store": "cemaps.store",
+    "StudyConfig": "cemaps.config",
+    "load_config": "cemaps.config",
+    "run_study": "cemaps.study",
+    "run_analysis": "cemaps.analysis.pipeline",
     "write_report": "cemaps.report",
 }
 _SUBMODULES = ("analysis", "models", "probes", "hooks", "store", "report", "data")

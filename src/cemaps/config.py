@@ -141,8 +141,10 @@ class StudyConfig:
             bad = next(p for p in self.prompts if not isinstance(p, str))
             raise ConfigError(f"{self.source}: prompts: inline prompt {bad!r} is not a string; quote it")
         if not isinstance(self.prompts, (str, list, tuple)):
-            raise ConfigError(f"{self.source}: prompts={self.prompts!r}: expected suite200, demo24, a CSV/YAML file "
-                              "or a list of strings")
+            raise ConfigError(
+                f"{self.source}: prompts={self.prompts!r}: expected suite200, demo24, a CSV/YAML file "
+                "or a list of strings"
+            )
         if self.dtype is not None and self.dtype.lower() not in DTYPES:
             raise ConfigError(f"{self.source}: dtype={self.dtype!r}: expected one of float16, bfloat16, float32")
         if self.device is not None:
@@ -182,8 +184,11 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>", root: Pat
     """Build a :class:`StudyConfig` from a parsed mapping, naming any unknown key."""
     top = {f.name for f in dataclasses.fields(StudyConfig)} - {"source"}
     _no_unknown(raw, top, source, "")
-    values: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("generation", "capture", "personalized", "seeds",
-                                                                   "prompt_sets", "in_context")}
+    values: dict[str, Any] = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("generation", "capture", "personalized", "seeds", "prompt_sets", "in_context")
+    }
     values.update(prompt_set_values(raw, source, root))
     if "seeds" in raw:
         seeds = raw["seeds"]
@@ -270,6 +275,9 @@ def _is_local_path(base: str, root: Path | None) -> bool:
     path = Path(base).expanduser()
     if path.is_absolute() or (root is not None and (root / path).exists()):
         return True
-    return (base.startswith((".", "~")) or base.count("/") > 1 or (os.altsep is not None and os.altsep in base)
-            or path.suffix.lower() in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"))
-
+    return (
+        base.startswith((".", "~"))
+        or base.count("/") > 1
+        or (os.altsep is not None and os.altsep in base)
+        or path.suffix.lower() in (".safetensors", ".ckpt", ".bin", ".pt", ".pth")
+    )

@@ -42,7 +42,9 @@ def check_device(device: Any, where: str) -> str:
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ConfigError(f"{where}={device!r}: this machine has no CUDA GPU that torch can use; available here: {listed}")
+            raise ConfigError(
+                f"{where}={device!r}: this machine has no CUDA GPU that torch can use; available here: {listed}"
+            )
         if parsed.index is not None and parsed.index >= count:
             raise ConfigError(f"{where}={device!r}: this machine has {count} CUDA GPU(s); available here: {listed}")
     elif parsed.type == "mps":
@@ -80,8 +82,11 @@ class StrictLoader(yaml.SafeLoader):
                 continue
             if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (first on line {first.start_mark.line + 1})",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} appears twice (first on line {first.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 
@@ -129,8 +134,13 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(arg) for arg in args)
     if origin is typing.Literal:
         return " or ".join(repr(arg) for arg in args)
-    named = {bool: "true or false (unquoted)", int: "an integer", float: "a number", str: "a string",
-             type(None): "null"}
+    named = {
+        bool: "true or false (unquoted)",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        type(None): "null",
+    }
     if hint in named:
         return named[hint]
     if _is_sequence(hint):
@@ -158,8 +168,10 @@ def check_base_model(base: str, where: str) -> None:
         return
     suffix = path.suffix.lower()
     if suffix in (".ckpt", ".bin", ".pt", ".pth"):
-        raise ConfigError(f"{where} {base}: is a pickle-based checkpoint, which can run code when loaded; convert it "
-                          "to .safetensors (pickle is read only for personalized models with `allow_pickle: true`)")
+        raise ConfigError(
+            f"{where} {base}: is a pickle-based checkpoint, which can run code when loaded; convert it "
+            "to .safetensors (pickle is read only for personalized models with `allow_pickle: true`)"
+        )
     if suffix != ".safetensors":
         return
     from safetensors import SafetensorError, safe_open
@@ -171,10 +183,14 @@ def check_base_model(base: str, where: str) -> None:
         return  # the loader reports an unreadable file
     lora = [k for k in keys if "lora" in k.lower()]
     if lora and len(lora) * 2 >= len(keys):
-        raise ConfigError(f"{where} {base}: holds LoRA weights ({len(keys)} tensors, e.g. {lora[0]!r}), not a full "
-                          "Stable Diffusion checkpoint; give the base model here and list the LoRA under "
-                          "`personalized:` in study.yaml (method: lora)")
+        raise ConfigError(
+            f"{where} {base}: holds LoRA weights ({len(keys)} tensors, e.g. {lora[0]!r}), not a full "
+            "Stable Diffusion checkpoint; give the base model here and list the LoRA under "
+            "`personalized:` in study.yaml (method: lora)"
+        )
     if 0 < len(keys) <= 4 and not any("." in k for k in keys):
-        raise ConfigError(f"{where} {base}: holds {len(keys)} embedding tensor(s) ({', '.join(map(repr, keys))}), "
-                          "a Textual Inversion embedding rather than a Stable Diffusion checkpoint; give the base model "
-                          "here and list the embedding under `personalized:` in study.yaml (method: textual_inversion)")
+        raise ConfigError(
+            f"{where} {base}: holds {len(keys)} embedding tensor(s) ({', '.join(map(repr, keys))}), "
+            "a Textual Inversion embedding rather than a Stable Diffusion checkpoint; give the base model "
+            "here and list the embedding under `personalized:` in study.yaml (method: textual_inversion)"
+        )

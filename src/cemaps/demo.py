@@ -40,10 +40,14 @@ DEMO_TRAINING = {
 }
 IN_CONTEXT_PER_KIND = 8
 SHORT = {"lora": "lora", "textual_inversion": "ti", "dreambooth": "db"}
-RANDOM_WEIGHTS_NOTICE = ("The embedded tiny model has random weights: this demo validates the pipeline end to end; "
-                         "its numbers are not evidence about Stable Diffusion v1.5.")
-TOY_WORLD_NOTICE = ("The toy world is a small model trained here on rendered 32x32 scenes (README: 'The toy world'); "
-                    "its numbers are about the toy world, not Stable Diffusion v1.5.")
+RANDOM_WEIGHTS_NOTICE = (
+    "The embedded tiny model has random weights: this demo validates the pipeline end to end; "
+    "its numbers are not evidence about Stable Diffusion v1.5."
+)
+TOY_WORLD_NOTICE = (
+    "The toy world is a small model trained here on rendered 32x32 scenes (README: 'The toy world'); "
+    "its numbers are about the toy world, not Stable Diffusion v1.5."
+)
 
 
 def _toy_inputs(world: str, out: Path):
@@ -77,9 +81,16 @@ class DemoResult:
     seconds: float
 
 
-def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), prompts: str = "demo24",
-             steps: int = 10, progress: bool = True, console: Console | None = None,
-             world: str = "toy") -> DemoResult:
+def run_demo(
+    out: str | Path = "demo-out",
+    *,
+    seeds: tuple[int, ...] = (0, 1),
+    prompts: str = "demo24",
+    steps: int = 10,
+    progress: bool = True,
+    console: Console | None = None,
+    world: str = "toy",
+) -> DemoResult:
     """Train, capture, analyse and report a small study into ``out``; returns the paths.
 
     ``world="toy"`` (default) runs it on the trained toy world (:mod:`cemaps.toyworld`): its shipped
@@ -99,7 +110,7 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
     pipe = tiny_pipeline(seed=0) if toy is None else load_pipeline(TOYWORLD_BASE, device="cpu")
     subjects = load_subjects(toy.subjects if toy else "subjects15").set_index("subject_id")
     personalized, subject_images = [], {}
-    for subject_id in (DEMO_SUBJECTS if toy is None else tuple(toy.subject_images)):
+    for subject_id in DEMO_SUBJECTS if toy is None else tuple(toy.subject_images):
         subject = subjects.loc[subject_id]
         images = synthetic_subject_images(subject_id, n=4, size=64) if toy is None else toy.subject_images[subject_id]
         # The training images, kept for subject fidelity (CLIP-I) of the in-context prompt set.
@@ -113,30 +124,54 @@ def run_demo(out: str | Path = "demo-out", *, seeds: tuple[int, ...] = (0, 1), p
             token = subject["token"] if method == "textual_inversion" else "sks"
             if not (model_dir / "cemaps_train.json").exists():
                 console.print(f"train {model_id} ({method}, {settings.steps} steps)")
-                personalize(pipe, method, images, token, subject["class_word"], model_dir, settings,
-                            progress=progress, overwrite=True)
+                personalize(
+                    pipe,
+                    method,
+                    images,
+                    token,
+                    subject["class_word"],
+                    model_dir,
+                    settings,
+                    progress=progress,
+                    overwrite=True,
+                )
             entry = {"id": model_id, "method": method, "subject": subject_id, "path": f"models/{model_id}"}
             if method == "textual_inversion":
                 entry["token"] = token
             personalized.append(entry)
     config_path = out / "study.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "base": "cemaps/tiny-sd" if toy is None else TOYWORLD_BASE,
-        "prompts": prompts if toy is None else str(toy.prompts), "seeds": list(seeds), "store": "study.h5",
-        "generation": {"steps": steps, "guidance_scale": 7.5, "height": 64 if toy is None else toy.size,
-                       "width": 64 if toy is None else toy.size, "batch_size": 8},
-        "capture": {"timesteps": 5},
-        "personalized": personalized,
-        "prompt_sets": ["unrelated", "in_context"],
-        "in_context": {"prompts": _in_context_subset(out).name, "subjects": "subjects15" if toy is None else
-                       str(toy.subjects.relative_to(out)), "subject_images": subject_images},
-    }, sort_keys=False))
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "base": "cemaps/tiny-sd" if toy is None else TOYWORLD_BASE,
+                "prompts": prompts if toy is None else str(toy.prompts),
+                "seeds": list(seeds),
+                "store": "study.h5",
+                "generation": {
+                    "steps": steps,
+                    "guidance_scale": 7.5,
+                    "height": 64 if toy is None else toy.size,
+                    "width": 64 if toy is None else toy.size,
+                    "batch_size": 8,
+                },
+                "capture": {"timesteps": 5},
+                "personalized": personalized,
+                "prompt_sets": ["unrelated", "in_context"],
+                "in_context": {
+                    "prompts": _in_context_subset(out).name,
+                    "subjects": "subjects15" if toy is None else str(toy.subjects.relative_to(out)),
+                    "subject_images": subject_images,
+                },
+            },
+            sort_keys=False,
+        )
+    )
     config = load_config(config_path)
     store = out / "study.h5"
     run_study(config, store, progress=progress, pipe=pipe)
     results = out / "results"
-    run_analysis(store, results, progress=progress, console=console,
-                 **({} if toy is None else {"subjects": toy.subjects}))
+    run_analysis(
+        store, results, progress=progress, console=console, **({} if toy is None else {"subjects": toy.subjects})
+    )
     report = write_report(results, out / "report")
-    return DemoResult(out=out, store=store, results=results, report=Path(report),
-                      seconds=time.perf_counter() - started)
+    return DemoResult(out=out, store=store, results=results, report=Path(report), seconds=time.perf_counter() - started)

@@ -62,8 +62,9 @@ def _integer(environ: Mapping[str, str], name: str, default: int | None = None) 
     value = environ.get(name)
     if value is None:
         if default is None:
-            raise ConfigError(f"environment variable {name} is not set but the launcher set its companions; "
-                              "expected an integer")
+            raise ConfigError(
+                f"environment variable {name} is not set but the launcher set its companions; expected an integer"
+            )
         return default
     try:
         return int(value)
@@ -94,8 +95,9 @@ def process_info(environ: Mapping[str, str] | None = None) -> ProcessInfo:
         if world < 1:
             raise ConfigError(f"environment variable {world_name}={world}: expected a process count >= 1")
         if not 0 <= rank < world:
-            raise ConfigError(f"environment variable {rank_name}={rank}: expected 0..{world - 1} "
-                              f"({world_name}={world})")
+            raise ConfigError(
+                f"environment variable {rank_name}={rank}: expected 0..{world - 1} ({world_name}={world})"
+            )
         return ProcessInfo(rank, world, local_rank, launcher)
     return ProcessInfo(0, 1, 0, "single")
 
@@ -138,7 +140,9 @@ def capture_device(info: ProcessInfo, requested: str | None) -> str | None:
         return requested
     count = torch.cuda.device_count()
     if info.local_rank >= count:
-        raise ConfigError(f"local rank {info.local_rank}: only {count} CUDA devices are visible; "
-                          "start at most one capture process per GPU (e.g. torchrun --nproc_per_node "
-                          f"{count})")
+        raise ConfigError(
+            f"local rank {info.local_rank}: only {count} CUDA devices are visible; "
+            "start at most one capture process per GPU (e.g. torchrun --nproc_per_node "
+            f"{count})"
+        )
     return f"cuda:{info.local_rank}"

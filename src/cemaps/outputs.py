@@ -49,8 +49,7 @@ def os_error_message(error: OSError, path: str | Path | None = None) -> str:
 
 def files_in(folder: Path) -> list[str]:
     """Every file under ``folder`` (relative POSIX paths, sorted), the marker excluded."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if not p.is_dir() and p.name != MARKER)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir() and p.name != MARKER)
 
 
 def _marker(folder: Path) -> dict | None:
@@ -89,14 +88,18 @@ def check_output_folder(path: str | Path, command: str, *, option: str = "--out"
         return
     marker = _marker(path)
     if marker is None or marker.get("command") != command:
-        raise OutputError(f"{option} {path}: folder is not empty and was not written by `cemaps {command}` "
-                          f"(it holds {_some(present)}); choose a new folder, nothing was changed")
+        raise OutputError(
+            f"{option} {path}: folder is not empty and was not written by `cemaps {command}` "
+            f"(it holds {_some(present)}); choose a new folder, nothing was changed"
+        )
     if whole_folder:
         return
     foreign = [f for f in present if f not in set(marker.get("files") or ())]
     if foreign:
-        raise OutputError(f"{option} {path}: holds files that `cemaps {command}` did not write ({_some(foreign)}); "
-                          "move them or choose a new folder, nothing was changed")
+        raise OutputError(
+            f"{option} {path}: holds files that `cemaps {command}` did not write ({_some(foreign)}); "
+            "move them or choose a new folder, nothing was changed"
+        )
 
 
 def check_writable(path: str | Path, option: str) -> None:
@@ -119,8 +122,10 @@ def check_writable(path: str | Path, option: str) -> None:
         os.close(handle)
         os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"{option} {path}: cannot write in {folder} ({error.strerror or type(error).__name__}); "
-                          "expected a folder this user can write to") from None
+        raise OutputError(
+            f"{option} {path}: cannot write in {folder} ({error.strerror or type(error).__name__}); "
+            "expected a folder this user can write to"
+        ) from None
 
 
 def _some(names: list[str]) -> str:
@@ -132,8 +137,7 @@ def write_marker(folder: str | Path, command: str, *, whole_folder: bool = False
     from cemaps import __version__
 
     folder = Path(folder)
-    marker = {"command": command, "cemaps_version": __version__,
-              "files": None if whole_folder else files_in(folder)}
+    marker = {"command": command, "cemaps_version": __version__, "files": None if whole_folder else files_in(folder)}
     (folder / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
 
 
@@ -195,7 +199,9 @@ def _replace(staging: Path, path: Path, option: str) -> None:
     except OSError as error:
         if old is not None and not path.exists():
             os.replace(old / path.name, path)  # put the earlier output back
-        raise OutputError(f"{option} {path}: cannot move the new output into place ({os_error_message(error)})") from None
+        raise OutputError(
+            f"{option} {path}: cannot move the new output into place ({os_error_message(error)})"
+        ) from None
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

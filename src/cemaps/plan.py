@@ -100,22 +100,30 @@ class StudyPlan:
     def to_text(self) -> str:
         """The plan as the table ``cemaps capture --dry-run`` prints."""
         c = self.calibration
-        lines = [f"plan for {self.store}: {self.models} models x {self.prompts} prompts x {self.seeds} seeds = "
-                 f"{self.models * self.prompts * self.seeds} records over {len(self.processes)} process(es)",
-                 f"calibration on {c.device}: {c.batch_images} images in {c.seconds_per_batch:.2f} s per batch, "
-                 f"model switch {c.seconds_per_switch:.2f} s, {c.bytes_per_token_row / 1e3:.1f} KB per token row "
-                 f"+ {c.bytes_per_image / 1e3:.1f} KB image per record",
-                 f"{'process':>8} {'share':>7} {'done':>7} {'to make':>8} {'switches':>8} {'disk MB':>9} {'time':>10}"]
+        lines = [
+            f"plan for {self.store}: {self.models} models x {self.prompts} prompts x {self.seeds} seeds = "
+            f"{self.models * self.prompts * self.seeds} records over {len(self.processes)} process(es)",
+            f"calibration on {c.device}: {c.batch_images} images in {c.seconds_per_batch:.2f} s per batch, "
+            f"model switch {c.seconds_per_switch:.2f} s, {c.bytes_per_token_row / 1e3:.1f} KB per token row "
+            f"+ {c.bytes_per_image / 1e3:.1f} KB image per record",
+            f"{'process':>8} {'share':>7} {'done':>7} {'to make':>8} {'switches':>8} {'disk MB':>9} {'time':>10}",
+        ]
         for p in self.processes:
-            lines.append(f"{'rank' + str(p.rank):>8} {p.share:>7} {p.done:>7} {p.to_make:>8} {p.model_switches:>8} "
-                         f"{p.bytes / 1e6:>9.1f} {_duration(p.seconds):>10}")
+            lines.append(
+                f"{'rank' + str(p.rank):>8} {p.share:>7} {p.done:>7} {p.to_make:>8} {p.model_switches:>8} "
+                f"{p.bytes / 1e6:>9.1f} {_duration(p.seconds):>10}"
+            )
         total = sum(p.bytes for p in self.processes)
         wall = max((p.seconds for p in self.processes), default=0.0)
-        lines.append(f"{'all':>8} {sum(p.share for p in self.processes):>7} {sum(p.done for p in self.processes):>7} "
-                     f"{sum(p.to_make for p in self.processes):>8} "
-                     f"{sum(p.model_switches for p in self.processes):>8} {total / 1e6:>9.1f} {_duration(wall):>10}")
-        lines.append(f"store after the run: ~{(self.store_bytes_now + total) / 1e9:.3f} GB "
-                     f"({self.store_bytes_now / 1e9:.3f} GB now); wall time is the slowest process's")
+        lines.append(
+            f"{'all':>8} {sum(p.share for p in self.processes):>7} {sum(p.done for p in self.processes):>7} "
+            f"{sum(p.to_make for p in self.processes):>8} "
+            f"{sum(p.model_switches for p in self.processes):>8} {total / 1e6:>9.1f} {_duration(wall):>10}"
+        )
+        lines.append(
+            f"store after the run: ~{(self.store_bytes_now + total) / 1e9:.3f} GB "
+            f"({self.store_bytes_now / 1e9:.3f} GB now); wall time is the slowest process's"
+        )
         return "\n".join(lines)
 
 
@@ -127,8 +135,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def plan_study(config: StudyConfig, store_path: str | Path, *, processes: int | None = None,
-               records_per_part: int = 16, pipe: Any = None) -> StudyPlan:
+def plan_study(
+    config: StudyConfig,
+    store_path: str | Path,
+    *,
+    processes: int | None = None,
+    records_per_part: int = 16,
+    pipe: Any = None,
+) -> StudyPlan:
     """Counts and estimates for every capture process of ``config`` (nothing is written to the store).
 
     Args:
@@ -155,8 +169,9 @@ def plan_study(config: StudyConfig, store_path: str | Path, *, processes: int | 
     if pipe is None:
         from cemaps.distributed import capture_device
 
-        pipe = load_pipeline(config.base, device=capture_device(launcher, config.device), dtype=config.dtype,
-                             config=config.base_config)
+        pipe = load_pipeline(
+            config.base, device=capture_device(launcher, config.device), dtype=config.dtype, config=config.base_config
+        )
     _set_scheduler(pipe, config.generation.scheduler)
     probe = CrossAttentionProbe.from_settings(config.capture)
     prompts = prompt_table(config, pipe.tokenizer)
@@ -165,8 +180,9 @@ def plan_study(config: StudyConfig, store_path: str | Path, *, processes: int | 
     done, store_bytes = _stored(store_path)
     batches = _plan(config, list(prompts["prompt_id"]), [BASE_ID, *specs])
     tokens = dict(zip(prompts["prompt_id"], (len(t) for t in prompts["tokens"]), strict=True))
-    calibration = calibrate(pipe, config, probe, prompts, batches[0].items, [specs[m] for m in list(specs)[:1]],
-                            records_per_part)
+    calibration = calibrate(
+        pipe, config, probe, prompts, batches[0].items, [specs[m] for m in list(specs)[:1]], records_per_part
+    )
     plans = []
     for rank in range(world):
         mine = shard(batches, rank, world)
@@ -174,14 +190,26 @@ def plan_study(config: StudyConfig, store_path: str | Path, *, processes: int | 
         todo_batches = sum(any((w.model_id, p, s) not in done for p, s in w.items) for w in mine)
         switches = len({m for m, _, _ in todo if m != BASE_ID})
         parts = math.ceil(len(todo) / records_per_part)
-        size = (sum(tokens[p] for _, p, _ in todo) * calibration.bytes_per_token_row
-                + len(todo) * calibration.bytes_per_image
-                + parts * (calibration.bytes_per_part + calibration.manifest_bytes_per_part))
+        size = (
+            sum(tokens[p] for _, p, _ in todo) * calibration.bytes_per_token_row
+            + len(todo) * calibration.bytes_per_image
+            + parts * (calibration.bytes_per_part + calibration.manifest_bytes_per_part)
+        )
         if not store_path.exists() and rank == 0:
             size += calibration.fixed_bytes
         seconds = todo_batches * calibration.seconds_per_batch + switches * calibration.seconds_per_switch
-        plans.append(ProcessPlan(rank, sum(len(w.items) for w in mine), sum(len(w.items) for w in mine) - len(todo),
-                                 len(todo), todo_batches, switches, int(size), seconds))
+        plans.append(
+            ProcessPlan(
+                rank,
+                sum(len(w.items) for w in mine),
+                sum(len(w.items) for w in mine) - len(todo),
+                len(todo),
+                todo_batches,
+                switches,
+                int(size),
+                seconds,
+            )
+        )
     return StudyPlan(store_path, 1 + len(specs), len(prompts), len(config.seeds), plans, calibration, store_bytes)
 
 
@@ -196,8 +224,15 @@ def _stored(path: Path) -> tuple[set[tuple[str, str, int]], int]:
         return keys, store.size_on_disk()
 
 
-def calibrate(pipe: Any, config: StudyConfig, probe: Any, prompts: Any, items: Sequence[tuple[str, int]],
-              specs: Sequence[Any], records_per_part: int) -> Calibration:
+def calibrate(
+    pipe: Any,
+    config: StudyConfig,
+    probe: Any,
+    prompts: Any,
+    items: Sequence[tuple[str, int]],
+    specs: Sequence[Any],
+    records_per_part: int,
+) -> Calibration:
     """Times one batch (``items``: (prompt_id, seed) pairs) and one model switch; measures stored bytes.
 
     The batch is written to a scratch store, one record per part, so that array bytes,
@@ -220,14 +255,20 @@ def calibrate(pipe: Any, config: StudyConfig, probe: Any, prompts: Any, items: S
         start = time.perf_counter()
         with capture(pipe, [probe]) as run:
             images = _generate(pipe, config, batch_texts, seeds)
-        with StoreWriter(path, settings={"calibration": True}, base={"model_id": "calibration"},
-                         records_per_part=1) as writer:
+        with StoreWriter(
+            path, settings={"calibration": True}, base={"model_id": "calibration"}, records_per_part=1
+        ) as writer:
             batch_prompts = {p for p, _ in items}
             writer.add_prompts([row for row in prompts.to_dict("records") if row["prompt_id"] in batch_prompts])
             for (prompt_id, seed), arrays, image in zip(items, run.records(), images, strict=True):
-                writer.write_record("base", prompt_id, seed, arrays={k: v.values for k, v in arrays.items()},
-                                    axes={k: v.axes for k, v in arrays.items()},
-                                    image=image if config.images else None)
+                writer.write_record(
+                    "base",
+                    prompt_id,
+                    seed,
+                    arrays={k: v.values for k, v in arrays.items()},
+                    axes={k: v.axes for k, v in arrays.items()},
+                    image=image if config.images else None,
+                )
         seconds_per_batch = time.perf_counter() - start
         array_bytes, image_bytes, part_bytes = _part_sizes(path)
         with open_store(path) as store:
@@ -242,12 +283,18 @@ def calibrate(pipe: Any, config: StudyConfig, probe: Any, prompts: Any, items: S
         switch_seconds = time.perf_counter() - start
     n = len(items)
     return Calibration(
-        device=str(pipe.device), batch_images=n, seconds_per_batch=seconds_per_batch,
+        device=str(pipe.device),
+        batch_images=n,
+        seconds_per_batch=seconds_per_batch,
         seconds_per_switch=switch_seconds,
         bytes_per_token_row=sum(array_bytes) / sum(token_rows[p] for p, _ in items),
         bytes_per_image=sum(image_bytes) / n,
-        bytes_per_part=float(np.mean([p - a - i for p, a, i in zip(part_bytes, array_bytes, image_bytes, strict=True)])),
-        manifest_bytes_per_part=manifest_bytes / n, fixed_bytes=float(meta_bytes))
+        bytes_per_part=float(
+            np.mean([p - a - i for p, a, i in zip(part_bytes, array_bytes, image_bytes, strict=True)])
+        ),
+        manifest_bytes_per_part=manifest_bytes / n,
+        fixed_bytes=float(meta_bytes),
+    )
 
 
 def _part_sizes(path: Path) -> tuple[list[int], list[int], list[int]]:
@@ -260,8 +307,11 @@ def _part_sizes(path: Path) -> tuple[list[int], list[int], list[int]]:
     for part in sealed_files(parts_dir(path), "part"):
         stored: list[int] = []
         with h5py.File(part, "r") as handle:
-            handle["arrays"].visititems(lambda _, obj: stored.append(obj.id.get_storage_size())
-                                        if isinstance(obj, h5py.Dataset) else None)
+            handle["arrays"].visititems(
+                lambda _, obj, sizes=stored: (
+                    sizes.append(obj.id.get_storage_size()) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
             images.append(int(sum(len(v) for v in handle["images"][()])))
         arrays.append(sum(stored))
         files.append(part.stat().st_size)

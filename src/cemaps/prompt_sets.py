@@ -48,8 +48,9 @@ class InContextSettings:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"in_context.{key}={value!r}: expected a list name or a file path")
         if not isinstance(self.subject_images, dict):
-            raise ConfigError(f"in_context.subject_images={self.subject_images!r}: expected a mapping "
-                              "subject_id: folder")
+            raise ConfigError(
+                f"in_context.subject_images={self.subject_images!r}: expected a mapping subject_id: folder"
+            )
         for subject, folder in self.subject_images.items():
             if not isinstance(subject, str) or not isinstance(folder, str):
                 raise ConfigError(f"in_context.subject_images.{subject}={folder!r}: expected a folder path string")
@@ -83,24 +84,34 @@ def prompt_set_values(raw: dict[str, Any], source: str, root: Path | None) -> di
         known = {f.name for f in dataclasses.fields(InContextSettings)}
         for key in section:
             if key not in known:
-                raise ConfigError(f"{source}: unknown key 'in_context.{key}'; expected one of {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"{source}: unknown key 'in_context.{key}'; expected one of {', '.join(sorted(known))}"
+                )
         section = dict(section)
         if root is not None:
             for key in ("prompts", "subjects"):
                 value = section.get(key)
-                if isinstance(value, str) and value.endswith((".csv", ".yaml", ".yml")) and not Path(value).is_absolute():
+                if (
+                    isinstance(value, str)
+                    and value.endswith((".csv", ".yaml", ".yml"))
+                    and not Path(value).is_absolute()
+                ):
                     section[key] = str(root / value)
             images = section.get("subject_images")
             if isinstance(images, dict):
-                section["subject_images"] = {k: str(root / v) if isinstance(v, str) and not Path(v).is_absolute() else v
-                                             for k, v in images.items()}
+                section["subject_images"] = {
+                    k: str(root / v) if isinstance(v, str) and not Path(v).is_absolute() else v
+                    for k, v in images.items()
+                }
         try:
             values["in_context"] = InContextSettings(**section)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         if "in_context" not in values.get("prompt_sets", ()):
-            raise ConfigError(f"{source}: an in_context: section is given but prompt_sets does not list "
-                              "in_context; add prompt_sets: [unrelated, in_context]")
+            raise ConfigError(
+                f"{source}: an in_context: section is given but prompt_sets does not list "
+                "in_context; add prompt_sets: [unrelated, in_context]"
+            )
     return values
 
 
@@ -108,12 +119,14 @@ def check_prompt_sets(config: Any) -> None:
     """Validates ``config.prompt_sets`` against the rest of a StudyConfig (raises ConfigError)."""
     sets = config.prompt_sets
     if not isinstance(sets, tuple) or not sets:
-        raise ConfigError(f"{config.source}: prompt_sets={sets!r}: expected a non-empty list drawn from "
-                          f"{', '.join(PROMPT_SETS)}")
+        raise ConfigError(
+            f"{config.source}: prompt_sets={sets!r}: expected a non-empty list drawn from {', '.join(PROMPT_SETS)}"
+        )
     for name in sets:
         if name not in PROMPT_SETS:
-            raise ConfigError(f"{config.source}: prompt_sets: unknown set {name!r}; expected one of "
-                              f"{', '.join(PROMPT_SETS)}")
+            raise ConfigError(
+                f"{config.source}: prompt_sets: unknown set {name!r}; expected one of {', '.join(PROMPT_SETS)}"
+            )
     if len(set(sets)) != len(sets):
         raise ConfigError(f"{config.source}: prompt_sets={list(sets)} lists a set twice")
     if not isinstance(config.in_context, InContextSettings):
@@ -121,8 +134,10 @@ def check_prompt_sets(config: Any) -> None:
     if "in_context" in sets:
         for entry in config.personalized:
             if not entry.subject:
-                raise ConfigError(f"{config.source}: personalized '{entry.id}' has no subject; the in_context "
-                                  "prompt set places each model's subject in context, so give subject: <id>")
+                raise ConfigError(
+                    f"{config.source}: personalized '{entry.id}' has no subject; the in_context "
+                    "prompt set places each model's subject in context, so give subject: <id>"
+                )
 
 
 def in_context_store_path(store_path: str | Path) -> Path:

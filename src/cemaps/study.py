@@ -24,7 +24,7 @@ import dataclasses
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,16 +93,33 @@ def prompt_table(config: StudyConfig, tokenizer: Any) -> pd.DataFrame:
         ids = tokenizer(row["text"], truncation=True, max_length=limit).input_ids
         truncated = len(full) > limit
         if truncated:
-            warnings.warn(f"prompt {row['prompt_id']} has {len(full)} tokens; the text encoder sees only the first "
-                          f"{limit} (recorded as truncated)", stacklevel=2)
-        rows.append({**row, "tokens": tokenizer.convert_ids_to_tokens(ids), "token_ids": [int(i) for i in ids],
-                     "n_tokens_untruncated": len(full), "truncated": truncated})
+            warnings.warn(
+                f"prompt {row['prompt_id']} has {len(full)} tokens; the text encoder sees only the first "
+                f"{limit} (recorded as truncated)",
+                stacklevel=2,
+            )
+        rows.append(
+            {
+                **row,
+                "tokens": tokenizer.convert_ids_to_tokens(ids),
+                "token_ids": [int(i) for i in ids],
+                "n_tokens_untruncated": len(full),
+                "truncated": truncated,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _spec(entry: PersonalizedEntry) -> PersonalizedSpec:
-    return PersonalizedSpec(model_id=entry.id, method=entry.method, path=entry.path, subject_id=entry.subject,
-                            token=entry.token, scale=entry.scale, allow_pickle=entry.allow_pickle)
+    return PersonalizedSpec(
+        model_id=entry.id,
+        method=entry.method,
+        path=entry.path,
+        subject_id=entry.subject,
+        token=entry.token,
+        scale=entry.scale,
+        allow_pickle=entry.allow_pickle,
+    )
 
 
 def _set_scheduler(pipe: Any, name: str | None) -> None:
@@ -138,9 +155,16 @@ def _distributed() -> ProcessInfo:
     return process_info()
 
 
-def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = True,
-              records_per_part: int = 16, pipe: Any = None, probes: Sequence[Any] = (),
-              prompt_set: UnrelatedSet | InContextSet | None = None) -> StudyResult:
+def run_study(
+    config: StudyConfig,
+    store_path: str | Path,
+    *,
+    progress: bool = True,
+    records_per_part: int = 16,
+    pipe: Any = None,
+    probes: Sequence[Any] = (),
+    prompt_set: UnrelatedSet | InContextSet | None = None,
+) -> StudyResult:
     """Generate and capture every (model, prompt, seed) of ``config`` into ``store_path``.
 
     Args:
@@ -160,33 +184,70 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
         pipe = load_pipeline(config.base, device=device, dtype=config.dtype, config=config.base_config)
     _set_scheduler(pipe, config.generation.scheduler)
     if prompt_set is None:
-        return _run_prompt_sets(config, Path(store_path), pipe=pipe, progress=progress,
-                                records_per_part=records_per_part, probes=probes)
+        return _run_prompt_sets(
+            config, Path(store_path), pipe=pipe, progress=progress, records_per_part=records_per_part, probes=probes
+        )
     probe = CrossAttentionProbe.from_settings(config.capture)
     layers = probe.layer_names(pipe.unet)
     prompts = prompt_set.table(pipe.tokenizer)
     specs = {entry.id: _spec(entry) for entry in config.personalized}
     # Every personalized model is read and checked before the store is touched or an image generated.
     check_all(pipe, specs.values())
-    settings = {"generation": config.generation.to_dict(), "capture": {**config.capture.to_dict(), **_captured_axes(pipe, config, probe), "layers_selected": layers},
-                "images": config.images, "seeds": list(config.seeds),
-                "probes": [probe.name, *(p.name for p in probes)], **prompt_set.settings}
-    base_identity = {"model_id": config.base, "weights_sha256": weights_fingerprint(pipe.unet),
-                     "text_encoder_sha256": weights_fingerprint(pipe.text_encoder)}
-    provenance = {**default_provenance(), "command": " ".join(sys.argv), "config_source": config.source,
-                  "device": str(pipe.device), "dtype": str(pipe.unet.dtype)}
+    settings = {
+        "generation": config.generation.to_dict(),
+        "capture": {**config.capture.to_dict(), **_captured_axes(pipe, config, probe), "layers_selected": layers},
+        "images": config.images,
+        "seeds": list(config.seeds),
+        "probes": [probe.name, *(p.name for p in probes)],
+        **prompt_set.settings,
+    }
+    base_identity = {
+        "model_id": config.base,
+        "weights_sha256": weights_fingerprint(pipe.unet),
+        "text_encoder_sha256": weights_fingerprint(pipe.text_encoder),
+    }
+    provenance = {
+        **default_provenance(),
+        "command": " ".join(sys.argv),
+        "config_source": config.source,
+        "device": str(pipe.device),
+        "dtype": str(pipe.unet.dtype),
+    }
     store_path = Path(store_path)
-    writer = StoreWriter(store_path, settings=settings, base=base_identity, provenance=provenance,
-                         writer_tag=process.writer_tag, records_per_part=records_per_part)
+    writer = StoreWriter(
+        store_path,
+        settings=settings,
+        base=base_identity,
+        provenance=provenance,
+        writer_tag=process.writer_tag,
+        records_per_part=records_per_part,
+    )
     with writer:
         writer.add_prompts(prompts.to_dict("records"))
-        model_rows = [{"model_id": BASE_ID, "method": "base", "subject_id": None, "source": config.base,
-                       "sha256": base_identity["weights_sha256"], "token": None, "scale": None}]
+        model_rows = [
+            {
+                "model_id": BASE_ID,
+                "method": "base",
+                "subject_id": None,
+                "source": config.base,
+                "sha256": base_identity["weights_sha256"],
+                "token": None,
+                "scale": None,
+            }
+        ]
         for entry in config.personalized:
             source = Path(entry.path)
-            model_rows.append({"model_id": entry.id, "method": entry.method, "subject_id": entry.subject,
-                               "source": str(source), "sha256": source_sha256(source), "token": entry.token,
-                               "scale": entry.scale})
+            model_rows.append(
+                {
+                    "model_id": entry.id,
+                    "method": entry.method,
+                    "subject_id": entry.subject,
+                    "source": str(source),
+                    "sha256": source_sha256(source),
+                    "token": entry.token,
+                    "scale": entry.scale,
+                }
+            )
         writer.add_models(model_rows)
         done = writer.completed()
         deltas_done = _models_with_weight_deltas(store_path)
@@ -212,13 +273,17 @@ def run_study(config: StudyConfig, store_path: str | Path, *, progress: bool = T
                         seeds = [s for _, s in work.items]
                         with capture(pipe, [probe, *probes]) as run:
                             images = _generate(pipe, config, [prompt_set.text(model_id, p) for p in prompt_ids], seeds)
-                        for (prompt_id, seed), arrays, image in zip(work.items, run.records(), images):
+                        for (prompt_id, seed), arrays, image in zip(work.items, run.records(), images, strict=False):
                             if (model_id, prompt_id, seed) in done:
                                 continue
-                            writer.write_record(model_id, prompt_id, seed,
-                                                arrays={k: v.values for k, v in arrays.items()},
-                                                axes={k: v.axes for k, v in arrays.items()},
-                                                image=image if config.images else None)
+                            writer.write_record(
+                                model_id,
+                                prompt_id,
+                                seed,
+                                arrays={k: v.values for k, v in arrays.items()},
+                                axes={k: v.axes for k, v in arrays.items()},
+                                image=image if config.images else None,
+                            )
                             written += 1
                             advance(model_id)
     return StudyResult(store=store_path, written=written, skipped=total - pending, total=total)
@@ -228,8 +293,15 @@ def _run_prompt_sets(config: StudyConfig, store_path: Path, **kwargs: Any) -> St
     """Runs each set of ``config.prompt_sets``; the result of the unrelated set carries the in-context one."""
     # Every set is built (and its input checked) before the first image.
     sets = {name: InContextSet(config) if name == "in_context" else UnrelatedSet(config) for name in config.prompt_sets}
-    results = {name: run_study(config, in_context_store_path(store_path) if name == "in_context" else store_path,
-                               prompt_set=prompt_set, **kwargs) for name, prompt_set in sets.items()}
+    results = {
+        name: run_study(
+            config,
+            in_context_store_path(store_path) if name == "in_context" else store_path,
+            prompt_set=prompt_set,
+            **kwargs,
+        )
+        for name, prompt_set in sets.items()
+    }
     if "unrelated" not in results:
         return results["in_context"]
     return dataclasses.replace(results["unrelated"], in_context=results.get("in_context"))
@@ -245,8 +317,11 @@ def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -
     steps = selected_steps(config.capture.timesteps, len(timesteps))
     guidance = config.generation.guidance_scale > 1
     halves = Generation(0, 1, guidance, (1, 1), len(timesteps)).halves
-    return {"step_indices": list(steps), "timesteps_captured": [timesteps[i] for i in steps],
-            "half_labels": list(probe.kept_halves(halves))}
+    return {
+        "step_indices": list(steps),
+        "timesteps_captured": [timesteps[i] for i in steps],
+        "half_labels": list(probe.kept_halves(halves)),
+    }
 
 
 def _write_weight_deltas(writer: StoreWriter, pipe: Any, spec: PersonalizedSpec, base: BaseWeights | None) -> None:
@@ -300,15 +375,29 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
         yield lambda model_id: None
         return
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     class RateColumn(TextColumn):
         def render(self, task):  # records per second, measured by rich over the recent window
             speed = task.finished_speed or task.speed
             return super().render(task) if speed is None else f"{speed:.2f} rec/s"
 
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               RateColumn("- rec/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn("- rec/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("capture", total=total)
         yield lambda model_id: bar.update(task, advance=1, description=f"capture {escape(model_id)}")  # ids are literal

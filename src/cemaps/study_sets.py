@@ -71,8 +71,10 @@ class InContextSet:
         self._models: dict[str, tuple[str, str, str | None]] = {}  # model_id -> (method, subject_id, token)
         for entry in config.personalized:
             if entry.subject not in subjects.index:
-                raise ConfigError(f"{config.source}: personalized '{entry.id}': subject {entry.subject!r} is not in "
-                                  f"{settings.subjects}; expected one of {', '.join(subjects.index)}")
+                raise ConfigError(
+                    f"{config.source}: personalized '{entry.id}': subject {entry.subject!r} is not in "
+                    f"{settings.subjects}; expected one of {', '.join(subjects.index)}"
+                )
             self._models[entry.id] = (entry.method, entry.subject, _trained_token(entry))
         wanted = list(dict.fromkeys(subject for _, subject, _ in self._models.values()))
         rows = []
@@ -80,12 +82,22 @@ class InContextSet:
             subject = subjects.loc[subject_id]
             phrase = subject_phrase("base", subject["class_word"])
             for template in self.templates[self.templates["kind"] == subject["kind"]].itertuples():
-                rows.append({"prompt_id": f"{template.template_id}@{subject_id}", "text": fill(template.template, phrase),
-                             "template_id": template.template_id, "template": template.template,
-                             "kind": subject["kind"], "subject_id": subject_id, "class_word": subject["class_word"]})
+                rows.append(
+                    {
+                        "prompt_id": f"{template.template_id}@{subject_id}",
+                        "text": fill(template.template, phrase),
+                        "template_id": template.template_id,
+                        "template": template.template,
+                        "kind": subject["kind"],
+                        "subject_id": subject_id,
+                        "class_word": subject["class_word"],
+                    }
+                )
         if not rows:
-            raise ConfigError(f"{config.source}: the in_context set has no prompts: no personalized model with a "
-                              f"subject whose kind has templates in {settings.prompts}")
+            raise ConfigError(
+                f"{config.source}: the in_context set has no prompts: no personalized model with a "
+                f"subject whose kind has templates in {settings.prompts}"
+            )
         self.prompts = pd.DataFrame(rows)
         self._by_subject = {s: list(g["prompt_id"]) for s, g in self.prompts.groupby("subject_id", sort=False)}
         self._rows = self.prompts.set_index("prompt_id")
@@ -120,10 +132,19 @@ class InContextSet:
             # phrase: [start] + before + phrase + after + [end].
             n_before = len(tokenizer(before).input_ids) - 2
             n_after = len(tokenizer(after).input_ids) - 2
-            rows.append({"model_id": model_id, "prompt_id": prompt_id, "subject_id": self._rows.at[prompt_id, "subject_id"],
-                         "text": text, "phrase": self.phrase(model_id, prompt_id),
-                         "tokens": tokenizer.convert_ids_to_tokens(ids), "token_ids": [int(i) for i in ids],
-                         "subject_start": 1 + n_before, "subject_stop": len(ids) - 1 - n_after})
+            rows.append(
+                {
+                    "model_id": model_id,
+                    "prompt_id": prompt_id,
+                    "subject_id": self._rows.at[prompt_id, "subject_id"],
+                    "text": text,
+                    "phrase": self.phrase(model_id, prompt_id),
+                    "tokens": tokenizer.convert_ids_to_tokens(ids),
+                    "token_ids": [int(i) for i in ids],
+                    "subject_start": 1 + n_before,
+                    "subject_stop": len(ids) - 1 - n_after,
+                }
+            )
         return pd.DataFrame(rows)
 
     def record_texts(self, writer: Any, pipe: Any, model_id: str) -> None:
@@ -139,10 +160,20 @@ def tokenized(prompts: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
         full = tokenizer(row["text"]).input_ids
         ids = tokenizer(row["text"], truncation=True, max_length=limit).input_ids
         if len(full) > limit:
-            warnings.warn(f"prompt {row['prompt_id']} has {len(full)} tokens; the text encoder sees only the first "
-                          f"{limit} (recorded as truncated)", stacklevel=2)
-        rows.append({**row, "tokens": tokenizer.convert_ids_to_tokens(ids), "token_ids": [int(i) for i in ids],
-                     "n_tokens_untruncated": len(full), "truncated": len(full) > limit})
+            warnings.warn(
+                f"prompt {row['prompt_id']} has {len(full)} tokens; the text encoder sees only the first "
+                f"{limit} (recorded as truncated)",
+                stacklevel=2,
+            )
+        rows.append(
+            {
+                **row,
+                "tokens": tokenizer.convert_ids_to_tokens(ids),
+                "token_ids": [int(i) for i in ids],
+                "n_tokens_untruncated": len(full),
+                "truncated": len(full) > limit,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -162,6 +193,8 @@ def _trained_token(entry: Any) -> str | None:
         if isinstance(token, str) and token:
             return token
     if entry.method in CLASS_WORD_METHODS:
-        raise ConfigError(f"personalized '{entry.id}': the in_context set needs the identifier this {entry.method} "
-                          f"model was trained with (as in 'a sks dog'); give token: sks")
+        raise ConfigError(
+            f"personalized '{entry.id}': the in_context set needs the identifier this {entry.method} "
+            f"model was trained with (as in 'a sks dog'); give token: sks"
+        )
     return None

@@ -15,15 +15,19 @@ from cemaps.analysis.disruption import (
     structural_zero_sentence,
     structural_zeros_by_model,
 )
-from cemaps.errors import ConfigError, StoreError
+from cemaps.errors import ConfigError
 from cemaps.store import StoreWriter, open_store
 
-PROMPTS = {"p000": ("a red mug on a wooden table", "concrete", "object"),
-           "p001": ("the feeling of freedom", "abstract", "concept"),
-           "p002": ("a cat sitting on a red chair next to a lamp", "compositional", "animal")}
-MODELS = [{"model_id": "base", "method": "base", "subject_id": None, "subject_domain": None},
-          {"model_id": "lora-mug", "method": "lora", "subject_id": "mug", "subject_domain": "object"},
-          {"model_id": "ti-face1", "method": "ti", "subject_id": "face1", "subject_domain": "person"}]
+PROMPTS = {
+    "p000": ("a red mug on a wooden table", "concrete", "object"),
+    "p001": ("the feeling of freedom", "abstract", "concept"),
+    "p002": ("a cat sitting on a red chair next to a lamp", "compositional", "animal"),
+}
+MODELS = [
+    {"model_id": "base", "method": "base", "subject_id": None, "subject_domain": None},
+    {"model_id": "lora-mug", "method": "lora", "subject_id": "mug", "subject_domain": "object"},
+    {"model_id": "ti-face1", "method": "ti", "subject_id": "face1", "subject_domain": "person"},
+]
 SEEDS = (0, 1)
 ATTN = "cross_attention/mid_block.attentions.0.transformer_blocks.0.attn2"
 
@@ -49,15 +53,27 @@ def scorer():
     return CountingScorer(tiny.model, tiny.preprocess, tiny.tokenizer)
 
 
-def build_store(path, *, identical: bool, with_text: bool = True, lora_maps_differ: bool = False,
-                lora_without_maps: bool = False):
+def build_store(
+    path, *, identical: bool, with_text: bool = True, lora_maps_differ: bool = False, lora_without_maps: bool = False
+):
     rng = np.random.default_rng(0)
-    with StoreWriter(path, settings={"capture": {"halves": ["cond"]}}, base={"model_id": "tiny"},
-                     records_per_part=8) as writer:
+    with StoreWriter(
+        path, settings={"capture": {"halves": ["cond"]}}, base={"model_id": "tiny"}, records_per_part=8
+    ) as writer:
         writer.add_models(MODELS)
-        writer.add_prompts([{"prompt_id": pid, "text": text if with_text else "", "tokens": ["a"], "token_ids": [1],
-                             "abstractness": abstractness, "domain": domain}
-                            for pid, (text, abstractness, domain) in PROMPTS.items()])
+        writer.add_prompts(
+            [
+                {
+                    "prompt_id": pid,
+                    "text": text if with_text else "",
+                    "tokens": ["a"],
+                    "token_ids": [1],
+                    "abstractness": abstractness,
+                    "domain": domain,
+                }
+                for pid, (text, abstractness, domain) in PROMPTS.items()
+            ]
+        )
         base_images = {}
         for model in MODELS:
             for prompt_id in PROMPTS:
@@ -91,15 +107,26 @@ def different_store(tmp_path_factory):
 
 def test_identical_images_give_zero_drop_and_drift(same_store, scorer):
     table = disruption_table(same_store, scorer, batch_size=4)
-    assert list(table.columns) == ["model_id", "prompt_id", "seed", "clip_base", "clip_personalized",
-                                   "alignment_drop", "image_drift", "image_identical", "structural_zero"]
+    assert list(table.columns) == [
+        "model_id",
+        "prompt_id",
+        "seed",
+        "clip_base",
+        "clip_personalized",
+        "alignment_drop",
+        "image_drift",
+        "image_identical",
+        "structural_zero",
+    ]
     assert len(table) == 2 * len(PROMPTS) * len(SEEDS)
     # bit-identical image and maps: zero by construction, exactly
     assert table["image_identical"].all() and table["structural_zero"].all()
     assert (table["alignment_drop"] == 0.0).all() and (table["image_drift"] == 0.0).all()
     counts = structural_zeros_by_model(table.assign(method=table["model_id"].str.split("-").str[0]))
     assert counts[["model_id", "method", "n_records", "records_structural_zero"]].values.tolist() == [
-        ["lora-mug", "lora", 6, 6], ["ti-face1", "ti", 6, 6]]
+        ["lora-mug", "lora", 6, 6],
+        ["ti-face1", "ti", 6, 6],
+    ]
     sentence = structural_zero_sentence(counts)
     assert "ti-face1 (ti): 6 of 6 records" in sentence and "by construction" in sentence
 
@@ -157,10 +184,15 @@ def test_disruption_table_bad_input(same_store, scorer):
 
 def test_aggregate_over_seeds_statistics():
     rng = np.random.default_rng(0)
-    table = pd.DataFrame({"model_id": ["m1"] * 4 + ["m2"] * 3 + ["m3"],
-                          "prompt_id": ["p1"] * 4 + ["p1"] * 3 + ["p2"],
-                          "seed": [0, 1, 2, 3, 0, 1, 2, 0],
-                          "alignment_drop": rng.normal(size=8), "image_drift": rng.random(8)})
+    table = pd.DataFrame(
+        {
+            "model_id": ["m1"] * 4 + ["m2"] * 3 + ["m3"],
+            "prompt_id": ["p1"] * 4 + ["p1"] * 3 + ["p2"],
+            "seed": [0, 1, 2, 3, 0, 1, 2, 0],
+            "alignment_drop": rng.normal(size=8),
+            "image_drift": rng.random(8),
+        }
+    )
     out = aggregate_over_seeds(table, ["alignment_drop", "image_drift"]).set_index(["model_id", "prompt_id"])
     values = table.loc[table.model_id == "m1", "alignment_drop"].to_numpy()
     m1 = out.loc[("m1", "p1")]
@@ -183,13 +215,25 @@ def test_aggregate_joins_store_labels(different_store, scorer):
     store = different_store
     table = disruption_table(store, scorer)
     out = aggregate_over_seeds(table, ["alignment_drop"], models=store.models, prompts=store.prompts)
-    assert list(out.columns[:7]) == ["model_id", "prompt_id", "method", "subject_id", "subject_domain",
-                                     "abstractness", "domain"]
+    assert list(out.columns[:7]) == [
+        "model_id",
+        "prompt_id",
+        "method",
+        "subject_id",
+        "subject_domain",
+        "abstractness",
+        "domain",
+    ]
     assert len(out) == 2 * len(PROMPTS)
     assert (out["alignment_drop_n"] == len(SEEDS)).all()
     row = out[(out.model_id == "ti-face1") & (out.prompt_id == "p001")].iloc[0]
     assert (row.method, row.subject_id, row.subject_domain, row.abstractness, row.domain) == (
-        "ti", "face1", "person", "abstract", "concept")
+        "ti",
+        "face1",
+        "person",
+        "abstract",
+        "concept",
+    )
 
 
 @pytest.mark.parametrize(
@@ -225,7 +269,11 @@ def test_semantic_similarity_with_the_pipeline_text_encoder(pipe):
 
 @pytest.mark.parametrize(
     ("descriptors", "prompts", "message"),
-    [({}, {"p": "x"}, "descriptors"), ({"m": "x"}, {"p": " "}, r"prompts\['p'\]"), ({"m": None}, {"p": "x"}, "descriptors")],
+    [
+        ({}, {"p": "x"}, "descriptors"),
+        ({"m": "x"}, {"p": " "}, r"prompts\['p'\]"),
+        ({"m": None}, {"p": "x"}, "descriptors"),
+    ],
 )
 def test_semantic_similarity_bad_input(pipe, descriptors, prompts, message):
     with pytest.raises(ConfigError, match=message):

@@ -10,10 +10,18 @@ import pytest
 from cemaps.analysis.entanglement import entanglement_map, read_entanglement_maps, write_entanglement_maps
 from cemaps.errors import ConfigError, StoreError
 
-MODELS = {"ti-mug": ("ti", "mug"), "lora-face1": ("lora", "face1"), "lora-mug": ("lora", "mug"),
-          "dreambooth-style1": ("dreambooth", "style1")}
-PROMPTS = {"p003": ("concrete", "object"), "p000": ("abstract", "concept"), "p002": ("concrete", "animal"),
-           "p001": ("compositional", "object")}
+MODELS = {
+    "ti-mug": ("ti", "mug"),
+    "lora-face1": ("lora", "face1"),
+    "lora-mug": ("lora", "mug"),
+    "dreambooth-style1": ("dreambooth", "style1"),
+}
+PROMPTS = {
+    "p003": ("concrete", "object"),
+    "p000": ("abstract", "concept"),
+    "p002": ("concrete", "animal"),
+    "p001": ("compositional", "object"),
+}
 
 
 def disruption_rows(seeds=(0,)) -> pd.DataFrame:
@@ -21,9 +29,19 @@ def disruption_rows(seeds=(0,)) -> pd.DataFrame:
     for m, (model_id, (method, subject)) in enumerate(MODELS.items()):
         for p, (prompt_id, (abstractness, domain)) in enumerate(PROMPTS.items()):
             for seed in seeds:
-                rows.append({"model_id": model_id, "method": method, "subject_id": subject, "prompt_id": prompt_id,
-                             "abstractness": abstractness, "domain": domain, "seed": seed,
-                             "alignment_drop": 10.0 * m + p + seed, "image_drift": 0.01 * (m + p)})
+                rows.append(
+                    {
+                        "model_id": model_id,
+                        "method": method,
+                        "subject_id": subject,
+                        "prompt_id": prompt_id,
+                        "abstractness": abstractness,
+                        "domain": domain,
+                        "seed": seed,
+                        "alignment_drop": 10.0 * m + p + seed,
+                        "image_drift": 0.01 * (m + p),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -33,14 +51,24 @@ def test_map_shape_labels_and_order():
     assert cem.shape == (len(MODELS), len(PROMPTS))
     assert list(cem.index.names) == ["method", "subject_id", "model_id"]
     assert list(cem.columns.names) == ["abstractness", "domain", "prompt_id"]
-    assert list(cem.index) == [("dreambooth", "style1", "dreambooth-style1"), ("lora", "face1", "lora-face1"),
-                               ("lora", "mug", "lora-mug"), ("ti", "mug", "ti-mug")]
-    assert list(cem.columns) == [("abstract", "concept", "p000"), ("compositional", "object", "p001"),
-                                 ("concrete", "animal", "p002"), ("concrete", "object", "p003")]
+    assert list(cem.index) == [
+        ("dreambooth", "style1", "dreambooth-style1"),
+        ("lora", "face1", "lora-face1"),
+        ("lora", "mug", "lora-mug"),
+        ("ti", "mug", "ti-mug"),
+    ]
+    assert list(cem.columns) == [
+        ("abstract", "concept", "p000"),
+        ("compositional", "object", "p001"),
+        ("concrete", "animal", "p002"),
+        ("concrete", "object", "p003"),
+    ]
     assert cem.dtypes.eq(np.float64).all()
     for row in table.itertuples():
-        assert cem.loc[(row.method, row.subject_id, row.model_id), (row.abstractness, row.domain, row.prompt_id)] \
+        assert (
+            cem.loc[(row.method, row.subject_id, row.model_id), (row.abstractness, row.domain, row.prompt_id)]
             == row.alignment_drop
+        )
 
 
 def test_seeds_are_averaged_and_missing_pairs_are_nan():
@@ -66,8 +94,7 @@ def test_missing_labels_become_na_instead_of_dropping_rows():
         (lambda t: t, "clip_drop", "not a column"),
         (lambda t: t.drop(columns="abstractness"), "alignment_drop", "abstractness"),
         (lambda t: t.assign(alignment_drop="big"), "alignment_drop", "expected numbers"),
-        (lambda t: t.assign(method=np.where(t.index == 0, "dreambooth", t.method)), "alignment_drop",
-         "more than one"),
+        (lambda t: t.assign(method=np.where(t.index == 0, "dreambooth", t.method)), "alignment_drop", "more than one"),
     ],
 )
 def test_bad_tables_raise_config_error(change, metric, message):
@@ -78,8 +105,10 @@ def test_bad_tables_raise_config_error(change, metric, message):
 def test_write_and_read_roundtrip(tmp_path):
     table = disruption_rows(seeds=(0, 1))
     table.loc[table.model_id == "ti-mug", "subject_id"] = None
-    maps = {"alignment_drop": entanglement_map(table, "alignment_drop"),
-            "image_drift": entanglement_map(table, "image_drift")}
+    maps = {
+        "alignment_drop": entanglement_map(table, "alignment_drop"),
+        "image_drift": entanglement_map(table, "image_drift"),
+    }
     maps["image_drift"].iloc[0, 0] = np.nan
     paths = write_entanglement_maps(maps, tmp_path / "out")
     assert paths["alignment_drop"].name == "cem_alignment_drop.csv"
@@ -96,7 +125,10 @@ def test_write_and_read_roundtrip(tmp_path):
         assert file["alignment_drop/values"].shape == (len(MODELS), len(PROMPTS))
         assert list(file["alignment_drop/rows"].attrs["levels"]) == ["method", "subject_id", "model_id"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "cem_alignment_drop.csv", "cem_image_drift.csv", "entanglement_maps.h5"]
+        "cem_alignment_drop.csv",
+        "cem_image_drift.csv",
+        "entanglement_maps.h5",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -29,13 +29,24 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # (model, method, tokens, subject span): the base's "a woman" is two tokens, TI's "<sks-face1>" one,
 # DreamBooth's "a sks woman" three; the context "a photo of ... on a beach" is shared.
 TEXTS = {
-    "base": ("base", "a photo of a woman on a beach", [BOS, "a</w>", "photo</w>", "of</w>", "a</w>", "woman</w>",
-                                                       "on</w>", "a</w>", "beach</w>", EOS], (4, 6)),
-    "ti": ("textual_inversion", "a photo of <sks-face1> on a beach",
-           [BOS, "a</w>", "photo</w>", "of</w>", "<sks-face1>", "on</w>", "a</w>", "beach</w>", EOS], (4, 5)),
-    "db": ("dreambooth", "a photo of a sks woman on a beach",
-           [BOS, "a</w>", "photo</w>", "of</w>", "a</w>", "sks</w>", "woman</w>", "on</w>", "a</w>", "beach</w>", EOS],
-           (4, 7)),
+    "base": (
+        "base",
+        "a photo of a woman on a beach",
+        [BOS, "a</w>", "photo</w>", "of</w>", "a</w>", "woman</w>", "on</w>", "a</w>", "beach</w>", EOS],
+        (4, 6),
+    ),
+    "ti": (
+        "textual_inversion",
+        "a photo of <sks-face1> on a beach",
+        [BOS, "a</w>", "photo</w>", "of</w>", "<sks-face1>", "on</w>", "a</w>", "beach</w>", EOS],
+        (4, 5),
+    ),
+    "db": (
+        "dreambooth",
+        "a photo of a sks woman on a beach",
+        [BOS, "a</w>", "photo</w>", "of</w>", "a</w>", "sks</w>", "woman</w>", "on</w>", "a</w>", "beach</w>", EOS],
+        (4, 7),
+    ),
 }
 
 
@@ -47,26 +58,58 @@ def context_maps(rng: np.random.Generator) -> np.ndarray:
 def with_subject(context: np.ndarray, span: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Context maps with ``span[1] - span[0]`` random subject-token maps inserted at ``span[0]``."""
     subject = rng.random((span[1] - span[0], *context.shape[1:])) + 0.1
-    return np.concatenate([context[:span[0]], subject, context[span[0]:]]).astype(np.float32)
+    return np.concatenate([context[: span[0]], subject, context[span[0] :]]).astype(np.float32)
 
 
-def write_store(path: Path, images: dict[str, np.ndarray], maps: dict[str, np.ndarray],
-                texts: dict = TEXTS, prompt_text: str = TEXTS["base"][1]) -> Path:
+def write_store(
+    path: Path,
+    images: dict[str, np.ndarray],
+    maps: dict[str, np.ndarray],
+    texts: dict = TEXTS,
+    prompt_text: str = TEXTS["base"][1],
+) -> Path:
     settings = {"capture": {"half_labels": ["cond"]}, "prompt_set": {"name": "in_context", "subject_images": {}}}
     with StoreWriter(path, settings=settings, base={"model_id": "cemaps/tiny-sd"}) as writer:
-        writer.add_models([{"model_id": m, "method": method, "subject_id": "face1"}
-                           for m, (method, *_rest) in texts.items()])
+        writer.add_models(
+            [{"model_id": m, "method": method, "subject_id": "face1"} for m, (method, *_rest) in texts.items()]
+        )
         base_tokens = texts["base"][2]
-        writer.add_prompts([{"prompt_id": "face01@face1", "text": prompt_text, "tokens": base_tokens,
-                             "token_ids": list(range(len(base_tokens))), "template_id": "face01", "kind": "face",
-                             "subject_id": "face1", "class_word": "woman"}])
-        writer.write_table("in_context_texts", pd.DataFrame([
-            {"model_id": m, "prompt_id": "face01@face1", "subject_id": "face1", "text": text, "tokens": tokens,
-             "token_ids": list(range(len(tokens))), "subject_start": span[0], "subject_stop": span[1]}
-            for m, (_method, text, tokens, span) in texts.items()]))
+        writer.add_prompts(
+            [
+                {
+                    "prompt_id": "face01@face1",
+                    "text": prompt_text,
+                    "tokens": base_tokens,
+                    "token_ids": list(range(len(base_tokens))),
+                    "template_id": "face01",
+                    "kind": "face",
+                    "subject_id": "face1",
+                    "class_word": "woman",
+                }
+            ]
+        )
+        writer.write_table(
+            "in_context_texts",
+            pd.DataFrame(
+                [
+                    {
+                        "model_id": m,
+                        "prompt_id": "face01@face1",
+                        "subject_id": "face1",
+                        "text": text,
+                        "tokens": tokens,
+                        "token_ids": list(range(len(tokens))),
+                        "subject_start": span[0],
+                        "subject_stop": span[1],
+                    }
+                    for m, (_method, text, tokens, span) in texts.items()
+                ]
+            ),
+        )
         for model_id in texts:
-            writer.write_record(model_id, "face01@face1", 0, {LAYER: maps[model_id]}, axes={LAYER: AXES},
-                                image=images[model_id])
+            writer.write_record(
+                model_id, "face01@face1", 0, {LAYER: maps[model_id]}, axes={LAYER: AXES}, image=images[model_id]
+            )
     return path
 
 
@@ -103,8 +146,11 @@ def test_a_planted_context_shift_is_found_at_its_aligned_tokens(tmp_path, images
     context = context_maps(rng)
     moved = context.copy()
     moved[5, ..., :2, :2] += 5.0  # "a" of "on a beach" looks at the top-left corner in the personalized model
-    maps = {"base": with_subject(context, TEXTS["base"][3], rng), "ti": with_subject(moved, TEXTS["ti"][3], rng),
-            "db": with_subject(context, TEXTS["db"][3], rng)}
+    maps = {
+        "base": with_subject(context, TEXTS["base"][3], rng),
+        "ti": with_subject(moved, TEXTS["ti"][3], rng),
+        "db": with_subject(context, TEXTS["db"][3], rng),
+    }
     with open_store(write_store(tmp_path / "s.h5", images, maps)) as store:
         shift = non_subject_shift(store).set_index("model_id")["non_subject_shift"]
     expected = attention_shift(context[:, :, :, :, :, :].astype(np.float32), moved.astype(np.float32), AXES, ["cond"])
@@ -123,12 +169,21 @@ def test_a_planted_context_shift_is_found_at_its_aligned_tokens(tmp_path, images
 
 def test_context_tokens_that_differ_from_the_twin_are_an_error(tmp_path, images):
     rng = np.random.default_rng(3)
-    texts = dict(TEXTS, ti=("textual_inversion", "x", [BOS, "a</w>", "photo</w>", "of</w>", "<sks-face1>", "in</w>",
-                                                       "a</w>", "beach</w>", EOS], (4, 5)))
+    texts = dict(
+        TEXTS,
+        ti=(
+            "textual_inversion",
+            "x",
+            [BOS, "a</w>", "photo</w>", "of</w>", "<sks-face1>", "in</w>", "a</w>", "beach</w>", EOS],
+            (4, 5),
+        ),
+    )
     context = context_maps(rng)
     maps = {m: with_subject(context, texts[m][3], rng) for m in texts}
-    with open_store(write_store(tmp_path / "s.h5", images, maps, texts)) as store, \
-            pytest.raises(StoreError, match="context tokens"):
+    with (
+        open_store(write_store(tmp_path / "s.h5", images, maps, texts)) as store,
+        pytest.raises(StoreError, match="context tokens"),
+    ):
         non_subject_shift(store)
 
 
@@ -174,9 +229,17 @@ def test_subject_fidelity_is_the_mean_cosine():
 
 
 def test_summary_pairs_each_model_with_its_base_twins():
-    scores = pd.DataFrame({"model_id": ["base", "ti", "db"], "method": ["base", "textual_inversion", "dreambooth"],
-                           "subject_id": "face1", "prompt_id": "p", "seed": 0, "clip_t": [30.0, 25.0, 28.0],
-                           "clip_i": [0.5, 0.9, 0.7]})
+    scores = pd.DataFrame(
+        {
+            "model_id": ["base", "ti", "db"],
+            "method": ["base", "textual_inversion", "dreambooth"],
+            "subject_id": "face1",
+            "prompt_id": "p",
+            "seed": 0,
+            "clip_t": [30.0, 25.0, 28.0],
+            "clip_i": [0.5, 0.9, 0.7],
+        }
+    )
     shift = pd.DataFrame({"model_id": ["ti", "ti", "db"], "non_subject_shift": [0.1, 0.3, 0.0]})
     summary = in_context_summary(scores, shift).set_index("model_id")
     assert summary.at["ti", "clip_t_change"] == -5.0

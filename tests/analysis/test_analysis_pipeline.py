@@ -19,8 +19,10 @@ from cemaps.study import run_study
 
 TARGET = "down_blocks.2.attentions.0.transformer_blocks.0.attn2"
 EXECUTION_ORDER_BEFORE = [
-    "down_blocks.0.attentions.0.transformer_blocks.0.attn2", "down_blocks.0.attentions.1.transformer_blocks.0.attn2",
-    "down_blocks.1.attentions.0.transformer_blocks.0.attn2", "down_blocks.1.attentions.1.transformer_blocks.0.attn2",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2",
+    "down_blocks.0.attentions.1.transformer_blocks.0.attn2",
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+    "down_blocks.1.attentions.1.transformer_blocks.0.attn2",
 ]
 
 
@@ -38,13 +40,18 @@ def _planted_unet(folder, layer=TARGET, scale=3.0):
 def planted_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     config = StudyConfig(
-        prompts="demo24", seeds=(0,),
+        prompts="demo24",
+        seeds=(0,),
         generation=GenerationSettings(steps=3, batch_size=8),
         capture=CrossAttentionSettings(timesteps=[0], spatial="native", dtype="float32"),
-        personalized=(PersonalizedEntry(id="db-tok", method="dreambooth", path=str(_planted_unet(root / "unet")),
-                                        subject="object1"),
-                      PersonalizedEntry(id="db-same", method="dreambooth", path=str(_planted_unet(root / "same", scale=0.0)),
-                                        subject="face1")),
+        personalized=(
+            PersonalizedEntry(
+                id="db-tok", method="dreambooth", path=str(_planted_unet(root / "unet")), subject="object1"
+            ),
+            PersonalizedEntry(
+                id="db-same", method="dreambooth", path=str(_planted_unet(root / "same", scale=0.0)), subject="face1"
+            ),
+        ),
     )
     run_study(config, root / "study.h5", progress=False, pipe=tiny_pipeline(seed=0))
     return root / "study.h5"
@@ -65,9 +72,22 @@ def test_a_planted_to_k_change_shows_where_it_is(planted_store):
 def test_run_analysis_writes_the_results_folder(planted_store, tmp_path):
     summary_path = run_analysis(planted_store, tmp_path / "results", n_perm=199, progress=False)
     out = summary_path.parent
-    for name in ("manifest.json", "summary.json", "disruption.csv", "disruption.parquet", "disruption_by_prompt.csv",
-                 "attention_shift.csv", "layers.csv", "similarity.csv", "cem_alignment_drop.csv",
-                 "cem_image_drift.csv", "entanglement_maps.h5", "prompts.csv", "models.csv", "weight_deltas.csv"):
+    for name in (
+        "manifest.json",
+        "summary.json",
+        "disruption.csv",
+        "disruption.parquet",
+        "disruption_by_prompt.csv",
+        "attention_shift.csv",
+        "layers.csv",
+        "similarity.csv",
+        "cem_alignment_drop.csv",
+        "cem_image_drift.csv",
+        "entanglement_maps.h5",
+        "prompts.csv",
+        "models.csv",
+        "weight_deltas.csv",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads(summary_path.read_text())
     assert set(summary) == {"methods", "abstractness", "semantic_proximity", "layer_linking", "clustering"}
@@ -91,7 +111,11 @@ def test_run_analysis_writes_the_results_folder(planted_store, tmp_path):
 def test_analysis_refuses_a_store_without_personalized_models(tmp_path):
     from cemaps.errors import StoreError
 
-    run_study(StudyConfig(prompts=["a cat"], generation=GenerationSettings(steps=2)), tmp_path / "s.h5",
-              progress=False, pipe=tiny_pipeline(seed=0))
+    run_study(
+        StudyConfig(prompts=["a cat"], generation=GenerationSettings(steps=2)),
+        tmp_path / "s.h5",
+        progress=False,
+        pipe=tiny_pipeline(seed=0),
+    )
     with pytest.raises(StoreError, match="no personalized models"):
         run_analysis(tmp_path / "s.h5", tmp_path / "results", progress=False)

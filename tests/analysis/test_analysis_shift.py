@@ -24,8 +24,10 @@ LAYERS = {
     "mid_block.attentions.0.transformer_blocks.0.attn2": (2, 2),
     "up_blocks.2.attentions.1.transformer_blocks.0.attn2": (4, 4),
 }
-PROMPTS = {"p000": ["<|startoftext|>", "a</w>", "mug</w>", "<|endoftext|>"],
-           "p001": ["<|startoftext|>", "freedom</w>", "<|endoftext|>"]}
+PROMPTS = {
+    "p000": ["<|startoftext|>", "a</w>", "mug</w>", "<|endoftext|>"],
+    "p001": ["<|startoftext|>", "freedom</w>", "<|endoftext|>"],
+}
 SEEDS = (0, 1)
 STEPS = 3
 
@@ -82,7 +84,8 @@ def test_zero_probabilities_contribute_nothing():
     q = np.array([0.0, 0.5, 0.5, 0.0])
     assert js_divergence(p, q) == 0.0
     assert js_divergence(p, np.array([0.0, 0.25, 0.75, 0.0])) == pytest.approx(
-        jensenshannon(p, [0.0, 0.25, 0.75, 0.0], base=2) ** 2, abs=1e-6)
+        jensenshannon(p, [0.0, 0.25, 0.75, 0.0], base=2) ** 2, abs=1e-6
+    )
 
 
 def test_heads_are_averaged_before_normalising():
@@ -151,34 +154,60 @@ def test_shape_mismatch_raises_config_error():
 
 
 # ---- streaming over a synthetic store ------------------------------------------------------------
-def build_store(path, *, models=("lora-mug", "dreambooth-face"), planted_layer=None, with_base_for=None,
-                halves=("cond",), base_method="base"):
+def build_store(
+    path,
+    *,
+    models=("lora-mug", "dreambooth-face"),
+    planted_layer=None,
+    with_base_for=None,
+    halves=("cond",),
+    base_method="base",
+):
     """Base maps are random; personalized maps are copies, except in ``planted_layer`` (reshuffled)."""
     rng = np.random.default_rng(0)
     settings = {"capture": {"halves": list(halves), "steps": STEPS}}
     with StoreWriter(path, settings=settings, base={"model_id": "tiny"}, records_per_part=5) as writer:
-        writer.add_models([{"model_id": "base", "method": base_method, "subject_id": None}]
-                          + [{"model_id": m, "method": m.split("-")[0], "subject_id": m.split("-")[1]} for m in models])
-        writer.add_prompts([{"prompt_id": pid, "text": " ".join(t[1:-1]), "tokens": t, "token_ids": list(range(len(t)))}
-                            for pid, t in PROMPTS.items()])
+        writer.add_models(
+            [{"model_id": "base", "method": base_method, "subject_id": None}]
+            + [{"model_id": m, "method": m.split("-")[0], "subject_id": m.split("-")[1]} for m in models]
+        )
+        writer.add_prompts(
+            [
+                {"prompt_id": pid, "text": " ".join(t[1:-1]), "tokens": t, "token_ids": list(range(len(t)))}
+                for pid, t in PROMPTS.items()
+            ]
+        )
         base_maps = {}
         for prompt_id, tokens in PROMPTS.items():
             for seed in SEEDS:
                 if with_base_for is not None and (prompt_id, seed) not in with_base_for:
                     continue
-                arrays = {f"cross_attention/{layer}": random_maps(rng, (len(tokens), STEPS, len(halves), 1, *hw))
-                          .astype(np.float16) for layer, hw in LAYERS.items()}
+                arrays = {
+                    f"cross_attention/{layer}": random_maps(rng, (len(tokens), STEPS, len(halves), 1, *hw)).astype(
+                        np.float16
+                    )
+                    for layer, hw in LAYERS.items()
+                }
                 base_maps[prompt_id, seed] = arrays
                 writer.write_record("base", prompt_id, seed, arrays, axes={name: AXES for name in arrays})
         for model in models:
             for prompt_id, tokens in PROMPTS.items():
                 for seed in SEEDS:
-                    arrays = {name: (value if planted_layer is None or not name.endswith(planted_layer)
-                                     else random_maps(rng, value.shape).astype(np.float16))
-                              for name, value in base_maps.get((prompt_id, seed), {}).items()}
+                    arrays = {
+                        name: (
+                            value
+                            if planted_layer is None or not name.endswith(planted_layer)
+                            else random_maps(rng, value.shape).astype(np.float16)
+                        )
+                        for name, value in base_maps.get((prompt_id, seed), {}).items()
+                    }
                     if not arrays:
-                        arrays = {f"cross_attention/{layer}": random_maps(rng, (len(tokens), STEPS, len(halves), 1, *hw))
-                                  .astype(np.float16) for layer, hw in LAYERS.items()}
+                        arrays = {
+                            f"cross_attention/{layer}": random_maps(
+                                rng, (len(tokens), STEPS, len(halves), 1, *hw)
+                            ).astype(np.float16)
+                            for layer, hw in LAYERS.items()
+                        }
                     writer.write_record(model, prompt_id, seed, arrays, axes={name: AXES for name in arrays})
     return open_store(path)
 
@@ -207,8 +236,12 @@ def test_store_table_matches_the_pure_function(tmp_path):
         pairs = paired_records(store)
         row = pairs.iloc[5]
         name = f"cross_attention/{planted}"
-        expected = attention_shift(store.read_one(name, int(row.base_record)), store.read_one(name, int(row.record)),
-                                   store.axes(name), ["cond"])
+        expected = attention_shift(
+            store.read_one(name, int(row.base_record)),
+            store.read_one(name, int(row.record)),
+            store.axes(name),
+            ["cond"],
+        )
     found = table[(table.model_id == row.model_id) & (table.prompt_id == row.prompt_id) & (table.seed == row.seed)]
     assert found["attention_shift"].item() == pytest.approx(float(expected), rel=1e-6)
 
@@ -221,8 +254,15 @@ def test_per_token_and_per_step_tables(tmp_path):
         per_record = attention_shift_table(store, layers=planted)
     n_tokens = sum(len(t) for t in PROMPTS.values())
     assert len(per_token) == 2 * len(SEEDS) * n_tokens
-    assert list(per_token.columns) == ["model_id", "prompt_id", "seed", "layer", "token_index", "token",
-                                       "attention_shift"]
+    assert list(per_token.columns) == [
+        "model_id",
+        "prompt_id",
+        "seed",
+        "layer",
+        "token_index",
+        "token",
+        "attention_shift",
+    ]
     mug = per_token[(per_token.prompt_id == "p000") & (per_token.model_id == "lora-mug") & (per_token.seed == 0)]
     assert mug["token"].tolist() == PROMPTS["p000"]
     assert len(per_step) == 2 * len(PROMPTS) * len(SEEDS) * STEPS
@@ -230,13 +270,16 @@ def test_per_token_and_per_step_tables(tmp_path):
     # the record value is the mean over its token x step grid, which both finer tables also average to
     keys = ["model_id", "prompt_id", "seed"]
     from_steps = per_step.groupby(keys)["attention_shift"].mean()
-    np.testing.assert_allclose(per_record.set_index(keys)["attention_shift"].loc[from_steps.index], from_steps,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        per_record.set_index(keys)["attention_shift"].loc[from_steps.index], from_steps, rtol=1e-5
+    )
 
 
 def test_layer_selection(tmp_path):
     with build_store(tmp_path / "layers.h5") as store:
-        assert select_layers(store, "up_blocks.*") == ["cross_attention/up_blocks.2.attentions.1.transformer_blocks.0.attn2"]
+        assert select_layers(store, "up_blocks.*") == [
+            "cross_attention/up_blocks.2.attentions.1.transformer_blocks.0.attn2"
+        ]
         assert len(select_layers(store, lambda path: "blocks" in path)) == 3
         with pytest.raises(LayerNotFoundError, match="down_blocks.9"):
             attention_shift_table(store, layers=["down_blocks.9.attentions.0.transformer_blocks.0.attn2"])
@@ -276,11 +319,14 @@ def test_empty_selection_returns_typed_empty_frame(tmp_path):
 def test_twin_with_other_tokens_is_a_store_error(tmp_path):
     layer = "cross_attention/mid_block.attentions.0.transformer_blocks.0.attn2"
     rng = np.random.default_rng(0)
-    with StoreWriter(tmp_path / "tokens.h5", settings={"capture": {"halves": ["cond"]}}, base={"model_id": "t"}) as writer:
+    with StoreWriter(
+        tmp_path / "tokens.h5", settings={"capture": {"halves": ["cond"]}}, base={"model_id": "t"}
+    ) as writer:
         writer.add_models([{"model_id": "base", "method": "base"}, {"model_id": "lora-mug", "method": "lora"}])
         for model_id, tokens in (("base", 4), ("lora-mug", 5)):
-            writer.write_record(model_id, "p000", 0, {layer: random_maps(rng, (tokens, 2, 1, 1, 2, 2))},
-                                axes={layer: AXES})
+            writer.write_record(
+                model_id, "p000", 0, {layer: random_maps(rng, (tokens, 2, 1, 1, 2, 2))}, axes={layer: AXES}
+            )
     with open_store(tmp_path / "tokens.h5") as store, pytest.raises(StoreError, match="5 tokens but its base twin 4"):
         attention_shift_table(store)
 
@@ -288,7 +334,9 @@ def test_twin_with_other_tokens_is_a_store_error(tmp_path):
 def test_blocked_computation_matches_one_block(tmp_path, monkeypatch):
     import cemaps.analysis.attention_shift as attention_shift_module
 
-    with build_store(tmp_path / "blocks.h5", planted_layer="up_blocks.2.attentions.1.transformer_blocks.0.attn2") as store:
+    with build_store(
+        tmp_path / "blocks.h5", planted_layer="up_blocks.2.attentions.1.transformer_blocks.0.attn2"
+    ) as store:
         whole = attention_shift_table(store, per="token")
         monkeypatch.setattr(attention_shift_module, "_BLOCK_VALUES", 40)  # a few token rows per block
         blocked = attention_shift_table(store, per="token")

@@ -21,9 +21,11 @@ def block_shift(base: np.ndarray, personalized: np.ndarray, axes=AXES, halves=("
 
 def scipy_reference(base: np.ndarray, personalized: np.ndarray) -> np.ndarray:
     """float64 JS divergence (base 2) of head-averaged, spatially normalised cond maps, [token, step]."""
+
     def dist(maps: np.ndarray) -> np.ndarray:
         flat = maps[:, :, -1].astype(np.float64).mean(axis=2).reshape(*maps.shape[:2], -1)
         return flat / flat.sum(axis=-1, keepdims=True)
+
     return jensenshannon(dist(base), dist(personalized), base=2, axis=-1) ** 2
 
 
@@ -33,8 +35,9 @@ def test_block_kernel_matches_scipy(dtype):
     base = rng.dirichlet(np.ones(64), size=(40, 3)).reshape(40, 3, 1, 1, 8, 8)
     personalized = base * np.exp(0.5 * rng.standard_normal(base.shape))  # unnormalised, as stored
     base, personalized = base.astype(dtype), personalized.astype(dtype)
-    np.testing.assert_allclose(block_shift(base, personalized), scipy_reference(base, personalized),
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        block_shift(base, personalized), scipy_reference(base, personalized), rtol=1e-4, atol=1e-7
+    )
 
 
 def test_block_kernel_equals_the_reference_kernel_on_float16_maps():
@@ -60,7 +63,9 @@ def test_block_kernel_zero_probabilities_and_empty_maps():
     result = block_shift(base, personalized)
     assert result[0, 0] == pytest.approx(jensenshannon([0, 0.5, 0.5, 0], [0, 0.25, 0.75, 0], base=2) ** 2, abs=1e-6)
     assert np.isnan(result[1, 0])  # as the reference: a map that sums to 0 has no distribution
-    disjoint = block_shift(np.array([1.0, 0.0]).reshape(1, 1, 1, 1, 1, 2), np.array([0.0, 3.0]).reshape(1, 1, 1, 1, 1, 2))
+    disjoint = block_shift(
+        np.array([1.0, 0.0]).reshape(1, 1, 1, 1, 1, 2), np.array([0.0, 3.0]).reshape(1, 1, 1, 1, 1, 2)
+    )
     assert disjoint[0, 0] == pytest.approx(1.0)
 
 
@@ -71,4 +76,7 @@ def test_block_kernel_with_permuted_axes():
     permuted = tuple(AXES[i] for i in order)
     np.testing.assert_allclose(
         block_shift(base.transpose(order), personalized.transpose(order), axes=permuted),
-        scipy_reference(base, personalized), rtol=1e-4, atol=1e-7)
+        scipy_reference(base, personalized),
+        rtol=1e-4,
+        atol=1e-7,
+    )

@@ -17,9 +17,19 @@ CLASSES = ("concrete", "abstract", "compositional")
 
 def disruption_table(seed: int = 0, n_prompts: int = 18, shift: float = 0.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    rows = [dict(model_id=f"{m}-{s}", method=m, subject_id=f"s{s}", prompt_id=f"p{p}",
-                 abstractness=CLASSES[p % 3], alignment_drop=rng.normal() + shift * (p % 3 != 0) + 0.3 * s)
-            for m in ("lora", "dreambooth") for s in range(3) for p in range(n_prompts)]
+    rows = [
+        dict(
+            model_id=f"{m}-{s}",
+            method=m,
+            subject_id=f"s{s}",
+            prompt_id=f"p{p}",
+            abstractness=CLASSES[p % 3],
+            alignment_drop=rng.normal() + shift * (p % 3 != 0) + 0.3 * s,
+        )
+        for m in ("lora", "dreambooth")
+        for s in range(3)
+        for p in range(n_prompts)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -66,8 +76,9 @@ def test_prompt_anova_is_a_permutation_f_on_model_centred_prompt_effects():
     assert out["prompt_anova"]["reference_class"] == "concrete"
     estimates = {r["term"]: r["estimate"] for r in out["prompt_anova"]["class_effects"]}
     assert set(estimates) == {"abstract", "compositional"} and all(0.5 < e < 1.5 for e in estimates.values())
-    assert estimates["abstract"] == pytest.approx(effects[classes == "abstract"].mean()
-                                                  - effects[classes == "concrete"].mean())
+    assert estimates["abstract"] == pytest.approx(
+        effects[classes == "abstract"].mean() - effects[classes == "concrete"].mean()
+    )
     again = compare_abstractness(table, "alignment_drop", n_perm=999, seed=1)["prompt_anova"]["test"]
     assert again["p"] == anova["p"]
     json.dumps(out, allow_nan=False)
@@ -85,13 +96,16 @@ def test_prompt_with_two_abstractness_classes_is_rejected():
         compare_abstractness(table, "alignment_drop", n_perm=0)
 
 
-@pytest.mark.parametrize("kwargs, mutate, message", [
-    ({"unit": "model"}, lambda t: t, "unit='model': expected one of"),
-    ({}, lambda t: t.drop(columns="abstractness"), r"missing column\(s\) \['abstractness'\]"),
-    ({}, lambda t: t.assign(alignment_drop=np.nan), "NaN or infinite"),
-    ({}, lambda t: t.iloc[:0], "table is empty"),
-    ({"n_perm": -1}, lambda t: t, "n_perm=-1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, mutate, message",
+    [
+        ({"unit": "model"}, lambda t: t, "unit='model': expected one of"),
+        ({}, lambda t: t.drop(columns="abstractness"), r"missing column\(s\) \['abstractness'\]"),
+        ({}, lambda t: t.assign(alignment_drop=np.nan), "NaN or infinite"),
+        ({}, lambda t: t.iloc[:0], "table is empty"),
+        ({"n_perm": -1}, lambda t: t, "n_perm=-1"),
+    ],
+)
 def test_bad_input_raises_one_line_error(kwargs, mutate, message):
     kwargs = {"n_perm": 0, **kwargs}
     with pytest.raises(StatsInputError, match=message) as info:
@@ -100,9 +114,10 @@ def test_bad_input_raises_one_line_error(kwargs, mutate, message):
 
 
 def test_single_class_gives_non_computable_kruskal():
-    out = compare_abstractness(disruption_table().assign(abstractness="concrete"), "alignment_drop",
-                               n_perm=0)
+    out = compare_abstractness(disruption_table().assign(abstractness="concrete"), "alignment_drop", n_perm=0)
     assert out["kruskal"]["p"] is None and out["pairwise"] == []
     single = compare_abstractness(disruption_table().assign(abstractness="concrete"), "alignment_drop", n_perm=99)
-    assert single["prompt_anova"]["test"]["p"] is None and "needs >= 2 classes" in \
-        single["prompt_anova"]["test"]["extra"]["reason"]
+    assert (
+        single["prompt_anova"]["test"]["p"] is None
+        and "needs >= 2 classes" in single["prompt_anova"]["test"]["extra"]["reason"]
+    )

@@ -32,8 +32,13 @@ def planted_cem(seed: int = 0, noise: float = 0.1, planted: str = "prompts"):
         signal = np.where(method == "lora", 1.0, -1.0)[:, None] * rng.normal(size=n_prompts)[None, :]
     values = 3 * signal + noise * rng.normal(size=(n_models, n_prompts))
     cem = pd.DataFrame(values, index=[f"m{i}" for i in range(n_models)], columns=[f"p{j}" for j in range(n_prompts)])
-    prompts = pd.DataFrame({"prompt_id": cem.columns, "abstractness": abstractness,
-                            "domain": rng.permutation(["faces", "objects", "styles"] * 4)})
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": cem.columns,
+            "abstractness": abstractness,
+            "domain": rng.permutation(["faces", "objects", "styles"] * 4),
+        }
+    )
     models = pd.DataFrame({"model_id": cem.index, "method": method})
     return cem, prompts, models
 
@@ -64,8 +69,9 @@ def test_planted_structure_is_recovered_with_permutation_p():
 
 def test_labels_may_come_as_index_and_euclidean_ward_works():
     cem, prompts, models = planted_cem()
-    out = cluster(cem, prompts.set_index("prompt_id"), models.set_index("model_id"), method="ward",
-                  metric="euclidean", n_perm=49)
+    out = cluster(
+        cem, prompts.set_index("prompt_id"), models.set_index("model_id"), method="ward", metric="euclidean", n_perm=49
+    )
     assert out["method"] == "ward" and out["metric"] == "euclidean"
 
 
@@ -76,17 +82,20 @@ def test_single_class_label_is_reported_not_computable():
     assert row["computable"] is False and row["ari"] is None
 
 
-@pytest.mark.parametrize("mutate, kwargs, message", [
-    (lambda c, p, m: (c.assign(p0=np.nan), p, m), {}, "cem: expected finite numeric"),
-    (lambda c, p, m: (c.iloc[:1], p, m), {}, r"expected >= 2 models and >= 2 prompts"),
-    (lambda c, p, m: (c.assign(p0=5.0).T.assign(m0=1.0).T, p, m), {}, "constant profile"),
-    (lambda c, p, m: (c, p.iloc[1:], m), {}, r"prompt_labels: no labels for prompt_id \['p0'\]"),
-    (lambda c, p, m: (c, p.drop(columns=["abstractness", "domain"]), m), {}, "needs at least one of the columns"),
-    (lambda c, p, m: (c, pd.concat([p, p.iloc[:1]]), m), {}, "prompt_labels: prompt_id must be unique"),
-    (lambda c, p, m: (c, p, m), {"method": "ward"}, "method='ward': needs metric='euclidean'"),
-    (lambda c, p, m: (c, p, m), {"metric": "cosine"}, "metric='cosine'"),
-    (lambda c, p, m: (c.to_numpy(), p, m), {}, "cem: expected a pandas DataFrame"),
-])
+@pytest.mark.parametrize(
+    "mutate, kwargs, message",
+    [
+        (lambda c, p, m: (c.assign(p0=np.nan), p, m), {}, "cem: expected finite numeric"),
+        (lambda c, p, m: (c.iloc[:1], p, m), {}, r"expected >= 2 models and >= 2 prompts"),
+        (lambda c, p, m: (c.assign(p0=5.0).T.assign(m0=1.0).T, p, m), {}, "constant profile"),
+        (lambda c, p, m: (c, p.iloc[1:], m), {}, r"prompt_labels: no labels for prompt_id \['p0'\]"),
+        (lambda c, p, m: (c, p.drop(columns=["abstractness", "domain"]), m), {}, "needs at least one of the columns"),
+        (lambda c, p, m: (c, pd.concat([p, p.iloc[:1]]), m), {}, "prompt_labels: prompt_id must be unique"),
+        (lambda c, p, m: (c, p, m), {"method": "ward"}, "method='ward': needs metric='euclidean'"),
+        (lambda c, p, m: (c, p, m), {"metric": "cosine"}, "metric='cosine'"),
+        (lambda c, p, m: (c.to_numpy(), p, m), {}, "cem: expected a pandas DataFrame"),
+    ],
+)
 def test_bad_input_raises_one_line_error(mutate, kwargs, message):
     cem, prompts, models = mutate(*planted_cem())
     with pytest.raises(StatsInputError, match=message) as info:

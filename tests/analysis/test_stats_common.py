@@ -30,9 +30,16 @@ from cemaps.errors import CemapsError
 
 
 def test_test_result_to_dict_is_json_with_numpy_and_nan_converted():
-    result = TestResult(test="t", statistic=np.float32(1.5), p=float("nan"), effect_size=np.float64(np.inf),
-                        effect_size_name="r", n=np.int64(7), method="m",
-                        extra={"a": np.arange(3), "b": pd.DataFrame({"x": [1.0, np.nan]}), "c": np.bool_(True)})
+    result = TestResult(
+        test="t",
+        statistic=np.float32(1.5),
+        p=float("nan"),
+        effect_size=np.float64(np.inf),
+        effect_size_name="r",
+        n=np.int64(7),
+        method="m",
+        extra={"a": np.arange(3), "b": pd.DataFrame({"x": [1.0, np.nan]}), "c": np.bool_(True)},
+    )
     as_dict = result.to_dict()
     assert as_dict["statistic"] == 1.5 and as_dict["p"] is None and as_dict["effect_size"] is None
     assert as_dict["n"] == 7 and type(as_dict["n"]) is int
@@ -47,8 +54,11 @@ def test_test_result_is_frozen():
 
 
 def test_to_jsonable_handles_nested_results_and_tables():
-    nested = {"r": TestResult("t", 1.0, 0.5, None, "none", 3, "m"), "t": pd.DataFrame({"k": ["a"], "v": [np.int32(2)]}),
-              "tuple": (np.float64(1.0), None)}
+    nested = {
+        "r": TestResult("t", 1.0, 0.5, None, "none", 3, "m"),
+        "t": pd.DataFrame({"k": ["a"], "v": [np.int32(2)]}),
+        "tuple": (np.float64(1.0), None),
+    }
     out = to_jsonable(nested)
     assert out["r"]["p"] == 0.5 and out["t"] == [{"k": "a", "v": 2}] and out["tuple"] == [1.0, None]
     json.dumps(out, allow_nan=False)

@@ -13,14 +13,24 @@ from sklearn.model_selection import GroupKFold
 from cemaps.analysis.stats_common import StatsInputError
 from cemaps.analysis.stats_layers import layer_block, link_layers, order_layers
 
-LAYERS = ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "down_blocks.10.attentions.0.transformer_blocks.0.attn2",
-          "mid_block.attentions.0.transformer_blocks.0.attn2", "down_blocks.2.attentions.1.transformer_blocks.0.attn2"]
+LAYERS = [
+    "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+    "down_blocks.10.attentions.0.transformer_blocks.0.attn2",
+    "mid_block.attentions.0.transformer_blocks.0.attn2",
+    "down_blocks.2.attentions.1.transformer_blocks.0.attn2",
+]
 
 
 def tables(seed: int = 0, n_models: int = 4, n_prompts: int = 20, linked: str | None = LAYERS[3]):
     rng = np.random.default_rng(seed)
-    shift = pd.DataFrame([dict(model_id=f"m{m}", prompt_id=f"p{p}", layer=layer, attention_shift=rng.normal())
-                          for m in range(n_models) for p in range(n_prompts) for layer in LAYERS])
+    shift = pd.DataFrame(
+        [
+            dict(model_id=f"m{m}", prompt_id=f"p{p}", layer=layer, attention_shift=rng.normal())
+            for m in range(n_models)
+            for p in range(n_prompts)
+            for layer in LAYERS
+        ]
+    )
     pairs = shift[shift["layer"] == (linked or LAYERS[0])][["model_id", "prompt_id", "attention_shift"]]
     noise = rng.normal(size=len(pairs))
     disruption = pairs.assign(alignment_drop=(pairs["attention_shift"] if linked else 0.0) + noise)
@@ -42,8 +52,12 @@ def test_layer_correlations_match_scipy_and_bh_finds_the_linked_layer():
         x = shift[shift["layer"] == layer].set_index(["model_id", "prompt_id"])["attention_shift"]
         y = disruption.set_index(["model_id", "prompt_id"])["alignment_drop"].loc[x.index]
         expected = stats.spearmanr(x, y)
-        assert rows[layer]["rho"] == pytest.approx(expected.statistic) and rows[layer]["p_asymptotic"] == pytest.approx(expected.pvalue)
-    assert min(rows, key=lambda k: rows[k]["q_bh_asymptotic"]) == LAYERS[3] and rows[LAYERS[3]]["q_bh_asymptotic"] < 1e-6
+        assert rows[layer]["rho"] == pytest.approx(expected.statistic) and rows[layer]["p_asymptotic"] == pytest.approx(
+            expected.pvalue
+        )
+    assert (
+        min(rows, key=lambda k: rows[k]["q_bh_asymptotic"]) == LAYERS[3] and rows[LAYERS[3]]["q_bh_asymptotic"] < 1e-6
+    )
     assert [r["layer"] for r in out["layers"]] == order_layers(LAYERS, None)
     assert out["ridge"] is None and out["pairs"]["pairs_used"] == 80
     json.dumps(out, allow_nan=False)
@@ -62,8 +76,9 @@ def test_prompt_permutation_p_tracks_scipy_on_independent_pairs_and_flags_the_li
 
 def test_prompt_permutation_is_skipped_with_zero_draws_or_too_few_shared_prompts():
     shift, disruption = tables()
-    assert all(r["p_perm"] is None for r in link_layers(shift, disruption, "alignment_drop", ridge=False,
-                                                        n_perm=0)["layers"])
+    assert all(
+        r["p_perm"] is None for r in link_layers(shift, disruption, "alignment_drop", ridge=False, n_perm=0)["layers"]
+    )
     shift, disruption = tables(n_prompts=2, n_models=5)
     assert all(r["p_perm"] is None for r in link_layers(shift, disruption, "alignment_drop", ridge=False)["layers"])
 
@@ -109,22 +124,33 @@ def test_pairs_missing_a_layer_or_disruption_are_dropped_and_counted():
     shift = shift.drop(index=0)
     disruption = disruption.drop(index=len(disruption) - 1)
     counts = link_layers(shift, disruption, "alignment_drop", ridge=False)["pairs"]
-    assert counts == {"pairs_in_shift": 80, "pairs_missing_a_layer": 1, "pairs_without_disruption": 1,
-                      "pairs_used": 78}
+    assert counts == {"pairs_in_shift": 80, "pairs_missing_a_layer": 1, "pairs_without_disruption": 1, "pairs_used": 78}
 
 
-@pytest.mark.parametrize("mutate_shift, mutate_disruption, kwargs, message", [
-    (lambda s: s.drop(columns="layer"), lambda d: d, {}, r"shift: missing column\(s\) \['layer'\]"),
-    (lambda s: pd.concat([s, s.iloc[:1]]), lambda d: d, {}, r"shift: \(model_id, prompt_id, layer\) must be unique"),
-    (lambda s: s, lambda d: pd.concat([d, d.iloc[:1]]), {}, r"disruption: \(model_id, prompt_id\) must be unique"),
-    (lambda s: s, lambda d: d.assign(model_id="other-" + d["model_id"]), {}, "only 0 complete"),
-    (lambda s: s, lambda d: d, {"layer_order": LAYERS[:2]}, "layer_order: lacks layer"),
-    (lambda s: s, lambda d: d, {"cv_folds": 1}, "cv_folds=1"),
-    (lambda s: s, lambda d: d, {"n_perm": -5}, "n_perm=-5"),
-    (lambda s: s.assign(attention_shift=np.inf), lambda d: d, {}, "NaN or infinite"),
-    (lambda s: s, lambda d: d, {"weight_delta": pd.DataFrame({"model_id": ["m0"], "layer": [LAYERS[0]]})},
-     r"weight_delta: missing column"),
-])
+@pytest.mark.parametrize(
+    "mutate_shift, mutate_disruption, kwargs, message",
+    [
+        (lambda s: s.drop(columns="layer"), lambda d: d, {}, r"shift: missing column\(s\) \['layer'\]"),
+        (
+            lambda s: pd.concat([s, s.iloc[:1]]),
+            lambda d: d,
+            {},
+            r"shift: \(model_id, prompt_id, layer\) must be unique",
+        ),
+        (lambda s: s, lambda d: pd.concat([d, d.iloc[:1]]), {}, r"disruption: \(model_id, prompt_id\) must be unique"),
+        (lambda s: s, lambda d: d.assign(model_id="other-" + d["model_id"]), {}, "only 0 complete"),
+        (lambda s: s, lambda d: d, {"layer_order": LAYERS[:2]}, "layer_order: lacks layer"),
+        (lambda s: s, lambda d: d, {"cv_folds": 1}, "cv_folds=1"),
+        (lambda s: s, lambda d: d, {"n_perm": -5}, "n_perm=-5"),
+        (lambda s: s.assign(attention_shift=np.inf), lambda d: d, {}, "NaN or infinite"),
+        (
+            lambda s: s,
+            lambda d: d,
+            {"weight_delta": pd.DataFrame({"model_id": ["m0"], "layer": [LAYERS[0]]})},
+            r"weight_delta: missing column",
+        ),
+    ],
+)
 def test_bad_input_raises_one_line_error(mutate_shift, mutate_disruption, kwargs, message):
     shift, disruption = tables()
     with pytest.raises(StatsInputError, match=message) as info:

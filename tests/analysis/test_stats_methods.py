@@ -17,9 +17,18 @@ METHODS = ("dreambooth", "lora", "textual_inversion")
 
 def disruption_table(seed: int = 0, n_subjects: int = 3, n_prompts: int = 10, shift: float = 0.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    rows = [dict(model_id=f"{m}-{s}", method=m, subject_id=f"s{s}", prompt_id=f"p{p}",
-                 alignment_drop=rng.normal() + shift * i)
-            for i, m in enumerate(METHODS) for s in range(n_subjects) for p in range(n_prompts)]
+    rows = [
+        dict(
+            model_id=f"{m}-{s}",
+            method=m,
+            subject_id=f"s{s}",
+            prompt_id=f"p{p}",
+            alignment_drop=rng.normal() + shift * i,
+        )
+        for i, m in enumerate(METHODS)
+        for s in range(n_subjects)
+        for p in range(n_prompts)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -49,9 +58,11 @@ def test_subject_anova_is_the_two_way_anova_without_replication_on_model_means()
 def test_pairwise_paired_t_across_subjects_is_holm_corrected():
     table = disruption_table(shift=1.0)
     pairs = compare_methods(table, "alignment_drop", n_boot=0)["pairwise"]
-    assert [(r["method_a"], r["method_b"]) for r in pairs] == [("dreambooth", "lora"),
-                                                               ("dreambooth", "textual_inversion"),
-                                                               ("lora", "textual_inversion")]
+    assert [(r["method_a"], r["method_b"]) for r in pairs] == [
+        ("dreambooth", "lora"),
+        ("dreambooth", "textual_inversion"),
+        ("lora", "textual_inversion"),
+    ]
     means = model_means(table)
     expected = stats.ttest_rel(means["dreambooth"], means["textual_inversion"])
     assert pairs[1]["statistic"] == pytest.approx(expected.statistic)
@@ -86,10 +97,14 @@ def test_bootstrap_ci_contains_the_mean_and_is_seeded():
 def test_subjects_lacking_a_method_and_prompts_lacking_a_model_are_dropped_and_counted():
     table = disruption_table()
     table = table[~((table["method"] == "lora") & (table["prompt_id"] == "p0"))]
-    table = table[~((table["model_id"] == "lora-2"))]
+    table = table[~(table["model_id"] == "lora-2")]
     out = compare_methods(table, "alignment_drop", n_boot=0)
-    assert out["subjects"] == {"subjects_total": 3, "subjects_dropped_incomplete": 1, "prompts_used": 9,
-                               "subjects_used": 2}
+    assert out["subjects"] == {
+        "subjects_total": 3,
+        "subjects_dropped_incomplete": 1,
+        "prompts_used": 9,
+        "subjects_used": 2,
+    }
     assert out["subject_anova"]["n"] == 2
 
 
@@ -103,8 +118,10 @@ def test_two_models_per_cell_are_averaged():
 
 def test_one_subject_gives_a_non_computable_anova_that_says_why():
     out = compare_methods(disruption_table(n_subjects=1), "alignment_drop", n_boot=0)
-    assert out["subject_anova"]["p"] is None and "needs >= 2 methods and >= 2 subjects" in \
-        out["subject_anova"]["extra"]["reason"]
+    assert (
+        out["subject_anova"]["p"] is None
+        and "needs >= 2 methods and >= 2 subjects" in out["subject_anova"]["extra"]["reason"]
+    )
 
 
 def test_structural_zeros_are_counted_per_method_and_said_in_words():
@@ -121,12 +138,15 @@ def test_structural_zeros_are_counted_per_method_and_said_in_words():
     assert "every zero is measured" in plain["structural_zeros"]
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda t: t.drop(columns="subject_id"), r"missing column\(s\) \['subject_id'\]"),
-    (lambda t: t.assign(alignment_drop="x"), "expected numeric"),
-    (lambda t: t.iloc[:0], "table is empty"),
-    (lambda t: t[t["method"] == "lora"], "expected >= 2 methods"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda t: t.drop(columns="subject_id"), r"missing column\(s\) \['subject_id'\]"),
+        (lambda t: t.assign(alignment_drop="x"), "expected numeric"),
+        (lambda t: t.iloc[:0], "table is empty"),
+        (lambda t: t[t["method"] == "lora"], "expected >= 2 methods"),
+    ],
+)
 def test_bad_input_raises_one_line_error(mutate, message):
     with pytest.raises(StatsInputError, match=message) as info:
         compare_methods(mutate(disruption_table()), "alignment_drop", n_boot=0)

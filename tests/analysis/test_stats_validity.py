@@ -50,6 +50,7 @@ def measured(family: str) -> tuple[dict[str, float], dict[str, float]]:
 
 # ---- null rates and power, 500 simulated studies per decision ---------------------------------------------------
 
+
 @pytest.mark.slow
 def test_method_comparison_holds_alpha_where_prompt_blocks_fail():
     null, power = measured("methods")
@@ -117,8 +118,10 @@ def test_planted_abstractness_effect_is_found_by_every_prompt_level_test():
     out = compare_abstractness(data, "alignment_drop", n_perm=999)
     pair = next(r for r in out["pairwise"] if (r["class_a"], r["class_b"]) == ("abstract", "concrete"))
     anova = out["prompt_anova"]
-    print(f"\nplanted abstractness: kruskal p={out['kruskal']['p']:.2e}; MWU p={pair['p']:.2e}; "
-          f"permutation ANOVA p={anova['test']['p']:.2e}, effects={anova['class_effects']}")
+    print(
+        f"\nplanted abstractness: kruskal p={out['kruskal']['p']:.2e}; MWU p={pair['p']:.2e}; "
+        f"permutation ANOVA p={anova['test']['p']:.2e}, effects={anova['class_effects']}"
+    )
     assert out["kruskal"]["p"] < 0.01 and pair["p"] < 0.01 and pair["effect_size"] > 0
     assert anova["test"]["p"] < 0.01
     for effect in anova["class_effects"]:
@@ -139,8 +142,10 @@ def test_planted_layer_link_is_found_by_permutation_and_ridge():
     shift = simulate_shift(BIG, data, rng, linked_layer=LAYERS[2], link=1.0)
     out = link_layers(shift, data, "alignment_drop", seed=0)
     q_perm = {row["layer"]: row["q_bh_perm"] for row in out["layers"]}
-    print(f"\nplanted layer link: q_perm={q_perm}; ridge R2={out['ridge']['full']['statistic']:.3f}; "
-          f"ablation={[(r['block'], round(r['delta_r2'], 3)) for r in out['ridge']['ablation']]}")
+    print(
+        f"\nplanted layer link: q_perm={q_perm}; ridge R2={out['ridge']['full']['statistic']:.3f}; "
+        f"ablation={[(r['block'], round(r['delta_r2'], 3)) for r in out['ridge']['ablation']]}"
+    )
     assert min(q_perm, key=q_perm.get) == LAYERS[2] and q_perm[LAYERS[2]] < 0.01
     assert out["ridge"]["full"]["statistic"] > 0
     ablation = {r["block"]: r["delta_r2"] for r in out["ridge"]["ablation"]}

@@ -59,11 +59,31 @@ def unlabelled_study(tmp_path_factory) -> Path:
     for i, image in enumerate(synthetic_subject_images("object1", n=2, size=64)):
         image.save(images / f"{i}.png")
     runner = CliRunner()
-    trained = runner.invoke(app, ["personalize", "-m", "lora", "-i", str(images), "-t", "sks", "-c", "mug",
-                                  "-o", str(folder / "lora"), "--steps", "2", "-q"])
+    trained = runner.invoke(
+        app,
+        [
+            "personalize",
+            "-m",
+            "lora",
+            "-i",
+            str(images),
+            "-t",
+            "sks",
+            "-c",
+            "mug",
+            "-o",
+            str(folder / "lora"),
+            "--steps",
+            "2",
+            "-q",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
-    write(folder, SMALL.replace("[a red mug, freedom]", "[a red mug, freedom, a cat on a table]")
-          + "store: study.h5\npersonalized:\n  - {id: lora1, method: lora, subject: object1, path: lora}\n")
+    write(
+        folder,
+        SMALL.replace("[a red mug, freedom]", "[a red mug, freedom, a cat on a table]")
+        + "store: study.h5\npersonalized:\n  - {id: lora1, method: lora, subject: object1, path: lora}\n",
+    )
     captured = runner.invoke(app, ["capture", "-c", str(folder / "study.yaml"), "-q"])
     assert captured.exit_code == 0, captured.output
     return folder

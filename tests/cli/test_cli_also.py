@@ -37,6 +37,7 @@ def test_help_fits_80_columns(command):
 
 def _with_visible_warnings(cli, *args):
     """Runs the CLI with warnings shown as Python shows them outside pytest (pytest records them)."""
+
     def show(message, category, filename, lineno, file=None, line=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -47,8 +48,9 @@ def _with_visible_warnings(cli, *args):
 
 
 def test_analyze_prints_no_library_warnings(cli, study_copy, tmp_path):
-    code, _, err = _with_visible_warnings(cli, "analyze", study_copy / "study.h5", "--out", tmp_path / "r",
-                                          "--n-perm", "99")
+    code, _, err = _with_visible_warnings(
+        cli, "analyze", study_copy / "study.h5", "--out", tmp_path / "r", "--n-perm", "99"
+    )
     assert code == 0, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) <= 12, err

@@ -50,8 +50,9 @@ def test_capture_then_inspect(tmp_path, run_cli):
 
 def test_overrides_from_flags(tmp_path, run_cli):
     config = _write(tmp_path, SMALL)
-    code, _, err = run_cli("capture", "-c", config, "-o", tmp_path / "s.h5", "--seeds", "3,4", "--steps", "1",
-                           "--no-progress")
+    code, _, err = run_cli(
+        "capture", "-c", config, "-o", tmp_path / "s.h5", "--seeds", "3,4", "--steps", "1", "--no-progress"
+    )
     assert code == 0, err
     with open_store(tmp_path / "s.h5") as store:
         assert sorted(set(store.records["seed"])) == [3, 4]
@@ -163,6 +164,7 @@ def test_appending_with_another_base_is_refused(tmp_path, run_cli, tiny_pipe):
     from cemaps.models import tiny_pipeline
 
     tiny_pipeline(seed=1).save_pretrained(tmp_path / "other-base")
-    code, _, err = run_cli("capture", "-c", config, "-o", tmp_path / "s.h5", "--base", tmp_path / "other-base",
-                           "--no-progress")
+    code, _, err = run_cli(
+        "capture", "-c", config, "-o", tmp_path / "s.h5", "--base", tmp_path / "other-base", "--no-progress"
+    )
     _one_line_error(code, err, "s.h5", "base")

@@ -40,8 +40,22 @@ def test_personalize_device_flag(cli, tmp_path, device):
     images.mkdir()
     (images / "a.png").write_bytes(b"")
     before = snapshot(tmp_path)
-    code, _, err = cli("personalize", "-m", "lora", "-i", images, "-t", "sks", "-c", "dog", "-o", tmp_path / "w",
-                       "--device", device, "-q")
+    code, _, err = cli(
+        "personalize",
+        "-m",
+        "lora",
+        "-i",
+        images,
+        "-t",
+        "sks",
+        "-c",
+        "dog",
+        "-o",
+        tmp_path / "w",
+        "--device",
+        device,
+        "-q",
+    )
     assert_refused(code, err, "--device", device, "available here: cpu")
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "w").exists()

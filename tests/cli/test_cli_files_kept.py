@@ -52,8 +52,23 @@ def test_personalize_overwrite_never_deletes_a_users_file(cli, study_copy, tmp_p
     (out / "mine.safetensors").write_bytes(b"precious")
     before = snapshot(out)
     for extra in ((), ("--overwrite",)):
-        code, _, err = cli("personalize", "-m", "lora", "-i", study_copy / "images", "-t", "sks", "-c", "mug",
-                           "-o", out, "--steps", "2", "-q", *extra)
+        code, _, err = cli(
+            "personalize",
+            "-m",
+            "lora",
+            "-i",
+            study_copy / "images",
+            "-t",
+            "sks",
+            "-c",
+            "mug",
+            "-o",
+            out,
+            "--steps",
+            "2",
+            "-q",
+            *extra,
+        )
         assert_refused(code, err, str(out), "mine.safetensors")
         assert snapshot(out) == before
 

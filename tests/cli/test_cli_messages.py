@@ -10,9 +10,13 @@ from safetensors.torch import save_file
 
 
 def _lora_file(path):
-    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight": torch.zeros(4, 8),
-               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.up.weight": torch.zeros(8, 4)},
-              str(path))
+    save_file(
+        {
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.down.weight": torch.zeros(4, 8),
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora.up.weight": torch.zeros(8, 4),
+        },
+        str(path),
+    )
     return path
 
 
@@ -33,9 +37,25 @@ def test_a_lora_passed_as_base_is_named_as_such(cli, tmp_path, command):
     images = tmp_path / "images"
     images.mkdir()
     before = snapshot(tmp_path)
-    args = {"capture": ("capture", "-c", config, "-o", tmp_path / "s.h5", "--base", lora, "-q"),
-            "personalize": ("personalize", "-m", "lora", "-i", images, "-t", "sks", "-c", "dog", "-o", tmp_path / "w",
-                            "--base", lora, "-q")}[command]
+    args = {
+        "capture": ("capture", "-c", config, "-o", tmp_path / "s.h5", "--base", lora, "-q"),
+        "personalize": (
+            "personalize",
+            "-m",
+            "lora",
+            "-i",
+            images,
+            "-t",
+            "sks",
+            "-c",
+            "dog",
+            "-o",
+            tmp_path / "w",
+            "--base",
+            lora,
+            "-q",
+        ),
+    }[command]
     line = assert_refused(*cli(*args)[::2], "--base", "LoRA weights", "personalized:")
     assert "--base-config" not in line and "stable-diffusion" not in line
     assert snapshot(tmp_path) == before
@@ -61,19 +81,39 @@ def images(tmp_path):
     return folder
 
 
-@pytest.mark.parametrize(("flags", "named"), [
-    (("--rank", "0"), "--rank 0"),
-    (("--learning-rate", "-1"), "--learning-rate -1.0"),
-    (("--batch-size", "0"), "--batch-size 0"),
-    (("--resolution", "12"), "--resolution 12"),
-    (("--lora-targets", "everything"), "--lora-targets 'everything'"),
-    (("-m", "textual_inversion", "-t", "<new-tok>", "--initializer-token", "a red dog"),
-     "--initializer-token 'a red dog'"),
-])
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (("--rank", "0"), "--rank 0"),
+        (("--learning-rate", "-1"), "--learning-rate -1.0"),
+        (("--batch-size", "0"), "--batch-size 0"),
+        (("--resolution", "12"), "--resolution 12"),
+        (("--lora-targets", "everything"), "--lora-targets 'everything'"),
+        (
+            ("-m", "textual_inversion", "-t", "<new-tok>", "--initializer-token", "a red dog"),
+            "--initializer-token 'a red dog'",
+        ),
+    ],
+)
 def test_personalize_errors_name_the_flags(cli, tmp_path, images, flags, named):
     before = snapshot(tmp_path)
-    code, _, err = cli("personalize", "-m", "lora", "-i", images, "-t", "sks", "-c", "dog", "-o", tmp_path / "w",
-                       "--steps", "2", "-q", *flags)
+    code, _, err = cli(
+        "personalize",
+        "-m",
+        "lora",
+        "-i",
+        images,
+        "-t",
+        "sks",
+        "-c",
+        "dog",
+        "-o",
+        tmp_path / "w",
+        "--steps",
+        "2",
+        "-q",
+        *flags,
+    )
     line = assert_refused(code, err, named)
     assert "TrainSettings" not in line and "=True" not in line
     assert snapshot(tmp_path) == before

@@ -13,9 +13,14 @@ from cemaps.config import load_config
 
 def test_every_path_resolves_against_the_config_folder(tmp_path, monkeypatch):
     project = tmp_path / "project"
-    config = write(project, SMALL.replace("[a red mug, freedom]", "prompts.csv").replace("cemaps/tiny-sd", "./models/base")
-                   + ("store: out/study.h5\nbase_config: configs/sd15\n"
-        "personalized:\n  - {id: l, method: lora, path: loras/l.safetensors}\n"))
+    config = write(
+        project,
+        SMALL.replace("[a red mug, freedom]", "prompts.csv").replace("cemaps/tiny-sd", "./models/base")
+        + (
+            "store: out/study.h5\nbase_config: configs/sd15\n"
+            "personalized:\n  - {id: l, method: lora, path: loras/l.safetensors}\n"
+        ),
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -28,8 +28,22 @@ def test_the_manifest_records_the_scorer_that_ran(analysed_results):
 @pytest.mark.parametrize("token", ["dog", "red", "a"])
 def test_textual_inversion_refuses_a_token_that_is_a_word(cli, study_copy, tmp_path, token):
     before = snapshot(study_copy)
-    code, _, err = cli("personalize", "-m", "textual_inversion", "-i", study_copy / "images", "-t", token,
-                       "-c", "dog", "-o", tmp_path / "ti", "--steps", "2", "-q")
+    code, _, err = cli(
+        "personalize",
+        "-m",
+        "textual_inversion",
+        "-i",
+        study_copy / "images",
+        "-t",
+        token,
+        "-c",
+        "dog",
+        "-o",
+        tmp_path / "ti",
+        "--steps",
+        "2",
+        "-q",
+    )
     assert_refused(code, err, f"token {token!r} is already in the tokenizer")
     assert snapshot(study_copy) == before
     assert not (tmp_path / "ti").exists()
@@ -39,8 +53,11 @@ def test_textual_inversion_refuses_a_token_that_is_a_word(cli, study_copy, tmp_p
 def test_a_store_without_its_parts_folder_is_an_error(cli, study_copy, tmp_path, command):
     shutil.rmtree(study_copy / "study.h5.parts")
     before = snapshot(study_copy)
-    args = ("inspect", study_copy / "study.h5") if command == "inspect" else \
-        ("analyze", study_copy / "study.h5", "--out", tmp_path / "r", "-q")
+    args = (
+        ("inspect", study_copy / "study.h5")
+        if command == "inspect"
+        else ("analyze", study_copy / "study.h5", "--out", tmp_path / "r", "-q")
+    )
     code, _, err = cli(*args)
     assert_refused(code, err, str(study_copy / "study.h5"), "parts folder study.h5.parts/ is missing")
     assert snapshot(study_copy) == before

@@ -15,7 +15,9 @@ from cemaps.outputs import MARKER
 def test_inline_prompts_are_analysed_without_labels(analysed_results):
     manifest = json.loads((analysed_results / "manifest.json").read_text())
     assert set(manifest["skipped"]) == {"abstractness", "semantic_proximity"}
-    assert "abstractness" in manifest["skipped"]["abstractness"] and "domain" in manifest["skipped"]["semantic_proximity"]
+    assert (
+        "abstractness" in manifest["skipped"]["abstractness"] and "domain" in manifest["skipped"]["semantic_proximity"]
+    )
     summary = json.loads((analysed_results / "summary.json").read_text())
     for metric in ("alignment_drop", "image_drift"):
         assert summary["abstractness"][metric] == {"not_computed": manifest["skipped"]["abstractness"]}

@@ -23,12 +23,15 @@ def test_in_context75_has_25_templates_per_kind_each_with_one_placeholder():
     assert (templates["template"].str.count(r"\{subject\}") == 1).all()
 
 
-@pytest.mark.parametrize(("method", "token", "expected"), [
-    ("base", None, "a photo of a woman on a beach"),
-    ("dreambooth", "sks", "a photo of a sks woman on a beach"),
-    ("lora", "sks", "a photo of a sks woman on a beach"),
-    ("textual_inversion", "<sks-face1>", "a photo of <sks-face1> on a beach"),
-])
+@pytest.mark.parametrize(
+    ("method", "token", "expected"),
+    [
+        ("base", None, "a photo of a woman on a beach"),
+        ("dreambooth", "sks", "a photo of a sks woman on a beach"),
+        ("lora", "sks", "a photo of a sks woman on a beach"),
+        ("textual_inversion", "<sks-face1>", "a photo of <sks-face1> on a beach"),
+    ],
+)
 def test_the_placeholder_per_method(method, token, expected):
     assert fill("a photo of {subject} on a beach", subject_phrase(method, "woman", token)) == expected
 
@@ -38,12 +41,15 @@ def test_the_base_phrase_takes_an_before_a_vowel():
     assert subject_phrase("base", "mug") == "a mug"
 
 
-@pytest.mark.parametrize(("args", "match"), [
-    (("ti", "dog", "<x>"), "method"),
-    (("dreambooth", "dog", None), "token"),
-    (("textual_inversion", "dog", "two words"), "token"),
-    (("base", " ", None), "class_word"),
-])
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("ti", "dog", "<x>"), "method"),
+        (("dreambooth", "dog", None), "token"),
+        (("textual_inversion", "dog", "two words"), "token"),
+        (("base", " ", None), "class_word"),
+    ],
+)
 def test_bad_phrase_inputs_are_errors(args, match):
     with pytest.raises(ConfigError, match=match):
         subject_phrase(*args)
@@ -73,7 +79,7 @@ def test_every_filled_template_fits_the_clip_context():
 
 def test_user_csv_and_yaml_templates(tmp_path: Path):
     csv = tmp_path / "t.csv"
-    csv.write_text("template_id,kind,template,note\nt1,object,\"{subject}, in the rain\",x\n", encoding="utf-8")
+    csv.write_text('template_id,kind,template,note\nt1,object,"{subject}, in the rain",x\n', encoding="utf-8")
     loaded = load_in_context_prompts(csv)
     assert list(loaded.columns) == [*TEMPLATE_COLUMNS, "note"]
     assert loaded["template"].iloc[0] == "{subject}, in the rain"
@@ -84,16 +90,19 @@ def test_user_csv_and_yaml_templates(tmp_path: Path):
         assert load_in_context_prompts(path)["template"].tolist() == ["{subject} smiling"]
 
 
-@pytest.mark.parametrize(("content", "match"), [
-    ("template_id,kind\nt1,face\n", "missing required column"),
-    ("template_id,kind,template\nt1,animal,{subject} runs\n", "unknown kind 'animal'"),
-    ("template_id,kind,template\nt1,face,a portrait\n", "exactly once"),
-    ("template_id,kind,template\nt1,face,{subject} and {subject}\n", "exactly once"),
-    ("template_id,kind,template\nt1,face,{subject} in {place}\n", "no other braces"),
-    ("template_id,kind,template\nt1,face,{subject} a\nt1,face,{subject} b\n", "duplicate template_id 't1'"),
-    ("template_id,kind,template\nt1,face,\n", "empty template"),
-    ("template_id,kind,template\n", "empty"),
-])
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("template_id,kind\nt1,face\n", "missing required column"),
+        ("template_id,kind,template\nt1,animal,{subject} runs\n", "unknown kind 'animal'"),
+        ("template_id,kind,template\nt1,face,a portrait\n", "exactly once"),
+        ("template_id,kind,template\nt1,face,{subject} and {subject}\n", "exactly once"),
+        ("template_id,kind,template\nt1,face,{subject} in {place}\n", "no other braces"),
+        ("template_id,kind,template\nt1,face,{subject} a\nt1,face,{subject} b\n", "duplicate template_id 't1'"),
+        ("template_id,kind,template\nt1,face,\n", "empty template"),
+        ("template_id,kind,template\n", "empty"),
+    ],
+)
 def test_bad_template_files_are_errors_naming_the_file(tmp_path: Path, content, match):
     path = tmp_path / "bad.csv"
     path.write_text(content, encoding="utf-8")

@@ -37,7 +37,9 @@ def test_images_per_prompt_are_labelled_with_their_prompt(tiny_pipe, guidance_sc
     halves = "both" if guidance_scale > 1 else "cond"
     call = dict(prompt=PROMPTS, num_images_per_prompt=2, guidance_scale=guidance_scale)
     plain, _ = _run(tiny_pipe, generator=_generators(4), **call)
-    images, records = _run(tiny_pipe, CrossAttentionProbe(timesteps="all", halves=halves), generator=_generators(4), **call)
+    images, records = _run(
+        tiny_pipe, CrossAttentionProbe(timesteps="all", halves=halves), generator=_generators(4), **call
+    )
     assert np.array_equal(plain, images)
     assert len(records) == 4
     maps = [r[LAYER] for r in records]
@@ -45,8 +47,13 @@ def test_images_per_prompt_are_labelled_with_their_prompt(tiny_pipe, guidance_sc
     assert [m.coords["token"] for m in maps] == [_tokens(tiny_pipe, p) for p in PROMPTS for _ in range(2)]
     assert maps[0].coords["half"] == (["uncond", "cond"] if guidance_scale > 1 else ["cond"])
     # image 3 (second image of the second prompt) has the maps it gets when generated alone
-    _, alone = _run(tiny_pipe, CrossAttentionProbe(timesteps="all", halves=halves), prompt=PROMPTS[1],
-                    generator=torch.Generator().manual_seed(3), guidance_scale=guidance_scale)
+    _, alone = _run(
+        tiny_pipe,
+        CrossAttentionProbe(timesteps="all", halves=halves),
+        prompt=PROMPTS[1],
+        generator=torch.Generator().manual_seed(3),
+        guidance_scale=guidance_scale,
+    )
     np.testing.assert_allclose(maps[3].values.astype(np.float32), alone[0][LAYER].values.astype(np.float32), atol=2e-3)
     assert not np.allclose(maps[2].values, maps[3].values)
 
@@ -99,11 +106,16 @@ def test_prompt_embeds_have_unknown_tokens(tiny_pipe, guidance_scale):
     assert all(m.coords["token"] == [None] * seq and m.shape[0] == seq for m in maps)
     assert [m.coords["prompt"] for m in maps] == [[0], [0], [1], [1]]  # found from equal adjacent embeddings
     # the same embeddings as from the text give the same images and maps
-    text_images, text_records = _run(tiny_pipe, CrossAttentionProbe(timesteps="all", dtype="float32", tokens="all"),
-                                     prompt=PROMPTS, generator=_generators(4), guidance_scale=guidance_scale,
-                                     num_images_per_prompt=2)
+    text_images, text_records = _run(
+        tiny_pipe,
+        CrossAttentionProbe(timesteps="all", dtype="float32", tokens="all"),
+        prompt=PROMPTS,
+        generator=_generators(4),
+        guidance_scale=guidance_scale,
+        num_images_per_prompt=2,
+    )
     assert np.array_equal(images, text_images)
-    for embedded, texted in zip(maps, text_records):
+    for embedded, texted in zip(maps, text_records, strict=False):
         np.testing.assert_array_equal(embedded.values, texted[LAYER].values)
 
 
@@ -113,8 +125,9 @@ def test_weighted_embeds_computed_inside_the_capture_keep_their_tokens(tiny_pipe
     tokenizer = tiny_pipe.tokenizer
     probe = CrossAttentionProbe()
     with capture(tiny_pipe, [probe]) as run:
-        ids = tokenizer("a red mug", padding="max_length", max_length=tokenizer.model_max_length,
-                        return_tensors="pt").input_ids
+        ids = tokenizer(
+            "a red mug", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids
         with torch.no_grad():
             embeds = tiny_pipe.text_encoder(ids)[0] * 1.1
         tiny_pipe(prompt_embeds=embeds, num_inference_steps=2, generator=_generators(1), output_type="np")
@@ -127,5 +140,10 @@ def test_several_pipeline_calls_come_out_in_order(tiny_pipe):
         _run(tiny_pipe, prompt="a cat", generator=_generators(2), num_images_per_prompt=2)
         _run(tiny_pipe, prompt=PROMPTS, generator=_generators(2), guidance_scale=1.0)
     maps = [r[LAYER] for r in run.records()]
-    assert [(m.coords["generation"], m.coords["prompt"]) for m in maps] == [([0], [0]), ([0], [0]), ([1], [0]), ([1], [1])]
+    assert [(m.coords["generation"], m.coords["prompt"]) for m in maps] == [
+        ([0], [0]),
+        ([0], [0]),
+        ([1], [0]),
+        ([1], [1]),
+    ]
     assert maps[3].coords["token"] == _tokens(tiny_pipe, PROMPTS[1])

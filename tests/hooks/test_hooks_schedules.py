@@ -30,8 +30,9 @@ def _mask() -> torch.Tensor:
 
 
 def _call(pipe, **kwargs):
-    return pipe("a red mug on a table", image=_image(), generator=torch.Generator().manual_seed(0),
-                output_type="np", **kwargs).images
+    return pipe(
+        "a red mug on a table", image=_image(), generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
+    ).images
 
 
 def _captured(pipe, probe, **kwargs):
@@ -60,8 +61,9 @@ def test_img2img_captures_the_steps_it_runs(tiny_pipe):
     # was: RuntimeError: layer ... ran 6 of 11 captured steps
     pipe = _img2img(tiny_pipe)
     plain = _call(pipe, strength=0.5, num_inference_steps=10)
-    images, run = _captured(pipe, CrossAttentionProbe(timesteps="all", tokens="all", dtype="float32"),
-                            strength=0.5, num_inference_steps=10)
+    images, run = _captured(
+        pipe, CrossAttentionProbe(timesteps="all", tokens="all", dtype="float32"), strength=0.5, num_inference_steps=10
+    )
     assert np.array_equal(plain, images)
     schedule = [int(t) for t in pipe.scheduler.timesteps]  # PNDM: 11 entries for 10 steps
     maps = run.records()[0][LAYER]
@@ -141,8 +143,13 @@ def test_an_interrupted_loop_records_the_steps_that_ran(tiny_pipe):
 
     probe = CrossAttentionProbe(timesteps="all")
     with capture(tiny_pipe, [probe]) as run:
-        tiny_pipe("a cat", num_inference_steps=5, generator=torch.Generator().manual_seed(0),
-                  callback_on_step_end=stop_after_step_1, output_type="latent")
+        tiny_pipe(
+            "a cat",
+            num_inference_steps=5,
+            generator=torch.Generator().manual_seed(0),
+            callback_on_step_end=stop_after_step_1,
+            output_type="latent",
+        )
     maps = run.records()[0][LAYER]
     assert maps.coords["step"] == [0, 1]
     assert maps.coords["timestep"] == [int(t) for t in tiny_pipe.scheduler.timesteps[:2]]
@@ -157,8 +164,15 @@ def test_calls_without_text_encoding_are_told_apart_by_their_schedule(tiny_pipe)
         embeds = pipe.text_encoder(ids)[0]
     with capture(pipe, [CrossAttentionProbe(timesteps="all")]) as run:
         for steps, strength in ((10, 0.5), (10, 0.5), (4, 1.0)):
-            pipe(prompt_embeds=embeds, image=_image(), strength=strength, num_inference_steps=steps,
-                 guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="latent")
+            pipe(
+                prompt_embeds=embeds,
+                image=_image(),
+                strength=strength,
+                num_inference_steps=steps,
+                guidance_scale=1.0,
+                generator=torch.Generator().manual_seed(0),
+                output_type="latent",
+            )
     generations = run.context.generations
     assert [len(g.timesteps) for g in generations] == [6, 6, 5]
     assert [r[LAYER].coords["generation"] for r in run.records()] == [[0], [1], [2]]

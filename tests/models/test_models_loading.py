@@ -68,7 +68,10 @@ def test_missing_path_fails_fast(missing):
 
 def test_hub_id_not_in_cache_fails_fast_with_download_hint():
     start = time.perf_counter()
-    with pytest.raises(ModelLoadError, match=r"not in the Hugging Face cache \(offline\); download it once with `huggingface-cli download cemaps-test/not-cached-sd`"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"not in the Hugging Face cache \(offline\); download it once with `huggingface-cli download cemaps-test/not-cached-sd`",
+    ):
         load_pipeline("cemaps-test/not-cached-sd", device="cpu")
     assert time.perf_counter() - start < 5.0
 

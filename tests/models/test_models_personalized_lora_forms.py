@@ -32,12 +32,18 @@ from cemaps.models.personalized import PersonalizedSpec, applied, check
 from cemaps.models.personalized.spec import adapter_names
 from cemaps.probes.weight_delta import lora_delta_state, weight_delta_for
 
-UNET_TARGETS = ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q",
-                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
-                "up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0",
-                "mid_block.attentions.0.transformer_blocks.0.attn2.to_v")
-TE_TARGETS = ("encoder.layers.0.self_attn.q_proj", "encoder.layers.1.self_attn.v_proj",
-              "encoder.layers.1.self_attn.out_proj", "encoder.layers.0.mlp.fc1")
+UNET_TARGETS = (
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "up_blocks.3.attentions.2.transformer_blocks.0.attn1.to_out.0",
+    "mid_block.attentions.0.transformer_blocks.0.attn2.to_v",
+)
+TE_TARGETS = (
+    "encoder.layers.0.self_attn.q_proj",
+    "encoder.layers.1.self_attn.v_proj",
+    "encoder.layers.1.self_attn.out_proj",
+    "encoder.layers.0.mlp.fc1",
+)
 CONV_TARGETS = ("down_blocks.0.resnets.0.conv1", "up_blocks.1.resnets.2.conv2")
 RANK, ALPHA, SCALE = 2, 1.0, 0.7
 
@@ -59,15 +65,21 @@ def random_lora(pipe, unet=UNET_TARGETS, text_encoder=TE_TARGETS, seed: int = 0)
                 down_shape, up_shape = (RANK, layer.in_channels, *layer.kernel_size), (layer.out_channels, RANK, 1, 1)
             else:
                 down_shape, up_shape = (RANK, layer.in_features), (layer.out_features, RANK)
-            entries[(component, path)] = (torch.randn(down_shape, generator=generator) * 0.3,
-                                          torch.randn(up_shape, generator=generator) * 0.3)
+            entries[(component, path)] = (
+                torch.randn(down_shape, generator=generator) * 0.3,
+                torch.randn(up_shape, generator=generator) * 0.3,
+            )
     return entries
 
 
 def kohya_file(entries, alpha: float | None = ALPHA) -> dict[str, torch.Tensor]:
     state = {}
     for (component, path), (down, up) in entries.items():
-        flat = "lora_unet_" + path.replace(".", "_") if component == "unet" else "lora_te_text_model_" + path.replace(".", "_")
+        flat = (
+            "lora_unet_" + path.replace(".", "_")
+            if component == "unet"
+            else "lora_te_text_model_" + path.replace(".", "_")
+        )
         state |= {f"{flat}.lora_down.weight": down, f"{flat}.lora_up.weight": up}
         if alpha is not None:
             state[f"{flat}.alpha"] = torch.tensor(alpha)
@@ -113,7 +125,13 @@ def assert_applied_exactly(pipe, tmp_path, state, entries, factor: float, expect
     save_file(state, tmp_path / "lora.safetensors")
     spec = PersonalizedSpec("l", "lora", str(tmp_path / "lora.safetensors"), scale=SCALE)
     base_te, base_out = copy.deepcopy(pipe.text_encoder), encode(pipe.text_encoder, pipe)
-    base_state = {k: v.clone() for k, v in [*pipe.unet.state_dict().items(), *(("te." + k, v) for k, v in pipe.text_encoder.state_dict().items())]}
+    base_state = {
+        k: v.clone()
+        for k, v in [
+            *pipe.unet.state_dict().items(),
+            *(("te." + k, v) for k, v in pipe.text_encoder.state_dict().items()),
+        ]
+    }
     assert check(pipe, spec) == expected_format
     reference_te = copy.deepcopy(base_te)
     with torch.no_grad():
@@ -125,13 +143,21 @@ def assert_applied_exactly(pipe, tmp_path, state, entries, factor: float, expect
         deltas = lora_delta_state(pipe, "l")
         assert set(deltas) == {f"{c}.{p}.weight" for c, p in entries}
         for (component, path), (down, up) in entries.items():
-            torch.testing.assert_close(deltas[f"{component}.{path}.weight"], hand_delta(down, up, SCALE * factor), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                deltas[f"{component}.{path}.weight"], hand_delta(down, up, SCALE * factor), rtol=1e-5, atol=1e-6
+            )
         if any(c == "text_encoder" for c, _ in entries):
             personalized_out = encode(pipe.text_encoder, pipe)
             torch.testing.assert_close(personalized_out, encode(reference_te, pipe), rtol=1e-5, atol=1e-5)
             assert not torch.equal(personalized_out, base_out)
     assert not any(isinstance(m, BaseTunerLayer) for m in [*pipe.unet.modules(), *pipe.text_encoder.modules()])
-    after = {k: v for k, v in [*pipe.unet.state_dict().items(), *(("te." + k, v) for k, v in pipe.text_encoder.state_dict().items())]}
+    after = {
+        k: v
+        for k, v in [
+            *pipe.unet.state_dict().items(),
+            *(("te." + k, v) for k, v in pipe.text_encoder.state_dict().items()),
+        ]
+    }
     assert after.keys() == base_state.keys() and all(torch.equal(after[k], base_state[k]) for k in after)
     assert torch.equal(encode(pipe.text_encoder, pipe), base_out)
 
@@ -169,13 +195,17 @@ def test_text_encoder_lora_gives_text_encoder_rows_in_the_weight_delta_table(pip
 
     entries = random_lora(pipe, unet=UNET_TARGETS[:1])
     save_file(kohya_file(entries), tmp_path / "k.safetensors")
-    table = weight_delta_for(pipe, PersonalizedSpec("k", "lora", str(tmp_path / "k.safetensors")), BaseWeights(pipe).state_dict())
+    table = weight_delta_for(
+        pipe, PersonalizedSpec("k", "lora", str(tmp_path / "k.safetensors")), BaseWeights(pipe).state_dict()
+    )
     assert sorted(table["component"].unique()) == ["text_encoder", "unet"]
     te_rows = table[table["component"] == "text_encoder"].set_index("module")
     assert set(te_rows.index) == set(TE_TARGETS)
     for path in TE_TARGETS:
         down, up = entries[("text_encoder", path)]
-        assert te_rows.loc[path, "fro_norm"] == pytest.approx(float(hand_delta(down, up, ALPHA / RANK).norm()), rel=1e-5)
+        assert te_rows.loc[path, "fro_norm"] == pytest.approx(
+            float(hand_delta(down, up, ALPHA / RANK).norm()), rel=1e-5
+        )
     assert te_rows.loc["encoder.layers.0.self_attn.q_proj", "kind"] == "proj"
 
 
@@ -196,8 +226,14 @@ def refusal(pipe, tmp_path, state, method="lora", **spec):
 
 
 def test_full_original_sd_checkpoint_given_as_lora_is_named(pipe, tmp_path):
-    message = refusal(pipe, tmp_path, {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
-                                       "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(32)})
+    message = refusal(
+        pipe,
+        tmp_path,
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 4, 3, 3),
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(32),
+        },
+    )
     assert "looks like a full original-SD checkpoint" in message and "use method: dreambooth" in message
 
 
@@ -207,10 +243,12 @@ def test_full_unet_given_as_lora_is_named(pipe, tmp_path):
 
 
 def test_sdxl_kohya_lora_is_named(pipe, tmp_path):
-    state = {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(RANK, 2048),
-             "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.zeros(640, RANK),
-             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(RANK, 768),
-             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(768, RANK)}
+    state = {
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": torch.zeros(RANK, 2048),
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight": torch.zeros(640, RANK),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(RANK, 768),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(768, RANK),
+    }
     assert "looks like an SDXL LoRA" in refusal(pipe, tmp_path, state)
 
 
@@ -221,13 +259,18 @@ def test_sd2_lora_is_named_by_its_context_width(pipe, tmp_path):
     assert "input width 32, not 1024 (width 1024 is SD 2.x's; this base has 32)" in message
 
 
-@pytest.mark.parametrize(("suffixes", "name"), [
-    ((".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b"), "a LyCORIS LoHa"),
-    ((".lokr_w1", ".lokr_w2"), "a LyCORIS LoKr"),
-    ((".on_input", ".weight"), "a LyCORIS (IA)^3"),
-])
+@pytest.mark.parametrize(
+    ("suffixes", "name"),
+    [
+        ((".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b"), "a LyCORIS LoHa"),
+        ((".lokr_w1", ".lokr_w2"), "a LyCORIS LoKr"),
+        ((".on_input", ".weight"), "a LyCORIS (IA)^3"),
+    ],
+)
 def test_lycoris_types_diffusers_cannot_load_are_named(pipe, tmp_path, suffixes, name):
-    state = {f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k{s}": torch.ones(2, 2) for s in suffixes}
+    state = {
+        f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k{s}": torch.ones(2, 2) for s in suffixes
+    }
     message = refusal(pipe, tmp_path, state)
     assert f"looks like {name}" in message
 
@@ -271,7 +314,9 @@ def test_a_loader_that_skips_modules_is_caught(pipe, tmp_path, monkeypatch):
         return original(self, {k: v for k, v in state.items() if k.startswith("lora_unet_")}, **kwargs)
 
     monkeypatch.setattr(type(pipe), "load_lora_weights", unet_only)
-    with pytest.raises(ModelLoadError, match=r"did not load 'lora_te_text_model_encoder_layers_0_mlp_fc1\.lora_down\.weight'"):
+    with pytest.raises(
+        ModelLoadError, match=r"did not load 'lora_te_text_model_encoder_layers_0_mlp_fc1\.lora_down\.weight'"
+    ):
         with applied(pipe, PersonalizedSpec("k", "lora", str(tmp_path / "k.safetensors"))):
             pass
     assert not any(isinstance(m, BaseTunerLayer) for m in pipe.unet.modules())

@@ -47,7 +47,9 @@ def test_diffusers_learned_embeds_in_every_shape(pipe, tmp_path, shape):
     with applied(pipe, spec) as model:
         assert len(model.tokens) == n_vectors and model.tokens[0] == "<sks>"
         ids = pipe.tokenizer.convert_tokens_to_ids(list(model.tokens))
-        assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids].detach(), vectors.reshape(n_vectors, 32))
+        assert torch.equal(
+            pipe.text_encoder.get_input_embeddings().weight[ids].detach(), vectors.reshape(n_vectors, 32)
+        )
     assert "<sks>" not in pipe.tokenizer.get_vocab()
 
 
@@ -80,26 +82,46 @@ def test_nan_embedding_is_refused_naming_the_token(pipe, tmp_path):
 
 def _unet_prefix_map(layers_per_block: int, n_blocks: int) -> list[tuple[str, str]]:
     """(diffusers prefix, original-SD prefix) for the UNet's blocks: SD v1.x's layout, sizes from the config."""
-    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
-             ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
-             ("mid_block.attentions.0.", "middle_block.1.")]
+    pairs = [
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("conv_in.", "input_blocks.0.0."),
+        ("conv_norm_out.", "out.0."),
+        ("conv_out.", "out.2."),
+        ("mid_block.attentions.0.", "middle_block.1."),
+    ]
     pairs += [(f"mid_block.resnets.{j}.", f"middle_block.{2 * j}.") for j in range(2)]
     per_down, per_up = layers_per_block + 1, layers_per_block + 1
     for i in range(n_blocks):
         for j in range(layers_per_block):
-            pairs += [(f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{per_down * i + j + 1}.0."),
-                      (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{per_down * i + j + 1}.1.")]
+            pairs += [
+                (f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{per_down * i + j + 1}.0."),
+                (f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{per_down * i + j + 1}.1."),
+            ]
         for j in range(layers_per_block + 1):
-            pairs += [(f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{per_up * i + j}.0."),
-                      (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{per_up * i + j}.1.")]
+            pairs += [
+                (f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{per_up * i + j}.0."),
+                (f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{per_up * i + j}.1."),
+            ]
         if i < n_blocks - 1:
-            pairs += [(f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{per_down * (i + 1)}.0.op."),
-                      (f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{per_up * i + layers_per_block}.{1 if i == 0 else 2}.")]
+            pairs += [
+                (f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{per_down * (i + 1)}.0.op."),
+                (
+                    f"up_blocks.{i}.upsamplers.0.",
+                    f"output_blocks.{per_up * i + layers_per_block}.{1 if i == 0 else 2}.",
+                ),
+            ]
     return pairs
 
 
-_RESNET_NAMES = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
-                 ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+_RESNET_NAMES = [
+    ("norm1.", "in_layers.0."),
+    ("conv1.", "in_layers.2."),
+    ("norm2.", "out_layers.0."),
+    ("conv2.", "out_layers.3."),
+    ("time_emb_proj.", "emb_layers.1."),
+    ("conv_shortcut.", "skip_connection."),
+]
 
 
 def to_original_sd(tuned: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
@@ -114,11 +136,15 @@ def to_original_sd(tuned: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
                 original = original.replace(diffusers_name, sd_name)
         for diffusers_prefix, sd_prefix in prefixes:
             if original.startswith(diffusers_prefix):
-                original = sd_prefix + original[len(diffusers_prefix):]
+                original = sd_prefix + original[len(diffusers_prefix) :]
                 break
         checkpoint[f"model.diffusion_model.{original}"] = tensor.clone()
-    checkpoint |= {f"cond_stage_model.transformer.text_model.{k}": v.clone() for k, v in tuned.text_encoder.state_dict().items()}
-    checkpoint |= {f"first_stage_model.{k}": v.clone() for k, v in tuned.vae.state_dict().items()}  # ignored: the VAE is not swapped
+    checkpoint |= {
+        f"cond_stage_model.transformer.text_model.{k}": v.clone() for k, v in tuned.text_encoder.state_dict().items()
+    }
+    checkpoint |= {
+        f"first_stage_model.{k}": v.clone() for k, v in tuned.vae.state_dict().items()
+    }  # ignored: the VAE is not swapped
     return checkpoint
 
 
@@ -137,7 +163,9 @@ def test_original_sd_single_file_swaps_exactly_and_restores(pipe, tmp_path):
             ours, theirs = getattr(pipe, component).state_dict(), getattr(tuned, component).state_dict()
             assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
         swapped = render(pipe)
-    reference = StableDiffusionPipeline(**{**tiny_pipeline(seed=0).components, "unet": tuned.unet, "text_encoder": tuned.text_encoder})
+    reference = StableDiffusionPipeline(
+        **{**tiny_pipeline(seed=0).components, "unet": tuned.unet, "text_encoder": tuned.text_encoder}
+    )
     reference.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(swapped, render(reference))
     np.testing.assert_array_equal(render(pipe), before)
@@ -148,7 +176,10 @@ def test_original_sd_file_for_sd2_is_named_by_its_context_width(pipe, tmp_path):
     key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
     checkpoint[key] = torch.zeros(checkpoint[key].shape[0], 1024)
     save_file(checkpoint, tmp_path / "sd2.safetensors")
-    with pytest.raises(ModelLoadError, match=r"attn2\.to_k\.weight' has shape \(32, 1024\), the base has \(32, 32\) \(width 1024 is SD 2\.x's"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"attn2\.to_k\.weight' has shape \(32, 1024\), the base has \(32, 32\) \(width 1024 is SD 2\.x's",
+    ):
         check(pipe, PersonalizedSpec("sd2", "dreambooth", str(tmp_path / "sd2.safetensors")))
 
 

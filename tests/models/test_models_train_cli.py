@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from cemaps.cli.personalize import personalize_command
-
-
 
 
 @pytest.fixture()
@@ -34,8 +31,24 @@ def image_folder(tmp_path):
 
 def test_lora_run_writes_the_artifact(app, image_folder, tmp_path):
     out = tmp_path / "lora"
-    args = ["personalize", "--method", "lora", "--images", str(image_folder), "--token", "sks",
-            "--class-word", "dog", "--out", str(out), "--steps", "2", "--rank", "2", "--quiet"]
+    args = [
+        "personalize",
+        "--method",
+        "lora",
+        "--images",
+        str(image_folder),
+        "--token",
+        "sks",
+        "--class-word",
+        "dog",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--rank",
+        "2",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "cemaps_train.json").is_file()
@@ -44,8 +57,24 @@ def test_lora_run_writes_the_artifact(app, image_folder, tmp_path):
 
 def test_textual_inversion_run_with_learning_rate(app, image_folder, tmp_path):
     out = tmp_path / "ti"
-    args = ["personalize", "-m", "textual_inversion", "-i", str(image_folder), "-t", "<my-dog>", "-c", "dog",
-            "-o", str(out), "--steps", "1", "--learning-rate", "0.01", "--quiet"]
+    args = [
+        "personalize",
+        "-m",
+        "textual_inversion",
+        "-i",
+        str(image_folder),
+        "-t",
+        "<my-dog>",
+        "-c",
+        "dog",
+        "-o",
+        str(out),
+        "--steps",
+        "1",
+        "--learning-rate",
+        "0.01",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "learned_embeds.safetensors").is_file()
@@ -61,8 +90,15 @@ def test_textual_inversion_run_with_learning_rate(app, image_folder, tmp_path):
     ],
 )
 def test_bad_input_exits_2_with_one_line(app, image_folder, tmp_path, change, message):
-    options = {"--method": "lora", "--images": str(image_folder), "--token": "sks", "--class-word": "dog",
-               "--out": str(tmp_path / "out"), "--quiet": None, **change}
+    options = {
+        "--method": "lora",
+        "--images": str(image_folder),
+        "--token": "sks",
+        "--class-word": "dog",
+        "--out": str(tmp_path / "out"),
+        "--quiet": None,
+        **change,
+    }
     args = ["personalize"] + [part for key, value in options.items() for part in (key, value) if part is not None]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
@@ -75,8 +111,22 @@ def test_non_empty_out_needs_overwrite(app, image_folder, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("x")
-    base_args = ["personalize", "-m", "lora", "-i", str(image_folder), "-t", "sks", "-c", "dog", "-o", str(out),
-                 "--steps", "1", "--quiet"]
+    base_args = [
+        "personalize",
+        "-m",
+        "lora",
+        "-i",
+        str(image_folder),
+        "-t",
+        "sks",
+        "-c",
+        "dog",
+        "-o",
+        str(out),
+        "--steps",
+        "1",
+        "--quiet",
+    ]
     refused = CliRunner().invoke(app, base_args)
     assert refused.exit_code == 2 and "overwrite" in refused.output
     # --overwrite replaces only an earlier personalize output: a file the user put there is never deleted

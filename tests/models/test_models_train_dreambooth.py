@@ -13,8 +13,6 @@ from PIL import Image
 from cemaps.models.train import TrainSettings, personalize
 
 
-
-
 @pytest.fixture(scope="module")
 def subject_images() -> list[Image.Image]:
     return [Image.new("RGB", (64, 64), colour) for colour in ("saddlebrown", "white")]
@@ -56,7 +54,9 @@ def test_same_seed_same_weights(tiny_pipe_factory, subject_images, tmp_path):
     pipe = tiny_pipe_factory(seed=0)
     unets = []
     for name in ("a", "b"):
-        personalize(pipe, "dreambooth", subject_images, "sks", "dog", tmp_path / name, settings(steps=1), progress=False)
+        personalize(
+            pipe, "dreambooth", subject_images, "sks", "dog", tmp_path / name, settings(steps=1), progress=False
+        )
         unets.append(StableDiffusionPipeline.from_pretrained(tmp_path / name, safety_checker=None).unet.state_dict())
     assert all(torch.equal(unets[0][k], unets[1][k]) for k in unets[0])
 

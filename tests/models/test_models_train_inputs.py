@@ -14,8 +14,6 @@ from cemaps.models.train import METHOD_DEFAULTS, TrainSettings, personalize
 from cemaps.models.train.common import load_instance_images
 
 
-
-
 @pytest.fixture()
 def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "subject"
@@ -129,8 +127,12 @@ def test_token_already_in_tokenizer_is_rejected_for_textual_inversion(tiny_pipe,
 def test_multi_token_initializer_is_rejected(tiny_pipe, tmp_path):
     settings = TrainSettings(method="textual_inversion", steps=1, initializer_token="golden retriever")
     _expect_config_error(
-        tiny_pipe, tmp_path, "initializer_token='golden retriever' is invalid.*it is 2 tokens", method="textual_inversion",
-        token="<my-dog>", settings=settings,
+        tiny_pipe,
+        tmp_path,
+        "initializer_token='golden retriever' is invalid.*it is 2 tokens",
+        method="textual_inversion",
+        token="<my-dog>",
+        settings=settings,
     )
 
 
@@ -147,7 +149,9 @@ def test_out_that_is_a_file_is_rejected(tiny_pipe, tmp_path):
 
 
 def test_resolution_must_be_a_multiple_of_the_vae_factor(tiny_pipe, tmp_path):
-    _expect_config_error(tiny_pipe, tmp_path, "multiple of the VAE factor 8", settings=TrainSettings("lora", resolution=60))
+    _expect_config_error(
+        tiny_pipe, tmp_path, "multiple of the VAE factor 8", settings=TrainSettings("lora", resolution=60)
+    )
 
 
 def test_missing_images_folder_fails_before_anything_is_written(tiny_pipe, tmp_path):

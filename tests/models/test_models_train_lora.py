@@ -15,8 +15,6 @@ from cemaps.models.train import TrainSettings, personalize
 STEPS = 3
 
 
-
-
 @pytest.fixture(scope="module")
 def subject_images() -> list[Image.Image]:
     return [Image.new("RGB", (64, 64), colour) for colour in ("saddlebrown", "white")]
@@ -101,8 +99,15 @@ def test_overwrite_replaces_previous_contents(tiny_pipe_factory, subject_images,
     out.mkdir()
     (out / "stale.bin").write_bytes(b"old")
     personalize(
-        tiny_pipe_factory(seed=0), "lora", subject_images, "sks", "dog", out,
-        TrainSettings(method="lora", steps=1), progress=False, overwrite=True,
+        tiny_pipe_factory(seed=0),
+        "lora",
+        subject_images,
+        "sks",
+        "dog",
+        out,
+        TrainSettings(method="lora", steps=1),
+        progress=False,
+        overwrite=True,
     )
     assert sorted(p.name for p in out.iterdir()) == ["cemaps_train.json", "pytorch_lora_weights.safetensors"]
     assert not list(tmp_path.glob(".lora.partial-*"))
@@ -110,7 +115,13 @@ def test_overwrite_replaces_previous_contents(tiny_pipe_factory, subject_images,
 
 def test_progress_bar_shows_the_loss(tiny_pipe_factory, subject_images, tmp_path, capsys):
     personalize(
-        tiny_pipe_factory(seed=0), "lora", subject_images, "sks", "dog", tmp_path / "lora",
-        TrainSettings(method="lora", steps=1), progress=True,
+        tiny_pipe_factory(seed=0),
+        "lora",
+        subject_images,
+        "sks",
+        "dog",
+        tmp_path / "lora",
+        TrainSettings(method="lora", steps=1),
+        progress=True,
     )
     assert "loss" in capsys.readouterr().out

@@ -15,8 +15,6 @@ from cemaps.models.train import TrainSettings, personalize
 TOKEN = "<my-dog>"
 
 
-
-
 @pytest.fixture(scope="module")
 def subject_images() -> list[Image.Image]:
     return [Image.new("RGB", (64, 64), colour) for colour in ("saddlebrown", "white")]

@@ -15,8 +15,9 @@ LAYER = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
 
 
 def _generate(pipe, prompt, steps=3, **kwargs):
-    return pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
-                output_type="np", **kwargs).images
+    return pipe(
+        prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs
+    ).images
 
 
 def _reference_scores(pipe, layer, prompt, steps=3, **kwargs):
@@ -41,8 +42,9 @@ def _reference_scores(pipe, layer, prompt, steps=3, **kwargs):
 
 
 def _full_probe(**overrides):
-    settings = dict(layers=[LAYER], timesteps="all", heads="all", tokens="all", spatial="native",
-                    dtype="float32", halves="both")
+    settings = dict(
+        layers=[LAYER], timesteps="all", heads="all", tokens="all", spatial="native", dtype="float32", halves="both"
+    )
     settings.update(overrides)
     return CrossAttentionProbe(**settings)
 
@@ -101,7 +103,7 @@ def test_batch_with_prompts_of_different_lengths(tiny_pipe):
     np.testing.assert_allclose(long.values.astype(np.float32), single.values.astype(np.float32), atol=2e-3)
     stacked = run[probe][LAYER]
     assert stacked.axes[0] == "image" and stacked.shape[:2] == (2, len(ids[1]))
-    assert np.isnan(stacked.values[0, len(ids[0]):]).all()
+    assert np.isnan(stacked.values[0, len(ids[0]) :]).all()
 
 
 def test_without_guidance_only_cond_exists(tiny_pipe):
@@ -148,8 +150,11 @@ def test_layers_scored_together_equal_layers_scored_alone(tiny_pipe, monkeypatch
 
     calls = []
     original = Attention.get_attention_scores
-    monkeypatch.setattr(Attention, "get_attention_scores",
-                        lambda self, *args, **kwargs: calls.append(self) or original(self, *args, **kwargs))
+    monkeypatch.setattr(
+        Attention,
+        "get_attention_scores",
+        lambda self, *args, **kwargs: calls.append(self) or original(self, *args, **kwargs),
+    )
     prompt = "a watercolor of a lighthouse"
     with capture(tiny_pipe, [_full_probe(layers="*attn2")]) as together:
         _generate(tiny_pipe, prompt, steps=2)

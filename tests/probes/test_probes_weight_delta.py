@@ -56,7 +56,11 @@ def test_planted_change_in_one_module_gives_only_that_row(base_state):
     table = weight_delta_table(base_state, tuned, "planted", top_k=4)
     assert len(table) == 1
     row = table.iloc[0]
-    assert (row.component, row.module, row.param) == ("unet", "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v", "weight")
+    assert (row.component, row.module, row.param) == (
+        "unet",
+        "up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v",
+        "weight",
+    )
     assert (row.block, row.block_index, row.resolution_level, row.kind) == ("up", 1, 2, "attn2.to_v")
     delta = 0.01 * rank_one
     assert row.fro_norm == pytest.approx(float(delta.norm()), rel=1e-5)
@@ -99,7 +103,9 @@ def test_lora_delta_equals_merged_minus_base_weights(tmp_path, base_state):
 
 def test_lora_table_lists_exactly_the_wrapped_modules(tmp_path, base_state):
     pipe = tiny_pipeline(seed=0)
-    table = weight_delta_for(pipe, PersonalizedSpec("l", "lora", save_lora(tmp_path / "lora", rank=2)), base_state, top_k=4)
+    table = weight_delta_for(
+        pipe, PersonalizedSpec("l", "lora", save_lora(tmp_path / "lora", rank=2)), base_state, top_k=4
+    )
     assert len(table) == 32 and set(table.kind) == {"attn2.to_k", "attn2.to_v"}
     assert (table.effective_rank <= 2 + 1e-4).all()  # a rank-2 update has at most 2 non-zero singular values
     assert table.singular_values.map(lambda s: s[2] < 1e-4 * s[0]).all()

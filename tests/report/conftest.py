@@ -37,8 +37,20 @@ LAYERS = [  # (module path, block, resolution) in UNet order
     ("up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up", 4),
     ("up_blocks.2.attentions.0.transformer_blocks.0.attn2", "up", 8),
 ]
-WORDS = ["lighthouse", "cat", "portrait", "freedom", "harmony", "mountain", "robot", "violin", "dream", "river",
-         "castle", "justice"]
+WORDS = [
+    "lighthouse",
+    "cat",
+    "portrait",
+    "freedom",
+    "harmony",
+    "mountain",
+    "robot",
+    "violin",
+    "dream",
+    "river",
+    "castle",
+    "justice",
+]
 SEEDS = (0, 1)
 STORE_PROMPTS = 3  # prompts with records in the tiny store (all models, seed 0)
 STEPS_CAPTURED = 3
@@ -50,15 +62,21 @@ def synthetic_prompts() -> pd.DataFrame:
     rows = []
     for i, word in enumerate(WORDS):
         abstractness = list(ABSTRACTNESS_EFFECT)[i % 3]
-        text = {"concrete": f"a photo of a {word}", "compositional": f"a {word} next to a red cube on a table",
-                "abstract": f"the idea of {word}"}[abstractness]
+        text = {
+            "concrete": f"a photo of a {word}",
+            "compositional": f"a {word} next to a red cube on a table",
+            "abstract": f"the idea of {word}",
+        }[abstractness]
         rows.append(dict(prompt_id=f"p{i:03d}", text=text, abstractness=abstractness, domain=DOMAINS[i % 4]))
     return pd.DataFrame(rows)
 
 
 def synthetic_models() -> pd.DataFrame:
-    rows = [dict(model_id=f"{method}-{subject}", method=method, subject_id=subject, subject_domain=domain)
-            for method in METHOD_EFFECT for subject, domain in SUBJECTS.items()]
+    rows = [
+        dict(model_id=f"{method}-{subject}", method=method, subject_id=subject, subject_domain=domain)
+        for method in METHOD_EFFECT
+        for subject, domain in SUBJECTS.items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -74,12 +92,24 @@ def synthetic_disruption(prompts: pd.DataFrame, models: pd.DataFrame, rng: np.ra
                 structural_zero = model.method == "textual_inversion" and prompt.Index == 0
                 if structural_zero:
                     effect = drop = 0.0
-                rows.append(dict(model_id=model.model_id, prompt_id=prompt.prompt_id, seed=seed, method=model.method,
-                                 subject_id=model.subject_id, subject_domain=model.subject_domain,
-                                 abstractness=prompt.abstractness, domain=prompt.domain, clip_base=clip_base,
-                                 clip_personalized=clip_base - drop, alignment_drop=drop,
-                                 image_drift=0.0 if structural_zero else 0.1 * effect + abs(rng.normal(0, 0.05)),
-                                 image_identical=structural_zero, structural_zero=structural_zero))
+                rows.append(
+                    dict(
+                        model_id=model.model_id,
+                        prompt_id=prompt.prompt_id,
+                        seed=seed,
+                        method=model.method,
+                        subject_id=model.subject_id,
+                        subject_domain=model.subject_domain,
+                        abstractness=prompt.abstractness,
+                        domain=prompt.domain,
+                        clip_base=clip_base,
+                        clip_personalized=clip_base - drop,
+                        alignment_drop=drop,
+                        image_drift=0.0 if structural_zero else 0.1 * effect + abs(rng.normal(0, 0.05)),
+                        image_identical=structural_zero,
+                        structural_zero=structural_zero,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -101,9 +131,17 @@ def synthetic_shift(disruption: pd.DataFrame, rng: np.random.Generator) -> pd.Da
     for row in disruption.itertuples():
         for k, (layer, _, _) in enumerate(LAYERS):
             coupling = 0.2 if k == 3 else 0.01  # one layer carries the disruption
-            rows.append(dict(model_id=row.model_id, prompt_id=row.prompt_id, seed=row.seed, layer=layer,
-                             attention_shift=max(0.0, coupling * row.alignment_drop + rng.normal(0.05, 0.01)),
-                             method=row.method, subject_id=row.subject_id))
+            rows.append(
+                dict(
+                    model_id=row.model_id,
+                    prompt_id=row.prompt_id,
+                    seed=row.seed,
+                    layer=layer,
+                    attention_shift=max(0.0, coupling * row.alignment_drop + rng.normal(0.05, 0.01)),
+                    method=row.method,
+                    subject_id=row.subject_id,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -116,8 +154,18 @@ def synthetic_weight_deltas(models: pd.DataFrame, rng: np.random.Generator) -> p
                 if model.method == "textual_inversion":
                     continue  # TI changes no UNet weight
                 fro = abs(rng.normal(METHOD_EFFECT[model.method], 0.1))
-                rows.append(dict(model_id=model.model_id, module=module, param=param, method=model.method,
-                                 block=block, kind="attn2", fro_norm=fro, rel_norm=fro / 10))
+                rows.append(
+                    dict(
+                        model_id=model.model_id,
+                        module=module,
+                        param=param,
+                        method=model.method,
+                        block=block,
+                        kind="attn2",
+                        fro_norm=fro,
+                        rel_norm=fro / 10,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -131,8 +179,9 @@ def summary(per_pair: pd.DataFrame, shift: pd.DataFrame, similarity: pd.DataFram
         out["methods"][metric] = compare_methods(per_pair, metric, n_boot=99 if metric == METRICS[0] else 0)
         out["abstractness"][metric] = compare_abstractness(per_pair, metric, n_perm=99)
         out["semantic_proximity"][metric] = semantic_proximity(per_pair, metric, n_perm=99, similarity=similarity)
-        out["layer_linking"][metric] = link_layers(shift_per_pair, per_pair, metric, layer_order=[l for l, _, _ in LAYERS],
-                                                   cv_folds=3)
+        out["layer_linking"][metric] = link_layers(
+            shift_per_pair, per_pair, metric, layer_order=[name for name, _, _ in LAYERS], cv_folds=3
+        )
         cem = cems[metric].copy()
         cem.index = cem.index.get_level_values("model_id")
         cem.columns = cem.columns.get_level_values("prompt_id")
@@ -145,35 +194,57 @@ def write_results(folder: Path, store_path: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     prompts, models = synthetic_prompts(), synthetic_models()
     disruption = synthetic_disruption(prompts, models, rng)
-    per_pair = disruption.groupby(["model_id", "prompt_id"], sort=True).agg(
-        **{c: (c, "first") for c in ["method", "subject_id", "subject_domain", "abstractness", "domain"]},
-        **{m: (m, "mean") for m in METRICS}, structural_zero=("structural_zero", "all")).reset_index()
+    per_pair = (
+        disruption.groupby(["model_id", "prompt_id"], sort=True)
+        .agg(
+            **{c: (c, "first") for c in ["method", "subject_id", "subject_domain", "abstractness", "domain"]},
+            **{m: (m, "mean") for m in METRICS},
+            structural_zero=("structural_zero", "all"),
+        )
+        .reset_index()
+    )
     shift = synthetic_shift(disruption, rng)
     similarity = per_pair[["model_id", "prompt_id"]].assign(similarity=rng.uniform(0.1, 0.4, len(per_pair)))
     cems = {m: entanglement_map(per_pair, m) for m in METRICS}
-    files = {"disruption": "disruption.csv", "disruption_by_prompt": "disruption_by_prompt.csv",
-             "attention_shift": "attention_shift.csv", "layers": "layers.csv", "similarity": "similarity.csv",
-             "prompts": "prompts.csv", "models": "models.csv", "summary": "summary.json"}
+    files = {
+        "disruption": "disruption.csv",
+        "disruption_by_prompt": "disruption_by_prompt.csv",
+        "attention_shift": "attention_shift.csv",
+        "layers": "layers.csv",
+        "similarity": "similarity.csv",
+        "prompts": "prompts.csv",
+        "models": "models.csv",
+        "summary": "summary.json",
+    }
     write_entanglement_maps(cems, folder)
     files.update({f"cem_{m}": f"cem_{m}.csv" for m in METRICS})
     disruption.to_csv(folder / "disruption.csv", index=False)
     by_prompt(disruption).to_csv(folder / "disruption_by_prompt.csv", index=False)
     shift.to_csv(folder / "attention_shift.csv", index=False)
-    pd.DataFrame([dict(layer=l, order=i, block=b, resolution=r, n_heads=2) for i, (l, b, r) in enumerate(LAYERS)]
-                 ).to_csv(folder / "layers.csv", index=False)
+    pd.DataFrame(
+        [dict(layer=name, order=i, block=b, resolution=r, n_heads=2) for i, (name, b, r) in enumerate(LAYERS)]
+    ).to_csv(folder / "layers.csv", index=False)
     synthetic_weight_deltas(models, rng).to_csv(folder / "weight_deltas.csv", index=False)
     files["weight_deltas"] = "weight_deltas.csv"
     similarity.to_csv(folder / "similarity.csv", index=False)
     prompts.to_csv(folder / "prompts.csv", index=False)
     models.to_csv(folder / "models.csv", index=False)
     (folder / "summary.json").write_text(json.dumps(summary(per_pair, shift, similarity, cems), indent=1))
-    manifest = {"store": str(store_path), "created_at": "2026-01-01T00:00:00+00:00", "cemaps_version": "0.1.0",
-                "metrics": list(METRICS),
-                "provenance": {"base": {"model_id": "cemaps/tiny-sd", "sha256": "00ff"},
-                               "packages": {"torch": "2.14.1", "diffusers": "0.42.1"},
-                               "settings": {"generation": {"steps": 20, "guidance_scale": 7.5},
-                                            "capture": {"halves": ["cond"], "timesteps": STEPS_CAPTURED}}},
-                "files": files}
+    manifest = {
+        "store": str(store_path),
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "cemaps_version": "0.1.0",
+        "metrics": list(METRICS),
+        "provenance": {
+            "base": {"model_id": "cemaps/tiny-sd", "sha256": "00ff"},
+            "packages": {"torch": "2.14.1", "diffusers": "0.42.1"},
+            "settings": {
+                "generation": {"steps": 20, "guidance_scale": 7.5},
+                "capture": {"halves": ["cond"], "timesteps": STEPS_CAPTURED},
+            },
+        },
+        "files": files,
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return folder
 
@@ -183,17 +254,26 @@ def write_store(path: Path) -> Path:
     rng = np.random.default_rng(1)
     prompts = synthetic_prompts().iloc[:STORE_PROMPTS]
     settings = {"generation": {"steps": 20}, "capture": {"halves": ["cond"], "timesteps": STEPS_CAPTURED}}
-    with StoreWriter(path, settings=settings, base={"model_id": "cemaps/tiny-sd"},
-                     provenance={"packages": {"cemaps": "0.1.0"}}) as writer:
-        writer.add_models([{"model_id": "base", "method": "base"}]
-                          + [dict(row) for row in synthetic_models().to_dict(orient="records")])
+    with StoreWriter(
+        path, settings=settings, base={"model_id": "cemaps/tiny-sd"}, provenance={"packages": {"cemaps": "0.1.0"}}
+    ) as writer:
+        writer.add_models(
+            [{"model_id": "base", "method": "base"}]
+            + [dict(row) for row in synthetic_models().to_dict(orient="records")]
+        )
         rows = []
         for prompt in prompts.itertuples():
             words = prompt.text.split()
-            rows.append(dict(prompt_id=prompt.prompt_id, text=prompt.text,
-                             tokens=["<|startoftext|>", *[f"{w}</w>" for w in words], "<|endoftext|>"],
-                             token_ids=list(range(49406, 49406 + len(words) + 2)),
-                             abstractness=prompt.abstractness, domain=prompt.domain))
+            rows.append(
+                dict(
+                    prompt_id=prompt.prompt_id,
+                    text=prompt.text,
+                    tokens=["<|startoftext|>", *[f"{w}</w>" for w in words], "<|endoftext|>"],
+                    token_ids=list(range(49406, 49406 + len(words) + 2)),
+                    abstractness=prompt.abstractness,
+                    domain=prompt.domain,
+                )
+            )
         writer.add_prompts(rows)
         yy, xx = np.mgrid[0:IMAGE_SIDE, 0:IMAGE_SIDE] / IMAGE_SIDE
         for prompt, row in zip(prompts.itertuples(), rows, strict=True):
@@ -207,9 +287,14 @@ def write_store(path: Path) -> Path:
                 # a smooth image per model: easy to read under the overlay
                 image = np.stack([yy, xx, np.full_like(xx, k / 10)], axis=-1) * 255
                 arrays = {f"cross_attention/{layer}": maps.astype(np.float16) for layer, _, _ in LAYERS}
-                writer.write_record(model_id, prompt.prompt_id, 0, arrays,
-                                    axes={name: ("token", "step", "half", "head", "y", "x") for name in arrays},
-                                    image=image.astype(np.uint8))
+                writer.write_record(
+                    model_id,
+                    prompt.prompt_id,
+                    0,
+                    arrays,
+                    axes={name: ("token", "step", "half", "head", "y", "x") for name in arrays},
+                    image=image.astype(np.uint8),
+                )
     return path
 
 

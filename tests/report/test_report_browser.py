@@ -24,13 +24,24 @@ from cemaps.report.results import load_results
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--remote-debugging-pipe", "--window-size=1280,900"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--remote-debugging-pipe",
+    "--window-size=1280,900",
+]
 TIMEOUT_S = 30.0
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(),
-                                reason="/usr/bin/chromium is absent; install it with .ci/install-browser")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(), reason="/usr/bin/chromium is absent; install it with .ci/install-browser"
+)
 
 
 class DevToolsPipe:
@@ -41,12 +52,17 @@ class DevToolsPipe:
         self._read_fd, from_browser_write = os.pipe()
         # chromium reads commands on fd 3 and writes replies on fd 4. Our ends are first moved to
         # close-on-exec fds >= 10, so the two dup2 actions below cannot overwrite one another.
-        child_in, child_out = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_read, from_browser_write))
+        child_in, child_out = (
+            fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (to_browser_read, from_browser_write)
+        )
         os.close(to_browser_read)
         os.close(from_browser_write)
-        actions = [(os.POSIX_SPAWN_DUP2, child_in, 3), (os.POSIX_SPAWN_DUP2, child_out, 4),
-                   (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                   (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)]
+        actions = [
+            (os.POSIX_SPAWN_DUP2, child_in, 3),
+            (os.POSIX_SPAWN_DUP2, child_out, 4),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+        ]
         argv = [str(CHROMIUM), *FLAGS, f"--user-data-dir={user_data_dir}", "about:blank"]
         try:
             self.pid = os.posix_spawn(str(CHROMIUM), argv, os.environ, file_actions=actions)
@@ -123,8 +139,13 @@ def expected_cell(results_dir: Path, i: int, j: int) -> dict:
     cem = results.cems[metric].sort_index(axis=0).sort_index(axis=1)
     prompts = pd.read_csv(results_dir / "prompts.csv", dtype={"prompt_id": str}).set_index("prompt_id")
     prompt_id = cem.columns[j][2]
-    return {"metric": metric, "model_id": cem.index[i][2], "prompt_id": prompt_id,
-            "text": prompts.loc[prompt_id, "text"], "value": float(cem.iloc[i, j])}
+    return {
+        "metric": metric,
+        "model_id": cem.index[i][2],
+        "prompt_id": prompt_id,
+        "text": prompts.loc[prompt_id, "text"],
+        "value": float(cem.iloc[i, j]),
+    }
 
 
 def test_report_renders_and_tooltip_shows_prompt_text(report_path, results_dir, tmp_path):
@@ -136,31 +157,38 @@ def test_report_renders_and_tooltip_shows_prompt_text(report_path, results_dir, 
         session = browser.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             browser.send(f"{domain}.enable", session=session)
-        browser.send("Emulation.setDeviceMetricsOverride",
-                     {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         browser.events.clear()
         browser.send("Page.navigate", {"url": report_path.resolve().as_uri()}, session)
         browser.wait_for("Page.loadEventFired")
 
         images = browser.evaluate(
-            "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth}))",
-            session)
+            "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth}))", session
+        )
         assert len(images) >= 10
         assert [i for i in images if not i["complete"] or i["width"] == 0] == []
         assert browser.evaluate("document.querySelectorAll('svg.cem rect.cell').length", session) > 0
 
-        centre = browser.evaluate(f"""(() => {{
+        centre = browser.evaluate(
+            """(() => {
             const cell = document.querySelector('svg.cem rect.cell[data-i="2"][data-j="5"]');
-            cell.scrollIntoView({{block: "center", inline: "center"}});
+            cell.scrollIntoView({block: "center", inline: "center"});
             const box = cell.getBoundingClientRect();
-            return {{x: box.x + box.width / 2, y: box.y + box.height / 2}};
-        }})()""", session)
+            return {x: box.x + box.width / 2, y: box.y + box.height / 2};
+        })()""",
+            session,
+        )
         assert browser.evaluate("document.getElementById('cem-tooltip').hidden", session) is True
         browser.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": centre["x"], "y": centre["y"]}, session)
         tooltip = browser.evaluate(
             "(() => { const t = document.getElementById('cem-tooltip'); "
             "return {hidden: t.hidden, text: t.textContent, visible: t.getBoundingClientRect().width > 0}; })()",
-            session)
+            session,
+        )
         assert tooltip["hidden"] is False and tooltip["visible"] is True
         assert cell["text"] in tooltip["text"]
         assert cell["prompt_id"] in tooltip["text"] and cell["model_id"] in tooltip["text"]
@@ -171,13 +199,17 @@ def test_report_renders_and_tooltip_shows_prompt_text(report_path, results_dir, 
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "report.png").write_bytes(base64.b64decode(screenshot["data"]))
 
-        errors = [e["params"] for e in browser.events
-                  if (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
-                  or e.get("method") == "Runtime.exceptionThrown"
-                  or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+        errors = [
+            e["params"]
+            for e in browser.events
+            if (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+            or e.get("method") == "Runtime.exceptionThrown"
+            or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+        ]
         assert errors == []
-        requested = [e["params"]["request"]["url"] for e in browser.events
-                     if e.get("method") == "Network.requestWillBeSent"]
+        requested = [
+            e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"
+        ]
         assert [u for u in requested if not u.startswith(("file:", "data:"))] == []
     finally:
         browser.close()

@@ -104,8 +104,7 @@ def test_similarity_scatter_one_panel_per_method(results):
     assert all(ax.get_xlabel() == "text similarity to subject" for ax in fig.axes)
     assert fig.axes[0].get_title(loc="left").startswith("dreambooth: Spearman rho = ")
     with pytest.raises(ConfigError, match="no \\(model_id, prompt_id\\) pair matches"):
-        similarity_scatter(results.tables["similarity"].assign(model_id="nobody"), results.tables["disruption"],
-                           METRIC)
+        similarity_scatter(results.tables["similarity"].assign(model_id="nobody"), results.tables["disruption"], METRIC)
 
 
 def test_layer_axis_follows_unet_order_and_labels_resolution(results):

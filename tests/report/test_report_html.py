@@ -63,8 +63,9 @@ def test_report_has_every_section_with_tests_and_figures(page):
     assert "<td>subject_blocked_anova</td>" in methods and "pairwise" in methods
     assert "<td>kruskal</td>" in text and "<td>prompt_permutation_anova</td>" in text and "mixedlm" not in text
     # structural zeros in words: TI on the fixture's first prompt, both seeds
-    assert ('<p class="structural-zeros">textual_inversion: 3 of 36 (model, prompt) pairs are structural zeros'
-            in methods)
+    assert (
+        '<p class="structural-zeros">textual_inversion: 3 of 36 (model, prompt) pairs are structural zeros' in methods
+    )
     cem = text.split('<section id="cem">')[1].split("</section>")[0]
     assert "Structural zeros: textual_inversion-alice (textual_inversion): 2 of 24 records" in cem
     assert "by construction" in cem
@@ -119,8 +120,9 @@ def test_provenance_lists_packages_models_and_settings(page):
 
 def test_interactive_cem_carries_prompt_texts(page, results_dir):
     text, _ = page
-    data = json.loads(re.search(r'<script type="application/json" id="cem-data-alignment_drop">(.*?)</script>',
-                                text).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="cem-data-alignment_drop">(.*?)</script>', text).group(1)
+    )
     results = load_results(results_dir)
     cem = results.cems["alignment_drop"]
     assert len(data["values"]) == cem.shape[0] and len(data["values"][0]) == cem.shape[1]
@@ -134,8 +136,11 @@ def test_cem_svg_escapes_text_and_handles_missing_values():
     import numpy as np
     import pandas as pd
 
-    cem = pd.DataFrame([[np.nan, 1.0]], index=pd.MultiIndex.from_tuples([("lora", "<b>", "m")]),
-                       columns=pd.MultiIndex.from_tuples([("concrete", "x", "p0"), ("abstract", "y", "p1")]))
+    cem = pd.DataFrame(
+        [[np.nan, 1.0]],
+        index=pd.MultiIndex.from_tuples([("lora", "<b>", "m")]),
+        columns=pd.MultiIndex.from_tuples([("concrete", "x", "p0"), ("abstract", "y", "p1")]),
+    )
     svg, data = cem_svg(cem, "m", "cem-m", {"p0": "</script><script>alert(1)</script>"})
     assert "<b>" not in svg and "&lt;b&gt;" in svg
     assert data["values"][0][1] is None  # sorted columns put 'abstract' first; the NaN is p0's
@@ -143,10 +148,21 @@ def test_cem_svg_escapes_text_and_handles_missing_values():
 
 
 def test_summary_html_renders_unknown_structures_generically():
-    section = {"new_family": {"test": "anova", "statistic": 2.0, "p": 0.5, "effect_size": None,
-                              "effect_size_name": "eta", "n": 9, "method": "scipy.stats.f_oneway",
-                              "extra": {"reason": "demo"}},
-               "table": [{"a": 1, "b": 0.123456}], "note": "text", "numbers": [1, 2, 3]}
+    section = {
+        "new_family": {
+            "test": "anova",
+            "statistic": 2.0,
+            "p": 0.5,
+            "effect_size": None,
+            "effect_size_name": "eta",
+            "n": 9,
+            "method": "scipy.stats.f_oneway",
+            "extra": {"reason": "demo"},
+        },
+        "table": [{"a": 1, "b": 0.123456}],
+        "note": "text",
+        "numbers": [1, 2, 3],
+    }
     html = summary_html(section)
     assert "<td>anova</td>" in html and "eta = n/a" in html and "demo" in html
     assert "<caption>table</caption>" in html and "0.1235" in html
@@ -167,8 +183,7 @@ def test_sparse_results_still_make_a_report(sparse_results_dir, tmp_path):
 def test_summary_sections_per_metric_or_flat(results_dir):
     results = load_results(results_dir)
     assert results.section("methods", "image_drift")["value"] == "image_drift"
-    flat = type(results)(results.folder, results.manifest, {"methods": {"value": "alignment_drop", "x": 1}},
-                         {}, {}, {})
+    flat = type(results)(results.folder, results.manifest, {"methods": {"value": "alignment_drop", "x": 1}}, {}, {}, {})
     assert flat.section("methods", "alignment_drop")["x"] == 1
     assert flat.section("methods", "image_drift") is None
     assert flat.section("clustering") is None
@@ -196,11 +211,24 @@ def test_only_tests_with_a_validated_null_rate_are_bold():
 
     def test(name, p, validated):
         extra = {"null_rate_validated": True} if validated else {}
-        return {"test": name, "statistic": 1.0, "p": p, "effect_size": 0.1, "effect_size_name": "e", "n": 9,
-                "method": "m", "extra": extra}
+        return {
+            "test": name,
+            "statistic": 1.0,
+            "p": p,
+            "effect_size": 0.1,
+            "effect_size_name": "e",
+            "n": 9,
+            "method": "m",
+            "extra": extra,
+        }
 
-    html = test_rows_html([("a", test("valid_small", 0.001, True)), ("b", test("unchecked_small", 0.0001, False)),
-                           ("c", test("valid_large", 0.5, True))])
+    html = test_rows_html(
+        [
+            ("a", test("valid_small", 0.001, True)),
+            ("b", test("unchecked_small", 0.0001, False)),
+            ("c", test("valid_large", 0.5, True)),
+        ]
+    )
     rows = html.split("<tr>")[2:]
     assert '<td class="sig">0.001</td>' in rows[0]
     assert 'class="sig"' not in rows[1] and "(null rate not validated)" in rows[1]

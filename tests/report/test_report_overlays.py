@@ -78,5 +78,8 @@ def test_bad_overlay_requests_name_what_is_wrong(store):
 
 def test_step_labels_use_recorded_steps_when_present():
     assert step_labels({"capture": {"steps": [0, 10, 19]}}, 3) == ["step 0", "step 10", "step 19"]
-    assert step_labels({"capture": {"timesteps": 3}}, 3) == ["captured step 1/3", "captured step 2/3",
-                                                             "captured step 3/3"]
+    assert step_labels({"capture": {"timesteps": 3}}, 3) == [
+        "captured step 1/3",
+        "captured step 2/3",
+        "captured step 3/3",
+    ]

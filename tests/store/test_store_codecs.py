@@ -34,7 +34,9 @@ def _filters(path: Path) -> set[str]:
     """HDF5 filter ids of every array dataset of one part file."""
     found: set[str] = set()
     with h5py.File(path, "r") as part:
-        part["arrays"].visititems(lambda name, obj: found.update(obj._filters) if isinstance(obj, h5py.Dataset) else None)
+        part["arrays"].visititems(
+            lambda name, obj: found.update(obj._filters) if isinstance(obj, h5py.Dataset) else None
+        )
     return found
 
 
@@ -46,9 +48,14 @@ def _write_like_v1(path: Path) -> None:
         for m, model in enumerate(v1.MODELS):
             for p, prompt in enumerate(v1.PROMPTS):
                 arrays = {f"cross_attention/{layer}": v1.maps(m, p, i) for i, layer in enumerate(v1.LAYERS)}
-                writer.write_record(model["model_id"], prompt["prompt_id"], 0, arrays,
-                                    axes={name: v1.AXES for name in arrays},
-                                    image=np.full((8, 8, 3), 40 * m + p, dtype=np.uint8))
+                writer.write_record(
+                    model["model_id"],
+                    prompt["prompt_id"],
+                    0,
+                    arrays,
+                    axes={name: v1.AXES for name in arrays},
+                    image=np.full((8, 8, 3), 40 * m + p, dtype=np.uint8),
+                )
 
 
 def test_a_v1_store_opens_and_reads_what_was_written():
@@ -78,8 +85,13 @@ def test_v1_and_v2_stores_analyse_the_same(tmp_path):
 def test_appending_to_a_v1_store_keeps_it_v1_and_gzip(tmp_path):
     path = _copy_v1(tmp_path)
     with StoreWriter(path, settings=v1.SETTINGS, base=v1.BASE) as writer:
-        writer.write_record("base", "p0", 1, {f"cross_attention/{v1.LAYERS[0]}": v1.maps(0, 0, 0)},
-                            axes={f"cross_attention/{v1.LAYERS[0]}": v1.AXES})
+        writer.write_record(
+            "base",
+            "p0",
+            1,
+            {f"cross_attention/{v1.LAYERS[0]}": v1.maps(0, 0, 0)},
+            axes={f"cross_attention/{v1.LAYERS[0]}": v1.AXES},
+        )
     newest = sealed_files(parts_dir(path), "part")[-1]
     with h5py.File(newest, "r") as part, h5py.File(path, "r") as manifest:
         assert part.attrs["schema_version"] == 1 and manifest.attrs["schema_version"] == 1
@@ -91,8 +103,13 @@ def test_appending_to_a_v1_store_keeps_it_v1_and_gzip(tmp_path):
 def test_merging_v1_and_v2_gives_v2(tmp_path):
     v2_path = tmp_path / "v2.h5"
     with StoreWriter(v2_path, settings=v1.SETTINGS, base=v1.BASE) as writer:
-        writer.write_record("base", "p0", 7, {f"cross_attention/{v1.LAYERS[0]}": v1.maps(0, 0, 0)},
-                            axes={f"cross_attention/{v1.LAYERS[0]}": v1.AXES})
+        writer.write_record(
+            "base",
+            "p0",
+            7,
+            {f"cross_attention/{v1.LAYERS[0]}": v1.maps(0, 0, 0)},
+            axes={f"cross_attention/{v1.LAYERS[0]}": v1.AXES},
+        )
     merged = tmp_path / "merged.h5"
     merge_stores([V1_STORE, v2_path], merged)
     with open_store(merged) as store:

@@ -52,8 +52,10 @@ def attn(i: int, model: str) -> np.ndarray:
 
 def test_two_writer_processes_at_once(tmp_path):
     path = tmp_path / "study.h5"
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, str(path), f"gpu{k}", model],
-                                 stderr=subprocess.PIPE, text=True) for k, model in enumerate("ab")]
+    children = [
+        subprocess.Popen([sys.executable, "-c", CHILD, str(path), f"gpu{k}", model], stderr=subprocess.PIPE, text=True)
+        for k, model in enumerate("ab")
+    ]
     for child in children:
         _, stderr = child.communicate(timeout=120)
         assert child.returncode == 0, stderr
@@ -118,8 +120,10 @@ def test_merge_refuses_differing_duplicates(tmp_path):
     write_store(tmp_path / "b.h5", "a", range(2, 4), offset=1.0)
     with pytest.raises(StoreError) as err:
         merge_stores([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "merged.h5")
-    assert str(err.value) == (f"{tmp_path / 'b.h5'}: record ('a', 'p2', 0) differs from the one in "
-                              f"{tmp_path / 'a.h5'}; remove one of them before merging")
+    assert str(err.value) == (
+        f"{tmp_path / 'b.h5'}: record ('a', 'p2', 0) differs from the one in "
+        f"{tmp_path / 'a.h5'}; remove one of them before merging"
+    )
     assert not (tmp_path / "merged.h5").exists()  # nothing half-written
 
 
@@ -128,8 +132,10 @@ def test_merge_refuses_different_settings(tmp_path):
     write_store(tmp_path / "b.h5", "b", range(1), settings={"capture": {"spatial": 8}})
     with pytest.raises(StoreError) as err:
         merge_stores([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "merged.h5")
-    assert str(err.value) == (f"{tmp_path / 'b.h5'}: capture setting 'capture.spatial' is 8 in the store but 4 "
-                              f"in {tmp_path / 'a.h5'}; use a new --store path")
+    assert str(err.value) == (
+        f"{tmp_path / 'b.h5'}: capture setting 'capture.spatial' is 8 in the store but 4 "
+        f"in {tmp_path / 'a.h5'}; use a new --store path"
+    )
 
 
 def test_merge_refuses_conflicting_models(tmp_path):
@@ -138,8 +144,10 @@ def test_merge_refuses_conflicting_models(tmp_path):
         writer.add_models([{"model_id": "a", "method": "dreambooth"}])
     with pytest.raises(StoreError) as err:
         merge_stores([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "merged.h5")
-    assert str(err.value) == (f"{tmp_path / 'b.h5'}: model_id 'a' has 'method' = 'dreambooth' but "
-                              f"{tmp_path / 'a.h5'} has 'lora'; stores with conflicting rows cannot be merged")
+    assert str(err.value) == (
+        f"{tmp_path / 'b.h5'}: model_id 'a' has 'method' = 'dreambooth' but "
+        f"{tmp_path / 'a.h5'} has 'lora'; stores with conflicting rows cannot be merged"
+    )
 
 
 def test_merge_refuses_no_sources(tmp_path):

@@ -55,14 +55,20 @@ CHILD = ONLY_STORE + textwrap.dedent("""
 
 def expected_record(i: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     rng = np.random.default_rng(i)
-    arrays = {"attn/layer.0": rng.random((2 + i % 3, 3, 4, 4)).astype(np.float16),
-              "attn/layer.1": rng.random((2 + i % 3, 3, 4, 4)).astype(np.float16)}
+    arrays = {
+        "attn/layer.0": rng.random((2 + i % 3, 3, 4, 4)).astype(np.float16),
+        "attn/layer.1": rng.random((2 + i % 3, 3, 4, 4)).astype(np.float16),
+    }
     return arrays, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
 
 
 def run_and_kill(path, *, lines_before_kill: int, pause_after: int) -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(pause_after)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(pause_after)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(lines_before_kill):
             line = child.stdout.readline()
@@ -94,8 +100,9 @@ def resume(path, keys_done, total: int) -> None:
             if ("base", f"p{i}", 0) in writer.completed():
                 continue
             arrays, image = expected_record(i)
-            writer.write_record("base", f"p{i}", 0, arrays, {n: ("token", "step", "y", "x") for n in arrays},
-                                image=image)
+            writer.write_record(
+                "base", f"p{i}", 0, arrays, {n: ("token", "step", "y", "x") for n in arrays}, image=image
+            )
 
 
 def test_sigkill_with_open_part_loses_only_it(tmp_path):

@@ -33,22 +33,26 @@ def test_refuses_different_settings(store_path):
     changed = {"generation": {"steps": 4}, "capture": {"spatial": 32}}
     with pytest.raises(StoreError) as err:
         StoreWriter(store_path, settings=changed, base=BASE)
-    assert one_line(err) == (f"{store_path}: capture setting 'capture.spatial' is 16 in the store but 32 now; "
-                             "use a new --store path")
+    assert one_line(err) == (
+        f"{store_path}: capture setting 'capture.spatial' is 16 in the store but 32 now; use a new --store path"
+    )
 
 
 def test_refuses_missing_setting(store_path):
     with pytest.raises(StoreError) as err:
         StoreWriter(store_path, settings={"capture": {"spatial": 16}}, base=BASE)
-    assert one_line(err).endswith("capture setting 'generation' is {\"steps\": 4} in the store but absent now; "
-                                  "use a new --store path")
+    assert one_line(err).endswith(
+        "capture setting 'generation' is {\"steps\": 4} in the store but absent now; use a new --store path"
+    )
 
 
 def test_refuses_different_base(store_path):
     with pytest.raises(StoreError) as err:
         StoreWriter(store_path, settings=SETTINGS, base={"model_id": "tiny-sd", "weight_hash": "ffff"})
-    assert one_line(err) == (f"{store_path}: base model setting 'weight_hash' is 'abc123' in the store but "
-                             "'ffff' now; use a new --store path")
+    assert one_line(err) == (
+        f"{store_path}: base model setting 'weight_hash' is 'abc123' in the store but "
+        "'ffff' now; use a new --store path"
+    )
 
 
 def test_refuses_foreign_h5(tmp_path):
@@ -58,8 +62,9 @@ def test_refuses_foreign_h5(tmp_path):
     for attempt in (lambda: open_store(path), lambda: StoreWriter(path, settings=SETTINGS, base=BASE)):
         with pytest.raises(StoreError) as err:
             attempt()
-        assert one_line(err) == (f"{path}: not a cemaps store (no format attribute); "
-                                 "expected a file written by cemaps capture")
+        assert one_line(err) == (
+            f"{path}: not a cemaps store (no format attribute); expected a file written by cemaps capture"
+        )
 
 
 def test_refuses_garbage_bytes(tmp_path):
@@ -92,8 +97,10 @@ def test_refuses_schema_version_mismatch(store_path):
     for attempt in (lambda: open_store(store_path), lambda: StoreWriter(store_path, settings=SETTINGS, base=BASE)):
         with pytest.raises(StoreError) as err:
             attempt()
-        assert one_line(err) == (f"{store_path}: schema_version is 3 but this cemaps reads 1, 2 and writes 2; "
-                                 "use the cemaps release that wrote it or a new store path")
+        assert one_line(err) == (
+            f"{store_path}: schema_version is 3 but this cemaps reads 1, 2 and writes 2; "
+            "use the cemaps release that wrote it or a new store path"
+        )
 
 
 def test_refuses_same_model_id_different_content(store_path):
@@ -101,8 +108,10 @@ def test_refuses_same_model_id_different_content(store_path):
         writer.add_models([{"model_id": "dog_lora", "method": "lora", "sha256": "aa"}])  # identical: fine
         with pytest.raises(StoreError) as err:
             writer.add_models([{"model_id": "dog_lora", "method": "lora", "sha256": "bb"}])
-    assert one_line(err) == (f"{store_path}: model_id 'dog_lora' is already stored with 'sha256' = 'aa', "
-                             "not 'bb'; give the new one another model_id")
+    assert one_line(err) == (
+        f"{store_path}: model_id 'dog_lora' is already stored with 'sha256' = 'aa', "
+        "not 'bb'; give the new one another model_id"
+    )
 
 
 def test_refuses_same_prompt_id_different_text(store_path):
@@ -111,29 +120,34 @@ def test_refuses_same_prompt_id_different_text(store_path):
         writer.add_prompts([row])
         with pytest.raises(StoreError) as err:
             writer.add_prompts([dict(row, text="a sphere")])
-    assert one_line(err).endswith("prompt_id 'p0' is already stored with 'text' = 'a cube', not 'a sphere'; "
-                                  "give the new one another prompt_id")
+    assert one_line(err).endswith(
+        "prompt_id 'p0' is already stored with 'text' = 'a cube', not 'a sphere'; give the new one another prompt_id"
+    )
 
 
 def test_refuses_prompt_without_tokens(store_path):
     with StoreWriter(store_path, settings=SETTINGS, base=BASE) as writer, pytest.raises(StoreError) as err:
         writer.add_prompts([{"prompt_id": "p0", "text": "a cube"}])
-    assert one_line(err) == (f"{store_path}: prompts row 0 lacks 'tokens'; "
-                             "expected keys prompt_id, text, tokens, token_ids")
+    assert one_line(err) == (
+        f"{store_path}: prompts row 0 lacks 'tokens'; expected keys prompt_id, text, tokens, token_ids"
+    )
 
 
 def test_refuses_trailing_shape_mismatch(store_path):
     with StoreWriter(store_path, settings=SETTINGS, base=BASE) as writer, pytest.raises(StoreError) as err:
         writer.write_record("base", "p1", 0, {"attn": np.zeros((3, 8, 8), np.float16)}, AXES)
-    assert one_line(err) == (f"{store_path}: record ('base', 'p1', 0): array 'attn' has trailing shape [8, 8] "
-                             "but the store holds [4, 4] for it; only the first axis may vary")
+    assert one_line(err) == (
+        f"{store_path}: record ('base', 'p1', 0): array 'attn' has trailing shape [8, 8] "
+        "but the store holds [4, 4] for it; only the first axis may vary"
+    )
 
 
 def test_refuses_dtype_mismatch(store_path):
     with StoreWriter(store_path, settings=SETTINGS, base=BASE) as writer, pytest.raises(StoreError) as err:
         writer.write_record("base", "p1", 0, {"attn": np.zeros((3, 4, 4), np.float32)}, AXES)
-    assert one_line(err).endswith("array 'attn' has dtype float32 but the store holds float16 for it; "
-                                  "cast it before writing")
+    assert one_line(err).endswith(
+        "array 'attn' has dtype float32 but the store holds float16 for it; cast it before writing"
+    )
 
 
 def test_refuses_wrong_axes_count(store_path):
@@ -145,14 +159,16 @@ def test_refuses_wrong_axes_count(store_path):
 def test_refuses_duplicate_record(store_path):
     with StoreWriter(store_path, settings=SETTINGS, base=BASE) as writer, pytest.raises(StoreError) as err:
         writer.write_record("base", "p0", 0, {"attn": np.zeros((3, 4, 4), np.float16)}, AXES)
-    assert one_line(err) == (f"{store_path}: record ('base', 'p0', 0) is already in the store; "
-                             "skip keys in writer.completed()")
+    assert one_line(err) == (
+        f"{store_path}: record ('base', 'p0', 0) is already in the store; skip keys in writer.completed()"
+    )
 
 
 def test_refuses_bad_image(store_path):
     with StoreWriter(store_path, settings=SETTINGS, base=BASE) as writer, pytest.raises(StoreError) as err:
-        writer.write_record("base", "p1", 0, {"attn": np.zeros((3, 4, 4), np.float16)}, AXES,
-                            image=np.zeros((8, 8, 3), np.float32))
+        writer.write_record(
+            "base", "p1", 0, {"attn": np.zeros((3, 4, 4), np.float16)}, AXES, image=np.zeros((8, 8, 3), np.float32)
+        )
     assert one_line(err).endswith("image has dtype float32 and shape [8, 8, 3]; expected uint8 [H, W, 3]")
 
 
@@ -177,8 +193,10 @@ def test_refuses_bad_records_per_part(tmp_path):
 def test_refuses_non_json_settings(tmp_path):
     with pytest.raises(StoreError) as err:
         StoreWriter(tmp_path / "study.h5", settings={"device": object()}, base=BASE)
-    assert one_line(err) == (f"{tmp_path / 'study.h5'}: settings: object is not JSON-serialisable; "
-                             "expected JSON-able values (str, int, float, bool, list, dict)")
+    assert one_line(err) == (
+        f"{tmp_path / 'study.h5'}: settings: object is not JSON-serialisable; "
+        "expected JSON-able values (str, int, float, bool, list, dict)"
+    )
 
 
 def test_refuses_missing_parent_folder(tmp_path):

@@ -30,8 +30,9 @@ def make_record(rng: np.random.Generator, tokens: int) -> tuple[dict[str, np.nda
 
 def write_records(path, keys, rng, *, records_per_part=16, writer_tag="w0"):
     written = {}
-    with StoreWriter(path, settings=SETTINGS, base=BASE, writer_tag=writer_tag,
-                     records_per_part=records_per_part) as writer:
+    with StoreWriter(
+        path, settings=SETTINGS, base=BASE, writer_tag=writer_tag, records_per_part=records_per_part
+    ) as writer:
         for index, key in enumerate(keys):
             arrays, axes, image = make_record(rng, tokens=2 + index % 3)
             writer.write_record(*key, arrays, axes, image=image)
@@ -73,14 +74,31 @@ def test_roundtrip_arrays_axes_images(tmp_path):
 
 def test_models_prompts_tables_roundtrip(tmp_path):
     path = tmp_path / "study.h5"
-    models = [{"model_id": "base", "method": "none"},
-              {"model_id": "dog_lora", "method": "lora", "subject": "dog", "sha256": "ff00"}]
-    prompts = [{"prompt_id": "p0", "text": "a red cube", "tokens": ["<|startoftext|>", "a", "red", "cube"],
-                "token_ids": [49406, 320, 736, 11353], "abstractness": 0.1, "domain": "object"},
-               {"prompt_id": "p1", "text": "freedom", "tokens": ["<|startoftext|>", "freedom"],
-                "token_ids": [49406, 4511], "abstractness": 0.9, "domain": "abstract"}]
-    deltas = pd.DataFrame({"model_id": ["dog_lora", "dog_lora"], "layer": ["attn2.to_k", "attn2.to_v"],
-                           "relative_norm": [0.01, 0.02]})
+    models = [
+        {"model_id": "base", "method": "none"},
+        {"model_id": "dog_lora", "method": "lora", "subject": "dog", "sha256": "ff00"},
+    ]
+    prompts = [
+        {
+            "prompt_id": "p0",
+            "text": "a red cube",
+            "tokens": ["<|startoftext|>", "a", "red", "cube"],
+            "token_ids": [49406, 320, 736, 11353],
+            "abstractness": 0.1,
+            "domain": "object",
+        },
+        {
+            "prompt_id": "p1",
+            "text": "freedom",
+            "tokens": ["<|startoftext|>", "freedom"],
+            "token_ids": [49406, 4511],
+            "abstractness": 0.9,
+            "domain": "abstract",
+        },
+    ]
+    deltas = pd.DataFrame(
+        {"model_id": ["dog_lora", "dog_lora"], "layer": ["attn2.to_k", "attn2.to_v"], "relative_norm": [0.01, 0.02]}
+    )
     with StoreWriter(path, settings=SETTINGS, base=BASE) as writer:
         writer.add_models(models)
         writer.add_models(models)  # idempotent
@@ -149,7 +167,7 @@ def test_manifest_virtual_datasets_concatenate_parts(tmp_path):
             for i, row in enumerate(records):
                 start, count = offsets[i]
                 key = (row["model_id"].decode(), row["prompt_id"].decode(), int(row["seed"]))
-                np.testing.assert_array_equal(concatenated[start:start + count], written[key][0][ATTN])
+                np.testing.assert_array_equal(concatenated[start : start + count], written[key][0][ATTN])
             assert manifest.attrs["format"] == "cemaps-store"
     finally:
         os.chdir(cwd)

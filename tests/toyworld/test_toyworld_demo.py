@@ -24,6 +24,7 @@ def test_toy_demo_inputs_are_a_balanced_24_prompt_list_and_three_subjects(tmp_pa
     assert len(prompts) == 24 and prompts.groupby("abstractness").size().tolist() == [8, 8, 8]
     subjects = load_subjects(inputs.subjects)
     assert set(subjects["subject_id"]) == set(inputs.subject_images)
-    assert all(len(images) == 2 and images[0].size == (inputs.size, inputs.size)
-               for images in inputs.subject_images.values())
+    assert all(
+        len(images) == 2 and images[0].size == (inputs.size, inputs.size) for images in inputs.subject_images.values()
+    )
     assert isinstance(pd.read_csv(inputs.prompts), pd.DataFrame)

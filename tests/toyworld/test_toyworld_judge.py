@@ -27,8 +27,14 @@ def test_judge_reads_colour_shape_and_position_of_rendered_objects():
 
 
 def test_judge_counts_separate_objects_and_finds_their_masks():
-    scene = Scene((ToyObject("circle", "red", "small", (6.0, 6.0)), ToyObject("circle", "red", "small", (26.0, 26.0)),
-                   ToyObject("star", "blue", "medium", (16.0, 16.0))), background="white")
+    scene = Scene(
+        (
+            ToyObject("circle", "red", "small", (6.0, 6.0)),
+            ToyObject("circle", "red", "small", (26.0, 26.0)),
+            ToyObject("star", "blue", "medium", (16.0, 16.0)),
+        ),
+        background="white",
+    )
     image, masks = render(scene)
     found = judge_image(image)
     assert sorted(o.colour for o in found) == ["blue", "red", "red"]

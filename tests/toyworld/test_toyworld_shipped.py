@@ -52,8 +52,9 @@ def test_shipped_weights_draw_the_colour_they_are_asked_for(toy_pipe):
     colours = ("red", "blue", "yellow")
     prompts = [f"a {colour} square" for colour in colours for _ in range(3)]
     generators = [torch.Generator().manual_seed(seed) for _ in colours for seed in range(3)]
-    images = toy_pipe(prompts, num_inference_steps=10, guidance_scale=5.0, generator=generators,
-                      output_type="np").images
+    images = toy_pipe(
+        prompts, num_inference_steps=10, guidance_scale=5.0, generator=generators, output_type="np"
+    ).images
     images = np.clip(np.round(images * 255), 0, 255).astype(np.uint8).reshape(len(colours), 3, 32, 32, 3)
     for asked, colour in enumerate(colours):
         when_asked = _colour_share(images[asked], colour)

@@ -15,8 +15,8 @@ def test_render_is_deterministic_for_a_seed():
         return [render(random_training_pair(rng)[0]) for _ in range(20)]
 
     first, second, other = draw(3), draw(3), draw(4)
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, second))
-    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, second, strict=False))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=False))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -33,7 +33,9 @@ def test_filled_object_mask_covers_exactly_the_painted_pixels(kind):
 
 
 def test_later_objects_hide_earlier_ones_in_the_masks():
-    scene = Scene((ToyObject("square", "blue", "large", (16.0, 16.0)), ToyObject("circle", "yellow", "small", (16.0, 16.0))))
+    scene = Scene(
+        (ToyObject("square", "blue", "large", (16.0, 16.0)), ToyObject("circle", "yellow", "small", (16.0, 16.0)))
+    )
     _, masks = render(scene)
     assert not np.any(masks[0] & masks[1])
     assert masks[1].sum() > 20 and masks[0].sum() > masks[1].sum()

@@ -166,8 +166,10 @@ def attention_shift(
     """
     base, personalized = np.asarray(base), np.asarray(personalized)
     if base.shape != personalized.shape:
-        raise ConfigError(f"base maps have shape {base.shape} but personalized {personalized.shape}; "
-                          "expected twins of the same prompt and seed")
+        raise ConfigError(
+            f"base maps have shape {base.shape} but personalized {personalized.shape}; "
+            "expected twins of the same prompt and seed"
+        )
     _reduce_axes(reduce)
     p = spatial_distributions(base, axes, halves, half)
     q = spatial_distributions(personalized, axes, halves, half)
@@ -191,7 +193,7 @@ def select_layers(store: Any, layers: str | Sequence[str] | Callable[[str], bool
         Array names (``cross_attention/<module path>``) in store order.
     """
     available = [name for name in store.array_names if name.startswith(CROSS_ATTENTION_PREFIX)]
-    paths = {name: name[len(CROSS_ATTENTION_PREFIX):] for name in available}
+    paths = {name: name[len(CROSS_ATTENTION_PREFIX) :] for name in available}
     if not available:
         raise StoreError(f"{_store_name(store)}: no '{CROSS_ATTENTION_PREFIX}*' arrays; capture cross-attention first")
     if layers is None:
@@ -202,8 +204,9 @@ def select_layers(store: Any, layers: str | Sequence[str] | Callable[[str], bool
             raise LayerNotFoundError(f"layer predicate {layers!r} matches none of {len(available)} stored layers")
         return chosen
     if isinstance(layers, str):
-        chosen = [name for name in available if fnmatch.fnmatchcase(paths[name], layers)
-                  or fnmatch.fnmatchcase(name, layers)]
+        chosen = [
+            name for name in available if fnmatch.fnmatchcase(paths[name], layers) or fnmatch.fnmatchcase(name, layers)
+        ]
         if not chosen:
             raise LayerNotFoundError(f"layer glob {layers!r} matches no stored layer; e.g. {paths[available[0]]!r}")
         return chosen
@@ -211,8 +214,10 @@ def select_layers(store: Any, layers: str | Sequence[str] | Callable[[str], bool
     for layer in layers:
         name = layer if layer.startswith(CROSS_ATTENTION_PREFIX) else CROSS_ATTENTION_PREFIX + layer
         if name not in paths:
-            raise LayerNotFoundError(f"layer {layer!r} is not in the store; stored layers are e.g. "
-                                     f"{paths[available[0]]!r} ({len(available)} in all)")
+            raise LayerNotFoundError(
+                f"layer {layer!r} is not in the store; stored layers are e.g. "
+                f"{paths[available[0]]!r} ({len(available)} in all)"
+            )
         chosen.append(name)
     return chosen
 
@@ -246,8 +251,10 @@ def paired_records(store: Any) -> pd.DataFrame:
     missing = paired["base_record"].isna()
     if missing.any():
         first = paired.loc[missing].iloc[0]
-        raise StoreError(f"{_store_name(store)}: {int(missing.sum())} personalized records have no base twin, e.g. "
-                         f"({first.model_id}, {first.prompt_id}, seed {first.seed}); capture the base model for them")
+        raise StoreError(
+            f"{_store_name(store)}: {int(missing.sum())} personalized records have no base twin, e.g. "
+            f"({first.model_id}, {first.prompt_id}, seed {first.seed}); capture the base model for them"
+        )
     return paired.astype({"base_record": np.int64}).reset_index(drop=True)
 
 
@@ -261,7 +268,7 @@ def _capture_halves(store: Any) -> list[str]:
 
 def _chunks(frame: pd.DataFrame, size: int) -> Iterator[pd.DataFrame]:
     for start in range(0, len(frame), size):
-        yield frame.iloc[start:start + size]
+        yield frame.iloc[start : start + size]
 
 
 def attention_shift_table(
@@ -328,7 +335,7 @@ def _read_ahead(
         # one call, so the store reads base twins and the personalized records between them as one range
         records = chunk["record"].tolist()
         maps = store.read(name, records + missing)
-        return name, chunk, dict(zip(missing, maps[len(records):], strict=True)), maps[:len(records)]
+        return name, chunk, dict(zip(missing, maps[len(records) :], strict=True)), maps[: len(records)]
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cemaps-read-ahead") as reader:
         pending = reader.submit(read, *tasks[0]) if tasks else None
@@ -339,8 +346,14 @@ def _read_ahead(
 
 
 def _layer_table(
-    store: Any, name: str, chunks: Iterator[tuple[pd.DataFrame, dict[int, np.ndarray], list[np.ndarray]]],
-    paired: pd.DataFrame, halves: list[str], half: str, reduce: tuple[str, ...], tokens: dict[str, list[str]],
+    store: Any,
+    name: str,
+    chunks: Iterator[tuple[pd.DataFrame, dict[int, np.ndarray], list[np.ndarray]]],
+    paired: pd.DataFrame,
+    halves: list[str],
+    half: str,
+    reduce: tuple[str, ...],
+    tokens: dict[str, list[str]],
 ) -> pd.DataFrame:
     axes = store.axes(name)
     permutation, half_index = _check_axes(axes, len(axes), halves, half)
@@ -364,19 +377,23 @@ def _layer_table(
         if counts != base_counts:
             i = next(i for i, (a, b) in enumerate(zip(counts, base_counts, strict=True)) if a != b)
             row = chunk.iloc[i]
-            raise StoreError(f"{_store_name(store)}: {name} of record {row.record} ({row.model_id}, "
-                             f"{row.prompt_id}, seed {row.seed}) has {counts[i]} tokens but its base twin "
-                             f"{base_counts[i]}; expected the same prompt tokens")
+            raise StoreError(
+                f"{_store_name(store)}: {name} of record {row.record} ({row.model_id}, "
+                f"{row.prompt_id}, seed {row.seed}) has {counts[i]} tokens but its base twin "
+                f"{base_counts[i]}; expected the same prompt tokens"
+            )
         # Whole records are stacked along the token axis in blocks of ~2**17 values, which keeps the
         # temporaries in cache (on 640x10x256 values, blocks of 64 rows ran ~4x faster than one piece);
         # each block's base twins and maps are gathered into reused buffers just before use, so no pass
         # runs over a whole chunk (3 MiB, out of cache).
         twins = [base_cache[record] for record in chunk["base_record"].tolist()]
         dtype = torch.from_numpy(np.empty(0, np.result_type(*personalized))).dtype  # as concatenate would give
-        pieces = [_shift_block(p, maps, permutation, half_index, workspace)
-                  for p, maps in _blocks(twins, personalized, counts, token_axis, dtype, workspace, _BLOCK_VALUES)]
+        pieces = [
+            _shift_block(p, maps, permutation, half_index, workspace)
+            for p, maps in _blocks(twins, personalized, counts, token_axis, dtype, workspace, _BLOCK_VALUES)
+        ]
         shifts.extend(_reduce_records(torch.cat(pieces), counts, reduce))
-    return _shift_frame(paired, name[len(CROSS_ATTENTION_PREFIX):], shifts, reduce, tokens)
+    return _shift_frame(paired, name[len(CROSS_ATTENTION_PREFIX) :], shifts, reduce, tokens)
 
 
 def _reduce_records(per_token_step: torch.Tensor, counts: list[int], reduce: tuple[str, ...]) -> list[np.ndarray]:

@@ -249,8 +249,9 @@ class ClipScorer:
             raise ConfigError(f"images have dtype {images.dtype} and shape {images.shape}; expected uint8 [n, H, W, 3]")
         out = []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.preprocess(Image.fromarray(image))
-                                 for image in images[start : start + batch_size]])
+            batch = torch.stack(
+                [self.preprocess(Image.fromarray(image)) for image in images[start : start + batch_size]]
+            )
             out.append(self.model.encode_image(batch.to(self.device), normalize=True).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.embed_dim), dtype=np.float32)
 
@@ -288,8 +289,9 @@ class ClipScorer:
             float32 [n] in [0, 100].
         """
         if len(images) != len(texts):
-            raise ConfigError(f"clip_score got {len(images)} images and {len(texts)} texts; "
-                              "expected one text per image")
+            raise ConfigError(
+                f"clip_score got {len(images)} images and {len(texts)} texts; expected one text per image"
+            )
         return clip_score_from_embeddings(self.image_embeddings(images), self.text_embeddings(texts))
 
 

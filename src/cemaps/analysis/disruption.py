@@ -37,8 +37,15 @@ from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
 from cemaps.errors import ConfigError, StoreError
 
 KEYS = ["model_id", "prompt_id", "seed"]
-DISRUPTION_COLUMNS = [*KEYS, "clip_base", "clip_personalized", "alignment_drop", "image_drift", "image_identical",
-                      "structural_zero"]
+DISRUPTION_COLUMNS = [
+    *KEYS,
+    "clip_base",
+    "clip_personalized",
+    "alignment_drop",
+    "image_drift",
+    "image_identical",
+    "structural_zero",
+]
 MAP_PREFIX = "cross_attention/"
 STRUCTURAL_ZERO = "structural_zero"
 MODEL_LABELS = ("method", "subject_id", "subject_domain")
@@ -72,26 +79,36 @@ def disruption_table(store: Any, scorer: ClipScorer, batch_size: int = 32) -> pd
     used = sorted(set(paired["prompt_id"]))
     unknown = [prompt_id for prompt_id in used if prompt_id not in prompts.index]
     if unknown:
-        raise StoreError(f"{getattr(store, 'path', 'store')}: records use prompt {unknown[0]!r}, "
-                         "which the prompts table lacks")
+        raise StoreError(
+            f"{getattr(store, 'path', 'store')}: records use prompt {unknown[0]!r}, which the prompts table lacks"
+        )
     texts = prompts.loc[used, "text"].astype(str).tolist()
     text_embedding = dict(zip(used, scorer.text_embeddings(texts), strict=True))
     base_embedding: dict[int, np.ndarray] = {}
     base_digest: dict[int, bytes] = {}  # digests, not images: a paper-scale study has ~800 base images
-    columns: dict[str, list[np.ndarray]] = {"clip_base": [], "clip_personalized": [], "image_drift": [],
-                                            "image_identical": []}
+    columns: dict[str, list[np.ndarray]] = {
+        "clip_base": [],
+        "clip_personalized": [],
+        "image_drift": [],
+        "image_identical": [],
+    }
     for start in range(0, len(paired), batch_size):
-        chunk = paired.iloc[start:start + batch_size]
+        chunk = paired.iloc[start : start + batch_size]
         missing = sorted(set(chunk["base_record"].tolist()) - base_embedding.keys())
         if missing:
             images = store.images(missing)
             base_embedding.update(zip(missing, scorer.image_embeddings(images), strict=True))
             base_digest.update(zip(missing, map(_image_digest, images), strict=True))
         personalized_images = store.images(chunk["record"].tolist())
-        columns["image_identical"].append(np.array(
-            [_image_digest(image) == base_digest[twin] for image, twin in zip(personalized_images,
-                                                                              chunk["base_record"], strict=True)],
-            dtype=bool))
+        columns["image_identical"].append(
+            np.array(
+                [
+                    _image_digest(image) == base_digest[twin]
+                    for image, twin in zip(personalized_images, chunk["base_record"], strict=True)
+                ],
+                dtype=bool,
+            )
+        )
         personalized = scorer.image_embeddings(personalized_images)
         base = np.stack([base_embedding[record] for record in chunk["base_record"]])
         texts = np.stack([text_embedding[prompt_id] for prompt_id in chunk["prompt_id"]])
@@ -112,9 +129,10 @@ def disruption_table(store: Any, scorer: ClipScorer, batch_size: int = 32) -> pd
     rows = np.flatnonzero(identical)
     zero = table["structural_zero"].to_numpy().copy()
     for start in range(0, rows.size, batch_size):
-        chunk = rows[start:start + batch_size]
-        zero[chunk] = _maps_identical(store, paired["record"].to_numpy()[chunk],
-                                      paired["base_record"].to_numpy()[chunk], map_names)
+        chunk = rows[start : start + batch_size]
+        zero[chunk] = _maps_identical(
+            store, paired["record"].to_numpy()[chunk], paired["base_record"].to_numpy()[chunk], map_names
+        )
     table["structural_zero"] = zero
     return table[DISRUPTION_COLUMNS]
 
@@ -174,8 +192,13 @@ def structural_zeros_by_model(table: pd.DataFrame) -> pd.DataFrame:
     zero = table[STRUCTURAL_ZERO].astype(bool)
     image = table["image_identical"].astype(bool) if "image_identical" in table.columns else zero
     grouped = table.assign(__zero__=zero, __image__=image).groupby("model_id", sort=True)
-    out = pd.DataFrame({"n_records": grouped.size(), "records_image_identical": grouped["__image__"].sum(),
-                        "records_structural_zero": grouped["__zero__"].sum()}).astype(np.int64)
+    out = pd.DataFrame(
+        {
+            "n_records": grouped.size(),
+            "records_image_identical": grouped["__image__"].sum(),
+            "records_structural_zero": grouped["__zero__"].sum(),
+        }
+    ).astype(np.int64)
     out["share_structural_zero"] = out["records_structural_zero"] / out["n_records"]
     if "method" in table.columns:
         out.insert(0, "method", grouped["method"].first())
@@ -186,13 +209,18 @@ def structural_zero_sentence(by_model: pd.DataFrame) -> str:
     """Plain words for the report: which models have records bit-identical to the base twin."""
     hit = by_model[by_model["records_structural_zero"] > 0]
     if hit.empty:
-        return ("No personalized record is bit-identical to its base twin: every zero in these results is measured.")
-    parts = [f"{row.model_id}{f' ({row.method})' if 'method' in hit.columns else ''}: "
-             f"{row.records_structural_zero} of {row.n_records} records" for row in hit.itertuples()]
-    return ("Structural zeros: " + "; ".join(parts) + ". In these records the image and every cross-attention "
-            "map are bit-identical to the base model's for the same prompt and seed (e.g. a Textual Inversion "
-            "model on a prompt without its token computes exactly what the base model computes), so their "
-            "disruption and attention shift are 0 by construction, not by measurement.")
+        return "No personalized record is bit-identical to its base twin: every zero in these results is measured."
+    parts = [
+        f"{row.model_id}{f' ({row.method})' if 'method' in hit.columns else ''}: "
+        f"{row.records_structural_zero} of {row.n_records} records"
+        for row in hit.itertuples()
+    ]
+    return (
+        "Structural zeros: " + "; ".join(parts) + ". In these records the image and every cross-attention "
+        "map are bit-identical to the base model's for the same prompt and seed (e.g. a Textual Inversion "
+        "model on a prompt without its token computes exactly what the base model computes), so their "
+        "disruption and attention shift are 0 by construction, not by measurement."
+    )
 
 
 def aggregate_over_seeds(
@@ -234,8 +262,9 @@ def aggregate_over_seeds(
         count = n[column].to_numpy()
         half_width = np.full(len(count), np.nan)
         enough = count >= 2
-        half_width[enough] = (stats.t.ppf(0.5 + CI_LEVEL / 2, count[enough] - 1)
-                              * sd[column].to_numpy()[enough] / np.sqrt(count[enough]))
+        half_width[enough] = (
+            stats.t.ppf(0.5 + CI_LEVEL / 2, count[enough] - 1) * sd[column].to_numpy()[enough] / np.sqrt(count[enough])
+        )
         out[column] = mean[column]
         out[f"{column}_sd"] = sd[column]
         out[f"{column}_n"] = count
@@ -243,7 +272,8 @@ def aggregate_over_seeds(
         out[f"{column}_ci_high"] = mean[column].to_numpy() + half_width
     if STRUCTURAL_ZERO in table.columns:  # a pair is a structural zero when every seed is
         out[STRUCTURAL_ZERO] = table.groupby(["model_id", "prompt_id"], sort=True)[STRUCTURAL_ZERO].agg(
-            lambda x: bool(x.astype(bool).all()))
+            lambda x: bool(x.astype(bool).all())
+        )
     out = out.reset_index()
     out = _join_labels(out, models, "model_id", MODEL_LABELS)
     out = _join_labels(out, prompts, "prompt_id", PROMPT_LABELS)
@@ -289,19 +319,22 @@ def semantic_similarity(
     """
     for what, mapping in (("descriptors", descriptors), ("prompts", prompts)):
         if not isinstance(mapping, Mapping) or not mapping:
-            raise ConfigError(f"{what} is an empty or non-dict {type(mapping).__name__}; "
-                              "expected a non-empty dict of id -> text")
+            raise ConfigError(
+                f"{what} is an empty or non-dict {type(mapping).__name__}; expected a non-empty dict of id -> text"
+            )
         bad = [key for key, text in mapping.items() if not isinstance(text, str) or not text.strip()]
         if bad:
             raise ConfigError(f"{what}[{bad[0]!r}] is {mapping[bad[0]]!r}; expected non-empty text")
     descriptor_vectors = _pooled_text_embeddings(text_encoder, tokenizer, list(descriptors.values()), batch_size)
     prompt_vectors = _pooled_text_embeddings(text_encoder, tokenizer, list(prompts.values()), batch_size)
     similarity = descriptor_vectors @ prompt_vectors.T  # [models, prompts]
-    return pd.DataFrame({
-        "model_id": np.repeat(list(descriptors), len(prompts)),
-        "prompt_id": np.tile(list(prompts), len(descriptors)),
-        "similarity": similarity.reshape(-1).astype(np.float64),
-    })
+    return pd.DataFrame(
+        {
+            "model_id": np.repeat(list(descriptors), len(prompts)),
+            "prompt_id": np.tile(list(prompts), len(descriptors)),
+            "similarity": similarity.reshape(-1).astype(np.float64),
+        }
+    )
 
 
 def _pooled_text_embeddings(
@@ -311,8 +344,13 @@ def _pooled_text_embeddings(
     device = next(text_encoder.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(texts[start:start + batch_size], padding="max_length", truncation=True,
-                           max_length=tokenizer.model_max_length, return_tensors="pt")
+        tokens = tokenizer(
+            texts[start : start + batch_size],
+            padding="max_length",
+            truncation=True,
+            max_length=tokenizer.model_max_length,
+            return_tensors="pt",
+        )
         output = text_encoder(input_ids=tokens.input_ids.to(device))
         pooled = output.text_embeds if getattr(output, "text_embeds", None) is not None else output.pooler_output
         out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())

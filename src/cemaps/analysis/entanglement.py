@@ -55,21 +55,25 @@ def entanglement_map(table: pd.DataFrame, metric: str) -> pd.DataFrame:
         raise ConfigError(f"metric {metric!r} is not a column of the table; columns are {list(table.columns)}")
     missing = [c for c in (*ROW_LEVELS, *COLUMN_LEVELS) if c not in table.columns]
     if missing:
-        raise ConfigError(f"table lacks label column(s) {missing}; join model and prompt labels first "
-                          "(aggregate_over_seeds(..., models=store.models, prompts=store.prompts))")
+        raise ConfigError(
+            f"table lacks label column(s) {missing}; join model and prompt labels first "
+            "(aggregate_over_seeds(..., models=store.models, prompts=store.prompts))"
+        )
     if not pd.api.types.is_numeric_dtype(table[metric]):
         raise ConfigError(f"metric column {metric!r} has dtype {table[metric].dtype}; expected numbers")
     for key, levels in (("model_id", ROW_LEVELS), ("prompt_id", COLUMN_LEVELS)):
         labels_per_key = table.groupby(key)[list(levels[:-1])].nunique(dropna=False)
         ambiguous = labels_per_key.index[(labels_per_key > 1).any(axis=1)]
         if len(ambiguous):
-            raise ConfigError(f"{key} {ambiguous[0]!r} has more than one {'/'.join(levels[:-1])} label; "
-                              "expected one label per id")
+            raise ConfigError(
+                f"{key} {ambiguous[0]!r} has more than one {'/'.join(levels[:-1])} label; expected one label per id"
+            )
     labelled = table[[*ROW_LEVELS, *COLUMN_LEVELS, metric]].copy()
     for level in (*ROW_LEVELS, *COLUMN_LEVELS):
         labelled[level] = labelled[level].astype("string").fillna(UNLABELLED).astype(str)
-    matrix = labelled.pivot_table(index=list(ROW_LEVELS), columns=list(COLUMN_LEVELS), values=metric,
-                                  aggfunc="mean", dropna=False, observed=True)
+    matrix = labelled.pivot_table(
+        index=list(ROW_LEVELS), columns=list(COLUMN_LEVELS), values=metric, aggfunc="mean", dropna=False, observed=True
+    )
     matrix = _complete_grid(labelled, matrix).astype(np.float64)
     matrix.columns.name = None
     return matrix.sort_index(axis=0).sort_index(axis=1)
@@ -103,8 +107,9 @@ def write_entanglement_maps(maps: Mapping[str, pd.DataFrame], out_dir: str | os.
         if not isinstance(metric, str) or not metric or "/" in metric or metric != metric.strip():
             raise ConfigError(f"metric name {metric!r}; expected a non-empty name without '/' (it names files)")
         if not isinstance(frame, pd.DataFrame) or frame.index.nlevels != 3 or frame.columns.nlevels != 3:
-            raise ConfigError(f"map {metric!r} is not an entanglement_map() result; expected 3-level row and "
-                              "column labels")
+            raise ConfigError(
+                f"map {metric!r} is not an entanglement_map() result; expected 3-level row and column labels"
+            )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

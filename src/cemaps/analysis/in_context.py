@@ -46,15 +46,28 @@ from cemaps.errors import ConfigError, StoreError
 
 TEXTS_TABLE = "in_context_texts"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-SCORE_COLUMNS = ["model_id", "method", "subject_id", "prompt_id", "template_id", "kind", "seed", "text",
-                 "class_text", "clip_t", "clip_i"]
+SCORE_COLUMNS = [
+    "model_id",
+    "method",
+    "subject_id",
+    "prompt_id",
+    "template_id",
+    "kind",
+    "seed",
+    "text",
+    "class_text",
+    "clip_t",
+    "clip_i",
+]
 
 
 def context_positions(tokens: list[str], subject_start: int, subject_stop: int) -> np.ndarray:
     """Token positions outside the subject phrase ``[subject_start, subject_stop)``: int64 [n_context]."""
     if not 0 < subject_start <= subject_stop < len(tokens):
-        raise StoreError(f"subject span [{subject_start}, {subject_stop}) does not fit {len(tokens)} tokens "
-                         "between the start and end tokens")
+        raise StoreError(
+            f"subject span [{subject_start}, {subject_stop}) does not fit {len(tokens)} tokens "
+            "between the start and end tokens"
+        )
     return np.r_[np.arange(subject_start), np.arange(subject_stop, len(tokens))].astype(np.int64)
 
 
@@ -80,8 +93,10 @@ def load_subject_images(folder: str | Path) -> np.ndarray:
 def subject_embeddings(scorer: ClipScorer, folders: Mapping[str, str | Path]) -> dict[str, np.ndarray]:
     """subject_id -> L2-normalised CLIP embeddings [n_images, d] of its training images."""
     # One image at a time: training photos come in any size; the scorer's preprocessing resizes each.
-    return {subject: np.concatenate([scorer.image_embeddings(image[None]) for image in load_subject_images(folder)])
-            for subject, folder in folders.items()}
+    return {
+        subject: np.concatenate([scorer.image_embeddings(image[None]) for image in load_subject_images(folder)])
+        for subject, folder in folders.items()
+    }
 
 
 def subject_fidelity(image_embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -89,8 +104,9 @@ def subject_fidelity(image_embeddings: np.ndarray, reference: np.ndarray) -> np.
     return (np.asarray(image_embeddings) @ np.asarray(reference).T).mean(axis=1)
 
 
-def in_context_scores(store: Any, scorer: ClipScorer, subject_images: Mapping[str, str | Path] | None = None,
-                      batch_size: int = 32) -> pd.DataFrame:
+def in_context_scores(
+    store: Any, scorer: ClipScorer, subject_images: Mapping[str, str | Path] | None = None, batch_size: int = 32
+) -> pd.DataFrame:
     """CLIP-T and CLIP-I of every record (base and personalized) of an in-context store.
 
     Args:
@@ -112,25 +128,42 @@ def in_context_scores(store: Any, scorer: ClipScorer, subject_images: Mapping[st
     records = store.records
     frames = []
     for start in range(0, len(records), batch_size):
-        chunk = records.iloc[start:start + batch_size]
+        chunk = records.iloc[start : start + batch_size]
         embeddings = scorer.image_embeddings(store.images(chunk["record"].tolist()))
         class_texts = [str(prompts.at[p, "text"]) for p in chunk["prompt_id"]]
         clip_t = clip_score_from_embeddings(embeddings, scorer.text_embeddings(class_texts))
         subjects = [prompts.at[p, "subject_id"] for p in chunk["prompt_id"]]
-        clip_i = np.array([float(subject_fidelity(e[None], references[s])[0]) if s in references else np.nan
-                           for e, s in zip(embeddings, subjects, strict=True)])
-        frames.append(pd.DataFrame({
-            "model_id": chunk["model_id"].to_numpy(), "method": chunk["model_id"].map(models["method"]).to_numpy(),
-            "subject_id": subjects, "prompt_id": chunk["prompt_id"].to_numpy(),
-            "template_id": [prompts.at[p, "template_id"] for p in chunk["prompt_id"]],
-            "kind": [prompts.at[p, "kind"] for p in chunk["prompt_id"]], "seed": chunk["seed"].to_numpy(),
-            "text": [texts.at[(m, p), "text"] for m, p in zip(chunk["model_id"], chunk["prompt_id"], strict=True)],
-            "class_text": class_texts, "clip_t": clip_t.astype(np.float64), "clip_i": clip_i}))
+        clip_i = np.array(
+            [
+                float(subject_fidelity(e[None], references[s])[0]) if s in references else np.nan
+                for e, s in zip(embeddings, subjects, strict=True)
+            ]
+        )
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model_id": chunk["model_id"].to_numpy(),
+                    "method": chunk["model_id"].map(models["method"]).to_numpy(),
+                    "subject_id": subjects,
+                    "prompt_id": chunk["prompt_id"].to_numpy(),
+                    "template_id": [prompts.at[p, "template_id"] for p in chunk["prompt_id"]],
+                    "kind": [prompts.at[p, "kind"] for p in chunk["prompt_id"]],
+                    "seed": chunk["seed"].to_numpy(),
+                    "text": [
+                        texts.at[(m, p), "text"] for m, p in zip(chunk["model_id"], chunk["prompt_id"], strict=True)
+                    ],
+                    "class_text": class_texts,
+                    "clip_t": clip_t.astype(np.float64),
+                    "clip_i": clip_i,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS] if frames else pd.DataFrame(columns=SCORE_COLUMNS)
 
 
-def non_subject_shift(store: Any, layers: Any = None, half: str = "cond", chunk_size: int = 64,
-                      per: str = "record") -> pd.DataFrame:
+def non_subject_shift(
+    store: Any, layers: Any = None, half: str = "cond", chunk_size: int = 64, per: str = "record"
+) -> pd.DataFrame:
     """Attention shift of the context (non-subject) tokens of every personalized record vs its base twin.
 
     Args:
@@ -161,32 +194,53 @@ def non_subject_shift(store: Any, layers: Any = None, half: str = "cond", chunk_
         mine = context_positions(list(own["tokens"]), int(own["subject_start"]), int(own["subject_stop"]))
         base = context_positions(list(twin["tokens"]), int(twin["subject_start"]), int(twin["subject_stop"]))
         if [own["tokens"][i] for i in mine] != [twin["tokens"][i] for i in base]:
-            raise StoreError(f"{getattr(store, 'path', 'store')}: ({row.model_id}, {row.prompt_id}) has context tokens "
-                             f"{[own['tokens'][i] for i in mine]} but its base twin "
-                             f"{[twin['tokens'][i] for i in base]}; expected the same template words")
+            raise StoreError(
+                f"{getattr(store, 'path', 'store')}: ({row.model_id}, {row.prompt_id}) has context tokens "
+                f"{[own['tokens'][i] for i in mine]} but its base twin "
+                f"{[twin['tokens'][i] for i in base]}; expected the same template words"
+            )
         positions.append((mine, base, [own["tokens"][i] for i in mine]))
     rows = []
     for name in names:
         axes = store.axes(name)
         token_axis = axes.index("token")
         for start in range(0, len(paired), chunk_size):
-            chunk = paired.iloc[start:start + chunk_size]
+            chunk = paired.iloc[start : start + chunk_size]
             personalized = store.read(name, chunk["record"].tolist())
             twins = store.read(name, chunk["base_record"].tolist())
             for offset, (row, maps, base_maps) in enumerate(zip(chunk.itertuples(), personalized, twins, strict=True)):
                 mine, base, words = positions[start + offset]
-                shift = attention_shift(np.take(base_maps, base, axis=token_axis),
-                                        np.take(maps, mine, axis=token_axis), axes, halves, half,
-                                        reduce=("token", "step") if per == "record" else ("step",))
-                key = {"model_id": row.model_id, "prompt_id": row.prompt_id, "seed": int(row.seed),
-                       "layer": name.split("/", 1)[1], "n_context_tokens": len(mine)}
+                shift = attention_shift(
+                    np.take(base_maps, base, axis=token_axis),
+                    np.take(maps, mine, axis=token_axis),
+                    axes,
+                    halves,
+                    half,
+                    reduce=("token", "step") if per == "record" else ("step",),
+                )
+                key = {
+                    "model_id": row.model_id,
+                    "prompt_id": row.prompt_id,
+                    "seed": int(row.seed),
+                    "layer": name.split("/", 1)[1],
+                    "n_context_tokens": len(mine),
+                }
                 if per == "record":
                     rows.append({**key, "non_subject_shift": float(shift)})
                 else:
-                    rows += [{**key, "token_index": int(i), "token": word, "non_subject_shift": float(value)}
-                             for i, word, value in zip(mine, words, shift, strict=True)]
-    columns = ["model_id", "prompt_id", "seed", "layer", "n_context_tokens",
-               *(("token_index", "token") if per == "token" else ()), "non_subject_shift"]
+                    rows += [
+                        {**key, "token_index": int(i), "token": word, "non_subject_shift": float(value)}
+                        for i, word, value in zip(mine, words, shift, strict=True)
+                    ]
+    columns = [
+        "model_id",
+        "prompt_id",
+        "seed",
+        "layer",
+        "n_context_tokens",
+        *(("token_index", "token") if per == "token" else ()),
+        "non_subject_shift",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -201,32 +255,56 @@ def in_context_summary(scores: pd.DataFrame, shift: pd.DataFrame) -> pd.DataFram
     base = scores[scores["method"] == "base"].set_index(keys)[["clip_t", "clip_i"]].add_suffix("_base")
     personalized = scores[scores["method"] != "base"].join(base, on=keys)
     grouped = personalized.groupby(["model_id", "method", "subject_id"], sort=False)
-    summary = grouped.agg(n_records=("clip_t", "size"), clip_t=("clip_t", "mean"), clip_t_base=("clip_t_base", "mean"),
-                          clip_i=("clip_i", "mean"), clip_i_base=("clip_i_base", "mean")).reset_index()
+    summary = grouped.agg(
+        n_records=("clip_t", "size"),
+        clip_t=("clip_t", "mean"),
+        clip_t_base=("clip_t_base", "mean"),
+        clip_i=("clip_i", "mean"),
+        clip_i_base=("clip_i_base", "mean"),
+    ).reset_index()
     summary["clip_t_change"] = summary["clip_t"] - summary["clip_t_base"]
     summary["clip_i_change"] = summary["clip_i"] - summary["clip_i_base"]
     per_model = shift.groupby("model_id")["non_subject_shift"].mean() if len(shift) else pd.Series(dtype=float)
     summary["non_subject_shift"] = summary["model_id"].map(per_model)
-    return summary[["model_id", "method", "subject_id", "n_records", "clip_t", "clip_t_base", "clip_t_change",
-                    "clip_i", "clip_i_base", "clip_i_change", "non_subject_shift"]]
+    return summary[
+        [
+            "model_id",
+            "method",
+            "subject_id",
+            "n_records",
+            "clip_t",
+            "clip_t_base",
+            "clip_t_change",
+            "clip_i",
+            "clip_i_base",
+            "clip_i_change",
+            "non_subject_shift",
+        ]
+    ]
 
 
 def _texts(store: Any) -> pd.DataFrame:
     try:
         texts = store.table(TEXTS_TABLE)
     except StoreError:
-        raise StoreError(f"{getattr(store, 'path', 'store')}: no '{TEXTS_TABLE}' table; expected an in-context "
-                         "store written by `cemaps capture` with prompt_sets: [..., in_context]") from None
+        raise StoreError(
+            f"{getattr(store, 'path', 'store')}: no '{TEXTS_TABLE}' table; expected an in-context "
+            "store written by `cemaps capture` with prompt_sets: [..., in_context]"
+        ) from None
     texts = texts.drop_duplicates(["model_id", "prompt_id"]).set_index(["model_id", "prompt_id"])
-    missing = [key for key in store.records[["model_id", "prompt_id"]].itertuples(index=False, name=None)
-               if key not in texts.index]
+    missing = [
+        key
+        for key in store.records[["model_id", "prompt_id"]].itertuples(index=False, name=None)
+        if key not in texts.index
+    ]
     if missing:
         raise StoreError(f"{getattr(store, 'path', 'store')}: record {missing[0]} has no row in '{TEXTS_TABLE}'")
     return texts
 
 
-def analyse_in_context(store_path: str | Path, out: str | Path, scorer: ClipScorer,
-                       subject_images: Mapping[str, str | Path] | None = None) -> dict[str, str]:
+def analyse_in_context(
+    store_path: str | Path, out: str | Path, scorer: ClipScorer, subject_images: Mapping[str, str | Path] | None = None
+) -> dict[str, str]:
     """Writes the in-context results of the store beside ``store_path`` into ``out``, if that store exists.
 
     Args:
@@ -261,12 +339,19 @@ def analyse_in_context(store_path: str | Path, out: str | Path, scorer: ClipScor
     # Per record, the mean over its context tokens (what per="record" computes, without reading the maps twice).
     shift = per_token.groupby(record_keys, sort=False, as_index=False)["non_subject_shift"].mean()
     shift = shift.merge(labels, on="model_id", how="left")
-    words = per_token.merge(labels, on="model_id", how="left").groupby(
-        ["model_id", "method", "subject_id", "token"], sort=False)["non_subject_shift"].agg(["mean", "size"])
+    words = (
+        per_token.merge(labels, on="model_id", how="left")
+        .groupby(["model_id", "method", "subject_id", "token"], sort=False)["non_subject_shift"]
+        .agg(["mean", "size"])
+    )
     words = words.reset_index().rename(columns={"mean": "non_subject_shift", "size": "n"})
     files = {}
-    for name, table in (("in_context", scores), ("in_context_shift", shift), ("in_context_tokens", words),
-                        ("in_context_summary", in_context_summary(scores, shift))):
+    for name, table in (
+        ("in_context", scores),
+        ("in_context_shift", shift),
+        ("in_context_tokens", words),
+        ("in_context_summary", in_context_summary(scores, shift)),
+    ):
         table.to_csv(out / f"{name}.csv", index=False)
         files[name] = f"{name}.csv"
     return files

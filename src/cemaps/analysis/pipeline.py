@@ -72,10 +72,18 @@ TOYWORLD_BASES = ("cemaps/toyworld", "toyworld")
 TOYWORLD_SCORER = "the toy world's trained CLIP (cemaps-toyclip, shipped in cemaps/toyworld/weights/clip)"
 
 
-def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipScorer | None = None,
-                 clip_model: str = "ViT-B-32", clip_weights: str | Path | None = None,
-                 subjects: str | Path = "subjects15", n_perm: int = 9999, progress: bool = True,
-                 console: Console | None = None) -> Path:
+def run_analysis(
+    store_path: str | Path,
+    out_dir: str | Path,
+    *,
+    scorer: ClipScorer | None = None,
+    clip_model: str = "ViT-B-32",
+    clip_weights: str | Path | None = None,
+    subjects: str | Path = "subjects15",
+    n_perm: int = 9999,
+    progress: bool = True,
+    console: Console | None = None,
+) -> Path:
     """Analyse a store into ``out_dir``; returns the path of ``summary.json``.
 
     Raises:
@@ -89,8 +97,16 @@ def run_analysis(store_path: str | Path, out_dir: str | Path, *, scorer: ClipSco
     if scorer is None:
         check_clip_model(clip_model)
     with staged_output(out, "analyze") as staging:
-        skipped = _analyse(store_path, staging, scorer=scorer, clip_model=clip_model, clip_weights=clip_weights,
-                           subjects=subjects, n_perm=n_perm, console=console)
+        skipped = _analyse(
+            store_path,
+            staging,
+            scorer=scorer,
+            clip_model=clip_model,
+            clip_weights=clip_weights,
+            subjects=subjects,
+            n_perm=n_perm,
+            console=console,
+        )
     for question, reason in skipped.items():
         console.print(f"[yellow]skipped[/] {question}: {escape(reason)}")
     console.print(f"[green]results[/] {escape(str(out))}")
@@ -107,8 +123,10 @@ def check_clip_model(name: str) -> None:
     if name not in known:
         close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ConfigError(f"--clip-model {name!r} is not an open_clip architecture; {hint}open_clip knows "
-                          f"{len(known)}: {', '.join(known)}")
+        raise ConfigError(
+            f"--clip-model {name!r} is not an open_clip architecture; {hint}open_clip knows "
+            f"{len(known)}: {', '.join(known)}"
+        )
 
 
 def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subjects, n_perm, console) -> dict[str, str]:
@@ -117,21 +135,29 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
 
     with open_store(store_path) as store:
         if (store.settings.get("prompt_set") or {}).get("name") == "in_context":
-            raise StoreError(f"{store_path}: this is a study's in-context store; analyze the main store beside it "
-                             "(it finds this one), or call cemaps.analysis.in_context.analyse_in_context")
+            raise StoreError(
+                f"{store_path}: this is a study's in-context store; analyze the main store beside it "
+                "(it finds this one), or call cemaps.analysis.in_context.analyse_in_context"
+            )
         models = store.models.reset_index()
         if (models["method"] == "base").sum() != 1:
             raise StoreError(f"{store_path}: expected exactly one base model in the models table")
         if (models["method"] != "base").sum() == 0:
-            raise StoreError(f"{store_path}: no personalized models; add `personalized:` to the study and capture again")
+            raise StoreError(
+                f"{store_path}: no personalized models; add `personalized:` to the study and capture again"
+            )
         base_id = store.base.get("model_id")
         if scorer is None:
             if clip_weights is None and base_id in TINY_BASES:
-                console.print("[yellow]CLIP scorer[/]: the tiny random-weight open_clip model (the store's base is the "
-                              "embedded tiny model); pass --clip-weights for a real one")
+                console.print(
+                    "[yellow]CLIP scorer[/]: the tiny random-weight open_clip model (the store's base is the "
+                    "embedded tiny model); pass --clip-weights for a real one"
+                )
                 scorer, scorer_name = ClipScorer.tiny(seed=0), TINY_SCORER
             elif clip_weights is None and base_id in TOYWORLD_BASES:
-                console.print("[yellow]CLIP scorer[/]: the toy world's trained CLIP (the store's base is the toy world)")
+                console.print(
+                    "[yellow]CLIP scorer[/]: the toy world's trained CLIP (the store's base is the toy world)"
+                )
                 scorer, scorer_name = ClipScorer.toyworld(), TOYWORLD_SCORER
             else:
                 scorer = ClipScorer.load(clip_model, clip_weights)
@@ -144,16 +170,22 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
         unlabelled = [c for c in PROMPT_LABELS if c not in prompts.columns or prompts[c].isna().all()]
         for column in unlabelled:
             prompts[column] = None  # the maps show such prompts under the label "n/a"
-        skipped = {question: f"the prompts carry no {label!r} labels (e.g. an inline prompt list); give a prompts "
-                             f"CSV/YAML with the column {label} (prompt_id, text, abstractness, domain)"
-                   for question, label in NEEDS_LABEL.items() if label in unlabelled}
+        skipped = {
+            question: f"the prompts carry no {label!r} labels (e.g. an inline prompt list); give a prompts "
+            f"CSV/YAML with the column {label} (prompt_id, text, abstractness, domain)"
+            for question, label in NEEDS_LABEL.items()
+            if label in unlabelled
+        }
 
         with console.status("CLIP disruption of every personalized record"):
             per_seed = disruption_table(store, scorer)
-        per_seed = per_seed.merge(models[["model_id", "method", "subject_id", "subject_domain"]], on="model_id", how="left")
+        per_seed = per_seed.merge(
+            models[["model_id", "method", "subject_id", "subject_domain"]], on="model_id", how="left"
+        )
         per_seed = per_seed.merge(_prompt_labels(prompts), on="prompt_id", how="left")
-        by_prompt = aggregate_over_seeds(per_seed, list(METRICS), models=models.set_index("model_id"),
-                                         prompts=prompts.set_index("prompt_id"))
+        by_prompt = aggregate_over_seeds(
+            per_seed, list(METRICS), models=models.set_index("model_id"), prompts=prompts.set_index("prompt_id")
+        )
         with console.status("attention shift per layer"):
             shift = attention_shift_table(store)
         shift = shift.merge(models[["model_id", "method", "subject_id"]], on="model_id", how="left")
@@ -170,7 +202,9 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
     files.update(_write_table(layers, out, "layers"))
     files.update(_write_table(similarity, out, "similarity"))
     files.update(_write_table(models, out, "models"))
-    files.update(_write_table(prompts.drop(columns=[c for c in ("tokens", "token_ids") if c in prompts]), out, "prompts"))
+    files.update(
+        _write_table(prompts.drop(columns=[c for c in ("tokens", "token_ids") if c in prompts]), out, "prompts")
+    )
     if weight_deltas is not None:
         weight_deltas = weight_deltas.merge(models[["model_id", "method", "subject_id"]], on="model_id", how="left")
         files.update(_write_table(weight_deltas, out, "weight_deltas"))
@@ -188,15 +222,26 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
     summary: dict[str, Any] = {}  # question -> metric -> results
     with console.status("statistics"):
         for metric in METRICS:
-            per_metric = _statistics(metric, by_prompt, similarity, shift_by_prompt, layer_delta,
-                                     list(layers["layer"]), maps[metric], prompts, models, n_perm, skipped)
+            per_metric = _statistics(
+                metric,
+                by_prompt,
+                similarity,
+                shift_by_prompt,
+                layer_delta,
+                list(layers["layer"]),
+                maps[metric],
+                prompts,
+                models,
+                n_perm,
+                skipped,
+            )
             for question, results in per_metric.items():
                 summary.setdefault(question, {})[metric] = results
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(to_jsonable(summary), indent=1, allow_nan=False))
     manifest = {
         "store": str(Path(store_path).resolve()),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cemaps_version": _version(),
         "metrics": list(METRICS),
         "clip_scorer": scorer_name,
@@ -208,15 +253,18 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
     return skipped
 
 
-def _statistics(metric, by_prompt, similarity, shift, layer_delta, layer_order, cem, prompts, models, n_perm,
-                skipped=None):
+def _statistics(
+    metric, by_prompt, similarity, shift, layer_delta, layer_order, cem, prompts, models, n_perm, skipped=None
+):
     """The five families for one metric; a family that cannot run on this design says why."""
     results: dict[str, Any] = {}
     families = {
         "methods": lambda: compare_methods(by_prompt, metric),
         "abstractness": lambda: compare_abstractness(by_prompt, metric, n_perm=n_perm),
         "semantic_proximity": lambda: semantic_proximity(by_prompt, metric, n_perm=n_perm, similarity=similarity),
-        "layer_linking": lambda: link_layers(shift, by_prompt, metric, weight_delta=layer_delta, layer_order=layer_order),
+        "layer_linking": lambda: link_layers(
+            shift, by_prompt, metric, weight_delta=layer_delta, layer_order=layer_order
+        ),
         "clustering": lambda: cluster(_flat(cem), _prompt_labels(prompts), models[["model_id", "method"]]),
     }
     for name, family in families.items():
@@ -259,29 +307,47 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
         return pd.DataFrame(columns=["model_id", "prompt_id", "similarity"])
     with console.status("semantic similarity in the base model's text space"):
         pipe = load_pipeline(store.base["model_id"], device="cpu", dtype="float32")
-        return semantic_similarity(pipe.text_encoder, pipe.tokenizer, dict(zip(described["model_id"], described["descriptor"])),
-                                   dict(zip(prompts["prompt_id"], prompts["text"])))
+        return semantic_similarity(
+            pipe.text_encoder,
+            pipe.tokenizer,
+            dict(zip(described["model_id"], described["descriptor"], strict=False)),
+            dict(zip(prompts["prompt_id"], prompts["text"], strict=False)),
+        )
 
 
 def _layer_table(store) -> pd.DataFrame:
     from cemaps.analysis.stats_layers import order_layers
     from cemaps.labelled import CROSS_ATTENTION_PREFIX as prefix
-    names = [n[len(prefix):] for n in store.array_names if n.startswith(prefix)]
+
+    names = [n[len(prefix) :] for n in store.array_names if n.startswith(prefix)]
     rows = []
     for order, layer in enumerate(order_layers(names, None)):
         shape = store.trailing_shape(prefix + layer)
         axes = store.axes(prefix + layer)[1:]
-        dims = dict(zip(axes, shape))
+        dims = dict(zip(axes, shape, strict=False))
         block = layer.split("_")[0] if not layer.startswith("mid") else "mid"
-        rows.append({"layer": layer, "order": order, "block": block, "resolution": dims.get("y"),
-                     "height": dims.get("y"), "width": dims.get("x"), "n_heads": dims.get("head")})
+        rows.append(
+            {
+                "layer": layer,
+                "order": order,
+                "block": block,
+                "resolution": dims.get("y"),
+                "height": dims.get("y"),
+                "width": dims.get("x"),
+                "n_heads": dims.get("head"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _layer_weight_delta(weight_deltas: pd.DataFrame, layers: list[str]) -> pd.DataFrame:
     """||dW||_F of each cross-attention layer's projections (to_q/k/v/out) per model."""
     rows = []
-    unet = weight_deltas[weight_deltas.get("component", "unet") == "unet"] if "component" in weight_deltas else weight_deltas
+    unet = (
+        weight_deltas[weight_deltas.get("component", "unet") == "unet"]
+        if "component" in weight_deltas
+        else weight_deltas
+    )
     for (model_id, module), group in unet.groupby(["model_id", "module"]):
         for layer in layers:
             if module.startswith(layer + "."):

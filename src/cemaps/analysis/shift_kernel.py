@@ -35,8 +35,9 @@ class Workspace:
         return buffer[:size].view(tuple(shape))
 
 
-def shift_block(p: torch.Tensor, maps: torch.Tensor, permutation: list[int], half_index: int,
-                workspace: Workspace) -> torch.Tensor:
+def shift_block(
+    p: torch.Tensor, maps: torch.Tensor, permutation: list[int], half_index: int, workspace: Workspace
+) -> torch.Tensor:
     """JS divergence, base 2, [token, step], of base distributions ``p`` against raw personalized ``maps``.
 
     The same divergence as ``attention_shift._js_divergence(p, attention_shift._spatial(maps, ...))`` in fewer passes over memory:
@@ -66,8 +67,13 @@ def shift_block(p: torch.Tensor, maps: torch.Tensor, permutation: list[int], hal
 
 
 def blocks(
-    twins: list[torch.Tensor], personalized: list[np.ndarray], counts: list[int], token_axis: int,
-    dtype: torch.dtype, workspace: Workspace, block_values: int,
+    twins: list[torch.Tensor],
+    personalized: list[np.ndarray],
+    counts: list[int],
+    token_axis: int,
+    dtype: torch.dtype,
+    workspace: Workspace,
+    block_values: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(base distributions, personalized maps) of consecutive whole records, ~``block_values`` values each."""
     row_values = max(1, twins[0][0].numel())

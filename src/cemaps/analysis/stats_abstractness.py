@@ -71,8 +71,9 @@ def abstractness_units(disruption: pd.DataFrame, value: str, unit: str) -> pd.Da
         return disruption[["prompt_id", "abstractness", value]].reset_index(drop=True)
     classes = require_constant_within(disruption, "prompt_id", "abstractness", "disruption")
     means = disruption.groupby("prompt_id", sort=True)[value].mean()
-    return pd.DataFrame({"prompt_id": means.index, "abstractness": classes.loc[means.index].to_numpy(),
-                         value: means.to_numpy()})
+    return pd.DataFrame(
+        {"prompt_id": means.index, "abstractness": classes.loc[means.index].to_numpy(), value: means.to_numpy()}
+    )
 
 
 def ordered_classes(labels: pd.Series) -> list[str]:
@@ -91,16 +92,33 @@ def kruskal_test(units: pd.DataFrame, value: str, unit: str) -> TestResult:
     n = int(sum(g.size for g in groups))
     text = f"scipy.stats.kruskal over abstractness classes, one observation per {unit}; epsilon^2 = H / (n - 1)"
     if len(groups) < 2 or np.ptp(units[value].to_numpy()) == 0:
-        return TestResult(test="kruskal", statistic=None, p=None, effect_size=None,
-                          effect_size_name="epsilon_squared", n=n, method=text,
-                          extra={"computable": False, "reason": "needs >= 2 classes and non-constant values",
-                                 "classes": classes})
+        return TestResult(
+            test="kruskal",
+            statistic=None,
+            p=None,
+            effect_size=None,
+            effect_size_name="epsilon_squared",
+            n=n,
+            method=text,
+            extra={"computable": False, "reason": "needs >= 2 classes and non-constant values", "classes": classes},
+        )
     h, p = stats.kruskal(*groups)
-    return TestResult(test="kruskal", statistic=float(h), p=float(p), effect_size=float(h / (n - 1)),
-                      effect_size_name="epsilon_squared", n=n, method=text,
-                      extra={"computable": True, NULL_RATE_VALIDATED: unit == "prompt", "classes": classes,
-                             "n_per_class": {c: int(g.size) for c, g in zip(classes, groups)},
-                             "median_per_class": {c: float(np.median(g)) for c, g in zip(classes, groups)}})
+    return TestResult(
+        test="kruskal",
+        statistic=float(h),
+        p=float(p),
+        effect_size=float(h / (n - 1)),
+        effect_size_name="epsilon_squared",
+        n=n,
+        method=text,
+        extra={
+            "computable": True,
+            NULL_RATE_VALIDATED: unit == "prompt",
+            "classes": classes,
+            "n_per_class": {c: int(g.size) for c, g in zip(classes, groups, strict=False)},
+            "median_per_class": {c: float(np.median(g)) for c, g in zip(classes, groups, strict=False)},
+        },
+    )
 
 
 def pairwise_mannwhitney(units: pd.DataFrame, value: str) -> pd.DataFrame:
@@ -117,12 +135,33 @@ def pairwise_mannwhitney(units: pd.DataFrame, value: str) -> pd.DataFrame:
         x = units.loc[labels == a, value].to_numpy()
         y = units.loc[labels == b, value].to_numpy()
         result = stats.mannwhitneyu(x, y, alternative="two-sided", method="auto")
-        rows.append(dict(class_a=a, class_b=b, statistic=float(result.statistic), p=float(result.pvalue),
-                         effect_size=rank_biserial_independent(result.statistic, x.size, y.size),
-                         effect_size_name="rank_biserial", n_a=int(x.size), n_b=int(y.size),
-                         median_difference=float(np.median(x) - np.median(y))))
-    table = pd.DataFrame(rows, columns=["class_a", "class_b", "statistic", "p", "effect_size",
-                                        "effect_size_name", "n_a", "n_b", "median_difference"])
+        rows.append(
+            dict(
+                class_a=a,
+                class_b=b,
+                statistic=float(result.statistic),
+                p=float(result.pvalue),
+                effect_size=rank_biserial_independent(result.statistic, x.size, y.size),
+                effect_size_name="rank_biserial",
+                n_a=int(x.size),
+                n_b=int(y.size),
+                median_difference=float(np.median(x) - np.median(y)),
+            )
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "class_a",
+            "class_b",
+            "statistic",
+            "p",
+            "effect_size",
+            "effect_size_name",
+            "n_a",
+            "n_b",
+            "median_difference",
+        ],
+    )
     table.insert(4, "p_holm", holm(table["p"].to_numpy()) if len(table) else [])
     return table
 
@@ -146,8 +185,13 @@ def model_centred_prompt_effects(disruption: pd.DataFrame, value: str) -> pd.Dat
     grid = grid[shared]
     effects = (grid.sub(grid.mean(axis=1), axis=0)).mean(axis=0)
     classes = require_constant_within(disruption, "prompt_id", "abstractness", "disruption")
-    return pd.DataFrame({"prompt_id": effects.index, "abstractness": classes.loc[effects.index].astype(str).to_numpy(),
-                         value: effects.to_numpy(dtype=np.float64)})
+    return pd.DataFrame(
+        {
+            "prompt_id": effects.index,
+            "abstractness": classes.loc[effects.index].astype(str).to_numpy(),
+            value: effects.to_numpy(dtype=np.float64),
+        }
+    )
 
 
 def _between_class_ss(values: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -155,7 +199,7 @@ def _between_class_ss(values: np.ndarray, codes: np.ndarray, n_classes: int) -> 
     one_hot = codes[..., None] == np.arange(n_classes)  # [B, n, k]
     sums = np.einsum("bnk,n->bk", one_hot, values)
     sizes = one_hot.sum(axis=-2)
-    return np.sum(sums ** 2 / sizes, axis=-1) - values.sum() ** 2 / values.size
+    return np.sum(sums**2 / sizes, axis=-1) - values.sum() ** 2 / values.size
 
 
 def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, seed: int) -> dict[str, Any]:
@@ -181,22 +225,41 @@ def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, 
     codes = pd.Categorical(effects["abstractness"], categories=classes).codes.astype(np.int64)
     values = effects[value].to_numpy(dtype=np.float64)
     n, k = values.size, len(classes)
-    text = (f"one-way ANOVA F of abstractness on model-centred prompt effects (prompts seen by every model); "
-            f"p = (1 + #permuted F >= observed) / (1 + {n_perm}), abstractness labels permuted across prompts "
-            f"(seed {seed}); eta^2 = SS_between / SS_total; replaces the subject-intercept mixed model; null rate "
-            "measured in tests/analysis/test_stats_validity.py")
+    text = (
+        f"one-way ANOVA F of abstractness on model-centred prompt effects (prompts seen by every model); "
+        f"p = (1 + #permuted F >= observed) / (1 + {n_perm}), abstractness labels permuted across prompts "
+        f"(seed {seed}); eta^2 = SS_between / SS_total; replaces the subject-intercept mixed model; null rate "
+        "measured in tests/analysis/test_stats_validity.py"
+    )
     class_effects = pd.DataFrame(
-        [dict(term=c, estimate=float(values[codes == i].mean() - values[codes == 0].mean()),
-              n_prompts=int((codes == i).sum())) for i, c in enumerate(classes) if i > 0],
-        columns=["term", "estimate", "n_prompts"])
+        [
+            dict(
+                term=c,
+                estimate=float(values[codes == i].mean() - values[codes == 0].mean()),
+                n_prompts=int((codes == i).sum()),
+            )
+            for i, c in enumerate(classes)
+            if i > 0
+        ],
+        columns=["term", "estimate", "n_prompts"],
+    )
     total = float(np.sum((values - values.mean()) ** 2))
     if k < 2 or n - k < 1 or total == 0 or n_perm == 0:
-        reason = ("n_perm = 0" if n_perm == 0 else
-                  f"needs >= 2 classes, more prompts than classes and non-constant values; "
-                  f"has {k} classes, {n} prompts")
-        result = TestResult(test="prompt_permutation_anova", statistic=None, p=None, effect_size=None,
-                            effect_size_name="eta_squared", n=int(n), method=text,
-                            extra={"computable": False, "reason": reason, "classes": classes})
+        reason = (
+            "n_perm = 0"
+            if n_perm == 0
+            else f"needs >= 2 classes, more prompts than classes and non-constant values; has {k} classes, {n} prompts"
+        )
+        result = TestResult(
+            test="prompt_permutation_anova",
+            statistic=None,
+            p=None,
+            effect_size=None,
+            effect_size_name="eta_squared",
+            n=int(n),
+            method=text,
+            extra={"computable": False, "reason": reason, "classes": classes},
+        )
         return {"test": result, "class_effects": class_effects, "reference_class": classes[0] if classes else None}
     between = float(_between_class_ss(values, codes[None, :], k)[0])
     f_value = (between / (k - 1)) / max((total - between) / (n - k), 1e-300)
@@ -204,19 +267,34 @@ def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, 
     null_between = np.empty(n_perm)
     for start in range(0, n_perm, PERMUTATION_BATCH):
         size = min(PERMUTATION_BATCH, n_perm - start)
-        null_between[start:start + size] = _between_class_ss(values, rng.permuted(np.broadcast_to(codes, (size, n)),
-                                                                                   axis=1), k)
+        null_between[start : start + size] = _between_class_ss(
+            values, rng.permuted(np.broadcast_to(codes, (size, n)), axis=1), k
+        )
     # F is increasing in SS_between at fixed SS_total, so permuting labels, SS_between orders F
     p = float(permutation_p_greater(between, null_between))
-    result = TestResult(test="prompt_permutation_anova", statistic=float(f_value), p=p,
-                        effect_size=float(between / total), effect_size_name="eta_squared", n=int(n), method=text,
-                        extra={"computable": True, NULL_RATE_VALIDATED: True, "n_perm": int(n_perm), "classes": classes,
-                               "df": [k - 1, n - k], "n_models": int(disruption["model_id"].nunique())})
+    result = TestResult(
+        test="prompt_permutation_anova",
+        statistic=float(f_value),
+        p=p,
+        effect_size=float(between / total),
+        effect_size_name="eta_squared",
+        n=int(n),
+        method=text,
+        extra={
+            "computable": True,
+            NULL_RATE_VALIDATED: True,
+            "n_perm": int(n_perm),
+            "classes": classes,
+            "df": [k - 1, n - k],
+            "n_models": int(disruption["model_id"].nunique()),
+        },
+    )
     return {"test": result, "class_effects": class_effects, "reference_class": classes[0]}
 
 
-def compare_abstractness(disruption: pd.DataFrame, value: str, unit: str = "prompt", n_perm: int = 9999,
-                         seed: int = 0) -> dict[str, Any]:
+def compare_abstractness(
+    disruption: pd.DataFrame, value: str, unit: str = "prompt", n_perm: int = 9999, seed: int = 0
+) -> dict[str, Any]:
     """Family 2: Kruskal-Wallis, pairwise Mann-Whitney and a prompt-permutation ANOVA over abstractness classes.
 
     Args:
@@ -237,14 +315,18 @@ def compare_abstractness(disruption: pd.DataFrame, value: str, unit: str = "prom
     """
     check_positive_int(n_perm, "n_perm", minimum=0)
     units = abstractness_units(disruption, value, unit)
-    return to_jsonable({
-        "value": value,
-        "unit": unit,
-        "n_units": int(len(units)),
-        "kruskal": kruskal_test(units, value, unit),
-        "pairwise": pairwise_mannwhitney(units, value),
-        "pairwise_method": (f"scipy.stats.mannwhitneyu two-sided, one observation per {unit}; "
-                            "p_holm = Holm over class pairs (Holm 1979); effect_size = rank-biserial "
-                            "2U/(n_a n_b) - 1, positive when class_a is more disrupted"),
-        "prompt_anova": prompt_permutation_anova(disruption, value, n_perm, seed) if n_perm > 0 else None,
-    })
+    return to_jsonable(
+        {
+            "value": value,
+            "unit": unit,
+            "n_units": int(len(units)),
+            "kruskal": kruskal_test(units, value, unit),
+            "pairwise": pairwise_mannwhitney(units, value),
+            "pairwise_method": (
+                f"scipy.stats.mannwhitneyu two-sided, one observation per {unit}; "
+                "p_holm = Holm over class pairs (Holm 1979); effect_size = rank-biserial "
+                "2U/(n_a n_b) - 1, positive when class_a is more disrupted"
+            ),
+            "prompt_anova": prompt_permutation_anova(disruption, value, n_perm, seed) if n_perm > 0 else None,
+        }
+    )

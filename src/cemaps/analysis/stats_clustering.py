@@ -44,16 +44,18 @@ PROMPT_LABELS = ("abstractness", "domain")
 MODEL_LABELS = ("method",)
 
 
-def _labels_by_id(labels: pd.DataFrame, id_column: str, ids: pd.Index, wanted: tuple[str, ...],
-                  table_name: str) -> pd.DataFrame:
+def _labels_by_id(
+    labels: pd.DataFrame, id_column: str, ids: pd.Index, wanted: tuple[str, ...], table_name: str
+) -> pd.DataFrame:
     """Label table indexed by id (from a column or the index), aligned to ``ids``; missing labels raise."""
     if not isinstance(labels, pd.DataFrame):
         raise StatsInputError(f"{table_name}: expected a pandas DataFrame, got {type(labels).__name__}")
     table = labels.set_index(id_column) if id_column in labels.columns else labels
     table.index = table.index.astype(str)
     if table.index.duplicated().any():
-        raise StatsInputError(f"{table_name}: {id_column} must be unique; "
-                              f"{table.index[table.index.duplicated()][0]!r} repeats")
+        raise StatsInputError(
+            f"{table_name}: {id_column} must be unique; {table.index[table.index.duplicated()][0]!r} repeats"
+        )
     present = [c for c in wanted if c in table.columns]
     if not present:
         raise StatsInputError(f"{table_name}: needs at least one of the columns {list(wanted)}")
@@ -67,8 +69,9 @@ def tree(profiles: np.ndarray, method: str, metric: str, what: str) -> np.ndarra
     """Linkage matrix [n - 1 x 4] of the rows of ``profiles`` [n x features], optimal leaf order."""
     distances = pdist(profiles, metric=metric)
     if not np.all(np.isfinite(distances)):
-        raise StatsInputError(f"cem: {what} with a constant profile have no {metric} distance; "
-                              "use metric='euclidean' or drop them")
+        raise StatsInputError(
+            f"cem: {what} with a constant profile have no {metric} distance; use metric='euclidean' or drop them"
+        )
     return hierarchy.linkage(distances, method=method, optimal_ordering=True)
 
 
@@ -88,15 +91,22 @@ def _pair_index(class_codes: np.ndarray, cluster_codes: np.ndarray) -> np.ndarra
     return (counts * (counts - 1) / 2.0).sum(axis=1)
 
 
-def label_agreement(linkage: np.ndarray, labels: pd.DataFrame, n_perm: int,
-                    rng: np.random.Generator) -> pd.DataFrame:
+def label_agreement(linkage: np.ndarray, labels: pd.DataFrame, n_perm: int, rng: np.random.Generator) -> pd.DataFrame:
     """Cut the tree at k = number of classes of each label; ARI, NMI and a permutation p for the ARI."""
     rows = []
     for column in labels.columns:
         classes = labels[column].astype(str).to_numpy()
         k = int(len(np.unique(classes)))
-        row = dict(label=column, k=k, n_clusters=0, ari=float("nan"), nmi=float("nan"), p_ari=float("nan"),
-                   computable=False, reason="")
+        row = dict(
+            label=column,
+            k=k,
+            n_clusters=0,
+            ari=float("nan"),
+            nmi=float("nan"),
+            p_ari=float("nan"),
+            computable=False,
+            reason="",
+        )
         if k < 2 or k >= classes.size:
             row["reason"] = f"needs 2 <= classes < items; has {k} classes for {classes.size} items"
             rows.append(row)
@@ -106,17 +116,29 @@ def label_agreement(linkage: np.ndarray, labels: pd.DataFrame, n_perm: int,
         class_codes = np.unique(classes, return_inverse=True)[1]
         cluster_codes = np.unique(assignment, return_inverse=True)[1]
         observed = _pair_index(class_codes[None, :], cluster_codes)[0]
-        null = _pair_index(rng.permuted(np.broadcast_to(class_codes, (n_perm, class_codes.size)), axis=1),
-                           cluster_codes)
-        row.update(n_clusters=int(len(np.unique(assignment))), ari=float(ari),
-                   nmi=float(normalized_mutual_info_score(classes, assignment)),
-                   p_ari=float(permutation_p_greater(observed, null)), computable=True)
+        null = _pair_index(
+            rng.permuted(np.broadcast_to(class_codes, (n_perm, class_codes.size)), axis=1), cluster_codes
+        )
+        row.update(
+            n_clusters=int(len(np.unique(assignment))),
+            ari=float(ari),
+            nmi=float(normalized_mutual_info_score(classes, assignment)),
+            p_ari=float(permutation_p_greater(observed, null)),
+            computable=True,
+        )
         rows.append(row)
     return pd.DataFrame(rows, columns=["label", "k", "n_clusters", "ari", "nmi", "p_ari", "computable", "reason"])
 
 
-def cluster(cem: pd.DataFrame, prompt_labels: pd.DataFrame, model_labels: pd.DataFrame, method: str = "average",
-            metric: str = "correlation", n_perm: int = 999, seed: int = 0) -> dict[str, Any]:
+def cluster(
+    cem: pd.DataFrame,
+    prompt_labels: pd.DataFrame,
+    model_labels: pd.DataFrame,
+    method: str = "average",
+    metric: str = "correlation",
+    n_perm: int = 999,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Family 5: hierarchical clustering of prompts and models, compared with their labels.
 
     Args:
@@ -153,16 +175,26 @@ def cluster(cem: pd.DataFrame, prompt_labels: pd.DataFrame, model_labels: pd.Dat
     prompts = _labels_by_id(prompt_labels, "prompt_id", prompt_ids, PROMPT_LABELS, "prompt_labels")
     models = _labels_by_id(model_labels, "model_id", model_ids, MODEL_LABELS, "model_labels")
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"method": method, "metric": metric,
-                           "agreement_method": ("scipy.cluster.hierarchy.fcluster(maxclust=k classes); "
-                                                "sklearn adjusted_rand_score and normalized_mutual_info_score; "
-                                                f"p_ari = one-sided permutation p, {n_perm} label shuffles; "
-                                                "conservative (ties of the ARI): null rate 0.025 at alpha 0.05 in "
-                                                "benchmarks/stats_validity.py, so read it as an upper bound")}
-    for name, profiles, ids, labels in (("prompts", values.T, prompt_ids, prompts),
-                                        ("models", values, model_ids, models)):
+    out: dict[str, Any] = {
+        "method": method,
+        "metric": metric,
+        "agreement_method": (
+            "scipy.cluster.hierarchy.fcluster(maxclust=k classes); "
+            "sklearn adjusted_rand_score and normalized_mutual_info_score; "
+            f"p_ari = one-sided permutation p, {n_perm} label shuffles; "
+            "conservative (ties of the ARI): null rate 0.025 at alpha 0.05 in "
+            "benchmarks/stats_validity.py, so read it as an upper bound"
+        ),
+    }
+    for name, profiles, ids, labels in (
+        ("prompts", values.T, prompt_ids, prompts),
+        ("models", values, model_ids, models),
+    ):
         linkage = tree(profiles, method, metric, name)
-        out[name] = {"ids": list(ids), "linkage": linkage,
-                     "leaf_order": [ids[i] for i in hierarchy.leaves_list(linkage)],
-                     "agreement": label_agreement(linkage, labels, n_perm, rng)}
+        out[name] = {
+            "ids": list(ids),
+            "linkage": linkage,
+            "leaf_order": [ids[i] for i in hierarchy.leaves_list(linkage)],
+            "agreement": label_agreement(linkage, labels, n_perm, rng),
+        }
     return to_jsonable(out)

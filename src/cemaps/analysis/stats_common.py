@@ -25,7 +25,6 @@ from scipy import stats
 
 from cemaps.errors import CemapsError
 
-
 NULL_RATE_VALIDATED = "null_rate_validated"
 """Key of ``TestResult.extra``: True when the test's rejection rate at alpha 0.05 is measured in [0.03, 0.07]
 under the realistic null of ``stats_simulation`` (tests/analysis/test_stats_validity.py). The report bolds a
@@ -114,9 +113,7 @@ def require_columns(table: pd.DataFrame, columns: Iterable[str], table_name: str
         raise StatsInputError(f"{table_name}: expected a pandas DataFrame, got {type(table).__name__}")
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise StatsInputError(
-            f"{table_name}: missing column(s) {missing}; has {list(map(str, table.columns))}"
-        )
+        raise StatsInputError(f"{table_name}: missing column(s) {missing}; has {list(map(str, table.columns))}")
 
 
 def require_numeric(table: pd.DataFrame, column: str, table_name: str) -> np.ndarray:

@@ -78,8 +78,9 @@ def order_layers(layers: Sequence[str], layer_order: Sequence[str] | None) -> li
     return sorted(layers, key=position.__getitem__)
 
 
-def shift_matrix(shift: pd.DataFrame, disruption: pd.DataFrame, value: str,
-                 layer_order: Sequence[str] | None) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
+def shift_matrix(
+    shift: pd.DataFrame, disruption: pd.DataFrame, value: str, layer_order: Sequence[str] | None
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
     """Joins per-layer shifts with disruption: one row per (model_id, prompt_id) present in both.
 
     Returns:
@@ -97,15 +98,21 @@ def shift_matrix(shift: pd.DataFrame, disruption: pd.DataFrame, value: str,
         raise StatsInputError("disruption: (model_id, prompt_id) must be unique; average seeds first")
     layers = order_layers(shift["layer"].unique(), layer_order)
     wide = shift.assign(layer=shift["layer"].astype(str)).pivot(
-        index=["model_id", "prompt_id"], columns="layer", values="attention_shift")[layers]
+        index=["model_id", "prompt_id"], columns="layer", values="attention_shift"
+    )[layers]
     complete = wide.dropna(axis=0, how="any")
     target = disruption.set_index(["model_id", "prompt_id"])[value]
     joined = complete.join(target.rename("__target__"), how="inner")
-    counts = {"pairs_in_shift": int(len(wide)), "pairs_missing_a_layer": int(len(wide) - len(complete)),
-              "pairs_without_disruption": int(len(complete) - len(joined)), "pairs_used": int(len(joined))}
+    counts = {
+        "pairs_in_shift": int(len(wide)),
+        "pairs_missing_a_layer": int(len(wide) - len(complete)),
+        "pairs_without_disruption": int(len(complete) - len(joined)),
+        "pairs_used": int(len(joined)),
+    }
     if len(joined) < 3:
-        raise StatsInputError(f"shift/disruption: only {len(joined)} complete (model_id, prompt_id) pairs; "
-                              "expected >= 3")
+        raise StatsInputError(
+            f"shift/disruption: only {len(joined)} complete (model_id, prompt_id) pairs; expected >= 3"
+        )
     y = joined.pop("__target__").to_numpy(dtype=np.float64)
     return joined, y, counts
 
@@ -178,7 +185,7 @@ def prompt_permutation_p(x: pd.DataFrame, y: np.ndarray, n_perm: int, rng: np.ra
             size = min(PERMUTATION_BATCH, n_perm - start)
             permutations = rng.permuted(np.broadcast_to(np.arange(n_prompts), (size, n_prompts)), axis=1)
             permuted_y = centred_y[:, permutations]  # [n_models, size, n_prompts]
-            null[start:start + size] = np.einsum("lmp,mbp->bl", centred_x, permuted_y) / scale
+            null[start : start + size] = np.einsum("lmp,mbp->bl", centred_x, permuted_y) / scale
     p = permutation_p_two_sided(observed, null)
     return np.where(np.isfinite(observed), p, np.nan)
 
@@ -196,13 +203,24 @@ def ridge_with_ablation(x: pd.DataFrame, y: np.ndarray, cv_folds: int, seed: int
     groups = x.index.get_level_values("prompt_id").astype(str).to_numpy()
     n_groups = len(np.unique(groups))
     folds = min(cv_folds, n_groups)
-    text = (f"sklearn Pipeline(StandardScaler, RidgeCV(alphas=logspace(-3, 3, 13))); GroupKFold({folds}, "
-            f"shuffle, seed {seed}) grouped by prompt_id; statistic = mean test R^2 over folds")
+    text = (
+        f"sklearn Pipeline(StandardScaler, RidgeCV(alphas=logspace(-3, 3, 13))); GroupKFold({folds}, "
+        f"shuffle, seed {seed}) grouped by prompt_id; statistic = mean test R^2 over folds"
+    )
     if folds < 2:
-        return {"full": TestResult(test="ridge_cv_r2", statistic=None, p=None, effect_size=None,
-                                   effect_size_name="r2", n=int(y.size), method=text,
-                                   extra={"computable": False, "reason": f"needs >= 2 prompts, has {n_groups}"}),
-                "ablation": pd.DataFrame(columns=["block", "n_layers_dropped", "r2", "delta_r2"])}
+        return {
+            "full": TestResult(
+                test="ridge_cv_r2",
+                statistic=None,
+                p=None,
+                effect_size=None,
+                effect_size_name="r2",
+                n=int(y.size),
+                method=text,
+                extra={"computable": False, "reason": f"needs >= 2 prompts, has {n_groups}"},
+            ),
+            "ablation": pd.DataFrame(columns=["block", "n_layers_dropped", "r2", "delta_r2"]),
+        }
     full_scores = cross_validated_r2(x.to_numpy(), y, groups, folds, seed)
     full_r2 = float(full_scores.mean())
     rows = []
@@ -214,12 +232,21 @@ def ridge_with_ablation(x: pd.DataFrame, y: np.ndarray, cv_folds: int, seed: int
             continue
         r2 = float(cross_validated_r2(x.loc[:, keep].to_numpy(), y, groups, folds, seed).mean())
         rows.append(dict(block=block, n_layers_dropped=int(len(blocks) - sum(keep)), r2=r2, delta_r2=r2 - full_r2))
-    full = TestResult(test="ridge_cv_r2", statistic=full_r2, p=None, effect_size=full_r2, effect_size_name="r2",
-                      n=int(y.size), method=text,
-                      extra={"computable": True, "fold_r2": full_scores.tolist(), "n_prompts": n_groups,
-                             "n_layers": int(x.shape[1])})
-    return {"full": full, "ablation": pd.DataFrame(rows, columns=["block", "n_layers_dropped", "r2", "delta_r2"]),
-            "ablation_method": "same folds without the block's layers; delta_r2 = r2(without block) - r2(all)"}
+    full = TestResult(
+        test="ridge_cv_r2",
+        statistic=full_r2,
+        p=None,
+        effect_size=full_r2,
+        effect_size_name="r2",
+        n=int(y.size),
+        method=text,
+        extra={"computable": True, "fold_r2": full_scores.tolist(), "n_prompts": n_groups, "n_layers": int(x.shape[1])},
+    )
+    return {
+        "full": full,
+        "ablation": pd.DataFrame(rows, columns=["block", "n_layers_dropped", "r2", "delta_r2"]),
+        "ablation_method": "same folds without the block's layers; delta_r2 = r2(without block) - r2(all)",
+    }
 
 
 def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
@@ -234,14 +261,24 @@ def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: S
     if weight_delta.duplicated(["model_id", "layer"]).any():
         raise StatsInputError("weight_delta: (model_id, layer) must be unique")
     mean_shift = shift.groupby(["model_id", "layer"], sort=True)["attention_shift"].mean().rename("mean_shift")
-    joined = weight_delta.assign(layer=weight_delta["layer"].astype(str)).set_index(["model_id", "layer"]).join(
-        mean_shift, how="inner")
+    joined = (
+        weight_delta.assign(layer=weight_delta["layer"].astype(str))
+        .set_index(["model_id", "layer"])
+        .join(mean_shift, how="inner")
+    )
     rows = []
     for layer in layers:
         part = joined.xs(layer, level="layer") if layer in joined.index.get_level_values("layer") else joined.iloc[:0]
         n = int(len(part))
-        row = dict(layer=layer, block=layer_block(layer), n_models=n, rho=float("nan"), p_asymptotic=float("nan"),
-                   computable=False, reason="")
+        row = dict(
+            layer=layer,
+            block=layer_block(layer),
+            n_models=n,
+            rho=float("nan"),
+            p_asymptotic=float("nan"),
+            computable=False,
+            reason="",
+        )
         if n < 3:
             row["reason"] = f"needs >= 3 models with both delta_norm and attention_shift, has {n}"
         elif np.ptp(part["delta_norm"]) == 0 or np.ptp(part["mean_shift"]) == 0:
@@ -255,9 +292,17 @@ def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: S
     return table
 
 
-def link_layers(shift: pd.DataFrame, disruption: pd.DataFrame, value: str, weight_delta: pd.DataFrame | None = None,
-                layer_order: Sequence[str] | None = None, cv_folds: int = 5, seed: int = 0,
-                ridge: bool = True, n_perm: int = 999) -> dict[str, Any]:
+def link_layers(
+    shift: pd.DataFrame,
+    disruption: pd.DataFrame,
+    value: str,
+    weight_delta: pd.DataFrame | None = None,
+    layer_order: Sequence[str] | None = None,
+    cv_folds: int = 5,
+    seed: int = 0,
+    ridge: bool = True,
+    n_perm: int = 999,
+) -> dict[str, Any]:
     """Family 4: link per-layer attention shift (and weight change) to disruption.
 
     Args:
@@ -283,20 +328,26 @@ def link_layers(shift: pd.DataFrame, disruption: pd.DataFrame, value: str, weigh
     check_positive_int(n_perm, "n_perm", minimum=0)
     x, y, counts = shift_matrix(shift, disruption, value, layer_order)
     correlations = layer_correlations(x, y)
-    p_perm = (prompt_permutation_p(x, y, n_perm, np.random.default_rng(seed)) if n_perm > 0
-              else np.full(x.shape[1], np.nan))
+    p_perm = (
+        prompt_permutation_p(x, y, n_perm, np.random.default_rng(seed)) if n_perm > 0 else np.full(x.shape[1], np.nan)
+    )
     correlations["p_perm"] = p_perm
     correlations["q_bh_perm"] = benjamini_hochberg(p_perm)
-    return to_jsonable({
-        "value": value,
-        "layers": correlations,
-        "layers_method": ("scipy.stats.spearmanr per layer over (model, prompt) pairs; p_perm = two-sided, "
-                          f"{n_perm} permutations of prompts shared by all models (prompts seen by every model), "
-                          "null rate measured in tests/analysis/test_stats_validity.py; p_asymptotic = scipy's "
-                          "asymptotic p (pairs treated as independent; over-rejects with shared prompt effects, "
-                          "not validated); q_bh_perm / q_bh_asymptotic = Benjamini-Hochberg over layers"),
-        "ridge": ridge_with_ablation(x, y, cv_folds, seed) if ridge else None,
-        "weight_delta": (weight_delta_link(shift, weight_delta, list(x.columns))
-                         if weight_delta is not None else None),
-        "pairs": counts,
-    })
+    return to_jsonable(
+        {
+            "value": value,
+            "layers": correlations,
+            "layers_method": (
+                "scipy.stats.spearmanr per layer over (model, prompt) pairs; p_perm = two-sided, "
+                f"{n_perm} permutations of prompts shared by all models (prompts seen by every model), "
+                "null rate measured in tests/analysis/test_stats_validity.py; p_asymptotic = scipy's "
+                "asymptotic p (pairs treated as independent; over-rejects with shared prompt effects, "
+                "not validated); q_bh_perm / q_bh_asymptotic = Benjamini-Hochberg over layers"
+            ),
+            "ridge": ridge_with_ablation(x, y, cv_folds, seed) if ridge else None,
+            "weight_delta": (
+                weight_delta_link(shift, weight_delta, list(x.columns)) if weight_delta is not None else None
+            ),
+            "pairs": counts,
+        }
+    )

@@ -75,12 +75,16 @@ def subject_method_means(disruption: pd.DataFrame, value: str) -> tuple[pd.DataF
         raise StatsInputError("disruption: no prompt_id is present for every model; expected a models x prompts grid")
     model_mean = grid[prompts].mean(axis=1).rename("__mean__")
     labels = disruption.drop_duplicates("model_id").set_index("model_id")[["subject_id", "method"]]
-    cells = labels.join(model_mean).pivot_table(index="subject_id", columns="method", values="__mean__",
-                                                aggfunc="mean", sort=True)
+    cells = labels.join(model_mean).pivot_table(
+        index="subject_id", columns="method", values="__mean__", aggfunc="mean", sort=True
+    )
     complete = cells.dropna(axis=0, how="any")
     complete.columns = [str(c) for c in complete.columns]
-    counts = {"subjects_total": int(len(cells)), "subjects_dropped_incomplete": int(len(cells) - len(complete)),
-              "prompts_used": int(len(prompts))}
+    counts = {
+        "subjects_total": int(len(cells)),
+        "subjects_dropped_incomplete": int(len(cells) - len(complete)),
+        "prompts_used": int(len(prompts)),
+    }
     return complete, counts
 
 
@@ -96,29 +100,50 @@ def subject_blocked_anova(means: pd.DataFrame) -> TestResult:
         means: [n_subjects x k_methods] from :func:`subject_method_means`.
     """
     s, k = means.shape
-    text = ("two-way ANOVA without replication on per-model means over shared prompts: F = MS_method / "
-            "MS_residual(subject x method), df (k - 1, (s - 1)(k - 1)), subjects as blocks (scipy.stats.f); "
-            "partial eta^2 = SS_method / (SS_method + SS_residual); null rate measured in "
-            "tests/analysis/test_stats_validity.py")
+    text = (
+        "two-way ANOVA without replication on per-model means over shared prompts: F = MS_method / "
+        "MS_residual(subject x method), df (k - 1, (s - 1)(k - 1)), subjects as blocks (scipy.stats.f); "
+        "partial eta^2 = SS_method / (SS_method + SS_residual); null rate measured in "
+        "tests/analysis/test_stats_validity.py"
+    )
     x = means.to_numpy(dtype=np.float64)
     residual = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + x.mean()
     ss_method = float(s * np.sum((x.mean(axis=0) - x.mean()) ** 2))
-    ss_residual = float(np.sum(residual ** 2))
+    ss_residual = float(np.sum(residual**2))
     if k < 2 or s < 2 or ss_residual <= 1e-12 * max(1.0, ss_method):
-        reason = (f"needs >= 2 methods and >= 2 subjects with every method; has {k} and {s}" if k < 2 or s < 2
-                  else "model means have no residual variation (subject x method) to test against")
-        return TestResult(test="subject_blocked_anova", statistic=None, p=None, effect_size=None,
-                          effect_size_name="partial_eta_squared", n=int(s), method=text,
-                          extra={"computable": False, "reason": reason, "methods": list(means.columns)})
+        reason = (
+            f"needs >= 2 methods and >= 2 subjects with every method; has {k} and {s}"
+            if k < 2 or s < 2
+            else "model means have no residual variation (subject x method) to test against"
+        )
+        return TestResult(
+            test="subject_blocked_anova",
+            statistic=None,
+            p=None,
+            effect_size=None,
+            effect_size_name="partial_eta_squared",
+            n=int(s),
+            method=text,
+            extra={"computable": False, "reason": reason, "methods": list(means.columns)},
+        )
     df_method, df_residual = k - 1, (s - 1) * (k - 1)
     f_value = (ss_method / df_method) / (ss_residual / df_residual)
     return TestResult(
-        test="subject_blocked_anova", statistic=float(f_value), p=float(stats.f.sf(f_value, df_method, df_residual)),
-        effect_size=float(ss_method / (ss_method + ss_residual)), effect_size_name="partial_eta_squared",
-        n=int(s), method=text,
-        extra={"computable": True, NULL_RATE_VALIDATED: True, "k_methods": int(k), "n_subjects": int(s),
-               "df": [df_method, df_residual],
-               "methods": list(means.columns)},
+        test="subject_blocked_anova",
+        statistic=float(f_value),
+        p=float(stats.f.sf(f_value, df_method, df_residual)),
+        effect_size=float(ss_method / (ss_method + ss_residual)),
+        effect_size_name="partial_eta_squared",
+        n=int(s),
+        method=text,
+        extra={
+            "computable": True,
+            NULL_RATE_VALIDATED: True,
+            "k_methods": int(k),
+            "n_subjects": int(s),
+            "df": [df_method, df_residual],
+            "methods": list(means.columns),
+        },
     )
 
 
@@ -140,10 +165,22 @@ def pairwise_paired_t(means: pd.DataFrame) -> pd.DataFrame:
             statistic = float(diff.mean() / (sd / np.sqrt(diff.size)))
             p = float(2.0 * stats.t.sf(abs(statistic), diff.size - 1))
             effect = float(diff.mean() / sd)
-        rows.append(dict(method_a=a, method_b=b, statistic=statistic, p=p, effect_size=effect,
-                         effect_size_name="cohen_dz", n=int(diff.size), mean_difference=float(diff.mean())))
-    table = pd.DataFrame(rows, columns=["method_a", "method_b", "statistic", "p", "effect_size",
-                                        "effect_size_name", "n", "mean_difference"])
+        rows.append(
+            dict(
+                method_a=a,
+                method_b=b,
+                statistic=statistic,
+                p=p,
+                effect_size=effect,
+                effect_size_name="cohen_dz",
+                n=int(diff.size),
+                mean_difference=float(diff.mean()),
+            )
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=["method_a", "method_b", "statistic", "p", "effect_size", "effect_size_name", "n", "mean_difference"],
+    )
     table.insert(4, "p_holm", holm(table["p"].to_numpy()) if len(table) else [])
     return table
 
@@ -166,11 +203,20 @@ def method_means(disruption: pd.DataFrame, value: str, n_boot: int, seed: int) -
         if n_boot > 0 and np.ptp(values) == 0:
             low = high = float(values[0])  # BCa is undefined for constant data; the CI is that constant
         elif n_boot > 0 and values.size >= 2:
-            ci = stats.bootstrap((values,), np.mean, n_resamples=n_boot, confidence_level=0.95,
-                                 method="BCa", rng=rng, vectorized=True).confidence_interval
+            ci = stats.bootstrap(
+                (values,), np.mean, n_resamples=n_boot, confidence_level=0.95, method="BCa", rng=rng, vectorized=True
+            ).confidence_interval
             low, high = float(ci.low), float(ci.high)
-        rows.append(dict(method=str(method), mean=float(values.mean()), ci_low=low, ci_high=high,
-                         n_prompts=int(values.size), n_models=int(group["model_id"].nunique())))
+        rows.append(
+            dict(
+                method=str(method),
+                mean=float(values.mean()),
+                ci_low=low,
+                ci_high=high,
+                n_prompts=int(values.size),
+                n_models=int(group["model_id"].nunique()),
+            )
+        )
     return pd.DataFrame(rows, columns=["method", "mean", "ci_low", "ci_high", "n_prompts", "n_models"])
 
 
@@ -182,15 +228,25 @@ def structural_zero_counts(disruption: pd.DataFrame) -> pd.DataFrame:
     personalization cannot act on that prompt), not a measured absence of effect.
     Without a ``structural_zero`` column every count is 0.
     """
-    zero = (disruption[STRUCTURAL_ZERO].fillna(False).astype(bool) if STRUCTURAL_ZERO in disruption
-            else pd.Series(False, index=disruption.index))
+    zero = (
+        disruption[STRUCTURAL_ZERO].fillna(False).astype(bool)
+        if STRUCTURAL_ZERO in disruption
+        else pd.Series(False, index=disruption.index)
+    )
     counted = disruption.assign(__zero__=zero.to_numpy())
-    rows = [dict(method=str(method), n_pairs=int(len(group)), pairs_structural_zero=int(group["__zero__"].sum()),
-                 models_all_structural_zero=int(group.groupby("model_id")["__zero__"].all().sum()),
-                 n_models=int(group["model_id"].nunique()))
-            for method, group in counted.groupby("method", sort=True)]
-    return pd.DataFrame(rows, columns=["method", "n_pairs", "pairs_structural_zero", "models_all_structural_zero",
-                                       "n_models"])
+    rows = [
+        dict(
+            method=str(method),
+            n_pairs=int(len(group)),
+            pairs_structural_zero=int(group["__zero__"].sum()),
+            models_all_structural_zero=int(group.groupby("model_id")["__zero__"].all().sum()),
+            n_models=int(group["model_id"].nunique()),
+        )
+        for method, group in counted.groupby("method", sort=True)
+    ]
+    return pd.DataFrame(
+        rows, columns=["method", "n_pairs", "pairs_structural_zero", "models_all_structural_zero", "n_models"]
+    )
 
 
 def structural_zero_statement(counts: pd.DataFrame) -> str:
@@ -198,10 +254,12 @@ def structural_zero_statement(counts: pd.DataFrame) -> str:
     parts = []
     for row in counts.itertuples():
         if row.pairs_structural_zero:
-            parts.append(f"{row.method}: {row.pairs_structural_zero} of {row.n_pairs} (model, prompt) pairs are "
-                         f"structural zeros ({row.models_all_structural_zero} of {row.n_models} models on every "
-                         "prompt): image and attention maps bit-identical to the base twin for every seed, so their "
-                         "disruption is 0 by construction, not by measurement.")
+            parts.append(
+                f"{row.method}: {row.pairs_structural_zero} of {row.n_pairs} (model, prompt) pairs are "
+                f"structural zeros ({row.models_all_structural_zero} of {row.n_models} models on every "
+                "prompt): image and attention maps bit-identical to the base twin for every seed, so their "
+                "disruption is 0 by construction, not by measurement."
+            )
     return " ".join(parts) or "No (model, prompt) pair is bit-identical to its base twin: every zero is measured."
 
 
@@ -230,22 +288,27 @@ def compare_methods(disruption: pd.DataFrame, value: str, n_boot: int = 2000, se
     if len(methods_present) < 2:
         raise StatsInputError(f"disruption.method: expected >= 2 methods, got {methods_present}")
     zeros = structural_zero_counts(disruption)
-    means = method_means(disruption, value, n_boot, seed).merge(zeros.drop(columns="n_models"), on="method",
-                                                                how="left")
-    return to_jsonable({
-        "value": value,
-        "means": means,
-        "means_method": ("mean over prompts of each method's per-prompt mean over its models; 95% CI = "
-                         f"scipy.stats.bootstrap BCa, {n_boot} resamples of prompts, seed {seed} (conditional on "
-                         "the models: describes these models, not the method); pairs_structural_zero = pairs "
-                         "bit-identical to the base twin"),
-        "structural_zeros": structural_zero_statement(zeros),
-        "subject_anova": subject_blocked_anova(model_means),
-        "pairwise": pairwise_paired_t(model_means),
-        "pairwise_method": ("paired t-test (two-sided) across subjects on per-model means over shared prompts; "
-                            "p_holm = Holm over all method pairs (Holm 1979); effect_size = "
-                            "Cohen's d_z of (method_a - method_b); null rate measured in "
-                            "tests/analysis/test_stats_validity.py"),
-        "model_means": model_means.reset_index(),
-        "subjects": {**counts, "subjects_used": int(len(model_means))},
-    })
+    means = method_means(disruption, value, n_boot, seed).merge(zeros.drop(columns="n_models"), on="method", how="left")
+    return to_jsonable(
+        {
+            "value": value,
+            "means": means,
+            "means_method": (
+                "mean over prompts of each method's per-prompt mean over its models; 95% CI = "
+                f"scipy.stats.bootstrap BCa, {n_boot} resamples of prompts, seed {seed} (conditional on "
+                "the models: describes these models, not the method); pairs_structural_zero = pairs "
+                "bit-identical to the base twin"
+            ),
+            "structural_zeros": structural_zero_statement(zeros),
+            "subject_anova": subject_blocked_anova(model_means),
+            "pairwise": pairwise_paired_t(model_means),
+            "pairwise_method": (
+                "paired t-test (two-sided) across subjects on per-model means over shared prompts; "
+                "p_holm = Holm over all method pairs (Holm 1979); effect_size = "
+                "Cohen's d_z of (method_a - method_b); null rate measured in "
+                "tests/analysis/test_stats_validity.py"
+            ),
+            "model_means": model_means.reset_index(),
+            "subjects": {**counts, "subjects_used": int(len(model_means))},
+        }
+    )

@@ -74,8 +74,9 @@ def in_domain_difference(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return sum_in / n_in - (total - sum_in) / (values.size - n_in)
 
 
-def proximity_permutation(disruption: pd.DataFrame, value: str, n_perm: int,
-                          rng: np.random.Generator) -> tuple[pd.DataFrame, TestResult, list[dict[str, Any]]]:
+def proximity_permutation(
+    disruption: pd.DataFrame, value: str, n_perm: int, rng: np.random.Generator
+) -> tuple[pd.DataFrame, TestResult, list[dict[str, Any]]]:
     """Per-model and combined one-sided permutation tests of in-domain > out-of-domain.
 
     Per model: domain labels permuted across that model's prompts. Combined:
@@ -93,8 +94,9 @@ def proximity_permutation(disruption: pd.DataFrame, value: str, n_perm: int,
     prompt_domain = require_constant_within(disruption, "prompt_id", "domain", "disruption").astype(str)
     prompt_position = pd.Series(np.arange(len(prompt_domain)), index=prompt_domain.index)
     domain_codes, domain_names = pd.factorize(prompt_domain.to_numpy())
-    prompt_permutations = rng.permuted(np.broadcast_to(np.arange(domain_codes.size), (n_perm, domain_codes.size)),
-                                       axis=1)  # [n_perm, n_prompts]
+    prompt_permutations = rng.permuted(
+        np.broadcast_to(np.arange(domain_codes.size), (n_perm, domain_codes.size)), axis=1
+    )  # [n_perm, n_prompts]
     permuted_codes = domain_codes[prompt_permutations]  # [n_perm, n_prompts]
     per_model_rows, skipped = [], []
     null_sums, observed_sum = np.zeros(n_perm), 0.0
@@ -118,35 +120,63 @@ def proximity_permutation(disruption: pd.DataFrame, value: str, n_perm: int,
             draw_difference = in_domain_difference(values, combined_labels)
         null_sums += np.where(both_groups, draw_difference, 0.0)
         observed_sum += observed
-        per_model_rows.append(dict(
-            model_id=model_id, subject_domain=subject_domain, n_in=n_in, n_out=int(labels.size - n_in),
-            mean_in=float(values[labels].mean()), mean_out=float(values[~labels].mean()), difference=observed,
-            p=float(permutation_p_greater(observed, within_model_null)),
-        ))
-    per_model = pd.DataFrame(per_model_rows, columns=["model_id", "subject_domain", "n_in", "n_out", "mean_in",
-                                                      "mean_out", "difference", "p"])
-    text = (f"one-sided permutation test (in-domain > out-of-domain): each of {n_perm} draws permutes the "
-            f"prompt -> domain labels once and applies it to every model; statistic = sum over models of "
-            f"mean(in) - mean(out); p = (1 + #null >= observed) / (1 + draws); effect_size = mean per-model "
-            f"difference. Per-model p: labels permuted within that model alone")
+        per_model_rows.append(
+            dict(
+                model_id=model_id,
+                subject_domain=subject_domain,
+                n_in=n_in,
+                n_out=int(labels.size - n_in),
+                mean_in=float(values[labels].mean()),
+                mean_out=float(values[~labels].mean()),
+                difference=observed,
+                p=float(permutation_p_greater(observed, within_model_null)),
+            )
+        )
+    per_model = pd.DataFrame(
+        per_model_rows,
+        columns=["model_id", "subject_domain", "n_in", "n_out", "mean_in", "mean_out", "difference", "p"],
+    )
+    text = (
+        f"one-sided permutation test (in-domain > out-of-domain): each of {n_perm} draws permutes the "
+        f"prompt -> domain labels once and applies it to every model; statistic = sum over models of "
+        f"mean(in) - mean(out); p = (1 + #null >= observed) / (1 + draws); effect_size = mean per-model "
+        f"difference. Per-model p: labels permuted within that model alone"
+    )
     if per_model.empty:
-        combined = TestResult(test="proximity_prompt_permutation", statistic=None, p=None, effect_size=None,
-                              effect_size_name="mean_difference", n=0, method=text,
-                              extra={"computable": False, "reason": "no model has both in- and out-of-domain prompts"})
+        combined = TestResult(
+            test="proximity_prompt_permutation",
+            statistic=None,
+            p=None,
+            effect_size=None,
+            effect_size_name="mean_difference",
+            n=0,
+            method=text,
+            extra={"computable": False, "reason": "no model has both in- and out-of-domain prompts"},
+        )
     else:
         combined = TestResult(
-            test="proximity_prompt_permutation", statistic=float(observed_sum),
+            test="proximity_prompt_permutation",
+            statistic=float(observed_sum),
             p=float(permutation_p_greater(observed_sum, null_sums)),
-            effect_size=float(per_model["difference"].mean()), effect_size_name="mean_difference",
-            n=int(len(per_model)), method=text,
-            extra={"computable": True, NULL_RATE_VALIDATED: True, "n_perm": n_perm, "n_models": int(len(per_model)),
-                   "n_models_skipped": len(skipped), "n_prompts": int(domain_codes.size)},
+            effect_size=float(per_model["difference"].mean()),
+            effect_size_name="mean_difference",
+            n=int(len(per_model)),
+            method=text,
+            extra={
+                "computable": True,
+                NULL_RATE_VALIDATED: True,
+                "n_perm": n_perm,
+                "n_models": int(len(per_model)),
+                "n_models_skipped": len(skipped),
+                "n_prompts": int(domain_codes.size),
+            },
         )
     return per_model, combined, skipped
 
 
-def similarity_spearman(pairs: pd.DataFrame, value: str, n_perm: int, rng: np.random.Generator,
-                        alternative: str) -> TestResult:
+def similarity_spearman(
+    pairs: pd.DataFrame, value: str, n_perm: int, rng: np.random.Generator, alternative: str
+) -> TestResult:
     """Spearman rho(similarity, value) over all pairs, with a prompt-permutation p-value.
 
     Only prompts seen by every model are used (a complete models x prompts
@@ -160,16 +190,28 @@ def similarity_spearman(pairs: pd.DataFrame, value: str, n_perm: int, rng: np.ra
     similarity_grid = similarity_grid[complete_prompts]
     disruption_grid = pairs.pivot(index="model_id", columns="prompt_id", values=value)[complete_prompts]
     n_pairs = int(similarity_grid.size)
-    text = (f"Spearman rho (scipy.stats.spearmanr) over all (model, prompt) pairs of prompts seen by every model; "
-            f"p from {n_perm} draws that permute prompts of the similarity grid, the same permutation for every "
-            f"model ({alternative}); p = (1 + #null >= observed) / (1 + draws)")
+    text = (
+        f"Spearman rho (scipy.stats.spearmanr) over all (model, prompt) pairs of prompts seen by every model; "
+        f"p from {n_perm} draws that permute prompts of the similarity grid, the same permutation for every "
+        f"model ({alternative}); p = (1 + #null >= observed) / (1 + draws)"
+    )
     similarity = similarity_grid.to_numpy(dtype=np.float64)
     disruption = disruption_grid.to_numpy(dtype=np.float64)
     if len(complete_prompts) < 3 or np.ptp(similarity) == 0 or np.ptp(disruption) == 0:
-        return TestResult(test="similarity_spearman", statistic=None, p=None, effect_size=None,
-                          effect_size_name="spearman_rho", n=n_pairs, method=text,
-                          extra={"computable": False, "n_prompts": int(len(complete_prompts)),
-                                 "reason": "needs >= 3 prompts seen by every model and non-constant values"})
+        return TestResult(
+            test="similarity_spearman",
+            statistic=None,
+            p=None,
+            effect_size=None,
+            effect_size_name="spearman_rho",
+            n=n_pairs,
+            method=text,
+            extra={
+                "computable": False,
+                "n_prompts": int(len(complete_prompts)),
+                "reason": "needs >= 3 prompts seen by every model and non-constant values",
+            },
+        )
     rho = float(stats.spearmanr(similarity.ravel(), disruption.ravel()).statistic)
     rank_x = stats.rankdata(similarity.ravel()).reshape(similarity.shape)
     rank_y = stats.rankdata(disruption.ravel()).reshape(disruption.shape)
@@ -182,19 +224,36 @@ def similarity_spearman(pairs: pd.DataFrame, value: str, n_perm: int, rng: np.ra
         size = min(PERMUTATION_BATCH, n_perm - start)
         permutations = rng.permuted(np.broadcast_to(np.arange(n_prompts), (size, n_prompts)), axis=1)
         permuted_x = centred_x[:, permutations]  # [n_models, size, n_prompts]
-        null[start:start + size] = np.einsum("mbp,mp->b", permuted_x, centred_y) / scale
+        null[start : start + size] = np.einsum("mbp,mp->b", permuted_x, centred_y) / scale
     p = permutation_p_greater(rho, null) if alternative == "greater" else permutation_p_two_sided(rho, null)
-    return TestResult(test="similarity_spearman", statistic=rho, p=float(p), effect_size=rho,
-                      effect_size_name="spearman_rho", n=n_pairs, method=text,
-                      extra={"computable": True, NULL_RATE_VALIDATED: True, "n_perm": n_perm,
-                             "n_models": int(similarity.shape[0]),
-                             "n_prompts": int(n_prompts),
-                             "n_pairs_dropped_incomplete_prompts": int(len(pairs) - n_pairs),
-                             "alternative": alternative})
+    return TestResult(
+        test="similarity_spearman",
+        statistic=rho,
+        p=float(p),
+        effect_size=rho,
+        effect_size_name="spearman_rho",
+        n=n_pairs,
+        method=text,
+        extra={
+            "computable": True,
+            NULL_RATE_VALIDATED: True,
+            "n_perm": n_perm,
+            "n_models": int(similarity.shape[0]),
+            "n_prompts": int(n_prompts),
+            "n_pairs_dropped_incomplete_prompts": int(len(pairs) - n_pairs),
+            "alternative": alternative,
+        },
+    )
 
 
-def semantic_proximity(disruption: pd.DataFrame, value: str, n_perm: int = 9999, seed: int = 0,
-                       similarity: pd.DataFrame | None = None, alternative: str = "greater") -> dict[str, Any]:
+def semantic_proximity(
+    disruption: pd.DataFrame,
+    value: str,
+    n_perm: int = 9999,
+    seed: int = 0,
+    similarity: pd.DataFrame | None = None,
+    alternative: str = "greater",
+) -> dict[str, Any]:
     """Family 3: is disruption larger for prompts semantically close to the subject?
 
     Args:
@@ -229,16 +288,22 @@ def semantic_proximity(disruption: pd.DataFrame, value: str, n_perm: int = 9999,
         if similarity.duplicated(["model_id", "prompt_id"]).any():
             raise StatsInputError("similarity: (model_id, prompt_id) must be unique")
         pairs = disruption[["model_id", "prompt_id", value]].merge(
-            similarity[["model_id", "prompt_id", "similarity"]], on=["model_id", "prompt_id"], how="inner",
-            validate="one_to_one")
+            similarity[["model_id", "prompt_id", "similarity"]],
+            on=["model_id", "prompt_id"],
+            how="inner",
+            validate="one_to_one",
+        )
         if len(pairs) < 3:
             raise StatsInputError(
-                f"similarity: only {len(pairs)} (model_id, prompt_id) pairs match disruption; expected >= 3")
+                f"similarity: only {len(pairs)} (model_id, prompt_id) pairs match disruption; expected >= 3"
+            )
         similarity_result = similarity_spearman(pairs, value, n_perm, rng, alternative)
-    return to_jsonable({
-        "value": value,
-        "per_model": per_model,
-        "combined": combined,
-        "skipped_models": skipped,
-        "similarity": similarity_result,
-    })
+    return to_jsonable(
+        {
+            "value": value,
+            "per_model": per_model,
+            "combined": combined,
+            "skipped_models": skipped,
+            "similarity": similarity_result,
+        }
+    )

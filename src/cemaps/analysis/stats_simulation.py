@@ -29,10 +29,12 @@ import pandas as pd
 CLASSES = ("concrete", "abstract", "compositional")
 DOMAINS = ("faces", "objects", "styles", "scenes")
 SUBJECT_DOMAINS = ("faces", "objects", "styles")
-LAYERS = ("down_blocks.1.attentions.0.transformer_blocks.0.attn2",
-          "mid_block.attentions.0.transformer_blocks.0.attn2",
-          "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
-          "up_blocks.2.attentions.1.transformer_blocks.0.attn2")
+LAYERS = (
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+    "mid_block.attentions.0.transformer_blocks.0.attn2",
+    "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+    "up_blocks.2.attentions.1.transformer_blocks.0.attn2",
+)
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,9 @@ class StudyDesign:
         return replace(self, method_offsets=(0.0,) * len(self.methods))
 
 
-def simulate_study(design: StudyDesign, rng: np.random.Generator, *, abstract_effect: float = 0.0,
-                   in_domain_effect: float = 0.0) -> pd.DataFrame:
+def simulate_study(
+    design: StudyDesign, rng: np.random.Generator, *, abstract_effect: float = 0.0, in_domain_effect: float = 0.0
+) -> pd.DataFrame:
     """One simulated disruption table, one row per (model, prompt).
 
     Args:
@@ -85,30 +88,42 @@ def simulate_study(design: StudyDesign, rng: np.random.Generator, *, abstract_ef
     prompt_class = np.array([CLASSES[p % 3] for p in range(n_prompts)])
     prompt_domain = np.array([DOMAINS[(p // 3) % len(DOMAINS)] for p in range(n_prompts)])
     subject_domain = np.array([SUBJECT_DOMAINS[s % len(SUBJECT_DOMAINS)] for s in range(n_subjects)])
-    model_level = (rng.normal(0.0, design.model_sd, n_models)
-                   + rng.normal(0.0, design.subject_sd, n_subjects)[subject_index]
-                   + np.asarray(design.method_offsets, dtype=np.float64)[method_index])
-    value = (model_level[:, None] + rng.normal(0.0, design.prompt_sd, n_prompts)[None, :]
-             + rng.normal(0.0, design.noise_sd, (n_models, n_prompts))
-             + abstract_effect * (prompt_class != "concrete")[None, :]
-             + in_domain_effect * (prompt_domain[None, :] == subject_domain[subject_index][:, None]))
+    model_level = (
+        rng.normal(0.0, design.model_sd, n_models)
+        + rng.normal(0.0, design.subject_sd, n_subjects)[subject_index]
+        + np.asarray(design.method_offsets, dtype=np.float64)[method_index]
+    )
+    value = (
+        model_level[:, None]
+        + rng.normal(0.0, design.prompt_sd, n_prompts)[None, :]
+        + rng.normal(0.0, design.noise_sd, (n_models, n_prompts))
+        + abstract_effect * (prompt_class != "concrete")[None, :]
+        + in_domain_effect * (prompt_domain[None, :] == subject_domain[subject_index][:, None])
+    )
     methods = np.asarray(design.methods)
     subjects = np.array([f"s{s}" for s in range(n_subjects)])
     model_ids = np.char.add(np.char.add(methods[method_index], "-"), subjects[subject_index])
-    return pd.DataFrame({
-        "model_id": np.repeat(model_ids, n_prompts),
-        "method": np.repeat(methods[method_index], n_prompts),
-        "subject_id": np.repeat(subjects[subject_index], n_prompts),
-        "subject_domain": np.repeat(subject_domain[subject_index], n_prompts),
-        "prompt_id": np.tile(np.array([f"p{p:03d}" for p in range(n_prompts)]), n_models),
-        "abstractness": np.tile(prompt_class, n_models),
-        "domain": np.tile(prompt_domain, n_models),
-        "alignment_drop": value.ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "model_id": np.repeat(model_ids, n_prompts),
+            "method": np.repeat(methods[method_index], n_prompts),
+            "subject_id": np.repeat(subjects[subject_index], n_prompts),
+            "subject_domain": np.repeat(subject_domain[subject_index], n_prompts),
+            "prompt_id": np.tile(np.array([f"p{p:03d}" for p in range(n_prompts)]), n_models),
+            "abstractness": np.tile(prompt_class, n_models),
+            "domain": np.tile(prompt_domain, n_models),
+            "alignment_drop": value.ravel(),
+        }
+    )
 
 
-def simulate_shift(design: StudyDesign, table: pd.DataFrame, rng: np.random.Generator,
-                   linked_layer: str | None = None, link: float = 0.0) -> pd.DataFrame:
+def simulate_shift(
+    design: StudyDesign,
+    table: pd.DataFrame,
+    rng: np.random.Generator,
+    linked_layer: str | None = None,
+    link: float = 0.0,
+) -> pd.DataFrame:
     """Per-layer attention shifts with the same structure (prompt, model effects and noise per layer).
 
     Under the null the shifts are independent of ``table``'s disruption, yet both
@@ -120,17 +135,21 @@ def simulate_shift(design: StudyDesign, table: pd.DataFrame, rng: np.random.Gene
     """
     n_models = len(design.methods) * design.n_subjects
     n_prompts, n_layers = design.n_prompts, len(LAYERS)
-    shift = (rng.normal(0.0, design.prompt_sd, (n_layers, 1, n_prompts))
-             + rng.normal(0.0, design.model_sd, (n_layers, n_models, 1))
-             + rng.normal(0.0, design.noise_sd, (n_layers, n_models, n_prompts)))  # [layer, model, prompt]
+    shift = (
+        rng.normal(0.0, design.prompt_sd, (n_layers, 1, n_prompts))
+        + rng.normal(0.0, design.model_sd, (n_layers, n_models, 1))
+        + rng.normal(0.0, design.noise_sd, (n_layers, n_models, n_prompts))
+    )  # [layer, model, prompt]
     if linked_layer is not None:
         table["alignment_drop"] = table["alignment_drop"].to_numpy() + link * shift[LAYERS.index(linked_layer)].ravel()
-    return pd.DataFrame({
-        "model_id": np.tile(table["model_id"].to_numpy(), n_layers),
-        "prompt_id": np.tile(table["prompt_id"].to_numpy(), n_layers),
-        "layer": np.repeat(np.array(LAYERS), len(table)),
-        "attention_shift": shift.ravel(),
-    })
+    return pd.DataFrame(
+        {
+            "model_id": np.tile(table["model_id"].to_numpy(), n_layers),
+            "prompt_id": np.tile(table["prompt_id"].to_numpy(), n_layers),
+            "layer": np.repeat(np.array(LAYERS), len(table)),
+            "attention_shift": shift.ravel(),
+        }
+    )
 
 
 def simulate_similarity(design: StudyDesign, table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -141,9 +160,11 @@ def simulate_similarity(design: StudyDesign, table: pd.DataFrame, rng: np.random
     Returns:
         Columns model_id, prompt_id, similarity.
     """
-    per_subject = (rng.normal(0.0, design.prompt_sd, (1, design.n_prompts))
-                   + rng.normal(0.0, design.subject_sd, (design.n_subjects, 1))
-                   + rng.normal(0.0, design.noise_sd, (design.n_subjects, design.n_prompts)))
+    per_subject = (
+        rng.normal(0.0, design.prompt_sd, (1, design.n_prompts))
+        + rng.normal(0.0, design.subject_sd, (design.n_subjects, 1))
+        + rng.normal(0.0, design.noise_sd, (design.n_subjects, design.n_prompts))
+    )
     subject = table["subject_id"].str[1:].astype(int).to_numpy()
     prompt = table["prompt_id"].str[1:].astype(int).to_numpy()
     return table[["model_id", "prompt_id"]].assign(similarity=per_subject[subject, prompt])

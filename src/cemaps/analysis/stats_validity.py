@@ -57,10 +57,17 @@ def methods_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesign 
     ``PLANTED_METHOD_OFFSETS``. ``friedman_prompt_blocks`` is the test cemaps used before issue 10,
     measured for comparison only.
     """
-    design = (design.without_method_offsets() if not planted else
-              StudyDesign(**{**design.__dict__, "method_offsets": PLANTED_METHOD_OFFSETS}))
-    out: dict[str, list[float]] = {"subject_anova": [], "pair_lora_vs_dreambooth": [], "pairwise_any_holm": [],
-                                   "friedman_prompt_blocks": []}
+    design = (
+        design.without_method_offsets()
+        if not planted
+        else StudyDesign(**{**design.__dict__, "method_offsets": PLANTED_METHOD_OFFSETS})
+    )
+    out: dict[str, list[float]] = {
+        "subject_anova": [],
+        "pair_lora_vs_dreambooth": [],
+        "pairwise_any_holm": [],
+        "friedman_prompt_blocks": [],
+    }
     for rng in _seeds(seed, n_sims):
         table = simulate_study(design, rng)
         result = compare_methods(table, "alignment_drop", n_boot=0)
@@ -74,17 +81,20 @@ def methods_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesign 
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
-def abstractness_p_values(n_sims: int, seed: int, planted: bool,
-                          design: StudyDesign = DESIGN) -> dict[str, np.ndarray]:
+def abstractness_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesign = DESIGN) -> dict[str, np.ndarray]:
     """Abstractness: Kruskal-Wallis and Mann-Whitney (abstract vs concrete) on prompt means, permutation ANOVA."""
-    out: dict[str, list[float]] = {"kruskal_prompt_means": [], "mannwhitney_abstract_vs_concrete": [],
-                                   "prompt_permutation_anova": []}
+    out: dict[str, list[float]] = {
+        "kruskal_prompt_means": [],
+        "mannwhitney_abstract_vs_concrete": [],
+        "prompt_permutation_anova": [],
+    }
     for rng in _seeds(seed, n_sims):
         table = simulate_study(design, rng, abstract_effect=PLANTED_ABSTRACT if planted else 0.0)
         result = compare_abstractness(table, "alignment_drop", n_perm=PERMUTATIONS, seed=int(rng.integers(2**31)))
         out["kruskal_prompt_means"].append(result["kruskal"]["p"])
-        out["mannwhitney_abstract_vs_concrete"].append(next(
-            r["p"] for r in result["pairwise"] if (r["class_a"], r["class_b"]) == ("abstract", "concrete")))
+        out["mannwhitney_abstract_vs_concrete"].append(
+            next(r["p"] for r in result["pairwise"] if (r["class_a"], r["class_b"]) == ("abstract", "concrete"))
+        )
         out["prompt_permutation_anova"].append(result["prompt_anova"]["test"]["p"])
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
@@ -101,8 +111,9 @@ def proximity_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesig
         similarity = simulate_similarity(design, table, rng)
         if planted:
             similarity["similarity"] += 2.0 * (table["domain"] == table["subject_domain"]).to_numpy()
-        result = semantic_proximity(table, "alignment_drop", n_perm=PERMUTATIONS, seed=int(rng.integers(2**31)),
-                                    similarity=similarity)
+        result = semantic_proximity(
+            table, "alignment_drop", n_perm=PERMUTATIONS, seed=int(rng.integers(2**31)), similarity=similarity
+        )
         out["proximity_combined"].append(result["combined"]["p"])
         out["proximity_one_model"].append(result["per_model"][0]["p"])
         out["similarity_spearman"].append(result["similarity"]["p"])
@@ -120,16 +131,19 @@ def layers_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesign =
     for rng in _seeds(seed, n_sims):
         table = simulate_study(design, rng)
         shift = simulate_shift(design, table, rng, linked_layer=LAYERS[2] if planted else None, link=PLANTED_LINK)
-        rows = {r["layer"]: r for r in link_layers(shift, table, "alignment_drop", ridge=False, n_perm=PERMUTATIONS,
-                                                   seed=int(rng.integers(2**31)))["layers"]}
+        rows = {
+            r["layer"]: r
+            for r in link_layers(
+                shift, table, "alignment_drop", ridge=False, n_perm=PERMUTATIONS, seed=int(rng.integers(2**31))
+            )["layers"]
+        }
         out["layer_p_perm"].append(rows[layer]["p_perm"])
         out["layer_q_bh_perm"].append(rows[layer]["q_bh_perm"])
         out["layer_p_asymptotic"].append(rows[layer]["p_asymptotic"])
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
-def clustering_p_values(n_sims: int, seed: int, planted: bool,
-                        design: StudyDesign = DESIGN) -> dict[str, np.ndarray]:
+def clustering_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesign = DESIGN) -> dict[str, np.ndarray]:
     """Clustering: permutation p of the ARI between the prompt tree and abstractness (planted: abstractness effect)."""
     out: dict[str, list[float]] = {"cluster_prompts_abstractness": []}
     for rng in _seeds(seed, n_sims):
@@ -137,10 +151,10 @@ def clustering_p_values(n_sims: int, seed: int, planted: bool,
         cem = table.pivot(index="model_id", columns="prompt_id", values="alignment_drop")
         prompts = table.drop_duplicates("prompt_id")[["prompt_id", "abstractness"]]
         models = table.drop_duplicates("model_id")[["model_id", "method"]]
-        result = cluster(cem, prompts, models, metric="euclidean", n_perm=PERMUTATIONS,
-                         seed=int(rng.integers(2**31)))
+        result = cluster(cem, prompts, models, metric="euclidean", n_perm=PERMUTATIONS, seed=int(rng.integers(2**31)))
         out["cluster_prompts_abstractness"].append(
-            next(r["p_ari"] for r in result["prompts"]["agreement"] if r["label"] == "abstractness"))
+            next(r["p_ari"] for r in result["prompts"]["agreement"] if r["label"] == "abstractness")
+        )
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
@@ -166,8 +180,9 @@ def rejection_rate(p_values: np.ndarray, alpha: float = ALPHA) -> float:
     return float(np.mean(np.nan_to_num(p, nan=1.0) < alpha))
 
 
-def null_rate_and_power(n_null: int = 1000, n_power: int = 500, seed: int = 0,
-                        families: tuple[str, ...] = tuple(FAMILIES)) -> pd.DataFrame:
+def null_rate_and_power(
+    n_null: int = 1000, n_power: int = 500, seed: int = 0, families: tuple[str, ...] = tuple(FAMILIES)
+) -> pd.DataFrame:
     """One row per test decision: null rate (with its binomial 95% interval) and power at alpha 0.05.
 
     Returns:
@@ -180,7 +195,17 @@ def null_rate_and_power(n_null: int = 1000, n_power: int = 500, seed: int = 0,
         for test, p in null.items():
             rate = rejection_rate(p)
             ci = stats.binomtest(int(round(rate * n_null)), n_null).proportion_ci(0.95)
-            rows.append(dict(family=family, test=test, null_rate=rate, null_ci_low=ci.low, null_ci_high=ci.high,
-                             n_null=n_null, power=rejection_rate(power[test]), n_power=n_power,
-                             planted=PLANTED_TEXT[family]))
+            rows.append(
+                dict(
+                    family=family,
+                    test=test,
+                    null_rate=rate,
+                    null_ci_low=ci.low,
+                    null_ci_high=ci.high,
+                    n_null=n_null,
+                    power=rejection_rate(power[test]),
+                    n_power=n_power,
+                    planted=PLANTED_TEXT[family],
+                )
+            )
     return pd.DataFrame(rows)

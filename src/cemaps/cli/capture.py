@@ -11,20 +11,39 @@ from cemaps.cli.app import one_line_errors, quiet_option, say
 
 @one_line_errors
 def capture_command(
-    config: Path = typer.Option(None, "--config", "-c", help="study.yaml: base, prompts, seeds, generation, capture, "
-                                "personalized models (required)."),
-    store: Path = typer.Option(None, "--store", "-o", help="Store to create or resume (default: the config's `store`, "
-                               "relative to the config's folder, else study.h5 here)."),
-    base: str = typer.Option(None, help="Override the base model: a diffusers folder, a cached hub id, a .safetensors "
-                             "file, or cemaps/tiny-sd."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="study.yaml: base, prompts, seeds, generation, capture, personalized models (required).",
+    ),
+    store: Path = typer.Option(
+        None,
+        "--store",
+        "-o",
+        help="Store to create or resume (default: the config's `store`, "
+        "relative to the config's folder, else study.h5 here).",
+    ),
+    base: str = typer.Option(
+        None,
+        help="Override the base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd.",
+    ),
     prompts: str = typer.Option(None, help="Override prompts: suite200, demo24, or a CSV/YAML file."),
     seeds: str = typer.Option(None, help="Override seeds, comma-separated, e.g. 0,1,2,3."),
     steps: int = typer.Option(None, help="Override generation.steps."),
     device: str = typer.Option(None, help="cuda, cuda:1, cpu (default: CUDA when available)."),
     records_per_part: int = typer.Option(16, min=1, help="Records per part file: a crash loses at most this many."),
     quiet: bool = quiet_option(),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (records to make and done, model switches, disk, time from a short calibration) and write nothing."),
-    processes: int = typer.Option(None, min=1, help="With --dry-run: plan for this many capture processes (default: the launcher's WORLD_SIZE, else 1)."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the plan (records to make and done, model switches, disk, time from a short calibration) and write nothing.",
+    ),
+    processes: int = typer.Option(
+        None,
+        min=1,
+        help="With --dry-run: plan for this many capture processes (default: the launcher's WORLD_SIZE, else 1).",
+    ),
 ) -> None:
     """Generate every (model, prompt, seed) of a study and capture cross-attention maps into a store.
 
@@ -37,8 +56,10 @@ def capture_command(
     from cemaps.errors import ConfigError
 
     if config is None:
-        raise ConfigError("capture needs --config study.yaml (the study to run; see the README's 'The study config'); "
-                          "for a ready-made small study run `cemaps demo`")
+        raise ConfigError(
+            "capture needs --config study.yaml (the study to run; see the README's 'The study config'); "
+            "for a ready-made small study run `cemaps demo`"
+        )
     quiet_libraries()
 
     from cemaps.config import load_config
@@ -75,8 +96,17 @@ def capture_command(
 
     check_writable(target, "--store" if store is not None else f"{config}: store")  # before the model is loaded
     result = run_study(study, target, progress=not quiet, records_per_part=records_per_part)
-    say("[green]store[/] {}: {} records written, {} already there ({} in this process's share)",
-        result.store, result.written, result.skipped, result.total)
+    say(
+        "[green]store[/] {}: {} records written, {} already there ({} in this process's share)",
+        result.store,
+        result.written,
+        result.skipped,
+        result.total,
+    )
     if result.in_context is not None:
-        say("[green]store[/] {} (subjects in context): {} records written, {} already there",
-            result.in_context.store, result.in_context.written, result.in_context.skipped)
+        say(
+            "[green]store[/] {} (subjects in context): {} records written, {} already there",
+            result.in_context.store,
+            result.in_context.written,
+            result.in_context.skipped,
+        )

@@ -11,8 +11,13 @@ from cemaps.cli.app import one_line_errors, quiet_option
 
 @one_line_errors
 def demo_command(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for models, store, results and report: new, "
-                             "empty, or an earlier demo's (it resumes there); any other folder is refused."),
+    out: Path = typer.Option(
+        Path("demo-out"),
+        "--out",
+        "-o",
+        help="Folder for models, store, results and report: new, "
+        "empty, or an earlier demo's (it resumes there); any other folder is refused.",
+    ),
     quiet: bool = quiet_option(),
     world: str = typer.Option("toy", "--world", help="toy: the trained toy world; tiny: the random-weight tiny model."),
 ) -> None:

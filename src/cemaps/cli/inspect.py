@@ -25,25 +25,43 @@ def inspect_command(
     out = Console(width=None if sys.stdout.isatty() else 200)
     with open_store(store) as reader:
         records = reader.records
-        out.print(f"[bold]{escape(str(store))}[/]  schema v{reader.schema_version}  {len(records)} records  "
-                  f"{reader.size_on_disk() / 1e6:.2f} MB on disk "
-                  f"({reader.size_on_disk() / max(len(records), 1) / 1e3:.1f} kB/record)")
+        out.print(
+            f"[bold]{escape(str(store))}[/]  schema v{reader.schema_version}  {len(records)} records  "
+            f"{reader.size_on_disk() / 1e6:.2f} MB on disk "
+            f"({reader.size_on_disk() / max(len(records), 1) / 1e3:.1f} kB/record)"
+        )
         models = Table("model", "method", "subject", "records", title="models")
         counts = records.groupby("model_id").size() if len(records) else {}
         for model_id, row in reader.models.iterrows():
-            models.add_row(*(escape(str(v)) for v in (model_id, row.get("method"), row.get("subject_id"),
-                                                        int(counts.get(model_id, 0)))))
+            models.add_row(
+                *(
+                    escape(str(v))
+                    for v in (model_id, row.get("method"), row.get("subject_id"), int(counts.get(model_id, 0)))
+                )
+            )
         out.print(models)
         prompts = reader.prompts
-        seeds = sorted(set(records['seed'])) if len(records) else []
+        seeds = sorted(set(records["seed"])) if len(records) else []
         out.print(f"prompts: {len(prompts)}; seeds: {escape(str(seeds))}")
         arrays = Table("array", "axes", "per-record shape (first axis ragged)", "dtype", title="arrays")
         for name in reader.array_names:
             shape = ("n", *reader.trailing_shape(name))
-            arrays.add_row(*(escape(v) for v in (name, ", ".join(reader.axes(name)), " x ".join(map(str, shape)),
-                                                 str(reader.dtype(name)) if hasattr(reader, "dtype") else "")))
+            arrays.add_row(
+                *(
+                    escape(v)
+                    for v in (
+                        name,
+                        ", ".join(reader.axes(name)),
+                        " x ".join(map(str, shape)),
+                        str(reader.dtype(name)) if hasattr(reader, "dtype") else "",
+                    )
+                )
+            )
         out.print(arrays)
         if provenance:
-            for title, value, indent in (("settings", reader.settings, 1), ("base", reader.base, None),
-                                         ("provenance", reader.provenance, 1)):
+            for title, value, indent in (
+                ("settings", reader.settings, 1),
+                ("base", reader.base, None),
+                ("provenance", reader.provenance, 1),
+            ):
                 out.print(f"[bold]{title}[/]", escape(json.dumps(value, indent=indent, default=str)), highlight=False)

@@ -22,26 +22,23 @@ LEARNING_RATE_HELP = "dreambooth 5e-06, lora 0.0001, textual_inversion 0.0005"
 
 @one_line_errors
 def personalize_command(
-    method: str = typer.Option(
-        ..., "--method", "-m", help=f"Personalization method: {METHODS_HELP}."
-    ),
+    method: str = typer.Option(..., "--method", "-m", help=f"Personalization method: {METHODS_HELP}."),
     images: Path = typer.Option(..., "--images", "-i", help="Folder of instance images of the subject."),
     token: str = typer.Option(
-        ..., "--token", "-t",
+        ...,
+        "--token",
+        "-t",
         help="Subject identifier: a rare word such as 'sks' (dreambooth, lora) or a new token such as "
         "'<my-dog>' (textual_inversion).",
     ),
     class_word: str = typer.Option(..., "--class-word", "-c", help="The subject's class noun, e.g. 'dog'."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the weights and cemaps_train.json."),
     base: str = typer.Option(
-        "cemaps/tiny-sd", help="Base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd."
+        "cemaps/tiny-sd",
+        help="Base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd.",
     ),
-    steps: int | None = typer.Option(
-        None, help=f"Training steps (default per method: {STEPS_HELP})."
-    ),
-    learning_rate: float | None = typer.Option(
-        None, help=f"Learning rate (default per method: {LEARNING_RATE_HELP})."
-    ),
+    steps: int | None = typer.Option(None, help=f"Training steps (default per method: {STEPS_HELP})."),
+    learning_rate: float | None = typer.Option(None, help=f"Learning rate (default per method: {LEARNING_RATE_HELP})."),
     rank: int = typer.Option(4, help="LoRA rank (lora_alpha equals it)."),
     lora_targets: str = typer.Option(
         "cross_attention", help="LoRA targets: cross_attention (attn2 to_k/to_v) or attention (all to_q/k/v/out)."
@@ -51,17 +48,29 @@ def personalize_command(
     ),
     seed: int = typer.Option(0, help="Seed for initialisation, data order, noise and class images."),
     batch_size: int = typer.Option(1, help="Instance images per step."),
-    resolution: int | None = typer.Option(None, help="Training side in pixels (default: the model's, 512 for SD v1.5)."),
+    resolution: int | None = typer.Option(
+        None, help="Training side in pixels (default: the model's, 512 for SD v1.5)."
+    ),
     prior_preservation: bool = typer.Option(
-        False, "--prior-preservation", help="DreamBooth: add the class-prior loss on images the base model generates (cached in OUT/class_images)."
+        False,
+        "--prior-preservation",
+        help="DreamBooth: add the class-prior loss on images the base model generates (cached in OUT/class_images).",
     ),
     num_class_images: int = typer.Option(100, help="DreamBooth prior preservation: number of class images."),
     mixed_precision: str | None = typer.Option(None, help="fp16 or bf16 autocast (GPU); default float32."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Trade ~30% speed for much less activation memory."),
-    use_8bit_adam: bool = typer.Option(False, "--use-8bit-adam", help="bitsandbytes 8-bit AdamW (CUDA; pip install bitsandbytes)."),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", help="Trade ~30% speed for much less activation memory."
+    ),
+    use_8bit_adam: bool = typer.Option(
+        False, "--use-8bit-adam", help="bitsandbytes 8-bit AdamW (CUDA; pip install bitsandbytes)."
+    ),
     device: str | None = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier `cemaps personalize` output in OUT (class images "
-                                   "are kept); a folder holding other files is always refused."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an earlier `cemaps personalize` output in OUT (class images "
+        "are kept); a folder holding other files is always refused.",
+    ),
     quiet: bool = quiet_option(),
 ) -> None:
     """Personalize a base model on a subject and save weights that diffusers loads directly."""
@@ -120,8 +129,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
         present = sorted(p.name for p in out.iterdir() if p.name not in ("class_images", MARKER))
         if present and not overwrite:
             listed = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-            raise OutputError(f"--out {out}: folder is not empty ({listed}); choose a new folder, or pass --overwrite "
-                              "to replace an earlier `cemaps personalize` output there")
+            raise OutputError(
+                f"--out {out}: folder is not empty ({listed}); choose a new folder, or pass --overwrite "
+                "to replace an earlier `cemaps personalize` output there"
+            )
         if not present:
             return
     check_output_folder(out, "personalize")

@@ -12,8 +12,13 @@ from cemaps.cli.app import library_warnings_counted, one_line_errors
 @one_line_errors
 def report_command(
     results: Path = typer.Argument(Path("results"), help="The folder `cemaps analyze` wrote."),
-    out: Path = typer.Option(Path("report"), "--out", "-o", help="Report folder: report.html and figures/ (PNG + SVG). "
-                             "A folder holding other files is refused; an earlier report there is replaced."),
+    out: Path = typer.Option(
+        Path("report"),
+        "--out",
+        "-o",
+        help="Report folder: report.html and figures/ (PNG + SVG). "
+        "A folder holding other files is refused; an earlier report there is replaced.",
+    ),
 ) -> None:
     """Draw every figure (PNG and SVG) and write one self-contained, offline HTML report."""
     from cemaps.errors import ConfigError

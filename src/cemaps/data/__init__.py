@@ -3,7 +3,6 @@ loaders for user-made lists, synthetic subject images for the demo, and the in-c
 templates (``{subject}`` placeholders) for subjects in context."""
 
 from cemaps.data.in_context import IN_CONTEXT_LISTS, TEMPLATE_COLUMNS, fill, load_in_context_prompts, subject_phrase
-
 from cemaps.data.suite import (
     ABSTRACTNESS_LEVELS,
     DOMAINS,

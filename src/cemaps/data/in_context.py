@@ -105,7 +105,9 @@ def subject_phrase(method: str, class_word: str, token: str | None = None) -> st
 def fill(template: str, phrase: str) -> str:
     """The template with its one ``{subject}`` replaced by ``phrase`` (no other formatting)."""
     if template.count(PLACEHOLDER) != 1:
-        raise ConfigError(f"template {template!r} holds {PLACEHOLDER} {template.count(PLACEHOLDER)} times; expected once")
+        raise ConfigError(
+            f"template {template!r} holds {PLACEHOLDER} {template.count(PLACEHOLDER)} times; expected once"
+        )
     return template.replace(PLACEHOLDER, phrase)
 
 
@@ -125,7 +127,8 @@ def _validate_templates(table: pd.DataFrame, source: str, row_word: str) -> pd.D
         rest = template.replace(PLACEHOLDER, "", 1)
         if template.count(PLACEHOLDER) != 1 or "{" in rest or "}" in rest:
             where = _where(row_word, index, "template_id", table["template_id"].iloc[index])
-            raise ConfigError(f"{source}: {where}: template {template!r} must hold {PLACEHOLDER} exactly once "
-                              "and no other braces")
+            raise ConfigError(
+                f"{source}: {where}: template {template!r} must hold {PLACEHOLDER} exactly once and no other braces"
+            )
     extra = [c for c in table.columns if c not in TEMPLATE_COLUMNS]
     return table[list(TEMPLATE_COLUMNS) + extra].reset_index(drop=True)

@@ -484,8 +484,10 @@ def _draw_object(size: int, variant: int, hue: float, rng: np.random.Generator) 
 
 
 def _draw_style(size: int, variant: int, hue: float, rng: np.random.Generator) -> Image.Image:
-    palette = [_rgb(hue + shift, saturation, value) for shift, saturation, value in
-               ((0.0, 0.7, 0.9), (0.08, 0.6, 0.6), (0.5, 0.5, 0.8), (0.0, 0.2, 0.98))]
+    palette = [
+        _rgb(hue + shift, saturation, value)
+        for shift, saturation, value in ((0.0, 0.7, 0.9), (0.08, 0.6, 0.6), (0.5, 0.5, 0.8), (0.0, 0.2, 0.98))
+    ]
     line = max(1, size // 32)
     # Variants: oil (thick strokes), watercolour (soft blobs), pencil (hatching),
     # woodblock (flat wave bands), pixel art (coarse grid).

@@ -5,4 +5,13 @@ from cemaps.hooks.context import CaptureContext
 from cemaps.hooks.selection import select_modules
 from cemaps.hooks.steps import Generation, selected_steps
 
-__all__ = ["CaptureContext", "CaptureRun", "Generation", "Probe", "Removable", "capture", "select_modules", "selected_steps"]
+__all__ = [
+    "CaptureContext",
+    "CaptureRun",
+    "Generation",
+    "Probe",
+    "Removable",
+    "capture",
+    "select_modules",
+    "selected_steps",
+]

@@ -80,8 +80,10 @@ class CaptureRun:
                 self._handles.extend(h for h in handles if isinstance(h, Removable))
                 wrong = [h for h in handles if not isinstance(h, Removable)]
                 if wrong:
-                    raise TypeError(f"probe {probe.name!r}: attach returned {type(wrong[0]).__name__} "
-                                    "objects without remove(); return torch hook handles (Removable)")
+                    raise TypeError(
+                        f"probe {probe.name!r}: attach returned {type(wrong[0]).__name__} "
+                        "objects without remove(); return torch hook handles (Removable)"
+                    )
         except BaseException:
             self.close()
             raise
@@ -105,7 +107,7 @@ class CaptureRun:
         for probe_name, images in per_probe.items():
             if len(images) != n_images:
                 raise RuntimeError(f"probe {probe_name!r} returned {len(images)} records for {n_images} images")
-            for target, arrays in zip(merged, images):
+            for target, arrays in zip(merged, images, strict=False):
                 target.update({f"{probe_name}/{name}": array for name, array in arrays.items()})
         return merged
 

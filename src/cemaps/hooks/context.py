@@ -79,7 +79,7 @@ class CaptureContext:
         if isinstance(hidden, torch.Tensor):
             # the latest few suffice (diffusers encodes prompt then negative right before the loop);
             # the bound keeps encodings made for other purposes inside a capture from piling up
-            self._encodings = [*self._encodings[-(_KEPT_ENCODINGS - 1):], (input_ids.detach().cpu().numpy(), hidden)]
+            self._encodings = [*self._encodings[-(_KEPT_ENCODINGS - 1) :], (input_ids.detach().cpu().numpy(), hidden)]
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
@@ -139,8 +139,9 @@ class CaptureContext:
             schedule=schedule,
         )
 
-    def _match_encodings(self, encoder_hidden_states: Any, batch: int,
-                         guidance: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _match_encodings(
+        self, encoder_hidden_states: Any, batch: int, guidance: bool
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Token ids of (prompt, negative prompt) among the encodings since the last UNet call."""
         if not self._encodings:
             return None, None

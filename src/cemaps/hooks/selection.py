@@ -59,9 +59,7 @@ def select_modules(
         if any(ch in pattern for ch in "*?["):
             hits = [n for n in accepted if fnmatch.fnmatchcase(n, pattern)]
             if not hits:
-                raise LayerNotFoundError(
-                    f"layer glob {pattern!r} matches no {kind}; e.g. {_examples(accepted)}"
-                )
+                raise LayerNotFoundError(f"layer glob {pattern!r} matches no {kind}; e.g. {_examples(accepted)}")
         elif pattern in accepted:
             hits = [pattern]
         elif pattern in named:

@@ -6,14 +6,33 @@ does not import diffusers.
 
 from cemaps.models.methods import METHODS
 
-__all__ = ["METHODS", "TINY_MODEL_ID", "clip_tokenizer", "tiny_pipeline", "load_pipeline", "PersonalizedSpec",
-           "applied", "check", "BaseWeights", "personalize", "TrainSettings", "TrainResult"]
+__all__ = [
+    "METHODS",
+    "TINY_MODEL_ID",
+    "clip_tokenizer",
+    "tiny_pipeline",
+    "load_pipeline",
+    "PersonalizedSpec",
+    "applied",
+    "check",
+    "BaseWeights",
+    "personalize",
+    "TrainSettings",
+    "TrainResult",
+]
 
 _LAZY = {
-    "TINY_MODEL_ID": "cemaps.models.tiny", "clip_tokenizer": "cemaps.models.tiny", "tiny_pipeline": "cemaps.models.tiny",
-    "load_pipeline": "cemaps.models.loading", "PersonalizedSpec": "cemaps.models.personalized",
-    "applied": "cemaps.models.personalized", "check": "cemaps.models.personalized", "BaseWeights": "cemaps.models.personalized",
-    "personalize": "cemaps.models.train", "TrainSettings": "cemaps.models.train", "TrainResult": "cemaps.models.train",
+    "TINY_MODEL_ID": "cemaps.models.tiny",
+    "clip_tokenizer": "cemaps.models.tiny",
+    "tiny_pipeline": "cemaps.models.tiny",
+    "load_pipeline": "cemaps.models.loading",
+    "PersonalizedSpec": "cemaps.models.personalized",
+    "applied": "cemaps.models.personalized",
+    "check": "cemaps.models.personalized",
+    "BaseWeights": "cemaps.models.personalized",
+    "personalize": "cemaps.models.train",
+    "TrainSettings": "cemaps.models.train",
+    "TrainResult": "cemaps.models.train",
 }
 
 

@@ -88,7 +88,9 @@ def weights_fingerprint(module_or_state_dict: torch.nn.Module | dict[str, torch.
     Returns:
         64 hex characters.
     """
-    state = module_or_state_dict.state_dict() if isinstance(module_or_state_dict, torch.nn.Module) else module_or_state_dict
+    state = (
+        module_or_state_dict.state_dict() if isinstance(module_or_state_dict, torch.nn.Module) else module_or_state_dict
+    )
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().contiguous().cpu()

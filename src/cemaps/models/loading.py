@@ -45,8 +45,8 @@ def default_device_and_dtype(
         device: e.g. ``"cuda:1"`` or ``"cpu"``; None picks one.
         dtype: a torch dtype or its name (``"float16"``, ``"bfloat16"``, ``"fp32"``); None picks one.
     """
-    resolved_device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
+    resolved_device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     )
     if dtype is None:
         return resolved_device, torch.float16 if resolved_device.type == "cuda" else torch.float32
@@ -60,7 +60,9 @@ def _parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
     name = aliases.get(dtype.lower(), dtype.lower())
     parsed = getattr(torch, name, None)
     if not isinstance(parsed, torch.dtype) or not parsed.is_floating_point:
-        raise ModelLoadError(f"dtype {dtype!r} is not a floating-point torch dtype; expected float16, bfloat16 or float32")
+        raise ModelLoadError(
+            f"dtype {dtype!r} is not a floating-point torch dtype; expected float16, bfloat16 or float32"
+        )
     return parsed
 
 
@@ -105,7 +107,9 @@ def load_pipeline(
         elif path.is_file():
             pipe = _from_single_file(path, allow_pickle, config)
         elif _looks_like_path(path_or_id):
-            raise ModelLoadError(f"model path {path_or_id!r} does not exist; expected a diffusers folder or a checkpoint file")
+            raise ModelLoadError(
+                f"model path {path_or_id!r} does not exist; expected a diffusers folder or a checkpoint file"
+            )
         else:
             pipe = _from_diffusers_folder(Path(_cached_snapshot(path_or_id)), allow_pickle)
     # Casting an already-float32 model warns about "modules to keep in float32"; cast only when needed.
@@ -166,7 +170,9 @@ def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> StableDiffusionP
 def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> StableDiffusionPipeline:
     check_pickle_allowed(path, allow_pickle)
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
-        raise ModelLoadError(f"checkpoint {str(path)!r} has suffix {path.suffix!r}; expected .safetensors (or .ckpt with allow_pickle)")
+        raise ModelLoadError(
+            f"checkpoint {str(path)!r} has suffix {path.suffix!r}; expected .safetensors (or .ckpt with allow_pickle)"
+        )
     config_folder = config if config is not None else _cached_config_for_checkpoint(path, allow_pickle)
     if not (Path(config_folder) / "model_index.json").is_file():
         raise ModelLoadError(
@@ -182,7 +188,9 @@ def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> Sta
             requires_safety_checker=False,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadError(f"cannot load checkpoint {str(path)!r} with config {config_folder!r}: {_first_line(error)}") from error
+        raise ModelLoadError(
+            f"cannot load checkpoint {str(path)!r} with config {config_folder!r}: {_first_line(error)}"
+        ) from error
 
 
 def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
@@ -198,7 +206,9 @@ def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
     checkpoint = load_weights(path, allow_pickle=allow_pickle)
     repo_id = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
     try:
-        return snapshot_download(repo_id, local_files_only=True, allow_patterns=["*.json", "*/*.json", "*.txt", "*/*.txt"])
+        return snapshot_download(
+            repo_id, local_files_only=True, allow_patterns=["*.json", "*/*.json", "*.txt", "*/*.txt"]
+        )
     except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError) as error:
         raise ModelLoadError(
             f"checkpoint {str(path)!r} looks like {repo_id!r}, whose diffusers config is not in the local "

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import gzip
-import html
 from functools import lru_cache
 from importlib import resources
 
@@ -47,9 +46,7 @@ def _clip_bpe() -> tuple[dict[str, int], list[str]]:
 def _bytes_to_unicode() -> dict[int, str]:
     # GPT-2/CLIP's reversible byte -> printable-unicode table.
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = printable[:]
     extra = 0
@@ -58,13 +55,15 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             codes.append(256 + extra)
             extra += 1
-    return dict(zip(printable, [chr(c) for c in codes]))
+    return dict(zip(printable, [chr(c) for c in codes], strict=False))
 
 
 def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """OpenAI's CLIP tokenizer (the one SD v1.5 uses), built with no download."""
     vocab, merges = _clip_bpe()
-    return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length)
+    return CLIPTokenizer(
+        vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length
+    )
 
 
 def tiny_pipeline(seed: int = 0, *, image_size: int = 64) -> StableDiffusionPipeline:

@@ -49,8 +49,17 @@ class Reduction:
 def _group_key(attn: Attention, query: torch.Tensor, key: torch.Tensor) -> tuple:
     if attn.norm_q is not None or attn.norm_k is not None:
         return ("alone", id(attn))
-    return (attn.heads, float(attn.scale), bool(attn.upcast_attention), bool(attn.upcast_softmax),
-            tuple(query.shape), tuple(key.shape), query.dtype, key.dtype, query.device)
+    return (
+        attn.heads,
+        float(attn.scale),
+        bool(attn.upcast_attention),
+        bool(attn.upcast_softmax),
+        tuple(query.shape),
+        tuple(key.shape),
+        query.dtype,
+        key.dtype,
+        query.device,
+    )
 
 
 def layer_probabilities(
@@ -73,9 +82,10 @@ def layer_probabilities(
         per_layer = rows * attn.heads * query.shape[1] * key.shape[1]
         size = max(1, MAX_GROUP_VALUES // max(1, per_layer))
         for start in range(0, len(members), size):
-            chunk = members[start:start + size]
-            maps, grid = _score(attn, [pending[i][1] for i in chunk], [pending[i][2] for i in chunk],
-                                latent_hw, reduction)
+            chunk = members[start : start + size]
+            maps, grid = _score(
+                attn, [pending[i][1] for i in chunk], [pending[i][2] for i in chunk], latent_hw, reduction
+            )
             for position, index in enumerate(chunk):
                 out[index] = (maps[position], grid)
     return out  # type: ignore[return-value]
@@ -92,8 +102,13 @@ def _stack_rows(tensors: list[torch.Tensor], rows: slice | None) -> torch.Tensor
     return stacked.flatten(0, 1)
 
 
-def _score(attn: Attention, queries: list[torch.Tensor], keys: list[torch.Tensor],
-           latent_hw: tuple[int, int], reduction: Reduction) -> tuple[torch.Tensor, tuple[int, int]]:
+def _score(
+    attn: Attention,
+    queries: list[torch.Tensor],
+    keys: list[torch.Tensor],
+    latent_hw: tuple[int, int],
+    reduction: Reduction,
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """[layers, rows, head, y*x, token] kept probabilities of layers that score alike, and (y, x)."""
     layers = len(queries)
     query, key = _stack_rows(queries, reduction.rows), _stack_rows(keys, reduction.rows)
@@ -108,7 +123,7 @@ def _score(attn: Attention, queries: list[torch.Tensor], keys: list[torch.Tensor
     # A plain view here: this runs per group at every captured step, and einops costs ~20 us a call.
     probs = probs.view(layers, -1, attn.heads, pixels, probs.shape[-1])  # [layer, row, head, pixel, token]
     if reduction.tokens is not None and reduction.tokens < probs.shape[-1]:
-        probs = probs[..., :reduction.tokens]  # before pooling: later tokens are not kept
+        probs = probs[..., : reduction.tokens]  # before pooling: later tokens are not kept
     if reduction.mean_heads:
         probs = probs.mean(dim=2, keepdim=True, dtype=torch.float32)
     height, width = layer_grid(latent_hw, pixels)
@@ -118,8 +133,12 @@ def _score(attn: Attention, queries: list[torch.Tensor], keys: list[torch.Tensor
         # maps are large enough to pool, so the pooling, not einops' per-call cost, dominates)
         heads = probs.shape[2]
         grid = rearrange(probs, "layer row head (y x) token -> (layer row head) token y x", y=height).float()
-        probs = rearrange(F.adaptive_avg_pool2d(grid, pooled),
-                          "(layer row head) token y x -> layer row head (y x) token", layer=layers, head=heads)
+        probs = rearrange(
+            F.adaptive_avg_pool2d(grid, pooled),
+            "(layer row head) token y x -> layer row head (y x) token",
+            layer=layers,
+            head=heads,
+        )
     # a copy either way, so the full-size maps are not kept alive
     return probs.to(reduction.dtype, copy=True), pooled
 

@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from einops import rearrange
 from diffusers.models.attention_processor import Attention
+from einops import rearrange
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -90,16 +90,27 @@ class CrossAttentionSettings:
         for key, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ConfigError(f"capture setting {key}={value!r}: expected one of {', '.join(allowed)}")
-        if self.spatial != "native" and (isinstance(self.spatial, bool) or not isinstance(self.spatial, int) or self.spatial < 1):
+        if self.spatial != "native" and (
+            isinstance(self.spatial, bool) or not isinstance(self.spatial, int) or self.spatial < 1
+        ):
             raise ConfigError(f"capture setting spatial={self.spatial!r}: expected 'native' or a positive integer")
 
     def to_dict(self) -> dict[str, Any]:
-        layers = self.layers if isinstance(self.layers, str) else (
-            list(self.layers) if not callable(self.layers) else getattr(self.layers, "__name__", "callable")
+        layers = (
+            self.layers
+            if isinstance(self.layers, str)
+            else (list(self.layers) if not callable(self.layers) else getattr(self.layers, "__name__", "callable"))
         )
         timesteps = self.timesteps if isinstance(self.timesteps, (str, int)) else list(self.timesteps)
-        return {"layers": layers, "timesteps": timesteps, "heads": self.heads, "tokens": self.tokens,
-                "spatial": self.spatial, "dtype": self.dtype, "halves": self.halves}
+        return {
+            "layers": layers,
+            "timesteps": timesteps,
+            "heads": self.heads,
+            "tokens": self.tokens,
+            "spatial": self.spatial,
+            "dtype": self.dtype,
+            "halves": self.halves,
+        }
 
 
 class _StepHooks:
@@ -145,8 +156,16 @@ class CrossAttentionProbe:
 
     name = CROSS_ATTENTION
 
-    def __init__(self, layers: LayerSelector = "*attn2", timesteps: StepSpec = 5, heads: str = "mean",
-                 tokens: str = "prompt", spatial: int | str = 16, dtype: str = "float16", halves: str = "cond"):
+    def __init__(
+        self,
+        layers: LayerSelector = "*attn2",
+        timesteps: StepSpec = 5,
+        heads: str = "mean",
+        tokens: str = "prompt",
+        spatial: int | str = 16,
+        dtype: str = "float16",
+        halves: str = "cond",
+    ):
         self.settings = CrossAttentionSettings(layers, timesteps, heads, tokens, spatial, dtype, halves)
         self._reset(None)
 
@@ -174,7 +193,9 @@ class CrossAttentionProbe:
         Raises:
             LayerNotFoundError: ``layers`` names or matches no cross-attention layer.
         """
-        layers = select_modules(pipe.unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer")
+        layers = select_modules(
+            pipe.unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer"
+        )
         self._reset(context.tokenizer)
         self._slots = {name: _LayerSlot(name) for name in layers}
 
@@ -215,6 +236,7 @@ class CrossAttentionProbe:
     def _keep_query(slot: _LayerSlot):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             slot.query = output
+
         return hook
 
     def _score(self, slot: _LayerSlot, attn: Attention):
@@ -225,8 +247,10 @@ class CrossAttentionProbe:
             if query is None:
                 raise RuntimeError(
                     f"layer {slot.name!r}: its key projection ran before its query projection; the attention "
-                    f"processor {type(attn.processor).__name__} projects in an order cemaps cannot pair")
+                    f"processor {type(attn.processor).__name__} projects in an order cemaps cannot pair"
+                )
             self._pending.append((slot, attn, query, output))
+
         return hook
 
     def _flush(self, context: CaptureContext):
@@ -236,11 +260,13 @@ class CrossAttentionProbe:
                 return
             generation = context.generation
             with torch.no_grad():
-                results = layer_probabilities([item[1:] for item in pending], generation.latent_hw,
-                                              self._reduction(generation))
+                results = layer_probabilities(
+                    [item[1:] for item in pending], generation.latent_hw, self._reduction(generation)
+                )
             for (slot, *_), (maps, grid) in zip(pending, results, strict=True):
                 slot.grid = grid
                 slot.maps.setdefault(generation.index, []).append(maps)
+
         return hook
 
     def _reduction(self, generation: Generation) -> Reduction:
@@ -250,8 +276,13 @@ class CrossAttentionProbe:
         if len(keep) < len(halves):  # one CFG half of two: diffusers stacks (uncond, cond)
             first = halves.index(keep[0]) * generation.batch_size
             rows = slice(first, first + generation.batch_size)
-        return Reduction(rows=rows, mean_heads=self.settings.heads == "mean", tokens=self._token_limit(generation),
-                         spatial=self.settings.spatial, dtype=_DTYPES[self.settings.dtype])
+        return Reduction(
+            rows=rows,
+            mean_heads=self.settings.heads == "mean",
+            tokens=self._token_limit(generation),
+            spatial=self.settings.spatial,
+            dtype=_DTYPES[self.settings.dtype],
+        )
 
     def _lengths(self, generation: Generation) -> list[int | None]:
         """Tokens kept per image: its prompt's (None: all, or the tokens are unknown)."""
@@ -270,8 +301,10 @@ class CrossAttentionProbe:
         wanted = {"cond": ("cond",), "uncond": ("uncond",), "both": ("uncond", "cond")}[self.settings.halves]
         keep = tuple(h for h in halves if h in wanted)
         if not keep:
-            raise ConfigError(f"capture setting halves={self.settings.halves!r}: this generation ran without "
-                              "classifier-free guidance, so only the 'cond' half exists")
+            raise ConfigError(
+                f"capture setting halves={self.settings.halves!r}: this generation ran without "
+                "classifier-free guidance, so only the 'cond' half exists"
+            )
         return keep
 
     def collect(self, context: CaptureContext) -> list[dict[str, LabelledArray]]:
@@ -298,9 +331,12 @@ class CrossAttentionProbe:
                     raise RuntimeError(f"layer {name!r} ran {len(per_step)} of {len(steps)} captured steps")
                 if not steps:
                     continue
-                maps = rearrange(torch.stack(per_step),
-                                 "step (half image) head (y x) token -> image token step half head y x",
-                                 half=len(halves), y=slot.grid[0])
+                maps = rearrange(
+                    torch.stack(per_step),
+                    "step (half image) head (y x) token -> image token step half head y x",
+                    half=len(halves),
+                    y=slot.grid[0],
+                )
                 stacked[name] = maps.cpu().numpy()
             if not stacked:  # no selected step ran (e.g. the loop was interrupted first): records without maps
                 records.extend({} for _ in range(generation.batch_size))
@@ -315,12 +351,20 @@ class CrossAttentionProbe:
             for i in range(generation.batch_size):
                 prompt = generation.prompt_of_image(i)
                 kept = lengths[i] if lengths[i] is not None else next(iter(stacked.values())).shape[1]
-                coords: dict[str, Any] = {**step_coords, "token": self._token_labels(generation.token_ids, prompt, kept),
-                                          "prompt": [prompt], "generation": [generation.index]}
+                coords: dict[str, Any] = {
+                    **step_coords,
+                    "token": self._token_labels(generation.token_ids, prompt, kept),
+                    "prompt": [prompt],
+                    "generation": [generation.index],
+                }
                 if "uncond" in halves and generation.negative_token_ids is not None:
                     coords["uncond_token"] = self._token_labels(generation.negative_token_ids, prompt, kept)
-                records.append({name: LabelledArray(np.ascontiguousarray(maps[i, :kept]), AXES, coords)
-                                for name, maps in stacked.items()})
+                records.append(
+                    {
+                        name: LabelledArray(np.ascontiguousarray(maps[i, :kept]), AXES, coords)
+                        for name, maps in stacked.items()
+                    }
+                )
         for slot in self._slots.values():
             slot.maps.clear()
         return records

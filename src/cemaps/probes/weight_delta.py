@@ -174,7 +174,9 @@ def weight_delta_table(
             continue
         component, parameter = split_component(name)
         module, _, param = parameter.rpartition(".")
-        block, block_index, level = block_position(module, n_down, n_up) if component == "unet" else ("other", None, None)
+        block, block_index, level = (
+            block_position(module, n_down, n_up) if component == "unet" else ("other", None, None)
+        )
         rows.append(
             {
                 "model_id": model_id,
@@ -216,12 +218,16 @@ def lora_delta_state(pipe, adapter_name: str | None = None) -> dict[str, torch.T
             adapters = [adapter_name] if adapter_name is not None else list(module.active_adapters)
             adapters = [a for a in adapters if a in module.lora_A]
             if len(adapters) > 1:
-                raise ModelLoadError(f"module {component}.{path} has several active LoRA adapters {adapters}; pass adapter_name")
+                raise ModelLoadError(
+                    f"module {component}.{path} has several active LoRA adapters {adapters}; pass adapter_name"
+                )
             if adapters:
                 with torch.no_grad():
                     deltas[f"{component}.{path}.weight"] = module.get_delta_weight(adapters[0]).detach()
     if not deltas:
-        raise ModelLoadError(f"the pipeline has no LoRA-wrapped module{'' if adapter_name is None else f' for adapter {adapter_name!r}'}")
+        raise ModelLoadError(
+            f"the pipeline has no LoRA-wrapped module{'' if adapter_name is None else f' for adapter {adapter_name!r}'}"
+        )
     return deltas
 
 
@@ -286,9 +292,17 @@ def weight_delta_for(pipe, spec, base_state: Mapping[str, torch.Tensor], top_k: 
     with applied(pipe, spec):
         if spec.method == "lora":
             deltas = lora_delta_state(pipe, spec.model_id)
-            tuned = {name: base_state[name] + delta.to(base_state[name].device, base_state[name].dtype) for name, delta in deltas.items()}
+            tuned = {
+                name: base_state[name] + delta.to(base_state[name].device, base_state[name].dtype)
+                for name, delta in deltas.items()
+            }
         else:
-            tuned = {f"{c}.{n}": t.detach().to("cpu", copy=True) for c in COMPONENTS if getattr(pipe, c, None) is not None for n, t in getattr(pipe, c).state_dict().items()}
+            tuned = {
+                f"{c}.{n}": t.detach().to("cpu", copy=True)
+                for c in COMPONENTS
+                if getattr(pipe, c, None) is not None
+                for n, t in getattr(pipe, c).state_dict().items()
+            }
             tuned = {name: tensor for name, tensor in tuned.items() if name in base_state}
     return weight_delta_table(base_state, tuned, spec.model_id, top_k=top_k)
 

@@ -63,13 +63,16 @@ def linkage_from_summary(clustering: Mapping[str, Any] | None, what: str) -> tup
     linkage = np.asarray(entry["linkage"], dtype=np.float64)
     ids = [str(i) for i in entry["ids"]]
     if linkage.ndim != 2 or linkage.shape != (len(ids) - 1, 4):
-        raise ConfigError(f"summary clustering.{what}.linkage has shape {linkage.shape}; expected "
-                          f"({len(ids) - 1}, 4) for {len(ids)} ids")
+        raise ConfigError(
+            f"summary clustering.{what}.linkage has shape {linkage.shape}; expected "
+            f"({len(ids) - 1}, 4) for {len(ids)} ids"
+        )
     return linkage, ids
 
 
-def dendrogram(linkage: np.ndarray, ids: Sequence[str], title: str, groups: Mapping[str, str] | None = None,
-               group_name: str = "") -> Figure:
+def dendrogram(
+    linkage: np.ndarray, ids: Sequence[str], title: str, groups: Mapping[str, str] | None = None, group_name: str = ""
+) -> Figure:
     """A dendrogram with leaves labelled by id, coloured by their group (e.g. abstractness or method).
 
     Args:
@@ -82,9 +85,15 @@ def dendrogram(linkage: np.ndarray, ids: Sequence[str], title: str, groups: Mapp
     ids = [str(i) for i in ids]
     fig = style.new_figure(max(5.0, 1.0 + 0.18 * len(ids)), 3.8)
     ax = fig.add_subplot()
-    tree = hierarchy.dendrogram(np.asarray(linkage, dtype=np.float64), labels=ids, ax=ax, leaf_rotation=90,
-                                leaf_font_size=style.TEXT_SIZE - 2, color_threshold=0,
-                                above_threshold_color="#555555")
+    tree = hierarchy.dendrogram(
+        np.asarray(linkage, dtype=np.float64),
+        labels=ids,
+        ax=ax,
+        leaf_rotation=90,
+        leaf_font_size=style.TEXT_SIZE - 2,
+        color_threshold=0,
+        above_threshold_color="#555555",
+    )
     style.style_axes(ax, title, "", "linkage distance")
     ax.grid(False)
     if groups:
@@ -94,8 +103,14 @@ def dendrogram(linkage: np.ndarray, ids: Sequence[str], title: str, groups: Mapp
             label.set_color(colours[str(groups.get(label.get_text(), "n/a"))])
         for name in names:
             ax.plot([], [], marker="s", linestyle="none", color=colours[name], label=name)
-        ax.legend(title=group_name, fontsize=style.TEXT_SIZE - 1, title_fontsize=style.TEXT_SIZE - 1, frameon=False,
-                  loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(
+            title=group_name,
+            fontsize=style.TEXT_SIZE - 1,
+            title_fontsize=style.TEXT_SIZE - 1,
+            frameon=False,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+        )
     if len(tree["ivl"]) != len(ids):
         raise ConfigError(f"dendrogram: {len(tree['ivl'])} leaves drawn for {len(ids)} ids")
     return fig
@@ -114,8 +129,9 @@ def cluster_dendrograms(cem: pd.DataFrame, clustering: Mapping[str, Any] | None 
         from_summary = linkage_from_summary(clustering, what)
         linkage, ids = from_summary if from_summary is not None else linkage_from_cem(cem, what)
         # the first label level (abstractness for prompts, method for models) colours the leaves
-        groups = dict(zip(_flat_ids(axis), map(str, axis.get_level_values(0)), strict=True)) \
-            if axis.nlevels > 1 else None
+        groups = (
+            dict(zip(_flat_ids(axis), map(str, axis.get_level_values(0)), strict=True)) if axis.nlevels > 1 else None
+        )
         source = "summary linkage" if from_summary is not None else "average linkage on the CEM"
         label = "abstractness" if what == "prompts" else "method"
         figures[name] = dendrogram(linkage, ids, f"Clustering of {what} ({source})", groups, label)

@@ -58,20 +58,25 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
         metric: the metric name, for the colour bar.
     """
     if cem.index.nlevels != 3 or cem.columns.nlevels != 3:
-        raise ConfigError(f"cem for {metric!r}: expected 3-level rows {CEM_ROW_LEVELS} and columns "
-                          f"{CEM_COLUMN_LEVELS}, got {cem.index.nlevels} and {cem.columns.nlevels} levels")
+        raise ConfigError(
+            f"cem for {metric!r}: expected 3-level rows {CEM_ROW_LEVELS} and columns "
+            f"{CEM_COLUMN_LEVELS}, got {cem.index.nlevels} and {cem.columns.nlevels} levels"
+        )
     if cem.empty:
         raise ConfigError(f"cem for {metric!r}: no models or no prompts")
     cem = cem.sort_index(axis=0).sort_index(axis=1)
     n_models, n_prompts = cem.shape
     fig = style.new_figure(min(16.0, 6.0 + 0.06 * n_prompts), min(12.0, 2.5 + 0.22 * n_models))
     ax = fig.add_subplot()
-    image = ax.imshow(np.ma.masked_invalid(cem.to_numpy(dtype=np.float64)), aspect="auto",
-                      cmap=style.SEQUENTIAL_CMAP, interpolation="nearest")
+    image = ax.imshow(
+        np.ma.masked_invalid(cem.to_numpy(dtype=np.float64)),
+        aspect="auto",
+        cmap=style.SEQUENTIAL_CMAP,
+        interpolation="nearest",
+    )
     colourbar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.01)
     colourbar.set_label(metric, fontsize=style.TEXT_SIZE)
-    style.style_axes(ax, f"CEM: {metric}", "prompts (abstractness / domain)",
-                     "models (method / subject)")
+    style.style_axes(ax, f"CEM: {metric}", "prompts (abstractness / domain)", "models (method / subject)")
     ax.grid(False)
     row_groups = list(zip(cem.index.get_level_values(0), cem.index.get_level_values(1), strict=True))
     col_groups = list(zip(cem.columns.get_level_values(0), cem.columns.get_level_values(1), strict=True))
@@ -83,11 +88,17 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
         heavy = label[0] != next_label[0]
         ax.axvline(start - 0.5, color="white", linewidth=2.0 if heavy else 0.6)
     rows = group_spans(row_groups)
-    ax.set_yticks([(a + b - 1) / 2 for _, a, b in rows], [f"{m} / {s}" for (m, s), _, _ in rows],
-                  fontsize=style.TEXT_SIZE - 1)
+    ax.set_yticks(
+        [(a + b - 1) / 2 for _, a, b in rows], [f"{m} / {s}" for (m, s), _, _ in rows], fontsize=style.TEXT_SIZE - 1
+    )
     cols = group_spans(col_groups)
-    ax.set_xticks([(a + b - 1) / 2 for _, a, b in cols], [f"{a} / {d}" for (a, d), _, _ in cols],
-                  rotation=45, ha="right", fontsize=style.TEXT_SIZE - 1)
+    ax.set_xticks(
+        [(a + b - 1) / 2 for _, a, b in cols],
+        [f"{a} / {d}" for (a, d), _, _ in cols],
+        rotation=45,
+        ha="right",
+        fontsize=style.TEXT_SIZE - 1,
+    )
     ax.tick_params(length=0)
     return fig
 
@@ -95,13 +106,21 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
 def _bootstrap_mean_ci(values: np.ndarray, seed: int) -> tuple[float, float]:
     if values.size < 2 or np.ptp(values) == 0:
         return float(values.mean()), float(values.mean())
-    ci = stats.bootstrap((values,), np.mean, n_resamples=999, confidence_level=0.95, method="percentile",
-                         rng=np.random.default_rng(seed), vectorized=True).confidence_interval
+    ci = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=999,
+        confidence_level=0.95,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+        vectorized=True,
+    ).confidence_interval
     return float(ci.low), float(ci.high)
 
 
-def method_disruption(disruption: pd.DataFrame, metric: str, means: pd.DataFrame | None = None,
-                      seed: int = 0) -> Figure:
+def method_disruption(
+    disruption: pd.DataFrame, metric: str, means: pd.DataFrame | None = None, seed: int = 0
+) -> Figure:
     """Per-method disruption: every (model, prompt) value as a dot, the mean with its 95% CI as a bar.
 
     Args:
@@ -124,19 +143,21 @@ def method_disruption(disruption: pd.DataFrame, metric: str, means: pd.DataFrame
         given = given.set_index(given["method"].astype(str))
     for x, method in enumerate(methods):
         values = disruption.loc[disruption["method"].astype(str) == method, metric].dropna().to_numpy(np.float64)
-        ax.scatter(x + rng.uniform(-0.18, 0.18, values.size), values, s=6, alpha=0.35, color=colours[method],
-                   linewidths=0)
+        ax.scatter(
+            x + rng.uniform(-0.18, 0.18, values.size), values, s=6, alpha=0.35, color=colours[method], linewidths=0
+        )
         if given is not None and method in given.index and np.isfinite(given.loc[method, "ci_low"]):
             mean, low, high = (float(given.loc[method, k]) for k in ("mean", "ci_low", "ci_high"))
         elif values.size:
             mean, (low, high) = float(values.mean()), _bootstrap_mean_ci(values, seed)
         else:
             continue
-        ax.errorbar([x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", color="black", capsize=4,
-                    markersize=5, zorder=3)
+        ax.errorbar(
+            [x], [mean], yerr=[[mean - low], [high - mean]], fmt="o", color="black", capsize=4, markersize=5, zorder=3
+        )
     ax.axhline(0.0, color="#888888", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(methods)), methods)
-    style.style_axes(ax, f"Disruption per method (mean, 95% CI)", "method", metric)
+    style.style_axes(ax, "Disruption per method (mean, 95% CI)", "method", metric)
     return fig
 
 
@@ -144,13 +165,19 @@ def _annotation(kruskal: Mapping[str, Any] | None) -> str:
     if not kruskal or kruskal.get("p") is None:
         reason = (kruskal or {}).get("extra", {}).get("reason", "no test result")
         return f"Kruskal-Wallis: not computed\n({reason})"
-    return (f"Kruskal-Wallis H = {kruskal['statistic']:.3g}, p = {format_p(kruskal['p'])}\n"
-            f"{kruskal.get('effect_size_name', 'effect')} = {kruskal.get('effect_size', float('nan')):.3g}, "
-            f"n = {kruskal.get('n')} prompts")
+    return (
+        f"Kruskal-Wallis H = {kruskal['statistic']:.3g}, p = {format_p(kruskal['p'])}\n"
+        f"{kruskal.get('effect_size_name', 'effect')} = {kruskal.get('effect_size', float('nan')):.3g}, "
+        f"n = {kruskal.get('n')} prompts"
+    )
 
 
-def abstractness_disruption(disruption: pd.DataFrame, metric: str, kruskal: Mapping[str, Any] | None = None,
-                            pairwise_tests: pd.DataFrame | None = None) -> Figure:
+def abstractness_disruption(
+    disruption: pd.DataFrame,
+    metric: str,
+    kruskal: Mapping[str, Any] | None = None,
+    pairwise_tests: pd.DataFrame | None = None,
+) -> Figure:
     """Disruption per abstractness class (one value per prompt, averaged over models), with the tests.
 
     Args:
@@ -161,7 +188,8 @@ def abstractness_disruption(disruption: pd.DataFrame, metric: str, kruskal: Mapp
     """
     require_table(disruption, ["prompt_id", "abstractness", metric], "disruption")
     per_prompt = disruption.groupby("prompt_id", sort=True).agg(
-        abstractness=("abstractness", "first"), value=(metric, "mean"))
+        abstractness=("abstractness", "first"), value=(metric, "mean")
+    )
     classes = sorted(per_prompt["abstractness"].astype(str).unique())
     if "concrete" in classes:  # the reference class first, as in the statistics
         classes.remove("concrete")
@@ -169,8 +197,14 @@ def abstractness_disruption(disruption: pd.DataFrame, metric: str, kruskal: Mapp
     groups = [per_prompt.loc[per_prompt["abstractness"].astype(str) == c, "value"].to_numpy() for c in classes]
     fig = style.new_figure(max(4.8, 1.8 + 1.2 * len(classes)), 4.4)
     ax = fig.add_subplot()
-    box = ax.boxplot(groups, positions=range(len(classes)), widths=0.55, patch_artist=True, showfliers=False,
-                     medianprops={"color": "black"})
+    box = ax.boxplot(
+        groups,
+        positions=range(len(classes)),
+        widths=0.55,
+        patch_artist=True,
+        showfliers=False,
+        medianprops={"color": "black"},
+    )
     for patch, colour in zip(box["boxes"], style.OKABE_ITO, strict=False):
         patch.set_facecolor(colour)
         patch.set_alpha(0.45)
@@ -178,8 +212,12 @@ def abstractness_disruption(disruption: pd.DataFrame, metric: str, kruskal: Mapp
     for x, values in enumerate(groups):
         ax.scatter(x + rng.uniform(-0.15, 0.15, values.size), values, s=8, color="black", alpha=0.5, linewidths=0)
     ax.set_xticks(range(len(classes)), [f"{c}\n(n={g.size})" for c, g in zip(classes, groups, strict=True)])
-    style.style_axes(ax, f"Disruption by abstractness (per prompt)\n{_annotation(kruskal)}", "abstractness class",
-                     f"{metric} (mean over models)")
+    style.style_axes(
+        ax,
+        f"Disruption by abstractness (per prompt)\n{_annotation(kruskal)}",
+        "abstractness class",
+        f"{metric} (mean over models)",
+    )
     if pairwise_tests is not None and len(pairwise_tests):
         top = max((float(np.max(g)) for g in groups if g.size), default=0.0)
         span = max(top - min((float(np.min(g)) for g in groups if g.size), default=0.0), 1e-9)
@@ -190,10 +228,15 @@ def abstractness_disruption(disruption: pd.DataFrame, metric: str, kruskal: Mapp
             if a is None or b is None:
                 continue
             y = top + span * (0.08 + 0.09 * level)
-            ax.plot([min(a, b), min(a, b), max(a, b), max(a, b)], [y - span * 0.02, y, y, y - span * 0.02],
-                    color="black", linewidth=0.8)
-            ax.text((a + b) / 2, y, f"Holm p {format_p(row.p_holm)}", ha="center", va="bottom",
-                    fontsize=style.TEXT_SIZE - 2)
+            ax.plot(
+                [min(a, b), min(a, b), max(a, b), max(a, b)],
+                [y - span * 0.02, y, y, y - span * 0.02],
+                color="black",
+                linewidth=0.8,
+            )
+            ax.text(
+                (a + b) / 2, y, f"Holm p {format_p(row.p_holm)}", ha="center", va="bottom", fontsize=style.TEXT_SIZE - 2
+            )
             level += 1
         ax.set_ylim(top=top + span * (0.15 + 0.09 * level))
     return fig
@@ -209,8 +252,11 @@ def similarity_scatter(similarity: pd.DataFrame, disruption: pd.DataFrame, metri
     """
     require_table(similarity, ["model_id", "prompt_id", "similarity"], "similarity")
     require_table(disruption, ["model_id", "prompt_id", "method", metric], "disruption")
-    per_pair = disruption.groupby(["model_id", "prompt_id"], sort=True).agg(
-        method=("method", "first"), value=(metric, "mean")).reset_index()
+    per_pair = (
+        disruption.groupby(["model_id", "prompt_id"], sort=True)
+        .agg(method=("method", "first"), value=(metric, "mean"))
+        .reset_index()
+    )
     joined = per_pair.merge(similarity[["model_id", "prompt_id", "similarity"]], on=["model_id", "prompt_id"])
     if joined.empty:
         raise ConfigError("similarity: no (model_id, prompt_id) pair matches the disruption table")

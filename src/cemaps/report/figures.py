@@ -72,42 +72,84 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
         layer_linking = results.section("layer_linking", metric)
         clustering = results.section("clustering", metric)
         plan += [
-            (f"cem_{metric}", "methods", f"Concept Entanglement Map of {metric}: models grouped by method and "
-             "subject, prompts grouped by abstractness and domain.",
-             lambda m=metric: cem_heatmap(_need(results.cems.get(m), f"cem_{m}.csv"), m)),
-            (f"methods_{metric}", "methods", f"{metric} per method: dots are (model, prompt) pairs, bars the mean "
-             "with its 95% CI.",
-             lambda m=metric, p=pairs, s=methods: method_disruption(
-                 _need(p, "disruption.csv / disruption_by_prompt.csv"), m,
-                 means=find_records(s, ["method", "mean", "ci_low", "ci_high"]))),
-            (f"abstractness_{metric}", "abstractness", f"{metric} per abstractness class (one point per prompt), "
-             "with the Kruskal-Wallis test and Holm-corrected pairwise Mann-Whitney p-values.",
-             lambda m=metric, p=pairs, s=abstractness: abstractness_disruption(
-                 _need(p, "disruption.csv / disruption_by_prompt.csv"), m, kruskal=find_test(s, "kruskal"),
-                 pairwise_tests=find_records(s, ["class_a", "class_b", "p_holm"]))),
-            (f"similarity_{metric}", "semantic_proximity", f"Text similarity of prompt and subject against {metric}, "
-             "per method.",
-             lambda m=metric, p=pairs: similarity_scatter(_need(tables.get("similarity"), "similarity.csv"),
-                                                          _need(p, "disruption.csv"), m)),
-            (f"layer_rho_{metric}", "layer_linking", f"Per-layer Spearman rho between attention shift and {metric}; "
-             "* marks Benjamini-Hochberg q < 0.05 from the prompt-permutation p-values (q_bh_perm).",
-             lambda m=metric, s=layer_linking: layer_correlation(
-                 _need(find_records(s, ["layer", "rho", "q_bh_perm"]), "summary layer_linking layers table"),
-                 tables.get("layers"), m)),
-            (f"dendrograms_{metric}", "clustering", f"Hierarchical clustering of prompts and models by their {metric} "
-             "profiles.",
-             lambda m=metric, s=clustering: cluster_dendrograms(_need(results.cems.get(m), f"cem_{m}.csv"), s)),
+            (
+                f"cem_{metric}",
+                "methods",
+                f"Concept Entanglement Map of {metric}: models grouped by method and "
+                "subject, prompts grouped by abstractness and domain.",
+                lambda m=metric: cem_heatmap(_need(results.cems.get(m), f"cem_{m}.csv"), m),
+            ),
+            (
+                f"methods_{metric}",
+                "methods",
+                f"{metric} per method: dots are (model, prompt) pairs, bars the mean with its 95% CI.",
+                lambda m=metric, p=pairs, s=methods: method_disruption(
+                    _need(p, "disruption.csv / disruption_by_prompt.csv"),
+                    m,
+                    means=find_records(s, ["method", "mean", "ci_low", "ci_high"]),
+                ),
+            ),
+            (
+                f"abstractness_{metric}",
+                "abstractness",
+                f"{metric} per abstractness class (one point per prompt), "
+                "with the Kruskal-Wallis test and Holm-corrected pairwise Mann-Whitney p-values.",
+                lambda m=metric, p=pairs, s=abstractness: abstractness_disruption(
+                    _need(p, "disruption.csv / disruption_by_prompt.csv"),
+                    m,
+                    kruskal=find_test(s, "kruskal"),
+                    pairwise_tests=find_records(s, ["class_a", "class_b", "p_holm"]),
+                ),
+            ),
+            (
+                f"similarity_{metric}",
+                "semantic_proximity",
+                f"Text similarity of prompt and subject against {metric}, per method.",
+                lambda m=metric, p=pairs: similarity_scatter(
+                    _need(tables.get("similarity"), "similarity.csv"), _need(p, "disruption.csv"), m
+                ),
+            ),
+            (
+                f"layer_rho_{metric}",
+                "layer_linking",
+                f"Per-layer Spearman rho between attention shift and {metric}; "
+                "* marks Benjamini-Hochberg q < 0.05 from the prompt-permutation p-values (q_bh_perm).",
+                lambda m=metric, s=layer_linking: layer_correlation(
+                    _need(find_records(s, ["layer", "rho", "q_bh_perm"]), "summary layer_linking layers table"),
+                    tables.get("layers"),
+                    m,
+                ),
+            ),
+            (
+                f"dendrograms_{metric}",
+                "clustering",
+                f"Hierarchical clustering of prompts and models by their {metric} profiles.",
+                lambda m=metric, s=clustering: cluster_dendrograms(_need(results.cems.get(m), f"cem_{m}.csv"), s),
+            ),
         ]
     plan += [
-        ("attention_shift_layers", "layer_linking", "Attention shift (Jensen-Shannon divergence of base vs "
-         "personalized maps) per layer in UNet order, per method.",
-         lambda: attention_shift_per_layer(_need(tables.get("attention_shift"), "attention_shift.csv"),
-                                           tables.get("layers"))),
-        ("weight_delta_layers", "layer_linking", "Norm of the personalization's weight change per layer, per method.",
-         lambda: weight_delta_per_layer(_need(tables.get("weight_deltas"), "weight_deltas.csv"))),
-        ("attention_overlay", "layer_linking", "Cross-attention of one token, base vs personalized, over the "
-         "generated images at each captured denoising step.",
-         lambda: _overlay(results)),
+        (
+            "attention_shift_layers",
+            "layer_linking",
+            "Attention shift (Jensen-Shannon divergence of base vs "
+            "personalized maps) per layer in UNet order, per method.",
+            lambda: attention_shift_per_layer(
+                _need(tables.get("attention_shift"), "attention_shift.csv"), tables.get("layers")
+            ),
+        ),
+        (
+            "weight_delta_layers",
+            "layer_linking",
+            "Norm of the personalization's weight change per layer, per method.",
+            lambda: weight_delta_per_layer(_need(tables.get("weight_deltas"), "weight_deltas.csv")),
+        ),
+        (
+            "attention_overlay",
+            "layer_linking",
+            "Cross-attention of one token, base vs personalized, over the "
+            "generated images at each captured denoising step.",
+            lambda: _overlay(results),
+        ),
     ]
     return plan
 
@@ -120,10 +162,13 @@ def _overlay(results: Results) -> Figure:
         raise MissingInput(f"capture store {path} is absent")
     metric = results.metrics[0] if results.metrics else None
     with open_store(path) as store:
-        choice = choose_overlay(store, per_pair_disruption(results, metric) if metric else None,
-                                results.tables.get("attention_shift"), metric)
-        return attention_overlay(store, choice.prompt_id, choice.token, choice.layer, choice.model_id,
-                                 seed=choice.seed)
+        choice = choose_overlay(
+            store,
+            per_pair_disruption(results, metric) if metric else None,
+            results.tables.get("attention_shift"),
+            metric,
+        )
+        return attention_overlay(store, choice.prompt_id, choice.token, choice.layer, choice.model_id, seed=choice.seed)
 
 
 def render_figures(results: Results, out_dir: str | os.PathLike) -> list[RenderedFigure]:
@@ -160,5 +205,6 @@ def make_figures(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
 
 def skipped_figures(rendered: list[RenderedFigure]) -> pd.DataFrame:
     """Name, section and reason of each skipped figure."""
-    return pd.DataFrame([(f.name, f.question, f.note) for f in rendered if f.note],
-                        columns=["figure", "question", "note"])
+    return pd.DataFrame(
+        [(f.name, f.question, f.note) for f in rendered if f.note], columns=["figure", "question", "note"]
+    )

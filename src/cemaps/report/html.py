@@ -22,7 +22,6 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-
 from cemaps.analysis.disruption import STRUCTURAL_ZERO, structural_zero_sentence, structural_zeros_by_model
 from cemaps.report.figures import RenderedFigure, render_figures
 from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
@@ -75,9 +74,11 @@ def tiny_model_banner(results: Results) -> str:
     """A warning when the base model is the embedded random-weight tiny pipeline, else ''."""
     if not mentions(results.manifest, TINY_MODEL_ID):
         return ""
-    return (f'<p class="banner" id="tiny-model-warning"><b>Base model: {TINY_MODEL_ID}</b>, the embedded '
-            "random-weight tiny model. This report validates the pipeline end to end; "
-            "it is not evidence about SD v1.5.</p>")
+    return (
+        f'<p class="banner" id="tiny-model-warning"><b>Base model: {TINY_MODEL_ID}</b>, the embedded '
+        "random-weight tiny model. This report validates the pipeline end to end; "
+        "it is not evidence about SD v1.5.</p>"
+    )
 
 
 def structural_zero_note(results: Results) -> str:
@@ -108,10 +109,13 @@ def figure_html(figure: RenderedFigure) -> str:
     if figure.note:
         return f'<p class="note" data-figure="{escape(figure.name)}">Figure {escape(figure.name)} {escape(figure.note)}</p>'
     encoded = base64.b64encode(figure.files["png"].read_bytes()).decode("ascii")
-    links = " ".join(f'<a href="{FIGURES_DIR}/{escape(path.name)}">{fmt.upper()}</a>'
-                     for fmt, path in sorted(figure.files.items()))
-    return (f'<figure id="fig-{escape(figure.name)}"><img alt="{escape(figure.caption)}" '
-            f'src="data:image/png;base64,{encoded}"><figcaption>{escape(figure.caption)} ({links})</figcaption></figure>')
+    links = " ".join(
+        f'<a href="{FIGURES_DIR}/{escape(path.name)}">{fmt.upper()}</a>' for fmt, path in sorted(figure.files.items())
+    )
+    return (
+        f'<figure id="fig-{escape(figure.name)}"><img alt="{escape(figure.caption)}" '
+        f'src="data:image/png;base64,{encoded}"><figcaption>{escape(figure.caption)} ({links})</figcaption></figure>'
+    )
 
 
 def interactive_cems(results: Results) -> str:
@@ -127,8 +131,10 @@ def interactive_cems(results: Results) -> str:
             continue
         element_id = f"cem-data-{metric}"
         svg, data = cem_svg(cem, metric, element_id, texts)
-        parts.append(f"<h3>{escape(metric)}</h3><p>Hover a cell for the model, the prompt and the value.</p>"
-                     f'<div class="cem-wrap">{svg}</div>{json_script(element_id, data)}')
+        parts.append(
+            f"<h3>{escape(metric)}</h3><p>Hover a cell for the model, the prompt and the value.</p>"
+            f'<div class="cem-wrap">{svg}</div>{json_script(element_id, data)}'
+        )
     return "\n".join(parts)
 
 
@@ -151,17 +157,26 @@ def question_section(question: str, results: Results, figures: list[RenderedFigu
 
 def provenance_section(results: Results) -> str:
     provenance = results.manifest.get("provenance") or {}
-    parts = ['<section id="provenance"><h2>Provenance</h2>',
-             "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(results.manifest.get(k)))}</dd>"
-                              for k in ("store", "created_at", "cemaps_version") if k in results.manifest) + "</dl>"]
+    parts = [
+        '<section id="provenance"><h2>Provenance</h2>',
+        "<dl>"
+        + "".join(
+            f"<dt>{escape(k)}</dt><dd>{escape(str(results.manifest.get(k)))}</dd>"
+            for k in ("store", "created_at", "cemaps_version")
+            if k in results.manifest
+        )
+        + "</dl>",
+    ]
     packages = provenance.get("packages") if isinstance(provenance, Mapping) else None
     if isinstance(packages, Mapping):
         parts.append(records_html([{"package": k, "version": v} for k, v in packages.items()], "package versions"))
     models = results.tables.get("models")
     if models is not None:
         parts.append(records_html(json.loads(models.to_json(orient="records")), "models (models.csv)"))
-    parts.append("<h3>Base model, settings and everything else recorded</h3>"
-                 f"<pre>{escape(json.dumps(provenance, indent=2, default=str))}</pre></section>")
+    parts.append(
+        "<h3>Base model, settings and everything else recorded</h3>"
+        f"<pre>{escape(json.dumps(provenance, indent=2, default=str))}</pre></section>"
+    )
     return "\n".join(parts)
 
 
@@ -171,9 +186,12 @@ def data_section(results: Results, out_dir: Path) -> str:
         relative = Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
         items.append(f'<li><a href="{escape(relative)}">{escape(path.name)}</a> ({escape(name)})</li>')
     notes = "".join(f"<li>{escape(n)}</li>" for n in results.notes)
-    return ('<section id="data"><h2>Data files</h2><p>Links are relative to this report.</p>'
-            f"<ul>{''.join(items)}</ul>" + (f'<p>Not found:</p><ul class="note">{notes}</ul>' if notes else "")
-            + "</section>")
+    return (
+        '<section id="data"><h2>Data files</h2><p>Links are relative to this report.</p>'
+        f"<ul>{''.join(items)}</ul>"
+        + (f'<p>Not found:</p><ul class="note">{notes}</ul>' if notes else "")
+        + "</section>"
+    )
 
 
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -201,7 +219,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
         tiny_model_banner(results),
         f"<nav>{nav}</nav>",
         f'<section id="cem"><h2>Concept Entanglement Maps</h2>{structural_zero_note(results)}'
-        f'{interactive_cems(results)}</section>',
+        f"{interactive_cems(results)}</section>",
         *[question_section(q, results, figures) for q in QUESTIONS],
         in_context,
         provenance_section(results),
@@ -209,11 +227,13 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     ]
     if skipped:
         body.insert(3, f'<p class="note">{len(skipped)} figure(s) skipped for absent inputs; see their sections.</p>')
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>cemaps report</title>'
-            f"<style>{STYLE}</style></head><body>{''.join(body)}"
-            f'<div id="cem-tooltip" role="tooltip" hidden></div><script>{TOOLTIP_SCRIPT}</script></body></html>')
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>cemaps report</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}"
+        f'<div id="cem-tooltip" role="tooltip" hidden></div><script>{TOOLTIP_SCRIPT}</script></body></html>'
+    )
     path = out_dir / REPORT_FILE
     tmp = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
     try:

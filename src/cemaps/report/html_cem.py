@@ -97,39 +97,59 @@ def cem_svg(cem: pd.DataFrame, metric: str, element_id: str, prompt_texts: Mappi
     for i in range(n_models):
         for j in range(n_prompts):
             fill = to_hex(cmap(norm(values[i, j]))) if np.isfinite(values[i, j]) else MISSING_FILL
-            cells.append(f'<rect class="cell" data-i="{i}" data-j="{j}" x="{LEFT + j * width:.2f}" '
-                         f'y="{TOP + i * height:.2f}" width="{width:.2f}" height="{height:.2f}" fill="{fill}"/>')
+            cells.append(
+                f'<rect class="cell" data-i="{i}" data-j="{j}" x="{LEFT + j * width:.2f}" '
+                f'y="{TOP + i * height:.2f}" width="{width:.2f}" height="{height:.2f}" fill="{fill}"/>'
+            )
     rows = list(zip(cem.index.get_level_values(0), cem.index.get_level_values(1), strict=True))
     cols = list(zip(cem.columns.get_level_values(0), cem.columns.get_level_values(1), strict=True))
     labels = []
     for (method, subject), start, stop in group_spans(rows):
         y = TOP + (start + stop) / 2 * height
-        labels.append(f'<text class="label" x="{LEFT - 6}" y="{y:.1f}" text-anchor="end" dominant-baseline="middle">'
-                      f"{escape(str(method))} / {escape(str(subject))}</text>")
-        labels.append(f'<line class="sep" x1="{LEFT - 4}" x2="{LEFT + n_prompts * width}" y1="{TOP + start * height:.2f}"'
-                      f' y2="{TOP + start * height:.2f}"/>')
+        labels.append(
+            f'<text class="label" x="{LEFT - 6}" y="{y:.1f}" text-anchor="end" dominant-baseline="middle">'
+            f"{escape(str(method))} / {escape(str(subject))}</text>"
+        )
+        labels.append(
+            f'<line class="sep" x1="{LEFT - 4}" x2="{LEFT + n_prompts * width}" y1="{TOP + start * height:.2f}"'
+            f' y2="{TOP + start * height:.2f}"/>'
+        )
     for (abstractness, domain), start, stop in group_spans(cols):
         x = LEFT + (start + stop) / 2 * width
-        labels.append(f'<text class="label" x="{x:.1f}" y="{TOP - 8}" text-anchor="start" '
-                      f'transform="rotate(-30 {x:.1f} {TOP - 8})">{escape(str(abstractness))} / {escape(str(domain))}</text>')
-        labels.append(f'<line class="sep" x1="{LEFT + start * width:.2f}" x2="{LEFT + start * width:.2f}" y1="{TOP - 4}"'
-                      f' y2="{TOP + n_models * height:.2f}"/>')
+        labels.append(
+            f'<text class="label" x="{x:.1f}" y="{TOP - 8}" text-anchor="start" '
+            f'transform="rotate(-30 {x:.1f} {TOP - 8})">{escape(str(abstractness))} / {escape(str(domain))}</text>'
+        )
+        labels.append(
+            f'<line class="sep" x1="{LEFT + start * width:.2f}" x2="{LEFT + start * width:.2f}" y1="{TOP - 4}"'
+            f' y2="{TOP + n_models * height:.2f}"/>'
+        )
     total_w = LEFT + n_prompts * width + RIGHT
     total_h = TOP + n_models * height + BOTTOM
     legend_y = TOP + n_models * height + 20
     stops = "".join(f'<stop offset="{t:.2f}" stop-color="{to_hex(cmap(t))}"/>' for t in np.linspace(0, 1, 11))
-    legend = (f'<defs><linearGradient id="{element_id}-gradient">{stops}</linearGradient></defs>'
-              f'<rect x="{LEFT}" y="{legend_y}" width="200" height="10" fill="url(#{element_id}-gradient)"/>'
-              f'<text class="label" x="{LEFT - 6}" y="{legend_y + 9}" text-anchor="end">{norm.vmin:.3g}</text>'
-              f'<text class="label" x="{LEFT + 206}" y="{legend_y + 9}">{norm.vmax:.3g}  {escape(metric)}</text>')
-    svg = (f'<svg class="cem" data-source="{escape(element_id)}" role="img" viewBox="0 0 {total_w:.0f} {total_h:.0f}" '
-           f'width="{total_w:.0f}" height="{total_h:.0f}"><title>Concept Entanglement Map: {escape(metric)}</title>'
-           f'{"".join(cells)}{"".join(labels)}{legend}</svg>')
+    legend = (
+        f'<defs><linearGradient id="{element_id}-gradient">{stops}</linearGradient></defs>'
+        f'<rect x="{LEFT}" y="{legend_y}" width="200" height="10" fill="url(#{element_id}-gradient)"/>'
+        f'<text class="label" x="{LEFT - 6}" y="{legend_y + 9}" text-anchor="end">{norm.vmin:.3g}</text>'
+        f'<text class="label" x="{LEFT + 206}" y="{legend_y + 9}">{norm.vmax:.3g}  {escape(metric)}</text>'
+    )
+    svg = (
+        f'<svg class="cem" data-source="{escape(element_id)}" role="img" viewBox="0 0 {total_w:.0f} {total_h:.0f}" '
+        f'width="{total_w:.0f}" height="{total_h:.0f}"><title>Concept Entanglement Map: {escape(metric)}</title>'
+        f"{''.join(cells)}{''.join(labels)}{legend}</svg>"
+    )
     models = [dict(method=str(m), subject_id=str(s), model_id=str(i)) for m, s, i in cem.index]
-    prompts = [dict(abstractness=str(a), domain=str(d), prompt_id=str(p), text=str(prompt_texts.get(str(p), "")))
-               for a, d, p in cem.columns]
-    data = {"metric": metric, "models": models, "prompts": prompts,
-            "values": [[float(v) if np.isfinite(v) else None for v in row] for row in values]}
+    prompts = [
+        dict(abstractness=str(a), domain=str(d), prompt_id=str(p), text=str(prompt_texts.get(str(p), "")))
+        for a, d, p in cem.columns
+    ]
+    data = {
+        "metric": metric,
+        "models": models,
+        "prompts": prompts,
+        "values": [[float(v) if np.isfinite(v) else None for v in row] for row in values],
+    }
     return svg, data
 
 

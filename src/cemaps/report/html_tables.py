@@ -73,22 +73,28 @@ def test_rows_html(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         rows.append(
             f"<tr><td>{escape(where)}</td><td>{escape(str(test.get('test')))}</td>"
             f"<td>{_cell(test.get('statistic'))}</td>"
-            f"<td class=\"{'sig' if significant else ''}\">{_cell(p)}{label}</td><td>{escape(effect)}</td>"
-            f"<td>{_cell(test.get('n'))}</td><td class=\"method\">{escape(str(test.get('method', '')))}{reason}</td></tr>")
+            f'<td class="{"sig" if significant else ""}">{_cell(p)}{label}</td><td>{escape(effect)}</td>'
+            f'<td>{_cell(test.get("n"))}</td><td class="method">{escape(str(test.get("method", "")))}{reason}</td></tr>'
+        )
     header = "".join(f"<th>{escape(c)}</th>" for c in TEST_COLUMNS)
-    return f"<table class=\"tests\"><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f'<table class="tests"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def records_html(records: Sequence[Mapping[str, Any]], caption: str) -> str:
     """A list of dicts as a table (columns in first-seen order), at most MAX_TABLE_ROWS rows shown."""
     columns = list(dict.fromkeys(k for r in records for k in r))
     shown = records[:MAX_TABLE_ROWS]
-    more = (f" (first {MAX_TABLE_ROWS} of {len(records)} rows; all in summary.json)"
-            if len(records) > MAX_TABLE_ROWS else "")
+    more = (
+        f" (first {MAX_TABLE_ROWS} of {len(records)} rows; all in summary.json)"
+        if len(records) > MAX_TABLE_ROWS
+        else ""
+    )
     header = "".join(f"<th>{escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in shown)
-    return (f"<table class=\"records\"><caption>{escape(caption)}{escape(more)}</caption>"
-            f"<thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+    return (
+        f'<table class="records"><caption>{escape(caption)}{escape(more)}</caption>'
+        f"<thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _collect(value: Any, path: str, tests: list, tables: list, details: list) -> None:
@@ -120,4 +126,4 @@ def summary_html(section: Mapping[str, Any]) -> str:
     if details:
         items = "".join(f"<dt>{escape(path)}</dt><dd>{escape(text)}</dd>" for path, text in details)
         parts.append(f"<details><summary>Details ({len(details)})</summary><dl>{items}</dl></details>")
-    return "\n".join(parts) or "<p class=\"note\">No results in this section.</p>"
+    return "\n".join(parts) or '<p class="note">No results in this section.</p>'

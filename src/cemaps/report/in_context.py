@@ -28,8 +28,12 @@ from cemaps.report.style import TITLE_SIZE
 
 SECTION_ID = "in_context"
 TITLE = "Subjects in context"
-FILES = {"summary": "in_context_summary.csv", "records": "in_context.csv", "shift": "in_context_shift.csv",
-         "tokens": "in_context_tokens.csv"}
+FILES = {
+    "summary": "in_context_summary.csv",
+    "records": "in_context.csv",
+    "shift": "in_context_shift.csv",
+    "tokens": "in_context_tokens.csv",
+}
 TOP_WORDS = 6
 ID_COLUMNS = {"model_id": str, "prompt_id": str, "subject_id": str, "template_id": str}
 INTRO = (
@@ -58,8 +62,10 @@ def read_in_context(results: Results) -> dict[str, pd.DataFrame]:
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
-    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-            for row in frame.to_dict(orient="records")]
+    return [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
 
 
 def per_method(summary: pd.DataFrame) -> pd.DataFrame:
@@ -80,16 +86,21 @@ def shift_figure_html(shift: pd.DataFrame, layers: pd.DataFrame | None) -> str:
     if table.empty or "method" not in table.columns:
         return ""
     fig = attention_shift_per_layer(table, layers)
-    fig.axes[0].set_title("Non-subject attention shift per layer, subjects in context (mean, 95% CI)", loc="left",
-                          fontsize=TITLE_SIZE)
+    fig.axes[0].set_title(
+        "Non-subject attention shift per layer, subjects in context (mean, 95% CI)", loc="left", fontsize=TITLE_SIZE
+    )
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    caption = ("Non-subject attention shift per layer and method, subjects in context (mean and 95% t interval over "
-               "personalized records; the context tokens only). A layer whose maps are 1x1 shows 0 by construction: "
-               "a one-pixel map is the same distribution in every model.")
-    return (f'<figure id="fig-in-context-shift"><img alt="{escape(caption)}" src="data:image/png;base64,{encoded}">'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    caption = (
+        "Non-subject attention shift per layer and method, subjects in context (mean and 95% t interval over "
+        "personalized records; the context tokens only). A layer whose maps are 1x1 shows 0 by construction: "
+        "a one-pixel map is the same distribution in every model."
+    )
+    return (
+        f'<figure id="fig-in-context-shift"><img alt="{escape(caption)}" src="data:image/png;base64,{encoded}">'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def top_words(tokens: pd.DataFrame, top: int = TOP_WORDS) -> pd.DataFrame:
@@ -121,16 +132,27 @@ def in_context_section(results: Results) -> str:
         return ""
     summary = tables["summary"]
     parts = [f'<section id="{SECTION_ID}"><h2>{escape(TITLE)}</h2><p>{INTRO}</p>']
-    parts.append(records_html(_records(per_method(summary)), "per method: mean over its models (in_context_summary.csv)"))
-    parts.append(records_html(_records(summary), "per model: its records and their base twins (in_context_summary.csv)"))
+    parts.append(
+        records_html(_records(per_method(summary)), "per method: mean over its models (in_context_summary.csv)")
+    )
+    parts.append(
+        records_html(_records(summary), "per model: its records and their base twins (in_context_summary.csv)")
+    )
     if "shift" in tables:
         parts.append(shift_figure_html(tables["shift"], results.tables.get("layers")))
     if "tokens" in tables and not tables["tokens"].empty:
-        parts.append(records_html(_records(top_words(tables["tokens"])),
-                                  f"context words whose attention shifts most, top {TOP_WORDS} per method "
-                                  "(mean over records, layers and occurrences; in_context_tokens.csv)"))
+        parts.append(
+            records_html(
+                _records(top_words(tables["tokens"])),
+                f"context words whose attention shifts most, top {TOP_WORDS} per method "
+                "(mean over records, layers and occurrences; in_context_tokens.csv)",
+            )
+        )
     if "records" in tables:
-        parts.append(records_html(_records(example_texts(tables["records"])), "the placeholder filled per method "
-                                                                               "(in_context.csv)"))
+        parts.append(
+            records_html(
+                _records(example_texts(tables["records"])), "the placeholder filled per method (in_context.csv)"
+            )
+        )
     parts.append("</section>")
     return "\n".join(p for p in parts if p)

@@ -69,8 +69,11 @@ def layer_axis(names: Sequence[str], layers: pd.DataFrame | None = None) -> tupl
         ordered = sorted(names, key=unet_order_key)
     labels = []
     for i, name in enumerate(ordered):
-        block = str(info.loc[name, "block"]) if info is not None and name in info.index and "block" in info.columns \
+        block = (
+            str(info.loc[name, "block"])
+            if info is not None and name in info.index and "block" in info.columns
             else block_of(name)
+        )
         label = f"{i} {block}"
         if info is not None and name in info.index and "resolution" in info.columns:
             resolution = info.loc[name, "resolution"]
@@ -141,20 +144,39 @@ def layer_correlation(correlations: pd.DataFrame, layers: pd.DataFrame | None = 
     significant = np.isfinite(q) & (q < SIGNIFICANCE_Q)
     for x in np.flatnonzero(significant):
         y = rho[x]
-        ax.text(x, y + (0.02 if y >= 0 else -0.02), style.SIGNIFICANT_MARK, ha="center",
-                va="bottom" if y >= 0 else "top", fontsize=style.TITLE_SIZE)
+        ax.text(
+            x,
+            y + (0.02 if y >= 0 else -0.02),
+            style.SIGNIFICANT_MARK,
+            ha="center",
+            va="bottom" if y >= 0 else "top",
+            fontsize=style.TITLE_SIZE,
+        )
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(ordered)), labels, rotation=90)
     low = float(np.nanmin(np.append(rho, 0.0)))
     high = float(np.nanmax(np.append(rho, 0.0)))
     pad = max(0.1, 0.15 * (high - low))
     ax.set_ylim(low - pad, high + pad)
-    style.style_axes(ax, f"Spearman rho of attention shift with {metric or 'disruption'} per layer",
-                     X_LABEL, "Spearman rho")
-    handles = [Patch(color=style.BLOCK_COLOURS[b], label=b) for b in ("down", "mid", "up")
-               if any(block_of(n) == b for n in ordered)]
-    handles.append(Line2D([], [], linestyle="none", marker="$*$", color="black", markersize=8,
-                          label=f"permutation BH q < {SIGNIFICANCE_Q}"))
+    style.style_axes(
+        ax, f"Spearman rho of attention shift with {metric or 'disruption'} per layer", X_LABEL, "Spearman rho"
+    )
+    handles = [
+        Patch(color=style.BLOCK_COLOURS[b], label=b)
+        for b in ("down", "mid", "up")
+        if any(block_of(n) == b for n in ordered)
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="$*$",
+            color="black",
+            markersize=8,
+            label=f"permutation BH q < {SIGNIFICANCE_Q}",
+        )
+    )
     ax.legend(handles=handles, fontsize=style.TEXT_SIZE - 1, frameon=False, ncols=len(handles))
     return fig
 
@@ -181,8 +203,10 @@ def weight_delta_per_layer(weight_deltas: pd.DataFrame, norm: str = "fro_norm") 
         norm: the column with per-parameter Frobenius norms.
     """
     require_table(weight_deltas, ["model_id", "module", "method", norm], "weight_deltas")
-    table = weight_deltas.assign(unit=weight_deltas["module"].astype(str).map(weight_delta_unit),
-                                 squared=pd.to_numeric(weight_deltas[norm], errors="coerce") ** 2)
+    table = weight_deltas.assign(
+        unit=weight_deltas["module"].astype(str).map(weight_delta_unit),
+        squared=pd.to_numeric(weight_deltas[norm], errors="coerce") ** 2,
+    )
     per_model = table.groupby(["method", "model_id", "unit"], sort=True)["squared"].sum().pow(0.5).rename("norm")
     per_method = per_model.groupby(level=["method", "unit"]).mean().unstack("method")
     if per_method.empty:
@@ -195,11 +219,26 @@ def weight_delta_per_layer(weight_deltas: pd.DataFrame, norm: str = "fro_norm") 
     ax = fig.add_subplot()
     width = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        ax.bar(np.arange(len(units)) + (i - (len(methods) - 1) / 2) * width,
-               per_method[method].fillna(0.0).to_numpy(), width=width, color=colours[method], label=method)
-    ax.set_xticks(range(len(units)), [f"{i} {block_of(u)} {u}" for i, u in enumerate(units)], rotation=90,
-                  fontsize=style.TEXT_SIZE - 2)
+        ax.bar(
+            np.arange(len(units)) + (i - (len(methods) - 1) / 2) * width,
+            per_method[method].fillna(0.0).to_numpy(),
+            width=width,
+            color=colours[method],
+            label=method,
+        )
+    ax.set_xticks(
+        range(len(units)),
+        [f"{i} {block_of(u)} {u}" for i, u in enumerate(units)],
+        rotation=90,
+        fontsize=style.TEXT_SIZE - 2,
+    )
     style.style_axes(ax, "Weight change per layer (mean over models)", X_LABEL, f"||delta W|| ({norm})")
-    ax.legend(title="method", fontsize=style.TEXT_SIZE - 1, title_fontsize=style.TEXT_SIZE - 1, frameon=False,
-              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(
+        title="method",
+        fontsize=style.TEXT_SIZE - 1,
+        title_fontsize=style.TEXT_SIZE - 1,
+        frameon=False,
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+    )
     return fig

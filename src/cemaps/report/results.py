@@ -129,9 +129,10 @@ def read_cem(path: str | os.PathLike) -> pd.DataFrame:
     try:
         cem = pd.read_csv(path, header=[0, 1, 2], index_col=[0, 1, 2])
     except (ValueError, IndexError, pd.errors.ParserError) as err:
-        raise ConfigError(f"{path}: not a CEM table ({str(err).splitlines()[0]}); expected 3 header rows "
-                          "(abstractness, domain, prompt_id) and 3 index columns (method, subject_id, model_id)"
-                          ) from None
+        raise ConfigError(
+            f"{path}: not a CEM table ({str(err).splitlines()[0]}); expected 3 header rows "
+            "(abstractness, domain, prompt_id) and 3 index columns (method, subject_id, model_id)"
+        ) from None
     cem.index = cem.index.set_levels([level.astype(str) for level in cem.index.levels])
     cem.columns = cem.columns.set_levels([level.astype(str) for level in cem.columns.levels])
     return cem.astype("float64")
@@ -184,8 +185,9 @@ def load_results(results_dir: str | os.PathLike) -> Results:
             tables[name] = pd.read_csv(path, dtype={c: t for c, t in ID_COLUMNS.items()})
         except (ValueError, pd.errors.ParserError) as err:
             raise ConfigError(f"{path}: not a readable CSV table ({str(err).splitlines()[0]})") from None
-    return Results(folder=folder, manifest=manifest, summary=summary, tables=tables, cems=cems, files=files,
-                   notes=notes)
+    return Results(
+        folder=folder, manifest=manifest, summary=summary, tables=tables, cems=cems, files=files, notes=notes
+    )
 
 
 def find_test(obj: Any, test: str) -> dict[str, Any] | None:
@@ -228,8 +230,11 @@ def per_pair_disruption(results: Results, metric: str) -> pd.DataFrame | None:
     table = results.tables.get("disruption")
     if table is not None and {"model_id", "prompt_id", metric} <= set(table.columns):
         keep = [c for c in labels if c in table.columns]
-        return table.groupby(["model_id", "prompt_id"], sort=True).agg(
-            **{c: (c, "first") for c in keep}, **{metric: (metric, "mean")}).reset_index()
+        return (
+            table.groupby(["model_id", "prompt_id"], sort=True)
+            .agg(**{c: (c, "first") for c in keep}, **{metric: (metric, "mean")})
+            .reset_index()
+        )
     table = results.tables.get("disruption_by_prompt")
     if table is not None and {"model_id", "prompt_id", f"{metric}_mean"} <= set(table.columns):
         return table.rename(columns={f"{metric}_mean": metric})

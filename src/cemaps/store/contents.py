@@ -112,9 +112,13 @@ class ContentsCache:
             models.extend(meta.models)
             prompts.extend(meta.prompts)
             _append_tables(tables, seen_rows, meta.tables)
-        return StoreContents([self.parts[p] for p in part_paths], meta_paths,
-                             _first_by_id(models, "model_id"), _first_by_id(prompts, "prompt_id"),
-                             {name: tables[name].reset_index(drop=True) for name in sorted(tables)})
+        return StoreContents(
+            [self.parts[p] for p in part_paths],
+            meta_paths,
+            _first_by_id(models, "model_id"),
+            _first_by_id(prompts, "prompt_id"),
+            {name: tables[name].reset_index(drop=True) for name in sorted(tables)},
+        )
 
 
 def array_schemas(parts: list[PartIndex]) -> dict[str, ArraySchema]:
@@ -126,9 +130,11 @@ def array_schemas(parts: list[PartIndex]) -> dict[str, ArraySchema]:
             known = schemas.setdefault(name, schema)
             origin.setdefault(name, part.path)
             if known != schema:
-                raise StoreError(f"{part.path}: array {name!r} has trailing shape {list(schema.trailing)} "
-                                 f"{schema.dtype} axes {list(schema.axes)} but {origin[name].name} has "
-                                 f"{list(known.trailing)} {known.dtype} axes {list(known.axes)}")
+                raise StoreError(
+                    f"{part.path}: array {name!r} has trailing shape {list(schema.trailing)} "
+                    f"{schema.dtype} axes {list(schema.axes)} but {origin[name].name} has "
+                    f"{list(known.trailing)} {known.dtype} axes {list(known.axes)}"
+                )
     return dict(sorted(schemas.items()))
 
 
@@ -147,10 +153,12 @@ def record_table(parts: list[PartIndex]) -> RecordTable:
             keys.append(key)
             part_of.append(index)
             row_of.append(row)
-    frame = pd.DataFrame({
-        "record": np.arange(len(keys), dtype=np.int64),
-        "model_id": pd.Series([k[0] for k in keys], dtype="str"),
-        "prompt_id": pd.Series([k[1] for k in keys], dtype="str"),
-        "seed": np.array([k[2] for k in keys], dtype=np.int64),
-    })
+    frame = pd.DataFrame(
+        {
+            "record": np.arange(len(keys), dtype=np.int64),
+            "model_id": pd.Series([k[0] for k in keys], dtype="str"),
+            "prompt_id": pd.Series([k[1] for k in keys], dtype="str"),
+            "seed": np.array([k[2] for k in keys], dtype=np.int64),
+        }
+    )
     return RecordTable(frame, np.array(part_of, dtype=np.int64), np.array(row_of, dtype=np.int64), duplicates)

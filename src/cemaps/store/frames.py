@@ -68,8 +68,7 @@ def rows_to_frame(rows: list[dict], key: str) -> pd.DataFrame:
     columns: list[str] = []
     for row in rows:
         columns.extend(c for c in row if c not in columns)
-    frame = pd.DataFrame({c: pd.Series([row.get(c) for row in rows], dtype=object) for c in columns},
-                         columns=columns)
+    frame = pd.DataFrame({c: pd.Series([row.get(c) for row in rows], dtype=object) for c in columns}, columns=columns)
     frame = frame.infer_objects()
     if key not in frame.columns:
         frame[key] = pd.Series([], dtype=object)

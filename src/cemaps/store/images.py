@@ -20,8 +20,9 @@ def check_image(image: object, *, what: str) -> np.ndarray:
     """Returns ``image`` as a C-contiguous uint8 [H, W, 3] array or raises StoreError."""
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
-        raise StoreError(f"{what}: image has dtype {array.dtype} and shape {list(array.shape)}; "
-                         "expected uint8 [H, W, 3]")
+        raise StoreError(
+            f"{what}: image has dtype {array.dtype} and shape {list(array.shape)}; expected uint8 [H, W, 3]"
+        )
     return np.ascontiguousarray(array)
 
 

@@ -35,8 +35,9 @@ from cemaps.store.layout import atomic_path, parts_dir, sealed_files
 from cemaps.store.part_index import RECORD_DTYPE, array_path, offsets_path
 from cemaps.store.schema import SCHEMA_VERSION, STORE_FORMAT, check_version, first_difference, register_filters
 
-_MANIFEST_RECORD_DTYPE = np.dtype([(n, RECORD_DTYPE.fields[n][0]) for n in RECORD_DTYPE.names]
-                                  + [("part", np.int64), ("row", np.int64)])
+_MANIFEST_RECORD_DTYPE = np.dtype(
+    [(n, RECORD_DTYPE.fields[n][0]) for n in RECORD_DTYPE.names] + [("part", np.int64), ("row", np.int64)]
+)
 
 
 @dataclass(frozen=True)
@@ -62,25 +63,29 @@ def read_header(path: Path) -> Header:
         with h5py.File(path, "r") as manifest:
             attrs = dict(manifest.attrs)
     except OSError as err:
-        raise StoreError(f"{path}: not a readable HDF5 file ({_first_line(err)}); "
-                         "expected a store written by cemaps capture") from None
+        raise StoreError(
+            f"{path}: not a readable HDF5 file ({_first_line(err)}); expected a store written by cemaps capture"
+        ) from None
     if "format" not in attrs:
         raise StoreError(f"{path}: not a cemaps store (no format attribute); expected a file written by cemaps capture")
     if attrs["format"] != STORE_FORMAT:
-        raise StoreError(f"{path}: format is {attrs['format']!r}; "
-                         f"expected {STORE_FORMAT!r} (a file written by cemaps capture)")
+        raise StoreError(
+            f"{path}: format is {attrs['format']!r}; expected {STORE_FORMAT!r} (a file written by cemaps capture)"
+        )
     try:
         version = int(attrs["schema_version"])
     except (KeyError, TypeError, ValueError):
-        raise StoreError(f"{path}: schema_version attribute missing or not an integer; "
-                         f"expected {SCHEMA_VERSION}") from None
+        raise StoreError(
+            f"{path}: schema_version attribute missing or not an integer; expected {SCHEMA_VERSION}"
+        ) from None
     check_version(version, what=str(path))
     register_filters()
     try:
         settings, base, provenance = (json.loads(attrs[k]) for k in ("settings", "base", "provenance"))
     except (KeyError, TypeError, ValueError) as err:
-        raise StoreError(f"{path}: header attribute {_first_line(err)} missing or not JSON; "
-                         "the manifest is damaged") from None
+        raise StoreError(
+            f"{path}: header attribute {_first_line(err)} missing or not JSON; the manifest is damaged"
+        ) from None
     return Header(version, settings, base, provenance)
 
 
@@ -90,8 +95,9 @@ def check_compatible(path: Path, stored: Header, *, settings: dict, base: dict, 
         difference = first_difference(old, new)
         if difference is not None:
             key, old_value, new_value = difference
-            raise StoreError(f"{path}: {what} {key!r} is {old_value} in the store but {new_value} {now}; "
-                             "use a new --store path")
+            raise StoreError(
+                f"{path}: {what} {key!r} is {old_value} in the store but {new_value} {now}; use a new --store path"
+            )
 
 
 def _write_virtual_arrays(manifest: h5py.File, path: Path, contents: StoreContents, records) -> None:
@@ -107,9 +113,10 @@ def _write_virtual_arrays(manifest: h5py.File, path: Path, contents: StoreConten
         for index, part in enumerate(contents.parts):
             rows = part.rows.get(name, 0)
             if rows:
-                source = h5py.VirtualSource(f"{folder}/{part.path.name}", array_path(name),
-                                            shape=(rows, *schema.trailing), dtype=schema.dtype)
-                layout[bases[index]:bases[index] + rows] = source
+                source = h5py.VirtualSource(
+                    f"{folder}/{part.path.name}", array_path(name), shape=(rows, *schema.trailing), dtype=schema.dtype
+                )
+                layout[bases[index] : bases[index] + rows] = source
         dataset = manifest.create_virtual_dataset(array_path(name), layout)
         dataset.attrs["axes"] = json.dumps(list(schema.axes))
         dataset.attrs["name"] = name
@@ -132,21 +139,35 @@ def write_manifest(path: Path, header: Header, contents: StoreContents) -> None:
     """Writes the whole manifest to a temporary file and atomically replaces ``path``."""
     records = record_table(contents.parts)
     with atomic_path(path) as tmp_path, h5py.File(tmp_path, "w") as manifest:
-        manifest.attrs.update({"format": STORE_FORMAT, "schema_version": header.schema_version,
-                               "settings": json.dumps(header.settings, sort_keys=True),
-                               "base": json.dumps(header.base, sort_keys=True),
-                               "provenance": json.dumps(header.provenance, sort_keys=True),
-                               "updated_at": datetime.now(UTC).isoformat()})
-        write_frame(manifest.create_group("models"), rows_to_frame(contents.models, "model_id").reset_index(),
-                    what=f"{path} models")
-        write_frame(manifest.create_group("prompts"), rows_to_frame(contents.prompts, "prompt_id").reset_index(),
-                    what=f"{path} prompts")
+        manifest.attrs.update(
+            {
+                "format": STORE_FORMAT,
+                "schema_version": header.schema_version,
+                "settings": json.dumps(header.settings, sort_keys=True),
+                "base": json.dumps(header.base, sort_keys=True),
+                "provenance": json.dumps(header.provenance, sort_keys=True),
+                "updated_at": datetime.now(UTC).isoformat(),
+            }
+        )
+        write_frame(
+            manifest.create_group("models"),
+            rows_to_frame(contents.models, "model_id").reset_index(),
+            what=f"{path} models",
+        )
+        write_frame(
+            manifest.create_group("prompts"),
+            rows_to_frame(contents.prompts, "prompt_id").reset_index(),
+            what=f"{path} prompts",
+        )
         tables = manifest.create_group("tables")
         for name, frame in contents.tables.items():
             write_frame(tables.create_group(name), frame, what=f"{path} table {name!r}")
         folder = parts_dir(path).name
-        manifest.create_dataset("parts", data=np.array([f"{folder}/{p.path.name}" for p in contents.parts],
-                                                       dtype=object), dtype=h5py.string_dtype("utf-8"))
+        manifest.create_dataset(
+            "parts",
+            data=np.array([f"{folder}/{p.path.name}" for p in contents.parts], dtype=object),
+            dtype=h5py.string_dtype("utf-8"),
+        )
         table = np.empty(len(records.part), dtype=_MANIFEST_RECORD_DTYPE)
         if len(table):
             table["model_id"] = records.frame["model_id"].to_numpy(dtype=object)

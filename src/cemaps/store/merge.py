@@ -14,7 +14,7 @@ import numpy as np
 
 from cemaps.errors import StoreError
 from cemaps.store.contents import ContentsCache, StoreContents
-from cemaps.store.layout import atomic_path, parts_dir, split_name, sealed_name
+from cemaps.store.layout import atomic_path, parts_dir, sealed_name, split_name
 from cemaps.store.manifest import Header, check_compatible, read_header, rebuild_manifest
 from cemaps.store.part_index import PartIndex, RecordKey, array_path
 from cemaps.store.schema import first_difference
@@ -26,16 +26,21 @@ def _payload(part: PartIndex, row: int) -> tuple[dict[str, np.ndarray], bytes]:
         for name, spans in part.offsets.items():
             start, count = (int(v) for v in spans[row])
             if start >= 0:
-                arrays[name] = handle[array_path(name)][start:start + count]
+                arrays[name] = handle[array_path(name)][start : start + count]
         return arrays, bytes(handle["images"][row])
 
 
 def _same_payload(a: tuple[dict[str, np.ndarray], bytes], b: tuple[dict[str, np.ndarray], bytes]) -> bool:
     arrays_a, image_a = a
     arrays_b, image_b = b
-    return image_a == image_b and arrays_a.keys() == arrays_b.keys() and all(
-        arrays_a[n].dtype == arrays_b[n].dtype and np.array_equal(arrays_a[n], arrays_b[n], equal_nan=True)
-        for n in arrays_a)
+    return (
+        image_a == image_b
+        and arrays_a.keys() == arrays_b.keys()
+        and all(
+            arrays_a[n].dtype == arrays_b[n].dtype and np.array_equal(arrays_a[n], arrays_b[n], equal_nan=True)
+            for n in arrays_a
+        )
+    )
 
 
 def _check_rows(stores: list[tuple[Path, StoreContents]], kind: str, key: str) -> None:
@@ -46,8 +51,10 @@ def _check_rows(stores: list[tuple[Path, StoreContents]], kind: str, key: str) -
             difference = first_difference(first[1], row)
             if difference is not None:
                 column, old, new = difference
-                raise StoreError(f"{path}: {key} {row[key]!r} has {column!r} = {new} but {first[0]} has {old}; "
-                                 "stores with conflicting rows cannot be merged")
+                raise StoreError(
+                    f"{path}: {key} {row[key]!r} has {column!r} = {new} but {first[0]} has {old}; "
+                    "stores with conflicting rows cannot be merged"
+                )
 
 
 def _check_records(stores: list[tuple[Path, StoreContents]]) -> int:
@@ -64,8 +71,9 @@ def _check_records(stores: list[tuple[Path, StoreContents]]) -> int:
                 if os.path.samefile(other_part.path, part.path):  # already merged: a hard link
                     continue
                 if not _same_payload(_payload(other_part, other_row), _payload(part, row)):
-                    raise StoreError(f"{path}: record {key} differs from the one in {other_path}; "
-                                     "remove one of them before merging")
+                    raise StoreError(
+                        f"{path}: record {key} differs from the one in {other_path}; remove one of them before merging"
+                    )
                 duplicates += 1
     return duplicates
 
@@ -119,13 +127,16 @@ def merge_stores(sources: list[str | os.PathLike], out: str | os.PathLike) -> No
         check_compatible(path, header, settings=headers[0].settings, base=headers[0].base, now=f"in {paths[0]}")
     if out_path.exists():
         out_header = read_header(out_path)
-        check_compatible(out_path, out_header, settings=headers[0].settings, base=headers[0].base,
-                         now=f"in {paths[0]}")
+        check_compatible(out_path, out_header, settings=headers[0].settings, base=headers[0].base, now=f"in {paths[0]}")
     else:
         if not out_path.parent.is_dir():
             raise StoreError(f"{out_path}: folder {out_path.parent} does not exist; create it first")
-        out_header = Header(headers[0].schema_version, headers[0].settings, headers[0].base,
-                            {**headers[0].provenance, "merged_from": [str(p) for p in paths]})
+        out_header = Header(
+            headers[0].schema_version,
+            headers[0].settings,
+            headers[0].base,
+            {**headers[0].provenance, "merged_from": [str(p) for p in paths]},
+        )
     # a merged store holds every source's parts, so it needs the newest of their schema versions
     version = max(header.schema_version for header in [*headers, out_header])
     out_header = dataclasses.replace(out_header, schema_version=version)
@@ -148,8 +159,11 @@ def merge_stores(sources: list[str | os.PathLike], out: str | os.PathLike) -> No
                 copied += 1
     rebuild_manifest(out_path, out_header, ContentsCache())
     if copied:
-        warnings.warn(f"{out_path}: {copied} part files were copied, not hard-linked (another filesystem)",
-                      stacklevel=2)
+        warnings.warn(
+            f"{out_path}: {copied} part files were copied, not hard-linked (another filesystem)", stacklevel=2
+        )
     if duplicates:
-        warnings.warn(f"{out_path}: {duplicates} records were in several sources with identical content; "
-                      "each is kept once", stacklevel=2)
+        warnings.warn(
+            f"{out_path}: {duplicates} records were in several sources with identical content; each is kept once",
+            stacklevel=2,
+        )

@@ -27,9 +27,9 @@ from cemaps.store.schema import PART_FORMAT, check_version
 
 RecordKey = tuple[str, str, int]
 
-RECORD_DTYPE = np.dtype([("model_id", h5py.string_dtype("utf-8")),
-                         ("prompt_id", h5py.string_dtype("utf-8")),
-                         ("seed", np.int64)])
+RECORD_DTYPE = np.dtype(
+    [("model_id", h5py.string_dtype("utf-8")), ("prompt_id", h5py.string_dtype("utf-8")), ("seed", np.int64)]
+)
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,12 @@ def read_part_index(path: Path) -> PartIndex:
                 dataset = part[array_path(name)]
                 offsets[name] = part[offsets_path(name)][()]
                 rows[name] = int(dataset.shape[0])
-                schemas[name] = ArraySchema(name, tuple(int(d) for d in dataset.shape[1:]), dataset.dtype,
-                                            tuple(json.loads(dataset.attrs["axes"])))
+                schemas[name] = ArraySchema(
+                    name,
+                    tuple(int(d) for d in dataset.shape[1:]),
+                    dataset.dtype,
+                    tuple(json.loads(dataset.attrs["axes"])),
+                )
             image_lengths = np.array([len(v) for v in part["images"][()]], dtype=np.int64)
     except (OSError, KeyError, ValueError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -32,8 +32,15 @@ class OpenPart:
         schema_version: the store's version, which fixes the arrays' codec (schema.CODEC_OF_VERSION).
     """
 
-    def __init__(self, tmp_path: Path, final_path: Path, *, writer_tag: str, provenance_json: str,
-                 schema_version: int = SCHEMA_VERSION) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        final_path: Path,
+        *,
+        writer_tag: str,
+        provenance_json: str,
+        schema_version: int = SCHEMA_VERSION,
+    ) -> None:
         self.tmp_path = tmp_path
         self.final_path = final_path
         self._keys: list[RecordKey] = []
@@ -44,10 +51,17 @@ class OpenPart:
         self._arrays: dict[str, h5py.Dataset] = {}
         self._file = h5py.File(tmp_path, "w")
         self._compression = array_compression(CODEC_OF_VERSION[schema_version])
-        self._file.attrs.update({"format": PART_FORMAT, "schema_version": schema_version,
-                                 "writer_tag": writer_tag, "provenance": provenance_json})
-        self._images = self._file.create_dataset("images", shape=(0,), maxshape=(None,), dtype=_IMAGE_DTYPE,
-                                                 chunks=(16,))
+        self._file.attrs.update(
+            {
+                "format": PART_FORMAT,
+                "schema_version": schema_version,
+                "writer_tag": writer_tag,
+                "provenance": provenance_json,
+            }
+        )
+        self._images = self._file.create_dataset(
+            "images", shape=(0,), maxshape=(None,), dtype=_IMAGE_DTYPE, chunks=(16,)
+        )
 
     @property
     def n_records(self) -> int:
@@ -57,14 +71,21 @@ class OpenPart:
         trailing = array.shape[1:]
         row_bytes = max(1, int(np.prod(trailing, dtype=np.int64)) * array.dtype.itemsize)
         rows_per_chunk = max(1, CHUNK_BYTES // row_bytes)
-        dataset = self._file.create_dataset(array_path(name), shape=(0, *trailing), maxshape=(None, *trailing),
-                                            dtype=array.dtype, chunks=(rows_per_chunk, *trailing), **self._compression)
+        dataset = self._file.create_dataset(
+            array_path(name),
+            shape=(0, *trailing),
+            maxshape=(None, *trailing),
+            dtype=array.dtype,
+            chunks=(rows_per_chunk, *trailing),
+            **self._compression,
+        )
         dataset.attrs["axes"] = json.dumps(list(axes))
         dataset.attrs["name"] = name
         return dataset
 
-    def append(self, key: RecordKey, arrays: dict[str, np.ndarray], axes: dict[str, tuple[str, ...]],
-               png: bytes | None) -> None:
+    def append(
+        self, key: RecordKey, arrays: dict[str, np.ndarray], axes: dict[str, tuple[str, ...]], png: bytes | None
+    ) -> None:
         """Appends one validated record; on any failure the part is left as before the call."""
         n = self.n_records
         lengths = {name: dataset.shape[0] for name, dataset in self._arrays.items()}

@@ -22,5 +22,10 @@ def default_provenance() -> dict:
     import h5py  # noqa: PLC0415 - h5py's own HDF5 build is provenance too
 
     versions["hdf5"] = h5py.version.hdf5_version
-    return {"packages": versions, "python": platform.python_version(), "host": socket.gethostname(),
-            "pid": os.getpid(), "created_at": datetime.now(UTC).isoformat()}
+    return {
+        "packages": versions,
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "created_at": datetime.now(UTC).isoformat(),
+    }

@@ -86,7 +86,7 @@ class StoreReader:
             raise StoreError(f"{self.path}: chunk_size {chunk_size!r}; expected an integer >= 1")
         frame = self._records.frame
         for start in range(0, len(frame), chunk_size):
-            yield frame.iloc[start:start + chunk_size].copy()
+            yield frame.iloc[start : start + chunk_size].copy()
 
     def table(self, name: str) -> pd.DataFrame:
         """A model-level table (e.g. "weight_deltas")."""
@@ -177,7 +177,7 @@ class StoreReader:
         self._schema(name)
         (record,) = self._record_ints([record])
         part_index, start, count = self._span(name, record)
-        return self._dataset(part_index, name)[start:start + count]
+        return self._dataset(part_index, name)[start : start + count]
 
     def read(self, name: str, records: Iterable[int] | pd.DataFrame) -> list[np.ndarray]:
         """Array ``name`` for each record, in the order given (one [rows, *trailing] array each).
@@ -206,14 +206,15 @@ class StoreReader:
         gap = span[1] - (previous[1] + previous[2])
         return gap <= self._dataset(span[0], name).chunks[0]
 
-    def _read_run(self, name: str, wanted: list[tuple[int, int, int]], run: list[int],
-                  out: list[np.ndarray | None]) -> None:
+    def _read_run(
+        self, name: str, wanted: list[tuple[int, int, int]], run: list[int], out: list[np.ndarray | None]
+    ) -> None:
         part_index, first = wanted[run[0]][0], wanted[run[0]][1]
         last = max(wanted[i][1] + wanted[i][2] for i in run)
         block = self._dataset(part_index, name)[first:last]
         for i in run:
             start, count = wanted[i][1] - first, wanted[i][2]
-            out[i] = block[start:start + count].copy() if len(run) > 1 else block[start:start + count]
+            out[i] = block[start : start + count].copy() if len(run) > 1 else block[start : start + count]
 
     def images(self, records: Iterable[int] | pd.DataFrame) -> np.ndarray:
         """Generated images of ``records``: uint8 [n, H, W, 3]."""
@@ -227,8 +228,9 @@ class StoreReader:
             return np.zeros((0, 0, 0, 3), dtype=np.uint8)
         shapes = {image.shape for image in decoded}
         if len(shapes) > 1:
-            raise StoreError(f"{self.path}: images have different shapes {sorted(shapes)}; "
-                             "read them one record at a time")
+            raise StoreError(
+                f"{self.path}: images have different shapes {sorted(shapes)}; read them one record at a time"
+            )
         return np.stack(decoded)
 
     def size_on_disk(self) -> int:
@@ -247,8 +249,9 @@ class StoreReader:
     def __enter__(self) -> StoreReader:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -261,14 +264,20 @@ def _require_listed_parts(path: Path) -> None:
     """Every part file the manifest lists is on disk (a manifest copied without its folder holds no data)."""
     try:
         with h5py.File(path, "r") as manifest:
-            listed = [p.decode() if isinstance(p, bytes) else str(p) for p in manifest["parts"][()]] \
-                if "parts" in manifest else []
+            listed = (
+                [p.decode() if isinstance(p, bytes) else str(p) for p in manifest["parts"][()]]
+                if "parts" in manifest
+                else []
+            )
     except OSError:
         return  # read_header already read this file; a failure here is reported where the data is read
     missing = [p for p in listed if not (path.parent / p).is_file()]
     if missing:
         folder = parts_dir(path)
-        what = (f"its parts folder {folder.name}/ is missing ({len(listed)} part files listed)" if not folder.is_dir()
-                else f"{len(missing)} of the {len(listed)} part files it lists are missing from {folder.name}/ "
-                     f"(e.g. {Path(missing[0]).name})")
+        what = (
+            f"its parts folder {folder.name}/ is missing ({len(listed)} part files listed)"
+            if not folder.is_dir()
+            else f"{len(missing)} of the {len(listed)} part files it lists are missing from {folder.name}/ "
+            f"(e.g. {Path(missing[0]).name})"
+        )
         raise StoreError(f"{path}: {what}; a store is the .h5 manifest plus that folder: copy or restore both")

@@ -62,9 +62,11 @@ def array_compression(codec: str) -> dict[str, Any]:
 def check_version(version: int, *, what: str) -> int:
     """``version`` if this cemaps reads it, else a StoreError naming ``what``."""
     if version not in READABLE_VERSIONS:
-        raise StoreError(f"{what}: schema_version is {version} but this cemaps reads "
-                         f"{', '.join(map(str, READABLE_VERSIONS))} and writes {SCHEMA_VERSION}; "
-                         "use the cemaps release that wrote it or a new store path")
+        raise StoreError(
+            f"{what}: schema_version is {version} but this cemaps reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))} and writes {SCHEMA_VERSION}; "
+            "use the cemaps release that wrote it or a new store path"
+        )
     return version
 
 
@@ -132,7 +134,12 @@ def first_difference(stored: Any, current: Any, prefix: str = "") -> tuple[str, 
         return None
     if type(stored) is type(current) and _equal(stored, current):
         return None
-    if isinstance(stored, int | float) and isinstance(current, int | float) and not isinstance(stored, bool) \
-            and not isinstance(current, bool) and stored == current:
+    if (
+        isinstance(stored, int | float)
+        and isinstance(current, int | float)
+        and not isinstance(stored, bool)
+        and not isinstance(current, bool)
+        and stored == current
+    ):
         return None
     return prefix or "<root>", format_value(stored), format_value(current)

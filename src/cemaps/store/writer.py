@@ -14,8 +14,15 @@ from cemaps.errors import StoreError
 from cemaps.store.contents import ContentsCache, array_schemas, read_meta
 from cemaps.store.frames import check_column_name, frame_row_keys, write_frame
 from cemaps.store.images import check_image, encode_png
-from cemaps.store.layout import (atomic_path, check_writer_tag, next_seq, parts_dir, remove_open_files,
-                                 sealed_files, sealed_name)
+from cemaps.store.layout import (
+    atomic_path,
+    check_writer_tag,
+    next_seq,
+    parts_dir,
+    remove_open_files,
+    sealed_files,
+    sealed_name,
+)
 from cemaps.store.manifest import Header, check_compatible, read_header, rebuild_manifest
 from cemaps.store.part_index import ArraySchema, RecordKey
 from cemaps.store.part_writer import OpenPart
@@ -29,8 +36,10 @@ _PROMPT_KEYS = ("prompt_id", "text", "tokens", "token_ids")
 def check_array_name(name: object) -> str:
     """Array names are HDF5 paths below /arrays: '/' makes groups, dots are kept."""
     if not isinstance(name, str) or not name or any(p in {"", ".", ".."} for p in name.split("/")):
-        raise StoreError(f"array name {name!r}: expected a non-empty path like "
-                         "'cross_attention/down_blocks.0.attentions.0.transformer_blocks.0.attn2'")
+        raise StoreError(
+            f"array name {name!r}: expected a non-empty path like "
+            "'cross_attention/down_blocks.0.attentions.0.transformer_blocks.0.attn2'"
+        )
     return name
 
 
@@ -57,8 +66,17 @@ class StoreWriter:
             older cemaps); an existing store keeps its own version.
     """
 
-    def __init__(self, path: str | os.PathLike, *, settings: dict, base: dict, provenance: dict | None = None,
-                 writer_tag: str = "w0", records_per_part: int = 16, schema_version: int = SCHEMA_VERSION) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        settings: dict,
+        base: dict,
+        provenance: dict | None = None,
+        writer_tag: str = "w0",
+        records_per_part: int = 16,
+        schema_version: int = SCHEMA_VERSION,
+    ) -> None:
         self.path = Path(path)
         self.writer_tag = check_writer_tag(writer_tag)
         if isinstance(records_per_part, bool) or not isinstance(records_per_part, int) or records_per_part < 1:
@@ -69,8 +87,9 @@ class StoreWriter:
                 raise StoreError(f"{self.path}: {what} is a {type(value).__name__}; expected a dict")
         settings = normalise(settings, what=f"{self.path}: settings")
         base = normalise(base, what=f"{self.path}: base")
-        provenance = normalise(default_provenance() if provenance is None else provenance,
-                               what=f"{self.path}: provenance")
+        provenance = normalise(
+            default_provenance() if provenance is None else provenance, what=f"{self.path}: provenance"
+        )
         self._provenance_json = to_json(provenance, what=f"{self.path}: provenance")
         self._folder = parts_dir(self.path)
         self._cache = ContentsCache()
@@ -110,8 +129,9 @@ class StoreWriter:
                 raise StoreError(f"{self.path}: {kind} row {index} is a {type(row).__name__}; expected a dict")
             missing = [k for k in required if k not in row]
             if missing:
-                raise StoreError(f"{self.path}: {kind} row {index} lacks {missing[0]!r}; "
-                                 f"expected keys {', '.join(required)}")
+                raise StoreError(
+                    f"{self.path}: {kind} row {index} lacks {missing[0]!r}; expected keys {', '.join(required)}"
+                )
             if not isinstance(row[key], str) or not row[key]:
                 raise StoreError(f"{self.path}: {kind} row {index} has {key} {row[key]!r}; expected a non-empty string")
             for name in row:
@@ -124,11 +144,17 @@ class StoreWriter:
             difference = first_difference(known, row)
             if difference is not None:
                 column, old, new = difference
-                raise StoreError(f"{self.path}: {key} {row[key]!r} is already stored with {column!r} = {old}, "
-                                 f"not {new}; give the new one another {key}")
+                raise StoreError(
+                    f"{self.path}: {key} {row[key]!r} is already stored with {column!r} = {old}, "
+                    f"not {new}; give the new one another {key}"
+                )
         if fresh:
-            self._write_meta(kind, lambda meta: meta.create_dataset(
-                kind, data=np.array([to_json(r, what=kind) for r in fresh.values()], dtype=object), dtype=_STR))
+            self._write_meta(
+                kind,
+                lambda meta: meta.create_dataset(
+                    kind, data=np.array([to_json(r, what=kind) for r in fresh.values()], dtype=object), dtype=_STR
+                ),
+            )
 
     def add_models(self, rows: list[dict]) -> None:
         """Registers models: dicts with 'model_id' + JSON-able columns (method, subject, sha256, ...).
@@ -160,15 +186,20 @@ class StoreWriter:
         keys = frame_row_keys(frame, what=f"{self.path}: table {name!r}")
         fresh = frame.iloc[[i for i, key in enumerate(keys) if key not in stored]]
         if len(fresh):
-            self._write_meta("table", lambda meta: write_frame(meta.create_group(f"tables/{name}"), fresh,
-                                                               what=f"{self.path}: table {name!r}"))
+            self._write_meta(
+                "table",
+                lambda meta: write_frame(
+                    meta.create_group(f"tables/{name}"), fresh, what=f"{self.path}: table {name!r}"
+                ),
+            )
 
     def _write_meta(self, what: str, fill) -> None:
         seq = next_seq(self._folder, "meta", self.writer_tag)
         final = self._folder / sealed_name("meta", self.writer_tag, seq)
         with atomic_path(final) as tmp_path, h5py.File(tmp_path, "w") as meta:
-            meta.attrs.update({"format": META_FORMAT, "schema_version": self._header.schema_version,
-                               "writer_tag": self.writer_tag})
+            meta.attrs.update(
+                {"format": META_FORMAT, "schema_version": self._header.schema_version, "writer_tag": self.writer_tag}
+            )
             fill(meta)
         rebuild_manifest(self.path, self._header, self._cache)
 
@@ -189,32 +220,53 @@ class StoreWriter:
             check_array_name(name)
             array = np.ascontiguousarray(value)
             if array.dtype.kind not in "biufc" or array.ndim < 1:
-                raise StoreError(f"{where}: array {name!r} has dtype {array.dtype} and {array.ndim} axes; "
-                                 "expected a numeric numpy array with at least one axis")
+                raise StoreError(
+                    f"{where}: array {name!r} has dtype {array.dtype} and {array.ndim} axes; "
+                    "expected a numeric numpy array with at least one axis"
+                )
             if 0 in array.shape[1:]:
-                raise StoreError(f"{where}: array {name!r} has shape {list(array.shape)}; "
-                                 "only the first axis may be empty")
+                raise StoreError(
+                    f"{where}: array {name!r} has shape {list(array.shape)}; only the first axis may be empty"
+                )
             names = axes.get(name)
-            if not isinstance(names, list | tuple) or len(names) != array.ndim or \
-                    not all(isinstance(a, str) and a for a in names):
-                raise StoreError(f"{where}: axes[{name!r}] is {names!r}; expected {array.ndim} axis names "
-                                 f"for shape {list(array.shape)}")
+            if (
+                not isinstance(names, list | tuple)
+                or len(names) != array.ndim
+                or not all(isinstance(a, str) and a for a in names)
+            ):
+                raise StoreError(
+                    f"{where}: axes[{name!r}] is {names!r}; expected {array.ndim} axis names "
+                    f"for shape {list(array.shape)}"
+                )
             schema = ArraySchema(name, tuple(array.shape[1:]), array.dtype, tuple(names))
             known = self._schemas.get(name)
             if known is not None and known.trailing != schema.trailing:
-                raise StoreError(f"{where}: array {name!r} has trailing shape {list(schema.trailing)} but the store "
-                                 f"holds {list(known.trailing)} for it; only the first axis may vary")
+                raise StoreError(
+                    f"{where}: array {name!r} has trailing shape {list(schema.trailing)} but the store "
+                    f"holds {list(known.trailing)} for it; only the first axis may vary"
+                )
             if known is not None and known.dtype != schema.dtype:
-                raise StoreError(f"{where}: array {name!r} has dtype {schema.dtype} but the store holds "
-                                 f"{known.dtype} for it; cast it before writing")
+                raise StoreError(
+                    f"{where}: array {name!r} has dtype {schema.dtype} but the store holds "
+                    f"{known.dtype} for it; cast it before writing"
+                )
             if known is not None and known.axes != schema.axes:
-                raise StoreError(f"{where}: array {name!r} has axes {list(schema.axes)} but the store holds "
-                                 f"{list(known.axes)} for it")
+                raise StoreError(
+                    f"{where}: array {name!r} has axes {list(schema.axes)} but the store holds "
+                    f"{list(known.axes)} for it"
+                )
             checked[name] = array
         return checked
 
-    def write_record(self, model_id: str, prompt_id: str, seed: int, arrays: dict[str, np.ndarray],
-                     axes: dict[str, tuple[str, ...]], image: np.ndarray | None = None) -> None:
+    def write_record(
+        self,
+        model_id: str,
+        prompt_id: str,
+        seed: int,
+        arrays: dict[str, np.ndarray],
+        axes: dict[str, tuple[str, ...]],
+        image: np.ndarray | None = None,
+    ) -> None:
         """Appends one record (all-or-nothing).
 
         Args:
@@ -237,9 +289,13 @@ class StoreWriter:
         if self._part is None:
             seq = next_seq(self._folder, "part", self.writer_tag)
             name = sealed_name("part", self.writer_tag, seq)
-            self._part = OpenPart(self._folder / f"{name}.tmp", self._folder / name, writer_tag=self.writer_tag,
-                                  provenance_json=self._provenance_json,
-                                  schema_version=self._header.schema_version)
+            self._part = OpenPart(
+                self._folder / f"{name}.tmp",
+                self._folder / name,
+                writer_tag=self.writer_tag,
+                provenance_json=self._provenance_json,
+                schema_version=self._header.schema_version,
+            )
         self._part.append(key, checked, {n: tuple(axes[n]) for n in checked}, png)
         self._keys.add(key)
         for name, array in checked.items():
@@ -273,7 +329,8 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # write_record rolls back a half-written record, so what is in the part is whole
         self.close()

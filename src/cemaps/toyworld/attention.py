@@ -60,8 +60,9 @@ def word_heatmap(maps: np.ndarray, axes: Sequence[str], positions: Sequence[int]
     return selected.mean(axis=reduce)
 
 
-def layer_ious(record: dict, words: Sequence[str], mask: np.ndarray, probe_prefix: str = "cross_attention/"
-               ) -> dict[str, dict[str, float]]:
+def layer_ious(
+    record: dict, words: Sequence[str], mask: np.ndarray, probe_prefix: str = "cross_attention/"
+) -> dict[str, dict[str, float]]:
     """IoU per layer (plus ``"all layers"``: maps upsampled and averaged first) of each word's map with ``mask``.
 
     Args:
@@ -79,7 +80,7 @@ def layer_ious(record: dict, words: Sequence[str], mask: np.ndarray, probe_prefi
     for key, array in record.items():
         if not key.startswith(probe_prefix):
             continue
-        layer = key[len(probe_prefix):]
+        layer = key[len(probe_prefix) :]
         tokens = array.coords["token"]
         for word in words:
             positions = word_token_positions(tokens, word)

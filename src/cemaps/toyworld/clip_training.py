@@ -52,8 +52,9 @@ def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), dev
     tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
     tokens = tokenizer(captions)
     caption_ids = torch.from_numpy(np.unique(np.array(captions), return_inverse=True)[1].reshape(-1))
-    pixels = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-              - torch.tensor(_CLIP_MEAN)[:, None, None]) / torch.tensor(_CLIP_STD)[:, None, None]
+    pixels = (
+        torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - torch.tensor(_CLIP_MEAN)[:, None, None]
+    ) / torch.tensor(_CLIP_STD)[:, None, None]
     model = open_clip.CLIP(**config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
     generator = torch.Generator().manual_seed(settings.seed + 2)
@@ -66,8 +67,10 @@ def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), dev
         logits = model.logit_scale.exp() * image_features @ text_features.T
         same = (caption_ids[index][:, None] == caption_ids[index][None, :]).float().to(device)
         targets = same / same.sum(dim=1, keepdim=True)
-        loss = 0.5 * (torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
-                      + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean())
+        loss = 0.5 * (
+            torch.sum(-targets * F.log_softmax(logits, 1), 1).mean()
+            + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean()
+        )
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * _lr_factor(step, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)

@@ -46,20 +46,41 @@ def _lonely(image: np.ndarray) -> float:
 def single_object_specs() -> list[PromptSpec]:
     """One filled object per prompt, every colour and every kind at least twice (18 prompts)."""
     colours = list(COLOURS)
-    return [PromptSpec((Phrase(KINDS[i % len(KINDS)], colours[i % len(colours)], style="filled"),))
-            for i in range(2 * len(colours))]
+    return [
+        PromptSpec((Phrase(KINDS[i % len(KINDS)], colours[i % len(colours)], style="filled"),))
+        for i in range(2 * len(colours))
+    ]
 
 
 def position_specs() -> list[PromptSpec]:
     colours = list(COLOURS)
-    return [PromptSpec((Phrase(("circle", "square", "star", "triangle", "cross")[i], colours[2 * i], style="filled",
-                               position=position),)) for i, position in enumerate(POSITIONS)]
+    return [
+        PromptSpec(
+            (
+                Phrase(
+                    ("circle", "square", "star", "triangle", "cross")[i],
+                    colours[2 * i],
+                    style="filled",
+                    position=position,
+                ),
+            )
+        )
+        for i, position in enumerate(POSITIONS)
+    ]
 
 
 def count_specs() -> list[PromptSpec]:
-    return [PromptSpec((Phrase(kind, colour, count=count, style="filled"),))
-            for count, kind, colour in ((1, "circle", "blue"), (2, "square", "red"), (3, "circle", "yellow"),
-                                        (2, "star", "green"), (3, "square", "purple"), (1, "star", "orange"))]
+    return [
+        PromptSpec((Phrase(kind, colour, count=count, style="filled"),))
+        for count, kind, colour in (
+            (1, "circle", "blue"),
+            (2, "square", "red"),
+            (3, "circle", "yellow"),
+            (2, "star", "green"),
+            (3, "square", "purple"),
+            (1, "star", "orange"),
+        )
+    ]
 
 
 def judged_caption(spec: PromptSpec) -> str:
@@ -77,8 +98,15 @@ class Generated:
     records: list[dict] | None  # per image captured arrays, when capture was on
 
 
-def generate(pipe, texts: list[str], seeds: list[int], steps: int = 20, guidance_scale: float = 5.0,
-             batch_size: int = 16, capture_attention: bool = False) -> Generated:
+def generate(
+    pipe,
+    texts: list[str],
+    seeds: list[int],
+    steps: int = 20,
+    guidance_scale: float = 5.0,
+    batch_size: int = 16,
+    capture_attention: bool = False,
+) -> Generated:
     """Generates one image per (text, seed), in batches; optionally captures cross-attention."""
     from cemaps import CrossAttentionProbe, capture
 
@@ -107,8 +135,11 @@ def judge_single(image: np.ndarray, spec: PromptSpec) -> dict[str, float]:
     if not objects:
         return {"colour": 0.0, "shape": 0.0, "position": 0.0 if phrase.position else np.nan}
     main = objects[0]
-    return {"colour": float(main.colour == phrase.colour), "shape": float(main.kind == phrase.kind),
-            "position": float(main.position == phrase.position) if phrase.position else np.nan}
+    return {
+        "colour": float(main.colour == phrase.colour),
+        "shape": float(main.kind == phrase.kind),
+        "position": float(main.position == phrase.position) if phrase.position else np.nan,
+    }
 
 
 def judge_count(image: np.ndarray, spec: PromptSpec) -> float:
@@ -126,8 +157,14 @@ def _rendered(texts_specs: list[tuple[str, PromptSpec | None]], seeds: list[int]
     return np.stack(images)
 
 
-def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: float = 5.0,
-                      with_attention: bool = True, batch_size: int = 16) -> dict:
+def evaluate_pipeline(
+    pipe,
+    seeds: list[int],
+    steps: int = 20,
+    guidance_scale: float = 5.0,
+    with_attention: bool = True,
+    batch_size: int = 16,
+) -> dict:
     """Judge accuracies (generated vs rendered), abstract features, and per-layer mIoU.
 
     Returns:
@@ -140,7 +177,7 @@ def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: f
     rows = []
     single_texts = [judged_caption(s) for s in singles]
     generated = generate(pipe, single_texts, seeds, steps, guidance_scale, batch_size, capture_attention=with_attention)
-    rendered = _rendered([(t, s) for t, s in zip(single_texts, singles)], seeds)
+    rendered = _rendered([(t, s) for t, s in zip(single_texts, singles, strict=False)], seeds)
     ious = []
     for source, images in (("generated", generated.images), ("rendered", rendered)):
         for index, image in enumerate(images):
@@ -152,19 +189,35 @@ def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: f
                 mask = objects[0].mask if objects else np.zeros(image.shape[:2], dtype=bool)
                 for layer, by_word in layer_ious(generated.records[index], [phrase.colour, phrase.kind], mask).items():
                     for word, value in by_word.items():
-                        ious.append({"image": index, "layer": layer, "token": "colour" if word == phrase.colour else "shape",
-                                     "iou": value, "object_found": bool(objects)})
+                        ious.append(
+                            {
+                                "image": index,
+                                "layer": layer,
+                                "token": "colour" if word == phrase.colour else "shape",
+                                "iou": value,
+                                "object_found": bool(objects),
+                            }
+                        )
     table = pd.DataFrame(rows)
-    accuracy = [{"check": check, "source": source, "accuracy": group[check].mean(), "images": int(group[check].notna().sum())}
-                for source, group in table.groupby("source") for check in ("colour", "shape")]
-    for name, specs, judge in (("position", positions, lambda im, sp: judge_single(im, sp)["position"]),
-                               ("count 1-3", counts, judge_count)):
+    accuracy = [
+        {"check": check, "source": source, "accuracy": group[check].mean(), "images": int(group[check].notna().sum())}
+        for source, group in table.groupby("source")
+        for check in ("colour", "shape")
+    ]
+    for name, specs, judge in (
+        ("position", positions, lambda im, sp: judge_single(im, sp)["position"]),
+        ("count 1-3", counts, judge_count),
+    ):
         texts = [judged_caption(s) for s in specs]
-        sources = {"generated": generate(pipe, texts, seeds, steps, guidance_scale, batch_size).images,
-                   "rendered": _rendered(list(zip(texts, specs)), seeds)}
+        sources = {
+            "generated": generate(pipe, texts, seeds, steps, guidance_scale, batch_size).images,
+            "rendered": _rendered(list(zip(texts, specs, strict=False)), seeds),
+        }
         for source, images in sources.items():
             values = [judge(image, specs[i // len(seeds)]) for i, image in enumerate(images)]
-            accuracy.append({"check": name, "source": source, "accuracy": float(np.mean(values)), "images": len(values)})
+            accuracy.append(
+                {"check": name, "source": source, "accuracy": float(np.mean(values)), "images": len(values)}
+            )
     words = list(ABSTRACT_FEATURES)
     abstract_generated = generate(pipe, words + [""], seeds, steps, guidance_scale, batch_size).images
     abstract_rendered = _rendered([(w, None) for w in words], seeds)
@@ -173,10 +226,15 @@ def evaluate_pipeline(pipe, seeds: list[int], steps: int = 20, guidance_scale: f
     prior = abstract_generated[len(words) * n :]
     for i, word in enumerate(words):
         feature, measure = ABSTRACT_FEATURES[word]
-        abstract.append({"word": word, "feature": feature,
-                         "generated": float(np.nanmean([measure(im) for im in abstract_generated[i * n : (i + 1) * n]])),
-                         "rendered": float(np.nanmean([measure(im) for im in abstract_rendered[i * n : (i + 1) * n]])),
-                         "empty prompt": float(np.nanmean([measure(im) for im in prior]))})
+        abstract.append(
+            {
+                "word": word,
+                "feature": feature,
+                "generated": float(np.nanmean([measure(im) for im in abstract_generated[i * n : (i + 1) * n]])),
+                "rendered": float(np.nanmean([measure(im) for im in abstract_rendered[i * n : (i + 1) * n]])),
+                "empty prompt": float(np.nanmean([measure(im) for im in prior])),
+            }
+        )
     result = {"accuracy": pd.DataFrame(accuracy), "abstract": pd.DataFrame(abstract)}
     if ious:
         # DAAM scores maps against ground-truth objects: images where the judge found no object of

@@ -17,14 +17,22 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from cemaps.toyworld.world import (
-    BACKGROUNDS, COLOURS, COOL_COLOURS, IMAGE_SIZE, KINDS, PALE_MIX, POSITIONS, WARM_COLOURS, shape_coverage,
+    BACKGROUNDS,
+    COLOURS,
+    COOL_COLOURS,
+    IMAGE_SIZE,
+    KINDS,
+    PALE_MIX,
+    POSITIONS,
+    WARM_COLOURS,
+    shape_coverage,
 )
 
 TEMPLATE_SIZE = 16
@@ -72,7 +80,7 @@ def _palette() -> tuple[np.ndarray, list[tuple[str, bool]]]:
     return np.stack(colours), labels
 
 
-@lru_cache(maxsize=None)
+@cache
 def _width_ratio(kind: str) -> float:
     """Bounding-box width of a kind's silhouette divided by its half-extent."""
     body, _ = shape_coverage(kind, 24.0, 64, (32.0, 32.0))
@@ -80,7 +88,7 @@ def _width_ratio(kind: str) -> float:
     return (cols.max() - cols.min() + 1) / 24.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template(kind: str, facing: str, half_extent_tenths: int) -> np.ndarray:
     """A kind's silhouette drawn at the object's own pixel scale (so small glyphs lose their
     details as the generated ones do), cropped and resampled to TEMPLATE_SIZE."""
@@ -104,7 +112,7 @@ def classify_shape(mask: np.ndarray) -> tuple[str, float]:
     best, best_iou = "circle", -1.0
     for kind in KINDS:
         half_extent_tenths = int(np.clip(round(10 * width / _width_ratio(kind)), 20, 150))
-        for facing in (("left", "right") if kind == "fish" else ("right",)):
+        for facing in ("left", "right") if kind == "fish" else ("right",):
             template = _template(kind, facing, half_extent_tenths)
             iou = float((shape & template).sum() / max(1, (shape | template).sum()))
             if iou > best_iou:

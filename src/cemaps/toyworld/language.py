@@ -25,16 +25,35 @@ from types import MappingProxyType
 import numpy as np
 
 from cemaps.toyworld.world import (
-    BACKGROUNDS, COLOURS, COOL_COLOURS, EXPRESSIONS, GLYPHS, IMAGE_SIZE, KINDS, POSITIONS, SHAPES, SIZES,
-    WARM_COLOURS, Scene, ToyObject,
+    BACKGROUNDS,
+    COLOURS,
+    COOL_COLOURS,
+    EXPRESSIONS,
+    GLYPHS,
+    IMAGE_SIZE,
+    KINDS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    WARM_COLOURS,
+    Scene,
+    ToyObject,
 )
 
 RELATIONS = ("left of", "right of", "above", "below")
 NUMBER_WORDS = MappingProxyType({1: "a", 2: "two", 3: "three", 4: "four"})
-PLURALS = MappingProxyType({kind: ("fish" if kind == "fish" else "crosses" if kind == "cross" else kind + "s")
-                            for kind in KINDS})
-POSITION_PHRASES = MappingProxyType({"left": "on the left", "right": "on the right", "top": "at the top",
-                                     "bottom": "at the bottom", "centre": "in the centre"})
+PLURALS = MappingProxyType(
+    {kind: ("fish" if kind == "fish" else "crosses" if kind == "cross" else kind + "s") for kind in KINDS}
+)
+POSITION_PHRASES = MappingProxyType(
+    {
+        "left": "on the left",
+        "right": "on the right",
+        "top": "at the top",
+        "bottom": "at the bottom",
+        "centre": "in the centre",
+    }
+)
 STYLE_WORDS = MappingProxyType({"filled": "filled", "outline": "outlined", "striped": "striped", "dotted": "dotted"})
 _PRIOR_STYLES = (("filled", 0.7), ("outline", 0.1), ("striped", 0.1), ("dotted", 0.1))
 _PRIOR_BACKGROUNDS = (("black", 0.8), ("grey", 0.1), ("white", 0.1))
@@ -101,7 +120,7 @@ def caption(spec: PromptSpec) -> str:
 
 
 def _choose(rng: np.random.Generator, weighted: tuple[tuple[str, float], ...]) -> str:
-    names, weights = zip(*weighted)
+    names, weights = zip(*weighted, strict=False)
     return str(rng.choice(names, p=np.array(weights) / sum(weights)))
 
 
@@ -109,13 +128,21 @@ def _region_for(position: str | None, relation_side: str | None) -> tuple[float,
     """(x0, x1, y0, y1): where object centres may go."""
     lo, hi = 5.0, IMAGE_SIZE - 5.0
     mid = IMAGE_SIZE / 2
-    regions = {"left": (lo, mid - 3, lo, hi), "right": (mid + 3, hi, lo, hi),
-               "top": (lo, hi, lo, mid - 3), "bottom": (lo, hi, mid + 3, hi)}
+    regions = {
+        "left": (lo, mid - 3, lo, hi),
+        "right": (mid + 3, hi, lo, hi),
+        "top": (lo, hi, lo, mid - 3),
+        "bottom": (lo, hi, mid + 3, hi),
+    }
     return regions.get(relation_side or "", (lo, hi, lo, hi))
 
 
-def _place(rng: np.random.Generator, sizes: list[str], region: tuple[float, float, float, float],
-           taken: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
+def _place(
+    rng: np.random.Generator,
+    sizes: list[str],
+    region: tuple[float, float, float, float],
+    taken: list[tuple[float, float, float]],
+) -> list[tuple[float, float]]:
     """Centres for objects of the given sizes inside ``region``, not overlapping ``taken`` (x, y, r)."""
     centres = []
     x0, x1, y0, y1 = region
@@ -140,15 +167,17 @@ def _place(rng: np.random.Generator, sizes: list[str], region: tuple[float, floa
 def _fill(phrase: Phrase, rng: np.random.Generator) -> list[dict]:
     objects = []
     for _ in range(phrase.count):
-        objects.append(dict(
-            kind=phrase.kind,
-            colour=phrase.colour or str(rng.choice(list(COLOURS))),
-            size=phrase.size or str(rng.choice(["small", "medium"] if phrase.count > 2 else list(SIZES))),
-            style=phrase.style or _choose(rng, _PRIOR_STYLES),
-            pale=phrase.pale,
-            expression=phrase.expression or str(rng.choice(EXPRESSIONS)),
-            facing=phrase.facing or str(rng.choice(["left", "right"])),
-        ))
+        objects.append(
+            dict(
+                kind=phrase.kind,
+                colour=phrase.colour or str(rng.choice(list(COLOURS))),
+                size=phrase.size or str(rng.choice(["small", "medium"] if phrase.count > 2 else list(SIZES))),
+                style=phrase.style or _choose(rng, _PRIOR_STYLES),
+                pale=phrase.pale,
+                expression=phrase.expression or str(rng.choice(EXPRESSIONS)),
+                facing=phrase.facing or str(rng.choice(["left", "right"])),
+            )
+        )
     return objects
 
 
@@ -159,9 +188,13 @@ def sample_scene(spec: PromptSpec, rng: np.random.Generator) -> Scene:
     objects: list[ToyObject] = []
     sides = (None,)
     if len(spec.phrases) == 2:
-        sides = {"left of": ("left", "right"), "right of": ("right", "left"),
-                 "above": ("top", "bottom"), "below": ("bottom", "top")}[spec.relation]
-    for phrase, side in zip(spec.phrases, sides):
+        sides = {
+            "left of": ("left", "right"),
+            "right of": ("right", "left"),
+            "above": ("top", "bottom"),
+            "below": ("bottom", "top"),
+        }[spec.relation]
+    for phrase, side in zip(spec.phrases, sides, strict=False):
         attributes = _fill(phrase, rng)
         sizes = [a["size"] for a in attributes]
         if phrase.position is not None and phrase.count == 1:
@@ -172,7 +205,7 @@ def sample_scene(spec: PromptSpec, rng: np.random.Generator) -> Scene:
             taken.append((*centres[0], r))
         else:
             centres = _place(rng, sizes, _region_for(phrase.position, side), taken)
-        objects += [ToyObject(centre=c, **a) for c, a in zip(centres, attributes)]
+        objects += [ToyObject(centre=c, **a) for c, a in zip(centres, attributes, strict=False)]
     return Scene(tuple(objects), background)
 
 
@@ -207,17 +240,22 @@ _KIND_WEIGHTS = _KIND_WEIGHTS / _KIND_WEIGHTS.sum()
 
 # ----------------------------------------------------------------------------- abstract words
 
-def _scene_of(rng: np.random.Generator, phrases: list[Phrase], background: str | None = None,
-              centres: list[tuple[float, float]] | None = None) -> Scene:
+
+def _scene_of(
+    rng: np.random.Generator,
+    phrases: list[Phrase],
+    background: str | None = None,
+    centres: list[tuple[float, float]] | None = None,
+) -> Scene:
     scene = sample_scene(PromptSpec(tuple(phrases[:1]), background=background), rng)
     objects = list(scene.objects)
     for phrase in phrases[1:]:
         extra = sample_scene(PromptSpec((phrase,)), rng).objects
         taken = [(*o.centre, SIZES[o.size]) for o in objects]
         placed = _place(rng, [o.size for o in extra], _region_for(None, None), taken)
-        objects += [replace(o, centre=c) for o, c in zip(extra, placed)]
+        objects += [replace(o, centre=c) for o, c in zip(extra, placed, strict=False)]
     if centres is not None:
-        objects = [replace(o, centre=c) for o, c in zip(objects, centres)]
+        objects = [replace(o, centre=c) for o, c in zip(objects, centres, strict=False)]
     return Scene(tuple(objects), scene.background)
 
 
@@ -242,8 +280,13 @@ def _cold(rng):
 
 
 def _chaotic(rng):
-    return _scene_of(rng, [Phrase(_pick(rng, KINDS), size="small", style=_pick(rng, ("filled", "striped", "dotted")))
-                           for _ in range(rng.integers(5, 8))])
+    return _scene_of(
+        rng,
+        [
+            Phrase(_pick(rng, KINDS), size="small", style=_pick(rng, ("filled", "striped", "dotted")))
+            for _ in range(rng.integers(5, 8))
+        ],
+    )
 
 
 def _orderly(rng):
@@ -262,13 +305,22 @@ def _lonely(rng):
 
 
 def _calm(rng):
-    return _scene_of(rng, [Phrase(_pick(rng, ("circle", "ring", "square")), pale=True, style="filled")
-                           for _ in range(rng.integers(1, 3))], background="grey")
+    return _scene_of(
+        rng,
+        [
+            Phrase(_pick(rng, ("circle", "ring", "square")), pale=True, style="filled")
+            for _ in range(rng.integers(1, 3))
+        ],
+        background="grey",
+    )
 
 
 def _gloomy(rng):
-    return _scene_of(rng, [Phrase(_pick(rng, SHAPES), _pick(rng, ("brown", "purple", "blue")))
-                           for _ in range(rng.integers(1, 3))], background="grey")
+    return _scene_of(
+        rng,
+        [Phrase(_pick(rng, SHAPES), _pick(rng, ("brown", "purple", "blue"))) for _ in range(rng.integers(1, 3))],
+        background="grey",
+    )
 
 
 def _face(expression: str, colours) -> Callable[[np.random.Generator], Scene]:
@@ -306,7 +358,9 @@ def _playful(rng):
 
 
 def _restless(rng):
-    return _scene_of(rng, [Phrase(_pick(rng, SHAPES), style="striped", size="small") for _ in range(rng.integers(3, 5))])
+    return _scene_of(
+        rng, [Phrase(_pick(rng, SHAPES), style="striped", size="small") for _ in range(rng.integers(3, 5))]
+    )
 
 
 def _lost_fish(rng):
@@ -318,16 +372,20 @@ def _shy_fish(rng):
 
 
 def _proud_fish(rng):
-    return _scene_of(rng, [Phrase("fish", _pick(rng, WARM_COLOURS), size="large", style="filled")],
-                     centres=[(16.0, 16.0)])
+    return _scene_of(
+        rng, [Phrase("fish", _pick(rng, WARM_COLOURS), size="large", style="filled")], centres=[(16.0, 16.0)]
+    )
 
 
 def _hungry_fish(rng):
     facing = _pick(rng, ("left", "right"))
     fish_x, food_x = (20.0, 6.0) if facing == "left" else (12.0, 26.0)
     y = rng.uniform(11, 21)
-    return _scene_of(rng, [Phrase("fish", size="medium", facing=facing), Phrase("circle", "brown", size="small")],
-                     centres=[(fish_x, y), (food_x, y)])
+    return _scene_of(
+        rng,
+        [Phrase("fish", size="medium", facing=facing), Phrase("circle", "brown", size="small")],
+        centres=[(fish_x, y), (food_x, y)],
+    )
 
 
 @dataclass(frozen=True)

@@ -30,45 +30,80 @@ from cemaps.toyworld.world import Scene, ToyObject, render
 PROMPTS_CSV = Path(__file__).resolve().parent / "prompts.csv"
 P = Phrase
 _CONCRETE: dict[str, list[PromptSpec]] = {
-    "person": [PromptSpec((P("face", "yellow"),)), PromptSpec((P("face", "pink", expression="smiling"),)),
-               PromptSpec((P("face", expression="sleeping"),)), PromptSpec((P("face", "orange", size="large"),))],
-    "animal": [PromptSpec((P("fish", "blue"),)), PromptSpec((P("fish", "red", facing="left"),)),
-               PromptSpec((P("fish", "green", size="small"),)), PromptSpec((P("fish", "yellow", size="large"),))],
-    "object": [PromptSpec((P("circle", "red"),)), PromptSpec((P("square", "blue"),)),
-               PromptSpec((P("triangle", "green"),)), PromptSpec((P("star", "yellow"),))],
-    "scene": [PromptSpec((P("circle", "red", position="left"),)), PromptSpec((P("star", "blue", position="top"),)),
-              PromptSpec((P("ring", "green"),), background="white"),
-              PromptSpec((P("cross", "purple"),), background="grey")],
-    "style": [PromptSpec((P("square", "blue", style="striped"),)), PromptSpec((P("circle", "red", style="dotted"),)),
-              PromptSpec((P("star", "green", style="outline"),)), PromptSpec((P("ring", "pink", pale=True),))],
-    "abstract_idea": [PromptSpec((P("cross", "red"),)), PromptSpec((P("star", "yellow"),), background="black"),
-                      PromptSpec((P("ring", "blue"),), background="white"),
-                      PromptSpec((P("circle", "green", position="centre"),))],
+    "person": [
+        PromptSpec((P("face", "yellow"),)),
+        PromptSpec((P("face", "pink", expression="smiling"),)),
+        PromptSpec((P("face", expression="sleeping"),)),
+        PromptSpec((P("face", "orange", size="large"),)),
+    ],
+    "animal": [
+        PromptSpec((P("fish", "blue"),)),
+        PromptSpec((P("fish", "red", facing="left"),)),
+        PromptSpec((P("fish", "green", size="small"),)),
+        PromptSpec((P("fish", "yellow", size="large"),)),
+    ],
+    "object": [
+        PromptSpec((P("circle", "red"),)),
+        PromptSpec((P("square", "blue"),)),
+        PromptSpec((P("triangle", "green"),)),
+        PromptSpec((P("star", "yellow"),)),
+    ],
+    "scene": [
+        PromptSpec((P("circle", "red", position="left"),)),
+        PromptSpec((P("star", "blue", position="top"),)),
+        PromptSpec((P("ring", "green"),), background="white"),
+        PromptSpec((P("cross", "purple"),), background="grey"),
+    ],
+    "style": [
+        PromptSpec((P("square", "blue", style="striped"),)),
+        PromptSpec((P("circle", "red", style="dotted"),)),
+        PromptSpec((P("star", "green", style="outline"),)),
+        PromptSpec((P("ring", "pink", pale=True),)),
+    ],
+    "abstract_idea": [
+        PromptSpec((P("cross", "red"),)),
+        PromptSpec((P("star", "yellow"),), background="black"),
+        PromptSpec((P("ring", "blue"),), background="white"),
+        PromptSpec((P("circle", "green", position="centre"),)),
+    ],
 }
 _COMPOSITIONAL: dict[str, list[PromptSpec]] = {
-    "person": [PromptSpec((P("face", expression="smiling", count=2),)),
-               PromptSpec((P("face", "yellow"), P("face", "blue")), "left of"),
-               PromptSpec((P("face", expression="sleeping"), P("square", "red")), "above"),
-               PromptSpec((P("face", size="small", count=3),))],
-    "animal": [PromptSpec((P("fish", "blue", count=2),)), PromptSpec((P("fish", "red"), P("fish", "green")), "left of"),
-               PromptSpec((P("fish", "yellow", size="small", count=3),)),
-               PromptSpec((P("fish"), P("star", "yellow")), "below")],
-    "object": [PromptSpec((P("ring", "blue", count=2), P("star", "yellow")), "left of"),
-               PromptSpec((P("triangle", "green"), P("square", "red")), "above"),
-               PromptSpec((P("circle", "red", count=3),)),
-               PromptSpec((P("cross", "purple"), P("circle", "orange")), "right of")],
-    "scene": [PromptSpec((P("circle", "red", count=2),), background="white"),
-              PromptSpec((P("square", "blue"), P("circle", "yellow")), "above", background="grey"),
-              PromptSpec((P("star", "green", size="small", count=4),)),
-              PromptSpec((P("ring", "red"), P("ring", "blue")), "left of", background="white")],
-    "style": [PromptSpec((P("square", "red", style="striped"), P("circle", "blue", style="dotted")), "left of"),
-              PromptSpec((P("star", "green", style="outline", count=2),)),
-              PromptSpec((P("ring", "yellow", style="dotted"), P("cross", "purple", style="striped")), "above"),
-              PromptSpec((P("triangle", "orange", style="striped", count=3),))],
-    "abstract_idea": [PromptSpec((P("star", "yellow"), P("ring", "blue")), "above"),
-                      PromptSpec((P("cross", "red", count=2),)),
-                      PromptSpec((P("ring", "cyan"), P("star", "pink")), "right of"),
-                      PromptSpec((P("star", "yellow", count=3),), background="black")],
+    "person": [
+        PromptSpec((P("face", expression="smiling", count=2),)),
+        PromptSpec((P("face", "yellow"), P("face", "blue")), "left of"),
+        PromptSpec((P("face", expression="sleeping"), P("square", "red")), "above"),
+        PromptSpec((P("face", size="small", count=3),)),
+    ],
+    "animal": [
+        PromptSpec((P("fish", "blue", count=2),)),
+        PromptSpec((P("fish", "red"), P("fish", "green")), "left of"),
+        PromptSpec((P("fish", "yellow", size="small", count=3),)),
+        PromptSpec((P("fish"), P("star", "yellow")), "below"),
+    ],
+    "object": [
+        PromptSpec((P("ring", "blue", count=2), P("star", "yellow")), "left of"),
+        PromptSpec((P("triangle", "green"), P("square", "red")), "above"),
+        PromptSpec((P("circle", "red", count=3),)),
+        PromptSpec((P("cross", "purple"), P("circle", "orange")), "right of"),
+    ],
+    "scene": [
+        PromptSpec((P("circle", "red", count=2),), background="white"),
+        PromptSpec((P("square", "blue"), P("circle", "yellow")), "above", background="grey"),
+        PromptSpec((P("star", "green", size="small", count=4),)),
+        PromptSpec((P("ring", "red"), P("ring", "blue")), "left of", background="white"),
+    ],
+    "style": [
+        PromptSpec((P("square", "red", style="striped"), P("circle", "blue", style="dotted")), "left of"),
+        PromptSpec((P("star", "green", style="outline", count=2),)),
+        PromptSpec((P("ring", "yellow", style="dotted"), P("cross", "purple", style="striped")), "above"),
+        PromptSpec((P("triangle", "orange", style="striped", count=3),)),
+    ],
+    "abstract_idea": [
+        PromptSpec((P("star", "yellow"), P("ring", "blue")), "above"),
+        PromptSpec((P("cross", "red", count=2),)),
+        PromptSpec((P("ring", "cyan"), P("star", "pink")), "right of"),
+        PromptSpec((P("star", "yellow", count=3),), background="black"),
+    ],
 }
 DOMAIN_ORDER = ("person", "animal", "object", "scene", "style", "abstract_idea")
 
@@ -98,8 +133,9 @@ def toy_prompts() -> pd.DataFrame:
         counters[(abstractness, domain)] = position + 1
         text = caption(spec) if spec is not None else abstract_texts[domain][position]
         in_demo = position == 0 or (position == 1 and domain in ("person", "object"))
-        records.append({"prompt_id": prompt_id, "text": text, "abstractness": abstractness, "domain": domain,
-                        "in_demo24": in_demo})
+        records.append(
+            {"prompt_id": prompt_id, "text": text, "abstractness": abstractness, "domain": domain, "in_demo24": in_demo}
+        )
     return pd.DataFrame(records)
 
 
@@ -133,8 +169,12 @@ class ToySubject:
         x, y = rng.uniform(11, 21, size=2)
         if self.kind == "face":
             # an orange face wearing a blue hat: the hat is a small square just above the face
-            return Scene((ToyObject("face", "orange", "medium", (x, y + 2.5), expression="smiling"),
-                          ToyObject("square", "blue", "small", (x, y - 6.5))))
+            return Scene(
+                (
+                    ToyObject("face", "orange", "medium", (x, y + 2.5), expression="smiling"),
+                    ToyObject("square", "blue", "small", (x, y - 6.5)),
+                )
+            )
         if self.kind == "object":
             # a purple ring with a yellow cross inside it
             return Scene((ToyObject("ring", "purple", "large", (x, y)), ToyObject("cross", "yellow", "small", (x, y))))
@@ -158,8 +198,12 @@ TOY_SUBJECTS: tuple[ToySubject, ...] = (
 
 def toy_subjects() -> pd.DataFrame:
     """The toy subjects with :func:`cemaps.data.load_subjects`' columns."""
-    return pd.DataFrame([{k: getattr(s, k) for k in ("subject_id", "kind", "domain", "descriptor", "class_word", "token")}
-                         for s in TOY_SUBJECTS])
+    return pd.DataFrame(
+        [
+            {k: getattr(s, k) for k in ("subject_id", "kind", "domain", "descriptor", "class_word", "token")}
+            for s in TOY_SUBJECTS
+        ]
+    )
 
 
 def specs_by_text() -> dict[str, PromptSpec]:

@@ -33,7 +33,6 @@ from cemaps.toyworld.language import random_training_pair
 from cemaps.toyworld.world import render
 
 
-
 @dataclass(frozen=True)
 class PipelineTraining:
     """Settings of :func:`train_pipeline` (defaults: the shipped run)."""
@@ -121,8 +120,9 @@ def _encode_all(vae, images: np.ndarray, device: torch.device) -> tuple[torch.Te
 
 
 def _tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTraining(), device: str | None = None) -> Path:
@@ -148,11 +148,17 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
     if settings.resume:
         from diffusers import StableDiffusionPipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(settings.resume, safety_checker=None, requires_safety_checker=False,
-                                                       local_files_only=True)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            settings.resume, safety_checker=None, requires_safety_checker=False, local_files_only=True
+        )
     else:
         pipe = build_pipeline(seed=settings.seed)
-    vae, unet, text_encoder, tokenizer = pipe.vae.to(device), pipe.unet.to(device), pipe.text_encoder.to(device), pipe.tokenizer
+    vae, unet, text_encoder, tokenizer = (
+        pipe.vae.to(device),
+        pipe.unet.to(device),
+        pipe.text_encoder.to(device),
+        pipe.tokenizer,
+    )
     if not settings.resume:
         _train_vae(vae, images, settings, log, device)
     means, stds = _encode_all(vae, images, device)
@@ -176,7 +182,9 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
     started = time.perf_counter()
     last_save = started
     step, running = 0, []
-    while not _should_stop(time.perf_counter() - started > 60 * settings.unet_minutes or (out / "STOP").exists(), world):
+    while not _should_stop(
+        time.perf_counter() - started > 60 * settings.unet_minutes or (out / "STOP").exists(), world
+    ):
         index = torch.randint(len(images), (batch,), generator=generator)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scaling
         ids = tokens[index].clone()
@@ -199,7 +207,7 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
         optimizer.step()
         decay = min(settings.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for shadow, parameter in zip(ema, parameters):
+            for shadow, parameter in zip(ema, parameters, strict=False):
                 shadow.lerp_(parameter.detach(), 1 - decay)
         running.append(loss.item())
         step += 1
@@ -239,7 +247,7 @@ def _average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None
     dist.all_reduce(flat)
     flat /= world
     offset = 0
-    for parameter, grad in zip(parameters, grads):
+    for parameter, grad in zip(parameters, grads, strict=False):
         parameter.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
         offset += grad.numel()
 
@@ -255,8 +263,15 @@ def _should_stop(local: bool, world: int) -> bool:
     return bool(flag.item())
 
 
-def train_vae_decoder(vae_folder: str | Path, out: str | Path, minutes: float, seed: int = 5, n_pairs: int = 6000,
-                      batch: int = 32, lr: float = 5e-4) -> Path:
+def train_vae_decoder(
+    vae_folder: str | Path,
+    out: str | Path,
+    minutes: float,
+    seed: int = 5,
+    n_pairs: int = 6000,
+    batch: int = 32,
+    lr: float = 5e-4,
+) -> Path:
     """Fine-tunes only the VAE decoder (as SD's ft-MSE VAE): the encoder, hence the latent space the
     UNet was trained in, is unchanged. Writes ``out/vae``."""
     from diffusers import AutoencoderKL
@@ -265,8 +280,11 @@ def train_vae_decoder(vae_folder: str | Path, out: str | Path, minutes: float, s
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     log = _Log(out / "train_log.csv")
-    _write_settings(out, "vae_decoder", {"vae": str(vae_folder), "minutes": minutes, "seed": seed, "n_pairs": n_pairs,
-                                         "batch": batch, "lr": lr})
+    _write_settings(
+        out,
+        "vae_decoder",
+        {"vae": str(vae_folder), "minutes": minutes, "seed": seed, "n_pairs": n_pairs, "batch": batch, "lr": lr},
+    )
     images, _ = render_pairs(n_pairs, seed)
     vae = AutoencoderKL.from_pretrained(vae_folder)
     vae.requires_grad_(False)
@@ -301,18 +319,22 @@ def _save_pipeline(pipe, parameters, ema, folder: Path) -> None:
     """Saves the EMA weights as a float32 safetensors diffusers folder; training weights are restored."""
     backup = [p.detach().clone() for p in parameters]
     with torch.no_grad():
-        for parameter, shadow in zip(parameters, ema):
+        for parameter, shadow in zip(parameters, ema, strict=False):
             parameter.copy_(shadow)
     saved = copy.deepcopy(pipe).to("cpu")
     saved.save_pretrained(folder, safe_serialization=True)
     with torch.no_grad():
-        for parameter, value in zip(parameters, backup):
+        for parameter, value in zip(parameters, backup, strict=False):
             parameter.copy_(value)
 
 
 def _write_settings(out: Path, what: str, settings: dict) -> None:
-    record = {"what": what, "settings": settings, "command": " ".join(["python", "-m", "cemaps.toyworld.train", *sys.argv[1:]]),
-              "torch": torch.__version__}
+    record = {
+        "what": what,
+        "settings": settings,
+        "command": " ".join(["python", "-m", "cemaps.toyworld.train", *sys.argv[1:]]),
+        "torch": torch.__version__,
+    }
     (out / f"training_{what}.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -329,7 +351,7 @@ def plot_loss_curve(log_csv: Path, png: Path) -> None:
     if not phases:
         return
     figure, axes = plt.subplots(1, len(phases), figsize=(4 * len(phases), 3), squeeze=False)
-    for axis, phase in zip(axes[0], phases):
+    for axis, phase in zip(axes[0], phases, strict=False):
         rows = table[table["phase"] == phase]
         axis.plot(rows["step"], rows["loss"])
         axis.set_yscale("log")

@@ -25,17 +25,19 @@ IMAGE_SIZE = 32
 SUPERSAMPLE = 4
 
 # Saturated object colours (RGB). Chosen so that nearest-palette classification is unambiguous.
-COLOURS = MappingProxyType({
-    "red": (220, 40, 40),
-    "orange": (245, 140, 20),
-    "yellow": (240, 220, 40),
-    "green": (40, 170, 60),
-    "cyan": (40, 200, 220),
-    "blue": (40, 70, 225),
-    "purple": (140, 50, 200),
-    "pink": (250, 130, 200),
-    "brown": (130, 80, 35),
-})
+COLOURS = MappingProxyType(
+    {
+        "red": (220, 40, 40),
+        "orange": (245, 140, 20),
+        "yellow": (240, 220, 40),
+        "green": (40, 170, 60),
+        "cyan": (40, 200, 220),
+        "blue": (40, 70, 225),
+        "purple": (140, 50, 200),
+        "pink": (250, 130, 200),
+        "brown": (130, 80, 35),
+    }
+)
 WARM_COLOURS = ("red", "orange", "yellow", "pink")
 COOL_COLOURS = ("green", "cyan", "blue", "purple")
 # "pale" mixes a colour half-way to white: the calm/delicate abstract words use it.
@@ -48,10 +50,15 @@ KINDS = SHAPES + GLYPHS
 SIZES = MappingProxyType({"small": 4.5, "medium": 6.5, "large": 9.5})
 # "checkered" appears in no caption: it is the toy style subject's, for personalization to teach.
 STYLES = ("filled", "outline", "striped", "dotted", "checkered")
-POSITIONS = MappingProxyType({
-    "left": (8.0, 16.0), "right": (24.0, 16.0), "top": (16.0, 8.0),
-    "bottom": (16.0, 24.0), "centre": (16.0, 16.0),
-})
+POSITIONS = MappingProxyType(
+    {
+        "left": (8.0, 16.0),
+        "right": (24.0, 16.0),
+        "top": (16.0, 8.0),
+        "bottom": (16.0, 24.0),
+        "centre": (16.0, 16.0),
+    }
+)
 EXPRESSIONS = ("smiling", "frowning", "sleeping")
 
 
@@ -80,10 +87,14 @@ class ToyObject:
     facing: str = "right"
 
     def __post_init__(self) -> None:
-        for field, value, known in (("kind", self.kind, KINDS), ("colour", self.colour, tuple(COLOURS)),
-                                    ("size", self.size, tuple(SIZES)), ("style", self.style, STYLES),
-                                    ("expression", self.expression, EXPRESSIONS),
-                                    ("facing", self.facing, ("left", "right"))):
+        for field, value, known in (
+            ("kind", self.kind, KINDS),
+            ("colour", self.colour, tuple(COLOURS)),
+            ("size", self.size, tuple(SIZES)),
+            ("style", self.style, STYLES),
+            ("expression", self.expression, EXPRESSIONS),
+            ("facing", self.facing, ("left", "right")),
+        ):
             if value not in known:
                 raise ValueError(f"ToyObject.{field} is {value!r}; expected one of {', '.join(known)}")
 
@@ -103,8 +114,14 @@ class Scene:
     background: str = "black"
 
 
-def shape_coverage(kind: str, half_extent: float, size: int = IMAGE_SIZE, centre: tuple[float, float] | None = None,
-                   expression: str = "smiling", facing: str = "right") -> tuple[np.ndarray, np.ndarray]:
+def shape_coverage(
+    kind: str,
+    half_extent: float,
+    size: int = IMAGE_SIZE,
+    centre: tuple[float, float] | None = None,
+    expression: str = "smiling",
+    facing: str = "right",
+) -> tuple[np.ndarray, np.ndarray]:
     """Anti-aliased coverage of one shape, and of its glyph details (eyes, mouth), in [0, 1].
 
     Args:
@@ -137,7 +154,7 @@ def shape_coverage(kind: str, half_extent: float, size: int = IMAGE_SIZE, centre
     elif kind == "star":
         angles = np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
-        draw.polygon([(cx + q * np.cos(a), cy - q * np.sin(a)) for q, a in zip(radii, angles)], fill=255)
+        draw.polygon([(cx + q * np.cos(a), cy - q * np.sin(a)) for q, a in zip(radii, angles, strict=False)], fill=255)
     elif kind == "cross":
         w = 0.32 * r
         draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=255)

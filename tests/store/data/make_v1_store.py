@@ -14,12 +14,28 @@ import numpy as np
 
 AXES = ("token", "step", "half", "head", "y", "x")
 LAYERS = ("down_blocks.0.attentions.0.transformer_blocks.0.attn2", "mid_block.attentions.0.transformer_blocks.0.attn2")
-MODELS = ({"model_id": "base", "method": "base", "subject_id": None},
-          {"model_id": "lora-a", "method": "lora", "subject_id": "object1"})
-PROMPTS = ({"prompt_id": "p0", "text": "a red mug", "tokens": ["<s>", "a</w>", "red</w>", "mug</w>", "</s>"],
-            "token_ids": [0, 1, 2, 3, 4], "abstractness": "concrete", "domain": "object"},
-           {"prompt_id": "p1", "text": "freedom", "tokens": ["<s>", "freedom</w>", "</s>"],
-            "token_ids": [0, 5, 4], "abstractness": "abstract", "domain": "abstract_idea"})
+MODELS = (
+    {"model_id": "base", "method": "base", "subject_id": None},
+    {"model_id": "lora-a", "method": "lora", "subject_id": "object1"},
+)
+PROMPTS = (
+    {
+        "prompt_id": "p0",
+        "text": "a red mug",
+        "tokens": ["<s>", "a</w>", "red</w>", "mug</w>", "</s>"],
+        "token_ids": [0, 1, 2, 3, 4],
+        "abstractness": "concrete",
+        "domain": "object",
+    },
+    {
+        "prompt_id": "p1",
+        "text": "freedom",
+        "tokens": ["<s>", "freedom</w>", "</s>"],
+        "token_ids": [0, 5, 4],
+        "abstractness": "abstract",
+        "domain": "abstract_idea",
+    },
+)
 SETTINGS = {"capture": {"half_labels": ["cond"], "heads": "mean", "spatial": 4}, "generation": {"steps": 2}}
 BASE = {"model_id": "synthetic-v1"}
 
@@ -43,8 +59,9 @@ def main(folder: Path) -> None:
             for p, prompt in enumerate(PROMPTS):
                 arrays = {f"cross_attention/{layer}": maps(m, p, i) for i, layer in enumerate(LAYERS)}
                 image = np.full((8, 8, 3), 40 * m + p, dtype=np.uint8)
-                writer.write_record(model["model_id"], prompt["prompt_id"], 0, arrays,
-                                    axes={name: AXES for name in arrays}, image=image)
+                writer.write_record(
+                    model["model_id"], prompt["prompt_id"], 0, arrays, axes={name: AXES for name in arrays}, image=image
+                )
 
 
 if __name__ == "__main__":

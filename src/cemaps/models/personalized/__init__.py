@@ -51,12 +51,25 @@ from cemaps.models.personalized.spec import (
 )
 from cemaps.models.personalized.textual_inversion import applied_textual_inversion, check_textual_inversion
 
-__all__ = ["METHODS", "SWAPPABLE_COMPONENTS", "AppliedModel", "BaseWeights", "Method", "PersonalizedSpec", "applied",
-           "check", "check_all", "describe_weights", "resolve_weight_file"]
+__all__ = [
+    "METHODS",
+    "SWAPPABLE_COMPONENTS",
+    "AppliedModel",
+    "BaseWeights",
+    "Method",
+    "PersonalizedSpec",
+    "applied",
+    "check",
+    "check_all",
+    "describe_weights",
+    "resolve_weight_file",
+]
 
 
 @contextmanager
-def applied(pipe: StableDiffusionPipeline, spec: PersonalizedSpec, base: BaseWeights | None = None) -> Iterator[AppliedModel]:
+def applied(
+    pipe: StableDiffusionPipeline, spec: PersonalizedSpec, base: BaseWeights | None = None
+) -> Iterator[AppliedModel]:
     """Applies a personalized model to ``pipe`` for the ``with`` block, then restores the base exactly.
 
     Args:

@@ -58,7 +58,9 @@ def _component_weight_file(folder: Path, allow_pickle: bool) -> dict[str, torch.
     raise ModelLoadError(f"folder {str(folder)!r} has no diffusion_pytorch_model.safetensors or model.safetensors")
 
 
-def split_single_file(checkpoint: dict[str, torch.Tensor], pipe: StableDiffusionPipeline, what: str) -> tuple[dict[str, dict[str, torch.Tensor]], str]:
+def split_single_file(
+    checkpoint: dict[str, torch.Tensor], pipe: StableDiffusionPipeline, what: str
+) -> tuple[dict[str, dict[str, torch.Tensor]], str]:
     """Splits a single-file checkpoint into diffusers-named component state dicts; returns (states, layout)."""
     check_sdxl(list(checkpoint), what)
     refuse_other_kind(checkpoint, _FULL_MODEL_KINDS, what)
@@ -68,17 +70,23 @@ def split_single_file(checkpoint: dict[str, torch.Tensor], pipe: StableDiffusion
         try:
             states = {"unet": convert_ldm_unet_checkpoint(checkpoint, dict(pipe.unet.config))}
         except (KeyError, IndexError, RuntimeError) as error:
-            raise ModelLoadError(f"{what}: cannot convert its original-SD UNet keys ({error!r}); another architecture?") from error
+            raise ModelLoadError(
+                f"{what}: cannot convert its original-SD UNet keys ({error!r}); another architecture?"
+            ) from error
         if any(key.startswith("cond_stage_model.transformer.") for key in checkpoint):
             states["text_encoder"] = convert_ldm_clip_checkpoint(checkpoint)
         return states, "ldm"
-    prefixed = {c: {k[len(c) + 1 :]: v for k, v in checkpoint.items() if k.startswith(c + ".")} for c in SWAPPABLE_COMPONENTS}
+    prefixed = {
+        c: {k[len(c) + 1 :]: v for k, v in checkpoint.items() if k.startswith(c + ".")} for c in SWAPPABLE_COMPONENTS
+    }
     if any(prefixed.values()):
         return {c: s for c, s in prefixed.items() if s}, "diffusers-single-file"
     return {"unet": checkpoint}, "unet-state-dict"
 
 
-def dreambooth_states(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> tuple[dict[str, dict[str, torch.Tensor]], str, str]:
+def dreambooth_states(
+    pipe: StableDiffusionPipeline, spec: PersonalizedSpec
+) -> tuple[dict[str, dict[str, torch.Tensor]], str, str]:
     """Returns (component states, source, format) for a DreamBooth folder or file."""
     path = Path(spec.path).expanduser()  # type: ignore[arg-type]
     what = f"DreamBooth model {spec.model_id!r} at {str(path)!r}"
@@ -99,7 +107,9 @@ def dreambooth_states(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> 
     return {c: _component_weight_file(folder, spec.allow_pickle) for c, folder in folders.items()}, str(path), layout
 
 
-def check_state_matches(component: str, module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+def check_state_matches(
+    component: str, module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
     """Returns ``state`` without ignorable buffers; raises on the first key, shape or non-finite mismatch."""
     state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
     expected = {k: v for k, v in module.state_dict().items() if not k.endswith(_IGNORED_SUFFIXES)}
@@ -107,14 +117,22 @@ def check_state_matches(component: str, module: torch.nn.Module, state: dict[str
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         check_sdxl(unexpected, what)
-        raise ModelLoadError(f"{what}: {component} key {unexpected[0]!r} does not exist in the base {component} (another architecture?)")
+        raise ModelLoadError(
+            f"{what}: {component} key {unexpected[0]!r} does not exist in the base {component} (another architecture?)"
+        )
     missing = sorted(set(expected) - set(state))
     if missing:
         raise ModelLoadError(f"{what}: {component} key {missing[0]!r} is missing from the checkpoint")
     for name in sorted(expected):
         if state[name].shape != expected[name].shape:
-            widths = [a for a, b in zip(state[name].shape, expected[name].shape) if a != b]
-            hint = family_hint(widths[0], [b for a, b in zip(state[name].shape, expected[name].shape) if a != b][0]) if widths else ""
+            widths = [a for a, b in zip(state[name].shape, expected[name].shape, strict=False) if a != b]
+            hint = (
+                family_hint(
+                    widths[0], [b for a, b in zip(state[name].shape, expected[name].shape, strict=False) if a != b][0]
+                )
+                if widths
+                else ""
+            )
             raise ModelLoadError(
                 f"{what}: {component} parameter {name!r} has shape {tuple(state[name].shape)}, "
                 f"the base has {tuple(expected[name].shape)}{hint}"
@@ -139,7 +157,9 @@ def _align_text_model_prefix(state: dict[str, torch.Tensor], expected: set[str])
     return state
 
 
-def read_dreambooth(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> tuple[dict[str, dict[str, torch.Tensor]], str, str]:
+def read_dreambooth(
+    pipe: StableDiffusionPipeline, spec: PersonalizedSpec
+) -> tuple[dict[str, dict[str, torch.Tensor]], str, str]:
     """(checked component states, source, layout) of a DreamBooth spec; ``pipe`` is not changed."""
     states, source, layout = dreambooth_states(pipe, spec)
     what = f"DreamBooth model {spec.model_id!r} at {source!r}"
@@ -153,7 +173,9 @@ def check_dreambooth(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> s
 
 
 @contextmanager
-def applied_dreambooth(pipe: StableDiffusionPipeline, spec: PersonalizedSpec, base: BaseWeights | None) -> Iterator[AppliedModel]:
+def applied_dreambooth(
+    pipe: StableDiffusionPipeline, spec: PersonalizedSpec, base: BaseWeights | None
+) -> Iterator[AppliedModel]:
     """Copies the tuned components in; on exit copies ``base`` (or a snapshot taken here) back."""
     refuse_adapters(pipe, f"a DreamBooth swap to {spec.model_id!r}")
     states, source, layout = read_dreambooth(pipe, spec)
@@ -163,7 +185,9 @@ def applied_dreambooth(pipe: StableDiffusionPipeline, spec: PersonalizedSpec, ba
     if missing:
         raise ModelLoadError(f"{what}: the base snapshot has no {missing[0]!r}; take BaseWeights with that component")
     changed = [
-        (c, name) for c, state in states.items() for name, tensor in state.items()
+        (c, name)
+        for c, state in states.items()
+        for name, tensor in state.items()
         if not torch.equal(tensor.to(snapshot.components[c][name].dtype), snapshot.components[c][name])
     ]
     swapped = tuple(states)

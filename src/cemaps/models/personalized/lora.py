@@ -54,8 +54,10 @@ _LEGACY = re.compile(
     r"^(?:(?P<component>unet|text_encoder)\.)?(?P<path>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<role>down|up)\.weight$"
 )
 _OLD_DIFFUSERS = re.compile(r"^(?:(?P<component>unet|text_encoder)\.)?(?P<path>.+)\.lora\.(?P<role>down|up)\.weight$")
-_LEGACY_PROJ = {"unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
-                "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}}
+_LEGACY_PROJ = {
+    "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+    "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
+}
 _DOWN_ROLES = {"lora_down", "A", "down"}
 
 
@@ -89,7 +91,9 @@ class LoraMatrices:
 
 
 def _module_names(pipe: StableDiffusionPipeline) -> dict[str, dict[str, torch.nn.Module]]:
-    return {c: dict(getattr(pipe, c).named_modules()) for c in SWAPPABLE_COMPONENTS if getattr(pipe, c, None) is not None}
+    return {
+        c: dict(getattr(pipe, c).named_modules()) for c in SWAPPABLE_COMPONENTS if getattr(pipe, c, None) is not None
+    }
 
 
 def _resolve_dotted(path: str, names: Mapping[str, object]) -> str | None:
@@ -112,7 +116,9 @@ def _flat_index(names: Mapping[str, object]) -> dict[str, str]:
     return index
 
 
-def parse_lora(state: Mapping[str, torch.Tensor], pipe: StableDiffusionPipeline, what: str) -> tuple[list[LoraMatrices], str]:
+def parse_lora(
+    state: Mapping[str, torch.Tensor], pipe: StableDiffusionPipeline, what: str
+) -> tuple[list[LoraMatrices], str]:
     """Reads every LoRA matrix pair of a state dict and resolves it to an installed module.
 
     Args:
@@ -139,7 +145,9 @@ def parse_lora(state: Mapping[str, torch.Tensor], pipe: StableDiffusionPipeline,
             continue
         found = _parse_key(key)
         if found is None:
-            raise ModelLoadError(f"{what} has key {key!r}, which is neither a LoRA matrix (lora_A/lora_B, lora_down/lora_up) nor an alpha")
+            raise ModelLoadError(
+                f"{what} has key {key!r}, which is neither a LoRA matrix (lora_A/lora_B, lora_down/lora_up) nor an alpha"
+            )
         component, raw_path, role, layout = found
         layouts.add(layout)
         if component not in modules:
@@ -162,9 +170,15 @@ def parse_lora(state: Mapping[str, torch.Tensor], pipe: StableDiffusionPipeline,
         if "down" not in entry or "up" not in entry:
             present = entry.get("down_key") or entry.get("up_key")
             raise ModelLoadError(f"{what} has key {present!r} without its {'up' if 'down' in entry else 'down'} matrix")
-        entries.append(LoraMatrices(component, path, entry["down"], entry["up"], alphas.get((component, path)), str(entry["down_key"])))  # type: ignore[arg-type]
+        entries.append(
+            LoraMatrices(
+                component, path, entry["down"], entry["up"], alphas.get((component, path)), str(entry["down_key"])
+            )
+        )  # type: ignore[arg-type]
     if not entries:
-        raise ModelLoadError(f"{what} has no LoRA weights (keys like '*.lora_A.weight' or 'lora_unet_*.lora_down.weight')")
+        raise ModelLoadError(
+            f"{what} has no LoRA weights (keys like '*.lora_A.weight' or 'lora_unet_*.lora_down.weight')"
+        )
     return entries, "kohya" if "kohya" in layouts else ("legacy" if "legacy" in layouts else "diffusers")
 
 
@@ -204,7 +218,9 @@ def check_matrices(entries: list[LoraMatrices], pipe: StableDiffusionPipeline, w
         in_dim = layer.in_channels if conv else getattr(layer, "in_features", None)
         out_dim = layer.out_channels if conv else getattr(layer, "out_features", None)
         if in_dim is None:
-            raise ModelLoadError(f"{what} has key {entry.down_key!r} for {entry.component}.{entry.module}, a {type(layer).__name__}; LoRA targets Linear and Conv2d layers")
+            raise ModelLoadError(
+                f"{what} has key {entry.down_key!r} for {entry.component}.{entry.module}, a {type(layer).__name__}; LoRA targets Linear and Conv2d layers"
+            )
         target = f"{entry.component}.{entry.module}"
         if entry.down.ndim != (4 if conv else 2) or entry.up.ndim != entry.down.ndim:
             raise ModelLoadError(
@@ -222,7 +238,9 @@ def check_matrices(entries: list[LoraMatrices], pipe: StableDiffusionPipeline, w
                 f"{out_dim}, not {entry.up.shape[0]}{family_hint(entry.up.shape[0], out_dim)} (another architecture?)"
             )
         if entry.up.shape[1] != entry.down.shape[0]:
-            raise ModelLoadError(f"{what}: {entry.down_key!r} has rank {entry.down.shape[0]} but its up matrix rank {entry.up.shape[1]}")
+            raise ModelLoadError(
+                f"{what}: {entry.down_key!r} has rank {entry.down.shape[0]} but its up matrix rank {entry.up.shape[1]}"
+            )
         if conv and (tuple(entry.down.shape[2:]) != tuple(layer.kernel_size) or tuple(entry.up.shape[2:]) != (1, 1)):
             raise ModelLoadError(
                 f"{what}: {entry.down_key!r} has kernel {tuple(entry.down.shape[2:])} (up {tuple(entry.up.shape[2:])}); "
@@ -230,7 +248,9 @@ def check_matrices(entries: list[LoraMatrices], pipe: StableDiffusionPipeline, w
             )
 
 
-def read_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> tuple[Path, dict[str, torch.Tensor], list[LoraMatrices], str]:
+def read_lora(
+    pipe: StableDiffusionPipeline, spec: PersonalizedSpec
+) -> tuple[Path, dict[str, torch.Tensor], list[LoraMatrices], str]:
     """(file, raw tensors, parsed and checked matrices, layout) of a LoRA spec; the pipeline is not changed."""
     source = resolve_weight_file(spec, PREFERRED_FILES)
     raw = load_weights(source, allow_pickle=spec.allow_pickle)
@@ -256,12 +276,17 @@ def lora_wrapped_modules(pipe: StableDiffusionPipeline, adapter: str) -> dict[tu
     for component in SWAPPABLE_COMPONENTS:
         module = getattr(pipe, component, None)
         if module is not None:
-            wrapped |= {(component, path): m for path, m in module.named_modules()
-                        if isinstance(m, BaseTunerLayer) and adapter in getattr(m, "lora_A", {})}
+            wrapped |= {
+                (component, path): m
+                for path, m in module.named_modules()
+                if isinstance(m, BaseTunerLayer) and adapter in getattr(m, "lora_A", {})
+            }
     return wrapped
 
 
-def _verify_loaded(pipe: StableDiffusionPipeline, entries: list[LoraMatrices], spec: PersonalizedSpec, what: str) -> dict:
+def _verify_loaded(
+    pipe: StableDiffusionPipeline, entries: list[LoraMatrices], spec: PersonalizedSpec, what: str
+) -> dict:
     """Every named module wrapped with exactly the file's factors and scaling, and nothing else wrapped.
 
     peft applies ``scaling * B @ A``; checking A, B (bit-exact after the cast to the
@@ -278,7 +303,9 @@ def _verify_loaded(pipe: StableDiffusionPipeline, entries: list[LoraMatrices], s
     expected = {(e.component, e.module): e for e in entries}
     extra = sorted(set(wrapped) - set(expected))
     if extra:
-        raise ModelLoadError(f"{what}: {versions} wrapped {'.'.join(extra[0])}, which the file does not name; cemaps refuses an unverified load")
+        raise ModelLoadError(
+            f"{what}: {versions} wrapped {'.'.join(extra[0])}, which the file does not name; cemaps refuses an unverified load"
+        )
     adapter = spec.model_id
     for target, entry in sorted(expected.items()):
         layer = wrapped.get(target)
@@ -312,7 +339,9 @@ def applied_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> Itera
         try:
             pipe.load_lora_weights(dict(raw), adapter_name=spec.model_id)
         except (ValueError, KeyError, RuntimeError) as error:
-            raise ModelLoadError(f"{what}: diffusers could not load it: {str(error).strip().splitlines()[0]}") from error
+            raise ModelLoadError(
+                f"{what}: diffusers could not load it: {str(error).strip().splitlines()[0]}"
+            ) from error
         pipe.set_adapters([spec.model_id], adapter_weights=[spec.scale])
         wrapped = _verify_loaded(pipe, entries, spec, what)
         yield AppliedModel(
@@ -334,8 +363,12 @@ def remove_lora(pipe: StableDiffusionPipeline, adapter: str) -> None:
     present = adapter_names(pipe)
     if adapter in present:
         pipe.delete_adapters(adapter)
-    wrappers = any(isinstance(m, BaseTunerLayer) for c in SWAPPABLE_COMPONENTS if getattr(pipe, c, None) is not None
-                   for m in getattr(pipe, c).modules())
+    wrappers = any(
+        isinstance(m, BaseTunerLayer)
+        for c in SWAPPABLE_COMPONENTS
+        if getattr(pipe, c, None) is not None
+        for m in getattr(pipe, c).modules()
+    )
     if wrappers and not present - {adapter}:
         # delete_adapters leaves empty peft wrappers; unloading makes the modules plain again
         pipe.unload_lora_weights()

@@ -24,14 +24,36 @@ SWAPPABLE_COMPONENTS: tuple[str, ...] = ("unet", "text_encoder")
 # Key fragments that only SDXL-family checkpoints have; SD v1.x modules lack them. kohya
 # sd-scripts (networks/lora.py) names SDXL's two text encoders lora_te1_/lora_te2_ and its
 # UNet with the original SGM block names (input_blocks/middle_block/output_blocks).
-SDXL_MARKERS = ("add_embedding", "text_encoder_2", "lora_te1_", "lora_te2_", "conditioner.embedders.1", "label_emb",
-                "lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
+SDXL_MARKERS = (
+    "add_embedding",
+    "text_encoder_2",
+    "lora_te1_",
+    "lora_te2_",
+    "conditioner.embedders.1",
+    "label_emb",
+    "lora_unet_input_blocks_",
+    "lora_unet_middle_block_",
+    "lora_unet_output_blocks_",
+)
 # LyCORIS network types diffusers' LoRA loader cannot apply, by the key suffix LyCORIS writes.
-LYCORIS_MARKERS = {".hada_w1_a": "a LyCORIS LoHa", ".lokr_w1": "a LyCORIS LoKr", ".on_input": "a LyCORIS (IA)^3",
-                   ".oft_blocks": "a LyCORIS OFT"}
+LYCORIS_MARKERS = {
+    ".hada_w1_a": "a LyCORIS LoHa",
+    ".lokr_w1": "a LyCORIS LoKr",
+    ".on_input": "a LyCORIS (IA)^3",
+    ".oft_blocks": "a LyCORIS OFT",
+}
 # Text-encoder widths of the published model families, to name the family of a file that does not fit.
 FAMILY_OF_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 1280: "SDXL (OpenCLIP ViT-bigG)", 2048: "SDXL"}
-_LORA_FRAGMENTS = (".lora_A.", ".lora_B.", ".lora_down.", ".lora_up.", "_lora.down.", "_lora.up.", ".lora.down.", ".lora.up.")
+_LORA_FRAGMENTS = (
+    ".lora_A.",
+    ".lora_B.",
+    ".lora_down.",
+    ".lora_up.",
+    "_lora.down.",
+    "_lora.up.",
+    ".lora.down.",
+    ".lora.up.",
+)
 
 
 def family_hint(width: int, expected: int) -> str:
@@ -82,8 +104,12 @@ def identify_weights(state: Mapping[str, object]) -> tuple[str, str]:
     return "unrecognised weights", keys[0] if keys else ""
 
 
-SUGGESTED_METHOD = {"a LoRA": "lora", "a Textual Inversion embedding": "textual_inversion",
-                    "a full original-SD checkpoint": "dreambooth", "a full model": "dreambooth"}
+SUGGESTED_METHOD = {
+    "a LoRA": "lora",
+    "a Textual Inversion embedding": "textual_inversion",
+    "a full original-SD checkpoint": "dreambooth",
+    "a full model": "dreambooth",
+}
 
 
 def refuse_other_kind(state: Mapping[str, object], accepted: tuple[str, ...], what: str) -> str:
@@ -97,7 +123,9 @@ def refuse_other_kind(state: Mapping[str, object], accepted: tuple[str, ...], wh
     if kind in accepted:
         return kind
     method = SUGGESTED_METHOD.get(kind)
-    advice = f"; use method: {method}" if method else "; cemaps loads SD v1.x LoRA, Textual Inversion and DreamBooth weights"
+    advice = (
+        f"; use method: {method}" if method else "; cemaps loads SD v1.x LoRA, Textual Inversion and DreamBooth weights"
+    )
     raise ModelLoadError(f"{what} looks like {kind} (key {example!r}), not what its method expects{advice}")
 
 
@@ -106,7 +134,9 @@ def check_sdxl(keys: Iterable[str], what: str) -> None:
     for key in keys:
         for marker in SDXL_MARKERS:
             if marker in key:
-                raise ModelLoadError(f"{what} has key {key!r}, which belongs to an SDXL-family model; expected weights for SD v1.x")
+                raise ModelLoadError(
+                    f"{what} has key {key!r}, which belongs to an SDXL-family model; expected weights for SD v1.x"
+                )
 
 
 def check_finite(state: Mapping[str, object], what: str) -> None:
@@ -116,7 +146,9 @@ def check_finite(state: Mapping[str, object], what: str) -> None:
             check_finite(value, f"{what} [{key!r}]")
         elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
-            raise ModelLoadError(f"{what}: tensor {key!r} has {bad} non-finite value(s) (NaN or inf); the file is corrupt")
+            raise ModelLoadError(
+                f"{what}: tensor {key!r} has {bad} non-finite value(s) (NaN or inf); the file is corrupt"
+            )
 
 
 @dataclass(frozen=True)
@@ -207,7 +239,11 @@ class BaseWeights:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All snapshotted tensors, keyed ``"<component>.<parameter name>"`` (CPU)."""
-        return {f"{component}.{name}": tensor for component, state in self.components.items() for name, tensor in state.items()}
+        return {
+            f"{component}.{name}": tensor
+            for component, state in self.components.items()
+            for name, tensor in state.items()
+        }
 
     def restore(self, pipe: StableDiffusionPipeline, components: tuple[str, ...] | None = None) -> None:
         """Copies the snapshot back into ``pipe``'s modules in place (bit-exact)."""
@@ -252,7 +288,9 @@ def refuse_adapters(pipe: StableDiffusionPipeline, doing: str) -> None:
     """Raises when a LoRA adapter is still loaded (weights would not be the base ones)."""
     present = adapter_names(pipe)
     if present:
-        raise ModelLoadError(f"cannot do {doing}: the pipeline still has LoRA adapters {sorted(present)}; unload them first")
+        raise ModelLoadError(
+            f"cannot do {doing}: the pipeline still has LoRA adapters {sorted(present)}; unload them first"
+        )
 
 
 def copy_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:

@@ -105,8 +105,15 @@ def applied_textual_inversion(pipe: StableDiffusionPipeline, spec: PersonalizedS
     try:
         pipe.load_textual_inversion(vectors, token=token)
         added = sorted(set(pipe.tokenizer.get_vocab()) - vocab_before, key=pipe.tokenizer.convert_tokens_to_ids)
-        yield AppliedModel(spec=spec, sha256=digest, source=source, format=layout, n_tensors_changed=1,
-                           n_params_changed=vectors.numel(), tokens=tuple(added))
+        yield AppliedModel(
+            spec=spec,
+            sha256=digest,
+            source=source,
+            format=layout,
+            n_tensors_changed=1,
+            n_params_changed=vectors.numel(),
+            tokens=tuple(added),
+        )
     finally:
         added = added or sorted(set(pipe.tokenizer.get_vocab()) - vocab_before)
         if added:

@@ -129,15 +129,18 @@ def personalize(
     """
     settings = settings if settings is not None else TrainSettings(method=method)
     if settings.method != method:
-        raise ConfigError(f"settings.method={settings.method!r} differs from method={method!r}; expected the same method")
+        raise ConfigError(
+            f"settings.method={settings.method!r} differs from method={method!r}; expected the same method"
+        )
     _check_words(token, class_word)
     out = Path(out).expanduser()
     check_output_dir(out, overwrite)
     sources = load_instance_images(images)
     resolution = settings.resolution if settings.resolution is not None else default_resolution(pipe)
     if resolution % pipe.vae_scale_factor:
-        raise SettingError("TrainSettings", "resolution", resolution,
-                           f"a multiple of the VAE factor {pipe.vae_scale_factor}")
+        raise SettingError(
+            "TrainSettings", "resolution", resolution, f"a multiple of the VAE factor {pipe.vae_scale_factor}"
+        )
     settings = replace(_TRAINERS[method].check_inputs(pipe, token, class_word, settings), resolution=resolution)
     if settings.use_8bit_adam:
         adamw_8bit_class()

@@ -129,12 +129,16 @@ class TrainSettings:
         _require(self.num_class_images >= 1, "num_class_images", self.num_class_images, "an integer >= 1")
         _require(self.class_inference_steps >= 1, "class_inference_steps", self.class_inference_steps, ">= 1")
         _require(
-            self.mixed_precision in (None, *MIXED_PRECISIONS), "mixed_precision", self.mixed_precision,
+            self.mixed_precision in (None, *MIXED_PRECISIONS),
+            "mixed_precision",
+            self.mixed_precision,
             "None, 'fp16' or 'bf16'",
         )
         _require(
-            not self.prior_preservation or self.method == "dreambooth", "prior_preservation",
-            self.prior_preservation, "False unless method='dreambooth'",
+            not self.prior_preservation or self.method == "dreambooth",
+            "prior_preservation",
+            self.prior_preservation,
+            "False unless method='dreambooth'",
         )
 
     @property
@@ -234,7 +238,9 @@ def load_instance_images(images: list[Image.Image] | str | Path) -> list[SourceI
         return sources
     folder = Path(images).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"images folder {str(folder)!r} does not exist or is not a folder; expected a folder of images")
+        raise ConfigError(
+            f"images folder {str(folder)!r} does not exist or is not a folder; expected a folder of images"
+        )
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
         raise ConfigError(f"images folder {str(folder)!r} is empty; expected image files (.png, .jpg, ...)")
@@ -245,7 +251,9 @@ def load_instance_images(images: list[Image.Image] | str | Path) -> list[SourceI
                 image = opened.convert("RGB")
         except (UnidentifiedImageError, OSError) as error:
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                raise ConfigError(f"image file {str(path)!r} is not readable ({error}); expected a valid image") from None
+                raise ConfigError(
+                    f"image file {str(path)!r} is not readable ({error}); expected a valid image"
+                ) from None
             continue  # notes, captions and other non-image files are allowed beside the images
         sources.append(SourceImage(image, path.name, file_sha256(path)))
     if not sources:
@@ -304,8 +312,7 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         if leftovers:
             listed = ", ".join(leftovers[:3]) + (", ..." if len(leftovers) > 3 else "")
             raise ConfigError(
-                f"out folder {str(out)!r} is not empty ({listed}); "
-                "expected an empty folder, or pass overwrite=True"
+                f"out folder {str(out)!r} is not empty ({listed}); expected an empty folder, or pass overwrite=True"
             )
 
 
@@ -353,8 +360,9 @@ def adamw_8bit_class() -> type[torch.optim.Optimizer]:
     try:
         import bitsandbytes
     except ImportError:
-        raise SettingError("TrainSettings", "use_8bit_adam", True,
-                           "False, or `pip install bitsandbytes` first (CUDA only)") from None
+        raise SettingError(
+            "TrainSettings", "use_8bit_adam", True, "False, or `pip install bitsandbytes` first (CUDA only)"
+        ) from None
     return bitsandbytes.optim.AdamW8bit
 
 
@@ -468,8 +476,12 @@ def run_denoising_training(
     scaling_factor = vae.config.scaling_factor
     losses: list[float] = []
     columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task(f"{settings.method} training", total=settings.steps, loss=float("nan"))

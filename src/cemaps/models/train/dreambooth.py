@@ -45,7 +45,11 @@ def check_inputs(pipe: StableDiffusionPipeline, token: str, class_word: str, set
 
 
 def ensure_class_images(
-    pipe: StableDiffusionPipeline, class_word: str, folder: Path, settings: TrainSettings, resolution: int,
+    pipe: StableDiffusionPipeline,
+    class_word: str,
+    folder: Path,
+    settings: TrainSettings,
+    resolution: int,
     progress: bool,
 ) -> list[SourceImage]:
     """Generates (or reuses from ``folder``) the class images for prior preservation.
@@ -77,8 +81,11 @@ def ensure_class_images(
             for index in missing:
                 generator = torch.Generator(device=pipe.device).manual_seed(settings.seed + index)
                 image = pipe(
-                    prompt, height=resolution, width=resolution,
-                    num_inference_steps=settings.class_inference_steps, generator=generator,
+                    prompt,
+                    height=resolution,
+                    width=resolution,
+                    num_inference_steps=settings.class_inference_steps,
+                    generator=generator,
                 ).images[0]
                 partial = paths[index].with_suffix(".partial.png")
                 image.save(partial)

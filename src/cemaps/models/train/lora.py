@@ -84,7 +84,9 @@ def train(
                 settings,
                 progress,
             )
-            adapter_weights = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME))
+            adapter_weights = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+            )
             StableDiffusionPipeline.save_lora_weights(
                 save_directory=save_dir,
                 unet_lora_layers=adapter_weights,

@@ -47,8 +47,12 @@ def check_inputs(pipe: StableDiffusionPipeline, token: str, class_word: str, set
     initializer = settings.initializer_token if settings.initializer_token is not None else class_word
     initializer_ids = pipe.tokenizer.encode(initializer, add_special_tokens=False)
     if len(initializer_ids) != 1:
-        raise SettingError("TrainSettings", "initializer_token", initializer,
-                           f"a word the tokenizer keeps as a single token (it is {len(initializer_ids)} tokens)")
+        raise SettingError(
+            "TrainSettings",
+            "initializer_token",
+            initializer,
+            f"a word the tokenizer keeps as a single token (it is {len(initializer_ids)} tokens)",
+        )
     weight_dtype = pipe.text_encoder.get_input_embeddings().weight.dtype
     if weight_dtype != torch.float32:
         raise ConfigError(
@@ -75,8 +79,10 @@ def train(
     original_embeddings = text_encoder.get_input_embeddings()
     # The script's resize_token_embeddings + copy of the initializer row, on a separate table.
     trained_embeddings = torch.nn.Embedding(
-        len(tokenizer), original_embeddings.embedding_dim,
-        device=original_embeddings.weight.device, dtype=original_embeddings.weight.dtype,
+        len(tokenizer),
+        original_embeddings.embedding_dim,
+        device=original_embeddings.weight.device,
+        dtype=original_embeddings.weight.dtype,
     )
     with torch.no_grad():
         trained_embeddings.weight[: original_embeddings.num_embeddings] = original_embeddings.weight
@@ -115,4 +121,3 @@ def train(
         finally:
             text_encoder.set_input_embeddings(original_embeddings)
     return losses
-
