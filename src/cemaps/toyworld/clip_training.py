@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cemaps.toyworld.architecture import TOY_CLIP_NAME, toy_clip_config
+from cemaps.toyworld.architecture import toy_clip_config
+from cemaps.toyworld.assets import TOY_CLIP_NAME
 from cemaps.toyworld.train import _Log, _lr_factor, _write_settings, plot_loss_curve, render_pairs
 
 # OpenAI CLIP's normalisation, which open_clip's transforms apply to the toy CLIP's inputs too.
