@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from cemaps.probes.weight_delta import weight_delta_for
 from cemaps.prompt_sets import in_context_store_path
 from cemaps.store import StoreWriter
 from cemaps.store.provenance import default_provenance
-from cemaps.study_sets import InContextSet, UnrelatedSet
+from cemaps.study_sets import InContextSet, UnrelatedSet, tokenized
 
 BASE_ID = "base"
 
@@ -86,28 +85,7 @@ def prompt_table(config: StudyConfig, tokenizer: Any) -> pd.DataFrame:
         raise ConfigError(f"{config.source}: prompts={source!r}: expected a list name, a file or a list of strings")
     if prompts.empty:
         raise ConfigError(f"{config.source}: the prompt list {source!r} is empty")
-    limit = tokenizer.model_max_length
-    rows = []
-    for row in prompts.to_dict("records"):
-        full = tokenizer(row["text"]).input_ids
-        ids = tokenizer(row["text"], truncation=True, max_length=limit).input_ids
-        truncated = len(full) > limit
-        if truncated:
-            warnings.warn(
-                f"prompt {row['prompt_id']} has {len(full)} tokens; the text encoder sees only the first "
-                f"{limit} (recorded as truncated)",
-                stacklevel=2,
-            )
-        rows.append(
-            {
-                **row,
-                "tokens": tokenizer.convert_ids_to_tokens(ids),
-                "token_ids": [int(i) for i in ids],
-                "n_tokens_untruncated": len(full),
-                "truncated": truncated,
-            }
-        )
-    return pd.DataFrame(rows)
+    return tokenized(prompts, tokenizer)
 
 
 def _spec(entry: PersonalizedEntry) -> PersonalizedSpec:
