@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cemaps.toyworld.language import ABSTRACT_WORDS, Phrase, PromptSpec, caption, random_training_pair, sample_scene
+from cemaps.toyworld.abstract_words import ABSTRACT_WORDS, random_training_pair
+from cemaps.toyworld.language import Phrase, PromptSpec, caption, sample_scene
 from cemaps.toyworld.world import BACKGROUNDS, COLOURS, KINDS, STYLES, Scene, ToyObject, render
 
 

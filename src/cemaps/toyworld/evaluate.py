@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cemaps.toyworld.abstract_words import ABSTRACT_BY_TEXT
 from cemaps.toyworld.attention import layer_ious
 from cemaps.toyworld.judge import cool_share, judge_image, pale_share, warm_share
-from cemaps.toyworld.language import ABSTRACT_BY_TEXT, Phrase, PromptSpec, caption, sample_scene
+from cemaps.toyworld.language import Phrase, PromptSpec, caption, sample_scene
 from cemaps.toyworld.world import COLOURS, IMAGE_SIZE, KINDS, POSITIONS, render
 
 ABSTRACT_FEATURES: dict[str, tuple[str, Callable[[np.ndarray], float]]] = {

@@ -3,7 +3,7 @@
 Concrete and compositional prompts are :class:`~cemaps.toyworld.language.PromptSpec` s, so
 their text is written by :func:`~cemaps.toyworld.language.caption` and their meaning can be
 rendered and judged; abstract prompts are the world's abstract words
-(:data:`~cemaps.toyworld.language.ABSTRACT_WORDS`, 4 per domain). Domains follow the main
+(:data:`~cemaps.toyworld.abstract_words.ABSTRACT_WORDS`, 4 per domain). Domains follow the main
 suite: ``person`` = the face glyph, ``animal`` = the fish glyph, ``object`` = shapes,
 ``scene`` = layout and background, ``style`` = rendering style, ``abstract_idea`` =
 symbols and ideas. ``toy_prompts()`` returns the same columns as
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cemaps.toyworld.language import ABSTRACT_WORDS, Phrase, PromptSpec, caption, sample_scene
+from cemaps.toyworld.abstract_words import ABSTRACT_WORDS
+from cemaps.toyworld.language import Phrase, PromptSpec, caption, sample_scene
 from cemaps.toyworld.world import Scene, ToyObject, render
 
 PROMPTS_CSV = Path(__file__).resolve().parent / "prompts.csv"
@@ -213,7 +214,7 @@ def specs_by_text() -> dict[str, PromptSpec]:
 
 def sample_prompt_scene(text: str, rng: np.random.Generator) -> Scene:
     """A scene meaning a suite prompt's text (concrete, compositional or abstract)."""
-    from cemaps.toyworld.language import ABSTRACT_BY_TEXT
+    from cemaps.toyworld.abstract_words import ABSTRACT_BY_TEXT
 
     if text in ABSTRACT_BY_TEXT:
         return ABSTRACT_BY_TEXT[text].sample(rng)

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cemaps.toyworld.abstract_words import random_training_pair
 from cemaps.toyworld.architecture import build_pipeline
-from cemaps.toyworld.language import random_training_pair
 from cemaps.toyworld.world import render
 
 
