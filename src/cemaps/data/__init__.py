@@ -16,8 +16,8 @@ from cemaps.data.suite import (
     label_counts,
     load_prompts,
     load_subjects,
-    synthetic_subject_images,
 )
+from cemaps.data.synthetic_images import synthetic_subject_images
 
 __all__ = [
     "ABSTRACTNESS_LEVELS",

@@ -73,7 +73,6 @@ from cemaps.models.train.common import (
     TrainingData,
     TrainResult,
     TrainSettings,
-    adamw_8bit_class,
     check_output_dir,
     commit_outputs,
     default_resolution,
@@ -83,6 +82,7 @@ from cemaps.models.train.common import (
     staging_dir,
     write_metadata,
 )
+from cemaps.models.train.loop import adamw_8bit_class
 
 __all__ = ["METHODS", "METHOD_DEFAULTS", "TrainResult", "TrainSettings", "personalize"]
 

@@ -28,8 +28,8 @@ from cemaps.models.train.common import (
     enable_gradient_checkpointing,
     frozen_text_conditioning,
     preserved_pipeline_state,
-    run_denoising_training,
 )
+from cemaps.models.train.loop import run_denoising_training
 
 CLASS_MANIFEST_NAME = "class_images.json"
 

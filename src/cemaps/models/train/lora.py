@@ -23,8 +23,8 @@ from cemaps.models.train.common import (
     enable_gradient_checkpointing,
     frozen_text_conditioning,
     preserved_pipeline_state,
-    run_denoising_training,
 )
+from cemaps.models.train.loop import run_denoising_training
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 ADAPTER_NAME = "cemaps_personalize"

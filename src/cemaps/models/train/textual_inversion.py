@@ -24,9 +24,9 @@ from cemaps.models.train.common import (
     TrainSettings,
     enable_gradient_checkpointing,
     preserved_pipeline_state,
-    run_denoising_training,
     tokenize,
 )
+from cemaps.models.train.loop import run_denoising_training
 
 TI_WEIGHTS_NAME = "learned_embeds.safetensors"
 
