@@ -50,6 +50,7 @@ class PipelineTraining:
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
+    final_lr_fraction: float = 1.0  # < 1: cosine decay of the UNet phase's lr, over its minutes, to this fraction
     save_every_minutes: float = 10.0
     resume: str | None = None  # a saved pipeline folder: skip the VAE phase, continue UNet + text encoder
 
@@ -80,6 +81,12 @@ class _Log:
 
 def _lr_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / warmup)
+
+
+def _cosine_factor(elapsed_fraction: float, final: float) -> float:
+    """Cosine decay from 1 to ``final`` as the time budget is spent (Loshchilov & Hutter 2017, by time)."""
+    progress = min(1.0, max(0.0, elapsed_fraction))
+    return final + (1.0 - final) * 0.5 * (1.0 + float(np.cos(np.pi * progress)))
 
 
 def _to_unit(images: np.ndarray) -> torch.Tensor:
@@ -198,8 +205,11 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
         prediction = unet(noisy, timesteps, hidden).sample
         weight = torch.clamp(snr[timesteps], max=settings.min_snr_gamma) / snr[timesteps]
         loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        lr_decay = _cosine_factor(
+            (time.perf_counter() - started) / (60 * settings.unet_minutes), settings.final_lr_fraction
+        )
         for group in optimizer.param_groups:
-            group["lr"] = settings.unet_lr * _lr_factor(step, settings.warmup_steps)
+            group["lr"] = settings.unet_lr * _lr_factor(step, settings.warmup_steps) * lr_decay
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_gradients(parameters, world)
@@ -371,9 +381,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", default=None, help="continue UNet + text encoder training from a saved folder")
     parser.add_argument("--pairs", type=int, default=PipelineTraining.n_pairs, help="rendered training pairs")
     parser.add_argument("--warmup", type=int, default=PipelineTraining.warmup_steps, help="learning-rate warmup steps")
+    parser.add_argument("--lr", type=float, default=PipelineTraining.unet_lr, help="UNet + text-encoder learning rate")
+    parser.add_argument(
+        "--final-lr-fraction",
+        type=float,
+        default=PipelineTraining.final_lr_fraction,
+        help="cosine-decay the learning rate over --minutes to this fraction (1: constant)",
+    )
     args = parser.parse_args(argv)
     if args.what == "pipeline":
-        settings = PipelineTraining(resume=args.resume, warmup_steps=args.warmup, n_pairs=args.pairs)
+        settings = PipelineTraining(
+            resume=args.resume,
+            warmup_steps=args.warmup,
+            n_pairs=args.pairs,
+            unet_lr=args.lr,
+            final_lr_fraction=args.final_lr_fraction,
+        )
         settings = settings if args.minutes is None else replace(settings, unet_minutes=args.minutes)
         train_pipeline(args.out, settings, args.device)
     elif args.what == "vae-decoder":
