@@ -19,6 +19,7 @@ Results folder::
     cem_<metric>.csv, entanglement_maps.h5   the Concept Entanglement Maps
     prompts.csv, models.csv     labels
     in_context*.csv             subjects in context (CLIP-T, CLIP-I, non-subject shift per layer and word), if run
+    toyworld_*.csv              toy-world studies only: per-layer mIoU of word maps vs judged masks, subject check
 
 The folder describes one run: it is written aside and moved into place when complete
 (:func:`cemaps.outputs.staged_output`), so a failed run leaves no half-written folder and a
@@ -61,6 +62,7 @@ from cemaps.analysis.stats_semantic import semantic_proximity
 from cemaps.errors import CemapsError, ConfigError, StoreError
 from cemaps.outputs import check_output_folder, staged_output
 from cemaps.store import open_store
+from cemaps.toyworld.ground_truth import analyse_toy_world
 
 METRICS = ("alignment_drop", "image_drift")
 TINY_BASES = ("cemaps/tiny-sd", "tiny")
@@ -213,6 +215,8 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
 
     with console.status("subjects in context"):
         files.update(analyse_in_context(store_path, out, scorer))  # {} when the study had no in-context set
+    with console.status("toy-world ground truth"):
+        files.update(analyse_toy_world(store_path, out))  # {} unless the images are toy-world images
     maps = {metric: entanglement_map(by_prompt, metric) for metric in METRICS}
     for name, path in write_entanglement_maps(maps, out).items():
         files[name] = Path(path).name

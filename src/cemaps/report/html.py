@@ -28,6 +28,7 @@ from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
 from cemaps.report.html_tables import records_html, summary_html
 from cemaps.report.in_context import in_context_section
 from cemaps.report.results import QUESTIONS, Results, load_results
+from cemaps.report.toyworld import toy_world_section
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -210,7 +211,9 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     figures = render_figures(results, out_dir / FIGURES_DIR)
     skipped = [f for f in figures if f.note]
     in_context = in_context_section(results)  # '' when the study ran no in-context prompt set
-    sections = ("cem", *QUESTIONS, *(("in_context",) if in_context else ()), "provenance", "data")
+    toy_world = toy_world_section(results)  # '' unless the study ran on the toy world
+    optional = (("in_context",) if in_context else ()) + (("toy_world",) if toy_world else ())
+    sections = ("cem", *QUESTIONS, *optional, "provenance", "data")
     nav = " ".join(f'<a href="#{q}">{escape(q.replace("_", " "))}</a>' for q in sections)
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
@@ -222,6 +225,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
         f"{interactive_cems(results)}</section>",
         *[question_section(q, results, figures) for q in QUESTIONS],
         in_context,
+        toy_world,
         provenance_section(results),
         data_section(results, out_dir),
     ]
