@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+from typer.testing import CliRunner
 
 import cemaps
 from cemaps.analysis.clip_scorer import ClipScorer
+from cemaps.cli import app
 from cemaps.toyworld.clip_training import ClipTraining, train_toy_clip
 from cemaps.toyworld.train import PipelineTraining, main, train_pipeline
 
@@ -35,4 +38,58 @@ def test_command_line_rejects_an_unknown_phase(capsys):
         main(["fit", "--out", "x"])
     except SystemExit as exit_:
         assert exit_.code == 2
-    assert "invalid choice: 'fit'" in capsys.readouterr().err
+    assert "'fit' is not a model to train; expected one of pipeline, clip, vae-decoder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["vae-decoder"], "--resume is required"),
+        (["pipeline", "--resume", "nowhere"], "--resume nowhere: not a saved pipeline folder"),
+        (["pipeline", "--minutes", "0"], "--minutes 0.0: expected a positive time budget"),
+    ],
+)
+def test_cli_refuses_bad_training_input_in_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["toyworld", "train", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_folder_of_user_files_and_keeps_them(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep")
+    result = CliRunner().invoke(app, ["toyworld", "train", "clip", "--out", str(tmp_path), "--minutes", "1"])
+    assert result.exit_code == 2 and "mine.txt" in result.output
+    assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_cli_passes_its_options_to_the_trainer(tmp_path, monkeypatch):
+    import cemaps.toyworld.train as train
+
+    seen = {}
+    monkeypatch.setattr(train, "train_pipeline", lambda out, settings, device, progress: seen.update(locals()))
+    args = ["--minutes", "3", "--pairs", "50", "--lr", "1e-3", "--final-lr-fraction", "0.1", "-q"]
+    result = CliRunner().invoke(app, ["toyworld", "train", "pipeline", "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 0, result.output
+    settings = seen["settings"]
+    assert (settings.unet_minutes, settings.n_pairs, settings.unet_lr, settings.final_lr_fraction) == (3, 50, 1e-3, 0.1)
+    assert seen["progress"] is False and (tmp_path / "run").is_dir()
+
+
+def test_cli_defaults_are_the_trainers_defaults():
+    import inspect
+
+    from cemaps.cli.toyworld import DEFAULTS_HELP, train_command
+    from cemaps.toyworld.clip_training import ClipTraining
+
+    options = {name: p.default.default for name, p in inspect.signature(train_command).parameters.items()}
+    defaults = PipelineTraining()
+    assert (options["pairs"], options["warmup"], options["lr"], options["final_lr_fraction"]) == (
+        defaults.n_pairs,
+        defaults.warmup_steps,
+        defaults.unet_lr,
+        defaults.final_lr_fraction,
+    )
+    assert (
+        f"pipeline {defaults.unet_minutes:g}" in DEFAULTS_HELP and f"clip {ClipTraining().minutes:g}" in DEFAULTS_HELP
+    )

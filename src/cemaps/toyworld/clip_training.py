@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from cemaps.toyworld.architecture import toy_clip_config
 from cemaps.toyworld.assets import TOY_CLIP_NAME
-from cemaps.toyworld.train import _Log, _lr_factor, _write_settings, plot_loss_curve, render_pairs
+from cemaps.toyworld.train import render_pairs
+from cemaps.toyworld.train_records import TrainingLog, lr_factor, plot_loss_curve, write_settings
 
 # OpenAI CLIP's normalisation, which open_clip's transforms apply to the toy CLIP's inputs too.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -37,16 +38,21 @@ class ClipTraining:
     warmup_steps: int = 100
 
 
-def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), device: str | None = None) -> Path:
-    """Trains the toy CLIP contrastively; writes ``open_clip_model.safetensors`` and its open_clip config."""
+def train_toy_clip(
+    out: str | Path, settings: ClipTraining = ClipTraining(), device: str | None = None, progress: bool = False
+) -> Path:
+    """Trains the toy CLIP contrastively; writes ``open_clip_model.safetensors`` and its open_clip config.
+
+    ``progress``: a rich progress bar with the running loss (else one stderr line per 25 steps).
+    """
     import open_clip
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
-    log = _Log(out / "train_log.csv")
-    _write_settings(out, "clip", asdict(settings))
+    log = TrainingLog(out / "train_log.csv", progress)
+    write_settings(out, "clip", asdict(settings))
     config = toy_clip_config()
     (out / f"{TOY_CLIP_NAME}.json").write_text(json.dumps(config, indent=2) + "\n")
     images, captions = render_pairs(settings.n_pairs, settings.seed)
@@ -61,6 +67,7 @@ def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), dev
     generator = torch.Generator().manual_seed(settings.seed + 2)
     started, step, running = time.perf_counter(), 0, []
     model.train()
+    log.phase("toy CLIP", minutes=settings.minutes)
     while time.perf_counter() - started < 60 * settings.minutes and not (out / "STOP").exists():
         index = torch.randint(len(images), (settings.batch,), generator=generator)
         image_features = model.encode_image(pixels[index].to(device), normalize=True)
@@ -73,7 +80,7 @@ def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), dev
             + torch.sum(-targets * F.log_softmax(logits.T, 1), 1).mean()
         )
         for group in optimizer.param_groups:
-            group["lr"] = settings.lr * _lr_factor(step, settings.warmup_steps)
+            group["lr"] = settings.lr * lr_factor(step, settings.warmup_steps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -81,6 +88,7 @@ def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), dev
             model.logit_scale.clamp_(0, np.log(100))
         running.append(loss.item())
         step += 1
+        log.tick(step)
         if step % 25 == 0:
             log("clip", step, float(np.mean(running)))
             running = []
@@ -88,6 +96,7 @@ def train_toy_clip(out: str | Path, settings: ClipTraining = ClipTraining(), dev
             _save_clip(model, out)
     _save_clip(model, out)
     plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
+    log.close()
     return out
 
 

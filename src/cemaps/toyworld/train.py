@@ -16,12 +16,10 @@ and ``--resume DIR`` continues the UNet + text-encoder phase from a saved folder
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,14 @@ import torch.nn.functional as F
 
 from cemaps.toyworld.abstract_words import random_training_pair
 from cemaps.toyworld.architecture import build_pipeline
+from cemaps.toyworld.train_records import (
+    NoLog,
+    TrainingLog,
+    cosine_factor,
+    lr_factor,
+    plot_loss_curve,
+    write_settings,
+)
 from cemaps.toyworld.world import render
 
 
@@ -66,50 +72,29 @@ def render_pairs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), captions
 
 
-class _Log:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.write_text("phase,step,seconds,loss\n")
-        self.started = time.perf_counter()
-
-    def __call__(self, phase: str, step: int, loss: float) -> None:
-        elapsed = time.perf_counter() - self.started
-        with self.path.open("a") as handle:
-            handle.write(f"{phase},{step},{elapsed:.1f},{loss:.5f}\n")
-        print(f"[{phase}] step {step} {elapsed:.0f}s loss {loss:.4f}", file=sys.stderr, flush=True)
-
-
-def _lr_factor(step: int, warmup: int) -> float:
-    return min(1.0, (step + 1) / warmup)
-
-
-def _cosine_factor(elapsed_fraction: float, final: float) -> float:
-    """Cosine decay from 1 to ``final`` as the time budget is spent (Loshchilov & Hutter 2017, by time)."""
-    progress = min(1.0, max(0.0, elapsed_fraction))
-    return final + (1.0 - final) * 0.5 * (1.0 + float(np.cos(np.pi * progress)))
-
-
 def _to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def _train_vae(vae, images: np.ndarray, settings: PipelineTraining, log: _Log, device: torch.device) -> None:
+def _train_vae(vae, images: np.ndarray, settings: PipelineTraining, log: TrainingLog, device: torch.device) -> None:
     generator = np.random.default_rng(settings.seed + 1)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     step, running = 0, []
     vae.train()
+    log.phase("VAE", steps=settings.vae_steps)
     while step < settings.vae_steps:
         batch = _to_unit(images[generator.integers(len(images), size=settings.vae_batch)]).to(device)
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(reconstruction, batch) + settings.vae_kl_weight * posterior.kl().mean()
         for group in optimizer.param_groups:
-            group["lr"] = settings.vae_lr * _lr_factor(step, 100)
+            group["lr"] = settings.vae_lr * lr_factor(step, 100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         running.append(loss.item())
         step += 1
+        log.tick(step)
         if step % 25 == 0:
             log("vae", step, float(np.mean(running)))
             running = []
@@ -132,8 +117,16 @@ def _tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTraining(), device: str | None = None) -> Path:
+def train_pipeline(
+    out: str | Path, settings: PipelineTraining = PipelineTraining(), device: str | None = None, progress: bool = False
+) -> Path:
     """Trains the VAE, then UNet + text encoder; writes a diffusers folder to ``out``.
+
+    Args:
+        out: the folder to write (created).
+        settings: see :class:`PipelineTraining`.
+        device: a torch device; default ``cuda`` when available, else ``cpu``.
+        progress: rich progress bars with the running loss (else one stderr line per 25 steps).
 
     Returns:
         ``out``, holding the pipeline (safetensors, float32), ``train_log.csv`` and ``training.json``.
@@ -146,9 +139,9 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
         out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
-    log = _Log(out / "train_log.csv") if rank == 0 else (lambda *args: None)
+    log = TrainingLog(out / "train_log.csv", progress) if rank == 0 else NoLog()
     if rank == 0:
-        _write_settings(out, "pipeline", {**asdict(settings), "world_size": world})
+        write_settings(out, "pipeline", {**asdict(settings), "world_size": world})
     # each rank renders its own share of the pairs (a different seed per rank)
     images, captions = render_pairs(settings.n_pairs // world, settings.seed + 1000 * rank)
     log("data", len(images), 0.0)
@@ -189,6 +182,7 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
     started = time.perf_counter()
     last_save = started
     step, running = 0, []
+    log.phase("UNet + text encoder", minutes=settings.unet_minutes)
     while not _should_stop(
         time.perf_counter() - started > 60 * settings.unet_minutes or (out / "STOP").exists(), world
     ):
@@ -205,11 +199,11 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
         prediction = unet(noisy, timesteps, hidden).sample
         weight = torch.clamp(snr[timesteps], max=settings.min_snr_gamma) / snr[timesteps]
         loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        lr_decay = _cosine_factor(
+        lr_decay = cosine_factor(
             (time.perf_counter() - started) / (60 * settings.unet_minutes), settings.final_lr_fraction
         )
         for group in optimizer.param_groups:
-            group["lr"] = settings.unet_lr * _lr_factor(step, settings.warmup_steps) * lr_decay
+            group["lr"] = settings.unet_lr * lr_factor(step, settings.warmup_steps) * lr_decay
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         _average_gradients(parameters, world)
@@ -221,6 +215,7 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
                 shadow.lerp_(parameter.detach(), 1 - decay)
         running.append(loss.item())
         step += 1
+        log.tick(step)
         if step % 25 == 0:
             log("unet", step, float(np.mean(running)))
             running = []
@@ -230,6 +225,7 @@ def train_pipeline(out: str | Path, settings: PipelineTraining = PipelineTrainin
     if rank == 0:
         _save_pipeline(pipe, parameters, ema, out)
         plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
+    log.close()
     return out
 
 
@@ -281,6 +277,7 @@ def train_vae_decoder(
     n_pairs: int = 6000,
     batch: int = 32,
     lr: float = 5e-4,
+    progress: bool = False,
 ) -> Path:
     """Fine-tunes only the VAE decoder (as SD's ft-MSE VAE): the encoder, hence the latent space the
     UNet was trained in, is unchanged. Writes ``out/vae``."""
@@ -289,8 +286,8 @@ def train_vae_decoder(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    log = _Log(out / "train_log.csv")
-    _write_settings(
+    log = TrainingLog(out / "train_log.csv", progress)
+    write_settings(
         out,
         "vae_decoder",
         {"vae": str(vae_folder), "minutes": minutes, "seed": seed, "n_pairs": n_pairs, "batch": batch, "lr": lr},
@@ -304,24 +301,27 @@ def train_vae_decoder(
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     generator = np.random.default_rng(seed + 1)
     started, step, running = time.perf_counter(), 0, []
+    log.phase("VAE decoder", minutes=minutes)
     while time.perf_counter() - started < 60 * minutes and not (out / "STOP").exists():
         pixels = _to_unit(images[generator.integers(len(images), size=batch)])
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.sample()
         loss = F.mse_loss(vae.decode(latents).sample, pixels)
         for group in optimizer.param_groups:
-            group["lr"] = lr * _lr_factor(step, 20)
+            group["lr"] = lr * lr_factor(step, 20)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         running.append(loss.item())
         step += 1
+        log.tick(step)
         if step % 25 == 0:
             log("vae_decoder", step, float(np.mean(running)))
             running = []
         if step % 200 == 0:
             vae.save_pretrained(out / "vae", safe_serialization=True)
     vae.save_pretrained(out / "vae", safe_serialization=True)
+    log.close()
     return out
 
 
@@ -338,74 +338,12 @@ def _save_pipeline(pipe, parameters, ema, folder: Path) -> None:
             parameter.copy_(value)
 
 
-def _write_settings(out: Path, what: str, settings: dict) -> None:
-    record = {
-        "what": what,
-        "settings": settings,
-        "command": " ".join(["python", "-m", "cemaps.toyworld.train", *sys.argv[1:]]),
-        "torch": torch.__version__,
-    }
-    (out / f"training_{what}.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def plot_loss_curve(log_csv: Path, png: Path) -> None:
-    """Loss against step, one panel per phase, from ``train_log.csv``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    table = pd.read_csv(log_csv)
-    phases = [p for p in table["phase"].unique() if p != "data"]
-    if not phases:
-        return
-    figure, axes = plt.subplots(1, len(phases), figsize=(4 * len(phases), 3), squeeze=False)
-    for axis, phase in zip(axes[0], phases, strict=False):
-        rows = table[table["phase"] == phase]
-        axis.plot(rows["step"], rows["loss"])
-        axis.set_yscale("log")
-        axis.set_title(phase)
-        axis.set_xlabel("step")
-    figure.tight_layout()
-    figure.savefig(png, dpi=80)
-    plt.close(figure)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m cemaps.toyworld.train", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["pipeline", "clip", "vae-decoder"])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--minutes", type=float, default=None, help="training time of the main phase")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--resume", default=None, help="continue UNet + text encoder training from a saved folder")
-    parser.add_argument("--pairs", type=int, default=PipelineTraining.n_pairs, help="rendered training pairs")
-    parser.add_argument("--warmup", type=int, default=PipelineTraining.warmup_steps, help="learning-rate warmup steps")
-    parser.add_argument("--lr", type=float, default=PipelineTraining.unet_lr, help="UNet + text-encoder learning rate")
-    parser.add_argument(
-        "--final-lr-fraction",
-        type=float,
-        default=PipelineTraining.final_lr_fraction,
-        help="cosine-decay the learning rate over --minutes to this fraction (1: constant)",
-    )
-    args = parser.parse_args(argv)
-    if args.what == "pipeline":
-        settings = PipelineTraining(
-            resume=args.resume,
-            warmup_steps=args.warmup,
-            n_pairs=args.pairs,
-            unet_lr=args.lr,
-            final_lr_fraction=args.final_lr_fraction,
-        )
-        settings = settings if args.minutes is None else replace(settings, unet_minutes=args.minutes)
-        train_pipeline(args.out, settings, args.device)
-    elif args.what == "vae-decoder":
-        train_vae_decoder(Path(args.resume) / "vae", args.out, minutes=args.minutes or 30.0)
-    else:
-        from cemaps.toyworld.clip_training import ClipTraining, train_toy_clip
+    """``python -m cemaps.toyworld.train WHAT --out DIR ...``: the same command as ``cemaps toyworld train``."""
+    from cemaps.cli import app
 
-        settings = ClipTraining() if args.minutes is None else ClipTraining(minutes=args.minutes)
-        train_toy_clip(args.out, settings, args.device)
+    args = sys.argv[1:] if argv is None else argv
+    app(["toyworld", "train", *args], prog_name="python -m cemaps.toyworld.train")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""``cemaps toyworld train``: retrain the toy world's pipeline, toy CLIP or VAE decoder.
+
+Registered by the app as ``app.add_typer(toyworld_app, name="toyworld")``; the work is
+:func:`cemaps.toyworld.train.train_pipeline`, :func:`cemaps.toyworld.train.train_vae_decoder`
+and :func:`cemaps.toyworld.clip_training.train_toy_clip`. ``python -m cemaps.toyworld.train``
+runs this same command (so ``torchrun -m cemaps.toyworld.train ...`` splits the UNet phase
+over processes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from cemaps.cli.app import one_line_errors, quiet_option
+
+PHASES = ("pipeline", "clip", "vae-decoder")
+# Kept as text so that `cemaps --help` does not import torch (cemaps.toyworld.train's defaults).
+DEFAULTS_HELP = "pipeline 60 (the UNet + text-encoder phase), clip 30, vae-decoder 30"
+
+toyworld_app = typer.Typer(
+    help="The trained toy world: retrain its models (the shipped ones: README 'The toy world').",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+@toyworld_app.command("train")
+@one_line_errors
+def train_command(
+    what: str = typer.Argument(..., help="What to train: pipeline (VAE, UNet + text encoder), clip or vae-decoder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the weights, train_log.csv and training_*.json."),
+    minutes: float | None = typer.Option(None, help=f"Time budget of the main phase (default: {DEFAULTS_HELP})."),
+    resume: str | None = typer.Option(
+        None, help="pipeline: continue the UNet + text encoder of this saved folder; vae-decoder: its VAE (required)."
+    ),
+    pairs: int = typer.Option(12000, help="pipeline: rendered (image, caption) training pairs."),
+    warmup: int = typer.Option(200, help="pipeline: learning-rate warmup steps."),
+    lr: float = typer.Option(6e-4, help="pipeline: UNet + text-encoder learning rate."),
+    final_lr_fraction: float = typer.Option(
+        1.0, help="pipeline: cosine-decay the learning rate over --minutes to this fraction (1: constant)."
+    ),
+    device: str | None = typer.Option(None, help="torch device (default: cuda when available, else cpu)."),
+    quiet: bool = quiet_option(),
+) -> None:
+    """Train a toy-world model from rendered scenes (fixed seeds; a progress bar with the loss)."""
+    from dataclasses import replace
+
+    from cemaps.errors import ConfigError
+    from cemaps.outputs import check_output_folder, claim_output_folder
+
+    if what not in PHASES:
+        raise ConfigError(f"toyworld train: {what!r} is not a model to train; expected one of {', '.join(PHASES)}")
+    if what == "vae-decoder" and resume is None:
+        raise ConfigError("toyworld train vae-decoder: --resume is required (a pipeline folder whose VAE to fine-tune)")
+    if resume is not None and not (Path(resume) / "model_index.json").is_file():
+        raise ConfigError(f"--resume {resume}: not a saved pipeline folder; expected a folder with model_index.json")
+    if minutes is not None and minutes <= 0:
+        raise ConfigError(f"--minutes {minutes}: expected a positive time budget")
+    command = f"toyworld train {what}"
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
+        check_output_folder(out, command, whole_folder=True)
+        claim_output_folder(out, command)
+    progress = not quiet
+    if what == "pipeline":
+        from cemaps.toyworld.train import PipelineTraining, train_pipeline
+
+        settings = PipelineTraining(
+            resume=resume, warmup_steps=warmup, n_pairs=pairs, unet_lr=lr, final_lr_fraction=final_lr_fraction
+        )
+        settings = settings if minutes is None else replace(settings, unet_minutes=minutes)
+        train_pipeline(out, settings, device, progress=progress)
+    elif what == "vae-decoder":
+        from cemaps.toyworld.train import train_vae_decoder
+
+        train_vae_decoder(Path(resume) / "vae", out, minutes=minutes or 30.0, progress=progress)
+    else:
+        from cemaps.toyworld.clip_training import ClipTraining, train_toy_clip
+
+        settings = ClipTraining() if minutes is None else ClipTraining(minutes=minutes)
+        train_toy_clip(out, settings, device, progress=progress)
+    typer.echo(str(out))
