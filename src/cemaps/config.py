@@ -142,7 +142,7 @@ class StudyConfig:
             raise ConfigError(f"{self.source}: prompts: inline prompt {bad!r} is not a string; quote it")
         if not isinstance(self.prompts, (str, list, tuple)):
             raise ConfigError(
-                f"{self.source}: prompts={self.prompts!r}: expected suite200, demo24, a CSV/YAML file "
+                f"{self.source}: prompts={self.prompts!r}: expected suite200, demo24, toyworld72, toyworld-demo24, a CSV/YAML file "
                 "or a list of strings"
             )
         if self.dtype is not None and self.dtype.lower() not in DTYPES:

@@ -220,7 +220,10 @@ def test_missing_prompt_file_is_an_error(tmp_path: Path):
 
 @pytest.mark.parametrize("source", ["suite100", "prompts.txt", Path("suite200")])
 def test_unknown_prompt_list_names_the_valid_ones(source: str | Path):
-    with pytest.raises(ConfigError, match=r"unknown prompt list .*expected one of suite200, demo24 or a path"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown prompt list .*expected one of suite200, demo24, toyworld72, toyworld-demo24 or a path",
+    ):
         load_prompts(source)
 
 

@@ -7,7 +7,14 @@ import pandas as pd
 
 from cemaps.data import ABSTRACTNESS_LEVELS, DOMAINS, load_prompts, load_subjects
 from cemaps.toyworld.judge import judge_image
-from cemaps.toyworld.suite import PROMPTS_CSV, TOY_SUBJECTS, sample_prompt_scene, toy_prompts, toy_subjects
+from cemaps.toyworld.suite import (
+    PROMPTS_CSV,
+    SUBJECTS_CSV,
+    TOY_SUBJECTS,
+    sample_prompt_scene,
+    toy_prompts,
+    toy_subjects,
+)
 from cemaps.toyworld.world import render
 
 
@@ -25,6 +32,16 @@ def test_shipped_csv_is_the_suite_and_loads_as_a_user_prompt_list():
     shipped = load_prompts(PROMPTS_CSV)
     expected = toy_prompts()
     pd.testing.assert_frame_equal(shipped[list(expected.columns)].astype(str), expected.astype(str))
+
+
+def test_named_toy_lists_are_the_shipped_files():
+    table = toy_prompts()
+    assert load_prompts("toyworld72")["prompt_id"].tolist() == table["prompt_id"].tolist()
+    assert load_prompts("toyworld-demo24")["prompt_id"].tolist() == table.loc[table["in_demo24"], "prompt_id"].tolist()
+    expected = toy_subjects()
+    shipped = load_subjects("toyworld")
+    pd.testing.assert_frame_equal(shipped[list(expected.columns)].astype(str), expected.astype(str))
+    assert load_subjects(SUBJECTS_CSV)["subject_id"].tolist() == expected["subject_id"].tolist()
 
 
 def test_every_prompt_has_a_meaning_the_renderer_can_draw():

@@ -30,7 +30,7 @@ def analyze_command(
     ),
     subjects: str = typer.Option(
         "subjects15",
-        help="Subject definitions: subjects15 or a CSV/YAML file (subject_id, kind, descriptor, class_word).",
+        help="Subject definitions: subjects15, toyworld or a CSV/YAML file (subject_id, kind, descriptor, class_word).",
     ),
     n_perm: int = typer.Option(9999, min=99, help="Permutations for the semantic-proximity tests."),
     quiet: bool = quiet_option(),

@@ -28,7 +28,9 @@ def capture_command(
         None,
         help="Override the base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd.",
     ),
-    prompts: str = typer.Option(None, help="Override prompts: suite200, demo24, or a CSV/YAML file."),
+    prompts: str = typer.Option(
+        None, help="Override prompts: suite200, demo24, toyworld72, toyworld-demo24, or a CSV/YAML file."
+    ),
     seeds: str = typer.Option(None, help="Override seeds, comma-separated, e.g. 0,1,2,3."),
     steps: int = typer.Option(None, help="Override generation.steps."),
     device: str = typer.Option(None, help="cuda, cuda:1, cpu (default: CUDA when available)."),

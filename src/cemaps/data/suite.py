@@ -25,7 +25,9 @@ abstractness x domain cell) and ``"demo24"`` (the rows with ``in_demo24`` true:
 per abstractness class one prompt of every domain plus a second ``person`` and
 a second ``object`` prompt, 8 per class). ``"subjects15"``: 5 faces, 5 objects
 and 5 styles to personalize, each with a placeholder ``token`` for Textual
-Inversion / DreamBooth.
+Inversion / DreamBooth. For the trained toy world (:mod:`cemaps.toyworld`):
+``"toyworld72"`` (its 72-prompt suite, 4 per cell), ``"toyworld-demo24"`` (its balanced
+24) and the subjects ``"toyworld"`` (a face, an object and a style).
 
 A user list is a CSV file or a YAML file holding a list of mappings (or a
 mapping with the key ``prompts:`` / ``subjects:``). Prompt lists need only
@@ -61,8 +63,17 @@ DOMAINS = ("person", "animal", "object", "scene", "style", "abstract_idea")
 SUBJECT_KINDS = ("face", "object", "style")
 KIND_DOMAINS = MappingProxyType({"face": "person", "object": "object", "style": "style"})
 UNLABELLED = "unlabelled"
-PROMPT_LISTS = ("suite200", "demo24")
-SUBJECT_LISTS = ("subjects15",)
+PROMPT_LISTS = ("suite200", "demo24", "toyworld72", "toyworld-demo24")
+SUBJECT_LISTS = ("subjects15", "toyworld")
+# list name -> (package, file); the toy world's files are written by cemaps.toyworld.suite (a test checks them)
+_SHIPPED_FILES = {
+    "suite200": ("cemaps.data", "prompts.csv"),
+    "demo24": ("cemaps.data", "prompts.csv"),
+    "toyworld72": ("cemaps.toyworld", "prompts.csv"),
+    "toyworld-demo24": ("cemaps.toyworld", "prompts.csv"),
+    "subjects15": ("cemaps.data", "subjects.csv"),
+    "toyworld": ("cemaps.toyworld", "subjects.csv"),
+}
 
 _TABLE_SUFFIXES = (".csv", ".yaml", ".yml")
 _REQUIRED_PROMPT_COLUMNS = ("prompt_id", "text")
@@ -88,9 +99,9 @@ def load_prompts(source: str | Path = "suite200") -> pd.DataFrame:
             column, invalid label, duplicate id, empty text or an empty list.
     """
     if isinstance(source, str) and source in PROMPT_LISTS:
-        prompts = _validate_prompts(*_read_shipped("prompts.csv"))
+        prompts = _validate_prompts(*_read_shipped(*_SHIPPED_FILES[source]))
         prompts["in_demo24"] = _parse_flags(prompts["in_demo24"], "in_demo24")
-        if source == "demo24":
+        if source in ("demo24", "toyworld-demo24"):
             prompts = prompts[prompts["in_demo24"]].reset_index(drop=True)
         return prompts
     path = _user_table_path(source, PROMPT_LISTS, "prompt list")
@@ -115,7 +126,7 @@ def load_subjects(source: str | Path = "subjects15") -> pd.DataFrame:
             kind/domain mismatch, or a token with whitespace or used twice.
     """
     if isinstance(source, str) and source in SUBJECT_LISTS:
-        return _validate_subjects(*_read_shipped("subjects.csv"))
+        return _validate_subjects(*_read_shipped(*_SHIPPED_FILES[source]))
     path = _user_table_path(source, SUBJECT_LISTS, "subject list")
     return _validate_subjects(*_read_table(path, list_key="subjects"))
 
@@ -146,8 +157,8 @@ def label_counts(prompts: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
-def _read_shipped(filename: str) -> tuple[pd.DataFrame, str, str]:
-    with resources.as_file(resources.files("cemaps.data").joinpath(filename)) as path:
+def _read_shipped(package: str, filename: str) -> tuple[pd.DataFrame, str, str]:
+    with resources.as_file(resources.files(package).joinpath(filename)) as path:
         return _read_table(path, list_key="")
 
 

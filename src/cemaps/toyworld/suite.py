@@ -29,6 +29,7 @@ from cemaps.toyworld.language import Phrase, PromptSpec, caption, sample_scene
 from cemaps.toyworld.world import Scene, ToyObject, render
 
 PROMPTS_CSV = Path(__file__).resolve().parent / "prompts.csv"
+SUBJECTS_CSV = Path(__file__).resolve().parent / "subjects.csv"
 P = Phrase
 _CONCRETE: dict[str, list[PromptSpec]] = {
     "person": [
@@ -205,6 +206,13 @@ def toy_subjects() -> pd.DataFrame:
             for s in TOY_SUBJECTS
         ]
     )
+
+
+def write_subjects_csv(path: str | Path = SUBJECTS_CSV) -> Path:
+    """Writes :func:`toy_subjects` as CSV (the shipped ``subjects.csv``, the list ``"toyworld"``, is this file)."""
+    path = Path(path)
+    toy_subjects().to_csv(path, index=False)
+    return path
 
 
 def specs_by_text() -> dict[str, PromptSpec]:
