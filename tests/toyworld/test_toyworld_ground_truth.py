@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cemaps.report.results import Results
-from cemaps.report.toyworld import toy_world_section
+from cemaps.report.toyworld import toy_world_banner, toy_world_section
 from cemaps.store import StoreWriter, open_store
 from cemaps.toyworld.abstract_words import random_training_pair
 from cemaps.toyworld.ground_truth import (
@@ -151,6 +151,10 @@ def test_analysis_writes_both_tables_and_the_report_shows_them(tmp_path):
     html = toy_world_section(Results(out, {}, {}, {}, {}, {}))
     assert 'id="fig-toyworld-localisation"' in html and "data:image/png;base64," in html
     assert "1 of 2 models reach 70%" in html
+    banner = toy_world_banner(Results(out, {"provenance": {"base": {"model_id": "cemaps/toyworld"}}}, {}, {}, {}, {}))
+    assert "Base model: cemaps/toyworld" in banner and "1 of 2 personalizations render their subject" in banner
+    assert "Attention localises best at down.0.a.0" in banner
+    assert toy_world_banner(Results(out, {"provenance": {"base": {"model_id": "my/sd15"}}}, {}, {}, {}, {})) == ""
     assert pd.read_csv(out / files["toyworld_subjects"])["model_id"].tolist() == ["lora-toyface", "ti-toystyle"]
 
 

@@ -28,7 +28,7 @@ from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
 from cemaps.report.html_tables import records_html, summary_html
 from cemaps.report.in_context import in_context_section
 from cemaps.report.results import QUESTIONS, Results, load_results
-from cemaps.report.toyworld import toy_world_section
+from cemaps.report.toyworld import toy_world_banner, toy_world_section
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -220,6 +220,7 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
         f"<h1>cemaps report</h1><p>Made {created} from <code>{escape(str(results.folder))}</code>; metrics: "
         f"{escape(', '.join(results.metrics) or 'none')}.</p>",
         tiny_model_banner(results),
+        toy_world_banner(results),
         f"<nav>{nav}</nav>",
         f'<section id="cem"><h2>Concept Entanglement Maps</h2>{structural_zero_note(results)}'
         f"{interactive_cems(results)}</section>",

@@ -87,6 +87,40 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     ]
 
 
+def findings(results: Results) -> list[str]:
+    """One sentence per toy-world table present: the best localising layer, the subjects learned."""
+    sentences = []
+    localisation, subjects = _read(results, "localisation"), _read(results, "subjects")
+    if localisation is not None and not localisation.empty:
+        per_layer = localisation[localisation["layer"] != ALL_LAYERS].groupby("layer", sort=False)["miou"].mean()
+        sentences.append(
+            f"Attention localises best at {_short(per_layer.idxmax())} (mIoU {per_layer.max():.2f}, mean of the "
+            f"colour and shape words) and worst at {_short(per_layer.idxmin())} ({per_layer.min():.2f})."
+        )
+    if subjects is not None and not subjects.empty:
+        learned = subjects[subjects["learned"].astype(bool)]
+        sentences.append(
+            f"{len(learned)} of {len(subjects)} personalizations render their subject in >= "
+            f"{SUBJECT_RATE_TARGET:.0%} of their in-context images (mean rate {subjects['rate'].mean():.2f}; "
+            f"base model with the class word: {subjects['base_rate'].mean():.2f})."
+        )
+    return sentences
+
+
+def toy_world_banner(results: Results, model_id: str = "cemaps/toyworld") -> str:
+    """A banner naming the toy world as the base, with :func:`findings`; '' for other bases."""
+    from cemaps.report.html import mentions
+
+    if not mentions(results.manifest, model_id):
+        return ""
+    said = " ".join(escape(s) for s in findings(results))
+    return (
+        f'<p class="banner" id="toy-world-base"><b>Base model: {escape(model_id)}</b>, the toy world trained by '
+        "cemaps on rendered 32x32 scenes whose truth is known; its numbers are about the toy world, not "
+        f'Stable Diffusion v1.5. {said} <a href="#{SECTION_ID}">Toy-world ground truth</a></p>'
+    )
+
+
 def toy_world_section(results: Results) -> str:
     """The section's HTML, or '' when the results hold neither toy-world table."""
     localisation, subjects = _read(results, "localisation"), _read(results, "subjects")
