@@ -72,6 +72,24 @@ def _in_context_subset(out: Path) -> Path:
     return path
 
 
+def _say_subject_check(results: Path, console: Console) -> None:
+    """One line per personalization: how often the pixel judge finds its subject in its in-context images."""
+    import pandas as pd
+
+    from cemaps.toyworld.ground_truth import FILES
+
+    path = results / FILES["subjects"]
+    if not path.is_file():
+        return
+    for row in pd.read_csv(path).itertuples(index=False):
+        verdict = "[green]learned[/]" if row.learned else "[yellow]not learned[/]"
+        console.print(
+            f"subject check {row.model_id}: {row.shows_subject}/{row.images} images show {row.subject_id} "
+            f"(base {row.base_rate:.2f}) {verdict}",
+            highlight=False,
+        )
+
+
 @dataclass(frozen=True)
 class DemoResult:
     out: Path
@@ -173,5 +191,7 @@ def run_demo(
     run_analysis(
         store, results, progress=progress, console=console, **({} if toy is None else {"subjects": toy.subjects})
     )
+    if toy is not None:
+        _say_subject_check(results, console)
     report = write_report(results, out / "report")
     return DemoResult(out=out, store=store, results=results, report=Path(report), seconds=time.perf_counter() - started)
