@@ -93,3 +93,18 @@ def test_cli_defaults_are_the_trainers_defaults():
     assert (
         f"pipeline {defaults.unet_minutes:g}" in DEFAULTS_HELP and f"clip {ClipTraining().minutes:g}" in DEFAULTS_HELP
     )
+
+
+@pytest.mark.parametrize(
+    ("argv0", "program"),
+    [
+        ("/venv/bin/cemaps", "cemaps"),
+        ("/src/cemaps/toyworld/train.py", "python -m cemaps.toyworld.train"),
+        ("/src/cemaps/__main__.py", "python -m cemaps"),
+    ],
+)
+def test_training_record_keeps_the_command_as_typed(monkeypatch, argv0, program):
+    from cemaps.toyworld.train_records import command_line
+
+    monkeypatch.setattr("sys.argv", [argv0, "toyworld", "train", "clip", "--out", "my runs"])
+    assert command_line() == f"{program} toyworld train clip --out 'my runs'"

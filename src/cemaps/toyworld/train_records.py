@@ -106,12 +106,21 @@ class NoLog:
         pass
 
 
+def command_line() -> str:
+    """The command this process runs, as a user would type it (``cemaps toyworld train ...``)."""
+    import shlex
+
+    name = Path(sys.argv[0]).name
+    program = {"train.py": "python -m cemaps.toyworld.train", "__main__.py": "python -m cemaps"}.get(name, name)
+    return " ".join([program, shlex.join(sys.argv[1:])]).strip()
+
+
 def write_settings(out: Path, what: str, settings: dict) -> None:
     """Writes ``training_<what>.json``: the settings, the command that ran and the torch version."""
     record = {
         "what": what,
         "settings": settings,
-        "command": " ".join(["python", "-m", "cemaps.toyworld.train", *sys.argv[1:]]),
+        "command": command_line(),
         "torch": torch.__version__,
     }
     (out / f"training_{what}.json").write_text(json.dumps(record, indent=2) + "\n")
