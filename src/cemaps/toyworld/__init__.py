@@ -5,7 +5,14 @@
 * :mod:`~cemaps.toyworld.abstract_words`: the abstract words' definitions;
 * :mod:`~cemaps.toyworld.suite`: the labelled toy prompt suite and toy subjects;
 * :mod:`~cemaps.toyworld.judge`: what an image shows, from its pixels only;
-* :mod:`~cemaps.toyworld.train`: training the pipeline and the toy CLIP;
+* :mod:`~cemaps.toyworld.subject_check`: whether an image shows a toy subject (pixels only);
+* :mod:`~cemaps.toyworld.attention`: word maps scored as segmentations (DAAM's mIoU);
+* :mod:`~cemaps.toyworld.evaluate`: the quality benchmark's checks (``benchmarks/toyworld_quality.py``);
+* :mod:`~cemaps.toyworld.ground_truth`: the same checks read from a study's stores (``cemaps analyze``);
+* :mod:`~cemaps.toyworld.architecture`: the model architectures;
+* :mod:`~cemaps.toyworld.train`, :mod:`~cemaps.toyworld.clip_training`,
+  :mod:`~cemaps.toyworld.train_records`: training the pipeline and the toy CLIP
+  (``cemaps toyworld train``), their logs and records;
 * :mod:`~cemaps.toyworld.assets`: the shipped weights (``cemaps.load_pipeline("cemaps/toyworld")``,
   ``ClipScorer.toyworld()``).
 
