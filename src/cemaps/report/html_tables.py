@@ -80,6 +80,16 @@ def test_rows_html(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     return f'<table class="tests"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def frame_records(frame) -> list[dict]:
+    """A DataFrame's rows as dicts for :func:`records_html`, NaN and infinities as None (shown blank)."""
+    import numpy as np
+
+    return [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+
+
 def records_html(records: Sequence[Mapping[str, Any]], caption: str) -> str:
     """A list of dicts as a table (columns in first-seen order), at most MAX_TABLE_ROWS rows shown."""
     columns = list(dict.fromkeys(k for r in records for k in r))

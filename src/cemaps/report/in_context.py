@@ -19,10 +19,9 @@ import io
 from html import escape
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from cemaps.report.html_tables import records_html
+from cemaps.report.html_tables import frame_records, records_html
 from cemaps.report.results import Results
 from cemaps.report.style import TITLE_SIZE
 
@@ -59,13 +58,6 @@ def read_in_context(results: Results) -> dict[str, pd.DataFrame]:
         if path.is_file():
             tables[key] = pd.read_csv(path, dtype=ID_COLUMNS)
     return tables
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return [
-        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-        for row in frame.to_dict(orient="records")
-    ]
 
 
 def per_method(summary: pd.DataFrame) -> pd.DataFrame:
@@ -133,17 +125,17 @@ def in_context_section(results: Results) -> str:
     summary = tables["summary"]
     parts = [f'<section id="{SECTION_ID}"><h2>{escape(TITLE)}</h2><p>{INTRO}</p>']
     parts.append(
-        records_html(_records(per_method(summary)), "per method: mean over its models (in_context_summary.csv)")
+        records_html(frame_records(per_method(summary)), "per method: mean over its models (in_context_summary.csv)")
     )
     parts.append(
-        records_html(_records(summary), "per model: its records and their base twins (in_context_summary.csv)")
+        records_html(frame_records(summary), "per model: its records and their base twins (in_context_summary.csv)")
     )
     if "shift" in tables:
         parts.append(shift_figure_html(tables["shift"], results.tables.get("layers")))
     if "tokens" in tables and not tables["tokens"].empty:
         parts.append(
             records_html(
-                _records(top_words(tables["tokens"])),
+                frame_records(top_words(tables["tokens"])),
                 f"context words whose attention shifts most, top {TOP_WORDS} per method "
                 "(mean over records, layers and occurrences; in_context_tokens.csv)",
             )
@@ -151,7 +143,7 @@ def in_context_section(results: Results) -> str:
     if "records" in tables:
         parts.append(
             records_html(
-                _records(example_texts(tables["records"])), "the placeholder filled per method (in_context.csv)"
+                frame_records(example_texts(tables["records"])), "the placeholder filled per method (in_context.csv)"
             )
         )
     parts.append("</section>")

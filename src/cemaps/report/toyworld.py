@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cemaps.report.html_tables import records_html
+from cemaps.report.html_tables import frame_records, records_html
 from cemaps.report.results import Results
 from cemaps.report.style import OKABE_ITO, TEXT_SIZE, TITLE_SIZE, new_figure
 from cemaps.toyworld.attention import DAAM_THRESHOLD
@@ -78,13 +78,6 @@ def _read(results: Results, key: str) -> pd.DataFrame | None:
     listed = results.manifest.get("files") if isinstance(results.manifest.get("files"), dict) else {}
     path = results.folder / str(listed.get(f"toyworld_{key}", FILES[key]))
     return pd.read_csv(path, dtype={"model_id": str, "subject_id": str}) if path.is_file() else None
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return [
-        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-        for row in frame.to_dict(orient="records")
-    ]
 
 
 def findings(results: Results) -> list[str]:
@@ -150,6 +143,6 @@ def toy_world_section(results: Results) -> str:
             f"subject, <code>base_rate</code> the base model's share on the same templates with the class word. "
             f"{learned} of {len(subjects)} models reach {SUBJECT_RATE_TARGET:.0%}.</p>"
         )
-        parts.append(records_html(_records(subjects), "subject check per model (toyworld_subjects.csv)"))
+        parts.append(records_html(frame_records(subjects), "subject check per model (toyworld_subjects.csv)"))
     parts.append("</section>")
     return "\n".join(parts)
