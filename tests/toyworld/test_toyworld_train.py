@@ -46,7 +46,16 @@ def test_command_line_rejects_an_unknown_phase(capsys):
     [
         (["vae-decoder"], "--resume is required"),
         (["pipeline", "--resume", "nowhere"], "--resume nowhere: not a saved pipeline folder"),
-        (["pipeline", "--minutes", "0"], "--minutes 0.0: expected a positive time budget"),
+        (["pipeline", "--minutes", "0"], "--minutes 0.0: expected a positive, finite time budget"),
+        (["clip", "--minutes", "nan"], "--minutes nan: expected a positive, finite time budget"),
+        (["pipeline", "--pairs", "0"], "--pairs 0: expected at least one rendered pair per process"),
+        (["pipeline", "--warmup", "0"], "--warmup 0: expected at least 1 step"),
+        (["pipeline", "--lr", "0"], "--lr 0.0: expected a positive learning rate"),
+        (["pipeline", "--lr", "-1"], "--lr -1.0: expected a positive learning rate"),
+        (["pipeline", "--final-lr-fraction", "2"], "--final-lr-fraction 2.0: expected a fraction in (0, 1]"),
+        (["pipeline", "--device", "nonsense"], "--device='nonsense': not a device name"),
+        (["clip", "--lr", "1e-3"], "--lr: applies to toyworld train pipeline only"),
+        (["clip", "--resume", "x"], "--resume: toyworld train clip always starts from scratch"),
     ],
 )
 def test_cli_refuses_bad_training_input_in_one_line(tmp_path, args, message):
@@ -108,3 +117,13 @@ def test_training_record_keeps_the_command_as_typed(monkeypatch, argv0, program)
 
     monkeypatch.setattr("sys.argv", [argv0, "toyworld", "train", "clip", "--out", "my runs"])
     assert command_line() == f"{program} toyworld train clip --out 'my runs'"
+
+
+def test_a_stop_file_left_by_an_earlier_run_does_not_end_the_next_one(tmp_path):
+    out = tmp_path / "clip"
+    out.mkdir()
+    (out / "STOP").touch()
+    train_toy_clip(out, ClipTraining(n_pairs=8, minutes=0.01, batch=4), device="cpu")
+    assert not (out / "STOP").exists()
+    rows = (out / "train_log.csv").read_text().strip().splitlines()
+    assert len(rows) >= 2 and rows[-1].startswith("clip,")  # a short run still logs its loss

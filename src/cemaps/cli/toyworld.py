@@ -17,6 +17,7 @@ import typer
 from cemaps.cli.app import one_line_errors, quiet_option
 
 PHASES = ("pipeline", "clip", "vae-decoder")
+PIPELINE_ONLY = {"pairs": 12000, "warmup": 200, "lr": 6e-4, "final_lr_fraction": 1.0}
 # Kept as text so that `cemaps --help` does not import torch (cemaps.toyworld.train's defaults).
 DEFAULTS_HELP = "pipeline 60 (the UNet + text-encoder phase), clip 30, vae-decoder 30"
 
@@ -37,29 +38,29 @@ def train_command(
     resume: str | None = typer.Option(
         None, help="pipeline: continue the UNet + text encoder of this saved folder; vae-decoder: its VAE (required)."
     ),
-    pairs: int = typer.Option(12000, help="pipeline: rendered (image, caption) training pairs."),
-    warmup: int = typer.Option(200, help="pipeline: learning-rate warmup steps."),
-    lr: float = typer.Option(6e-4, help="pipeline: UNet + text-encoder learning rate."),
+    pairs: int = typer.Option(PIPELINE_ONLY["pairs"], help="pipeline: rendered (image, caption) training pairs."),
+    warmup: int = typer.Option(PIPELINE_ONLY["warmup"], help="pipeline: learning-rate warmup steps."),
+    lr: float = typer.Option(PIPELINE_ONLY["lr"], help="pipeline: UNet + text-encoder learning rate."),
     final_lr_fraction: float = typer.Option(
-        1.0, help="pipeline: cosine-decay the learning rate over --minutes to this fraction (1: constant)."
+        PIPELINE_ONLY["final_lr_fraction"],
+        help="pipeline: cosine-decay the learning rate over --minutes to this fraction (1: constant).",
     ),
     device: str | None = typer.Option(None, help="torch device (default: cuda when available, else cpu)."),
     quiet: bool = quiet_option(),
 ) -> None:
-    """Train a toy-world model from rendered scenes (fixed seeds; a progress bar with the loss)."""
+    """Train a toy-world model from rendered scenes (fixed seeds; a progress bar with the loss).
+
+    pipeline: renders --pairs scenes, trains the VAE (400 steps; skipped with --resume), then the
+    UNet and text encoder for --minutes, saving OUT/checkpoint every 10 minutes (pass it to --resume
+    to continue); writes a diffusers folder. clip: the toy CLIP (open_clip config + weights).
+    vae-decoder: fine-tunes the decoder of --resume's VAE (encoder frozen), writes OUT/vae.
+    `touch OUT/STOP` ends the main phase early and saves.
+    """
     from dataclasses import replace
 
-    from cemaps.errors import ConfigError
     from cemaps.outputs import check_output_folder, claim_output_folder
 
-    if what not in PHASES:
-        raise ConfigError(f"toyworld train: {what!r} is not a model to train; expected one of {', '.join(PHASES)}")
-    if what == "vae-decoder" and resume is None:
-        raise ConfigError("toyworld train vae-decoder: --resume is required (a pipeline folder whose VAE to fine-tune)")
-    if resume is not None and not (Path(resume) / "model_index.json").is_file():
-        raise ConfigError(f"--resume {resume}: not a saved pipeline folder; expected a folder with model_index.json")
-    if minutes is not None and minutes <= 0:
-        raise ConfigError(f"--minutes {minutes}: expected a positive time budget")
+    _check_options(what, out, minutes, resume, pairs, warmup, lr, final_lr_fraction, device)
     command = f"toyworld train {what}"
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
         check_output_folder(out, command, whole_folder=True)
@@ -76,10 +77,47 @@ def train_command(
     elif what == "vae-decoder":
         from cemaps.toyworld.train import train_vae_decoder
 
-        train_vae_decoder(Path(resume) / "vae", out, minutes=minutes or 30.0, progress=progress)
+        train_vae_decoder(Path(resume) / "vae", out, minutes=minutes or 30.0, progress=progress, device=device)
     else:
         from cemaps.toyworld.clip_training import ClipTraining, train_toy_clip
 
         settings = ClipTraining() if minutes is None else ClipTraining(minutes=minutes)
         train_toy_clip(out, settings, device, progress=progress)
     typer.echo(str(out))
+
+
+def _check_options(what, out, minutes, resume, pairs, warmup, lr, final_lr_fraction, device) -> None:
+    """Refuses, before anything is rendered or written, options that are invalid or do not apply to ``what``."""
+    import math
+
+    from cemaps.errors import ConfigError
+
+    if what not in PHASES:
+        raise ConfigError(f"toyworld train: {what!r} is not a model to train; expected one of {', '.join(PHASES)}")
+    if what == "vae-decoder" and resume is None:
+        raise ConfigError("toyworld train vae-decoder: --resume is required (a pipeline folder whose VAE to fine-tune)")
+    if what == "clip" and resume is not None:
+        raise ConfigError("--resume: toyworld train clip always starts from scratch; expected no --resume")
+    if resume is not None and not (Path(resume) / "model_index.json").is_file():
+        raise ConfigError(f"--resume {resume}: not a saved pipeline folder; expected a folder with model_index.json")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes {minutes}: expected a positive, finite time budget")
+    given = {"pairs": pairs, "warmup": warmup, "lr": lr, "final_lr_fraction": final_lr_fraction}
+    if what != "pipeline":
+        changed = [name for name, value in given.items() if value != PIPELINE_ONLY[name]]
+        if changed:
+            flag = "--" + changed[0].replace("_", "-")
+            raise ConfigError(f"{flag}: applies to toyworld train pipeline only; {what} has its own fixed settings")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if pairs < world:
+        raise ConfigError(f"--pairs {pairs}: expected at least one rendered pair per process ({world})")
+    if warmup < 1:
+        raise ConfigError(f"--warmup {warmup}: expected at least 1 step")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr {lr}: expected a positive learning rate")
+    if not (math.isfinite(final_lr_fraction) and 0 < final_lr_fraction <= 1):
+        raise ConfigError(f"--final-lr-fraction {final_lr_fraction}: expected a fraction in (0, 1]")
+    if device is not None:
+        from cemaps.config_checks import check_device
+
+        check_device(device, "--device")

@@ -26,7 +26,7 @@ from cemaps.report.html_tables import frame_records, records_html
 from cemaps.report.results import Results
 from cemaps.report.style import OKABE_ITO, TEXT_SIZE, TITLE_SIZE, new_figure
 from cemaps.toyworld.attention import DAAM_THRESHOLD
-from cemaps.toyworld.ground_truth import ALL_LAYERS, FILES
+from cemaps.toyworld.ground_truth import ALL_LAYERS, FILES, best_layer
 from cemaps.toyworld.subject_check import SUBJECT_RATE_TARGET
 
 SECTION_ID = "toy_world"
@@ -85,10 +85,10 @@ def findings(results: Results) -> list[str]:
     sentences = []
     localisation, subjects = _read(results, "localisation"), _read(results, "subjects")
     if localisation is not None and not localisation.empty:
-        per_layer = localisation[localisation["layer"] != ALL_LAYERS].groupby("layer", sort=False)["miou"].mean()
+        best, best_miou, worst, worst_miou = best_layer(localisation)
         sentences.append(
-            f"Attention localises best at {_short(per_layer.idxmax())} (mIoU {per_layer.max():.2f}, mean of the "
-            f"colour and shape words) and worst at {_short(per_layer.idxmin())} ({per_layer.min():.2f})."
+            f"Attention localises best at {_short(best)} (mIoU {best_miou:.2f}, mean of the "
+            f"colour and shape words) and worst at {_short(worst)} ({worst_miou:.2f})."
         )
     if subjects is not None and not subjects.empty:
         learned = subjects[subjects["learned"].astype(bool)]
@@ -121,13 +121,15 @@ def toy_world_section(results: Results) -> str:
         return ""
     parts = [f'<section id="{SECTION_ID}"><h2>{escape(TITLE)}</h2>']
     if localisation is not None and not localisation.empty:
-        best = localisation[localisation["layer"] != ALL_LAYERS].sort_values("miou", ascending=False).iloc[0]
+        layer, miou, _, _ = best_layer(localisation)
+        counts = localisation.iloc[0]
         caption = (
-            f"Cross-attention maps of the colour and shape words as segmentations (DAAM: bilinear upsampling, "
+            f"Cross-attention maps of the colour and shape words as segmentations (DAAM [Tang et al. 2023]: bilinear "
+            f"upsampling, "
             f"max-normalised, threshold {DAAM_THRESHOLD}), against the mask of the asked-colour object that the pixel "
             f"judge found in the base model's image, for the single-object concrete prompts; mIoU over "
-            f"{int(best['images'])} images ({int(best['images_without_object'])} more had no object of the asked "
-            f"colour and are not scored). Best layer: {best['layer']} ({best['word']} word, mIoU {best['miou']:.2f}). "
+            f"{int(counts['images'])} images ({int(counts['images_without_object'])} more had no object of the asked "
+            f"colour and are not scored). Best layer: {layer} (mIoU {miou:.2f}, mean of the two words). "
             f"'{ALL_LAYERS}' averages the upsampled maps first. (toyworld_localisation.csv)"
         )
         fig = localisation_figure(localisation, results.tables.get("layers"))

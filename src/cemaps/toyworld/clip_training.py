@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cemaps.toyworld.architecture import toy_clip_config
 from cemaps.toyworld.assets import TOY_CLIP_NAME
-from cemaps.toyworld.train import render_pairs
+from cemaps.toyworld.train import STOP_FILE, render_pairs
 from cemaps.toyworld.train_records import TrainingLog, lr_factor, plot_loss_curve, write_settings
 
 # OpenAI CLIP's normalisation, which open_clip's transforms apply to the toy CLIP's inputs too.
@@ -49,6 +49,7 @@ def train_toy_clip(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / STOP_FILE).unlink(missing_ok=True)  # one left by an earlier run would end this one at step 0
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
     log = TrainingLog(out / "train_log.csv", progress)
@@ -68,7 +69,7 @@ def train_toy_clip(
     started, step, running = time.perf_counter(), 0, []
     model.train()
     log.phase("toy CLIP", minutes=settings.minutes)
-    while time.perf_counter() - started < 60 * settings.minutes and not (out / "STOP").exists():
+    while time.perf_counter() - started < 60 * settings.minutes and not (out / STOP_FILE).exists():
         index = torch.randint(len(images), (settings.batch,), generator=generator)
         image_features = model.encode_image(pixels[index].to(device), normalize=True)
         text_features = model.encode_text(tokens[index].to(device), normalize=True)
@@ -94,6 +95,8 @@ def train_toy_clip(
             running = []
         if step % 500 == 0:
             _save_clip(model, out)
+    if running:
+        log("clip", step, float(np.mean(running)))
     _save_clip(model, out)
     plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
     log.close()

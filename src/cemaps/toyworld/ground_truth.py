@@ -5,9 +5,11 @@ Two tables, written by ``cemaps analyze`` when the study's images are toy-world 
 
 - **Which layers localise** (:func:`localisation_table`): for every base record of a
   single-object concrete toy prompt ("a red circle"), the judge's mask of the generated
-  object of the asked colour against the colour and shape words' captured maps, scored by
-  DAAM's protocol (:mod:`cemaps.toyworld.attention`: bilinear upsampling, max-normalised,
-  threshold 0.4, IoU), per layer and for the maps averaged over layers. Records where the
+  object of the asked colour (the largest, when there are several) against the colour and
+  shape words' captured maps, scored by DAAM's protocol [Tang et al. 2023, "What the DAAM:
+  Interpreting Stable Diffusion Using Cross Attention", ACL] (:mod:`cemaps.toyworld.attention`:
+  bilinear upsampling, max-normalised, threshold 0.4, IoU), per layer and for the maps
+  averaged over layers. Records where the
   judge finds no object of the asked colour have no mask and are counted, not scored.
 - **Did each personalization learn its subject?** (:func:`subject_check_table`): every
   image of the in-context store (the subject's token in new contexts) judged by
@@ -85,6 +87,9 @@ def _record_arrays(store, record: int, tokens: list[str]) -> dict[str, LabelledA
 def localisation_table(store) -> pd.DataFrame:
     """IoU of the colour and shape words' maps with the judged object mask, per base record and layer.
 
+    The mask is that of the largest object of the asked colour the judge finds; the maps are
+    averaged over captured steps, guidance halves and heads first (:func:`~cemaps.toyworld.attention.layer_ious`).
+
     Args:
         store: an open :class:`cemaps.store.StoreReader` of a toy-world study.
 
@@ -118,6 +123,15 @@ def localisation_table(store) -> pd.DataFrame:
                 rows.append({**key, "layer": name, "word": label, "iou": value, "object_found": True})
     columns = ["model_id", "prompt_id", "seed", "layer", "word", "iou", "object_found"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def best_layer(summary: pd.DataFrame) -> tuple[str, float, str, float]:
+    """(best layer, its mIoU, worst layer, its mIoU), by the mean over words of :func:`summarise_localisation`'s mIoU.
+
+    ``"all layers"`` is not a layer and is left out.
+    """
+    per_layer = summary[summary["layer"] != ALL_LAYERS].groupby("layer", sort=False)["miou"].mean()
+    return str(per_layer.idxmax()), float(per_layer.max()), str(per_layer.idxmin()), float(per_layer.min())
 
 
 def summarise_localisation(table: pd.DataFrame) -> pd.DataFrame:

@@ -97,7 +97,11 @@ def shows_subject(subject_id: str, image: np.ndarray) -> bool:
 
     Raises:
         KeyError: ``subject_id`` is not a toy subject.
+        ValueError: ``image`` is not uint8 [H, W, 3].
     """
     if subject_id not in DETECTORS:
         raise KeyError(f"subject {subject_id!r} is not a toy subject; expected one of {', '.join(DETECTORS)}")
-    return DETECTORS[subject_id](np.asarray(image))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"image has dtype {array.dtype} and shape {list(array.shape)}; expected uint8 [H, W, 3]")
+    return DETECTORS[subject_id](array)

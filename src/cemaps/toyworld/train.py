@@ -6,7 +6,7 @@ betas, Min-SNR-5 loss weighting [Hang et al. 2023], 10% empty captions for
 classifier-free guidance, EMA of the weights), and writes a diffusers folder.
 ``cemaps.toyworld.clip_training.train_toy_clip`` trains an open_clip ``CLIP`` contrastively (the CLIP loss with soft
 targets, since identical captions occur in a batch). Both are deterministic from their
-seed on one device, log their loss to ``train_log.csv`` and write ``training.json`` (the
+seed on one device, log their loss to ``train_log.csv`` and write ``training_<what>.json`` (the
 settings and command) beside the weights.
 
 Command: ``python -m cemaps.toyworld.train pipeline --out DIR`` (and ``clip --out DIR``); under
@@ -37,6 +37,8 @@ from cemaps.toyworld.train_records import (
     write_settings,
 )
 from cemaps.toyworld.world import render
+
+STOP_FILE = "STOP"  # `touch OUT/STOP` ends the main phase early; the run then saves what it has
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def train_pipeline(
         progress: rich progress bars with the running loss (else one stderr line per 25 steps).
 
     Returns:
-        ``out``, holding the pipeline (safetensors, float32), ``train_log.csv`` and ``training.json``.
+        ``out``, holding the pipeline (safetensors, float32), ``train_log.csv`` and ``training_<what>.json``.
     """
     from diffusers import DDPMScheduler
 
@@ -137,6 +139,7 @@ def train_pipeline(
     rank, world = _distributed()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        (out / STOP_FILE).unlink(missing_ok=True)  # one left by an earlier run would end this one at step 0
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
     log = TrainingLog(out / "train_log.csv", progress) if rank == 0 else NoLog()
@@ -184,7 +187,7 @@ def train_pipeline(
     step, running = 0, []
     log.phase("UNet + text encoder", minutes=settings.unet_minutes)
     while not _should_stop(
-        time.perf_counter() - started > 60 * settings.unet_minutes or (out / "STOP").exists(), world
+        time.perf_counter() - started > 60 * settings.unet_minutes or (out / STOP_FILE).exists(), world
     ):
         index = torch.randint(len(images), (batch,), generator=generator)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scaling
@@ -222,6 +225,8 @@ def train_pipeline(
         if rank == 0 and time.perf_counter() - last_save > 60 * settings.save_every_minutes:
             _save_pipeline(pipe, parameters, ema, out / "checkpoint")
             last_save = time.perf_counter()
+    if running:
+        log("unet", step, float(np.mean(running)))
     if rank == 0:
         _save_pipeline(pipe, parameters, ema, out)
         plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
@@ -278,6 +283,7 @@ def train_vae_decoder(
     batch: int = 32,
     lr: float = 5e-4,
     progress: bool = False,
+    device: str | None = None,
 ) -> Path:
     """Fine-tunes only the VAE decoder (as SD's ft-MSE VAE): the encoder, hence the latent space the
     UNet was trained in, is unchanged. Writes ``out/vae``."""
@@ -285,7 +291,9 @@ def train_vae_decoder(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / STOP_FILE).unlink(missing_ok=True)
     torch.manual_seed(seed)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     log = TrainingLog(out / "train_log.csv", progress)
     write_settings(
         out,
@@ -293,7 +301,7 @@ def train_vae_decoder(
         {"vae": str(vae_folder), "minutes": minutes, "seed": seed, "n_pairs": n_pairs, "batch": batch, "lr": lr},
     )
     images, _ = render_pairs(n_pairs, seed)
-    vae = AutoencoderKL.from_pretrained(vae_folder)
+    vae = AutoencoderKL.from_pretrained(vae_folder).to(device)
     vae.requires_grad_(False)
     trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     for parameter in trainable:
@@ -302,8 +310,8 @@ def train_vae_decoder(
     generator = np.random.default_rng(seed + 1)
     started, step, running = time.perf_counter(), 0, []
     log.phase("VAE decoder", minutes=minutes)
-    while time.perf_counter() - started < 60 * minutes and not (out / "STOP").exists():
-        pixels = _to_unit(images[generator.integers(len(images), size=batch)])
+    while time.perf_counter() - started < 60 * minutes and not (out / STOP_FILE).exists():
+        pixels = _to_unit(images[generator.integers(len(images), size=batch)]).to(device)
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.sample()
         loss = F.mse_loss(vae.decode(latents).sample, pixels)
@@ -319,8 +327,11 @@ def train_vae_decoder(
             log("vae_decoder", step, float(np.mean(running)))
             running = []
         if step % 200 == 0:
-            vae.save_pretrained(out / "vae", safe_serialization=True)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
+            copy.deepcopy(vae).to("cpu").save_pretrained(out / "vae", safe_serialization=True)
+    if running:
+        log("vae_decoder", step, float(np.mean(running)))
+    vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
+    plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
     log.close()
     return out
 

@@ -2,8 +2,8 @@
 
 - ``train_log.csv`` (phase, step, seconds, loss) and ``loss_curve.png``;
 - ``training_<what>.json``: the settings, the command line and the torch version;
-- a rich progress bar per phase (steps, or minutes of a time budget) with the running loss,
-  or, without a terminal bar, one line per logged step on stderr.
+- a rich progress bar per phase on stderr (steps, or minutes of a time budget) with the
+  running loss.
 
 Learning-rate factors live here too: linear warmup and a cosine decay over a time budget.
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -40,7 +41,7 @@ class TrainingLog:
 
     Args:
         path: the CSV (rewritten with its header).
-        progress: a rich bar per phase; False prints one stderr line per logged row instead.
+        progress: a rich bar per phase on stderr; False shows nothing (the CSV is still written).
     """
 
     def __init__(self, path: Path, progress: bool = False) -> None:
@@ -54,6 +55,7 @@ class TrainingLog:
             TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),
             disable=not progress,
         )
         self._progress = progress
@@ -83,8 +85,6 @@ class TrainingLog:
             handle.write(f"{phase},{step},{elapsed:.1f},{loss:.5f}\n")
         if self._progress and self._task is not None:
             self._bar.update(self._task, loss=f"{loss:.4f}")
-        elif not self._progress:
-            print(f"[{phase}] step {step} {elapsed:.0f}s loss {loss:.4f}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self._bar.stop()
