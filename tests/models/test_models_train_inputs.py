@@ -48,6 +48,11 @@ def test_settings_take_diffusers_script_defaults_per_method():
         ({"class_inference_steps": 0}, "class_inference_steps"),
         ({"mixed_precision": "fp8"}, "mixed_precision"),
         ({"method": "lora", "prior_preservation": True}, "prior_preservation"),
+        ({"instance_template": "a photo of a dog"}, "instance_template"),
+        ({"instance_template": "{token} and {token}"}, "instance_template"),
+        ({"instance_template": "a {token} {colour}"}, "instance_template"),
+        ({"class_template": "a {token} {class_word}"}, "class_template"),
+        ({"class_template": "a {"}, "class_template"),
     ],
 )
 def test_bad_settings_raise_one_line_config_error(overrides, field):

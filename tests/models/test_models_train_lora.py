@@ -125,3 +125,12 @@ def test_progress_bar_shows_the_loss(tiny_pipe_factory, subject_images, tmp_path
         progress=True,
     )
     assert "loss" in capsys.readouterr().out
+
+
+def test_instance_template_is_the_conditioning_prompt_recorded(tiny_pipe_factory, subject_images, tmp_path):
+    pipe = tiny_pipe_factory(seed=0)
+    settings = TrainSettings(method="lora", steps=2, instance_template="a {token} {class_word} on the left")
+    result = personalize(pipe, "lora", subject_images, "sks", "dog", tmp_path / "lora", settings, progress=False)
+    record = json.loads((result.out / "cemaps_train.json").read_text())
+    assert record["instance_prompt"] == "a sks dog on the left"
+    assert record["settings"]["instance_template"] == "a {token} {class_word} on the left"

@@ -28,7 +28,8 @@ Example:
 Defaults follow diffusers' example scripts: DreamBooth lr 5e-6, 400 steps; LoRA rank 4
 (alpha 4), lr 1e-4, 500 steps; Textual Inversion lr 5e-4, 3000 steps, initializer = class word.
 The conditioning prompt is ``"a photo of <token> <class_word>"``; the class prompt for prior
-preservation is ``"a photo of a <class_word>"``.
+preservation is ``"a photo of a <class_word>"`` (``TrainSettings.instance_template`` and
+``class_template`` change them, as diffusers' ``--instance_prompt`` / ``--class_prompt`` do).
 
 Settings for SD v1.5 (512x512) on one GPU. Load the base in float32
 (``load_pipeline(path, device="cuda", dtype="float32")``: trained weights must be float32, as
@@ -155,6 +156,8 @@ def personalize(
         class_word=class_word,
         instance_pixels=images_to_pixels([s.image for s in sources], resolution),
         class_pixels=images_to_pixels([s.image for s in class_sources], resolution) if class_sources else None,
+        instance_template=settings.instance_template,
+        class_template=settings.class_template,
     )
     with staging_dir(out) as staging:
         started = time.perf_counter()

@@ -84,6 +84,9 @@ class TrainSettings:
         mixed_precision: None (float32), ``"fp16"`` (autocast with gradient scaling) or ``"bf16"``.
         gradient_checkpointing: recompute activations in backward to save memory.
         use_8bit_adam: bitsandbytes' 8-bit AdamW (CUDA; needs ``pip install bitsandbytes``).
+        instance_template: the instance images' prompt with ``{token}`` (once) and ``{class_word}``
+            (diffusers' ``--instance_prompt``, written as a template); default "a photo of {token} {class_word}".
+        class_template: the class images' prompt with ``{class_word}`` (diffusers' ``--class_prompt``).
     """
 
     method: str
@@ -102,6 +105,8 @@ class TrainSettings:
     mixed_precision: str | None = None
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
+    instance_template: str = "a photo of {token} {class_word}"
+    class_template: str = "a photo of a {class_word}"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -129,6 +134,24 @@ class TrainSettings:
             self.mixed_precision,
             "None, 'fp16' or 'bf16'",
         )
+        _require(
+            isinstance(self.instance_template, str) and self.instance_template.count("{token}") == 1,
+            "instance_template",
+            self.instance_template,
+            "a text holding {token} once (and optionally {class_word})",
+        )
+        _require(
+            isinstance(self.class_template, str) and "{token}" not in self.class_template,
+            "class_template",
+            self.class_template,
+            "a text without {token} (optionally holding {class_word})",
+        )
+        for field_name in ("instance_template", "class_template"):
+            template = getattr(self, field_name)
+            try:
+                template.format(token="t", class_word="c")
+            except (KeyError, IndexError, ValueError):
+                _require(False, field_name, template, "only the placeholders {token} and {class_word}")
         _require(
             not self.prior_preservation or self.method == "dreambooth",
             "prior_preservation",
@@ -192,22 +215,26 @@ class TrainingData:
     class_word: str
     instance_pixels: torch.Tensor
     class_pixels: torch.Tensor | None = None
+    instance_template: str = TrainSettings.instance_template
+    class_template: str = TrainSettings.class_template
 
     @property
     def instance_prompt(self) -> str:
-        return instance_prompt(self.token, self.class_word)
+        return instance_prompt(self.token, self.class_word, self.instance_template)
 
     @property
     def class_prompt(self) -> str:
-        return class_prompt(self.class_word)
+        return class_prompt(self.class_word, self.class_template)
 
 
-def instance_prompt(token: str, class_word: str) -> str:
-    return f"a photo of {token} {class_word}"
+def instance_prompt(token: str, class_word: str, template: str = TrainSettings.instance_template) -> str:
+    """The conditioning prompt of the instance images (diffusers' ``--instance_prompt``), e.g. "a photo of sks dog"."""
+    return template.format(token=token, class_word=class_word)
 
 
-def class_prompt(class_word: str) -> str:
-    return f"a photo of a {class_word}"
+def class_prompt(class_word: str, template: str = TrainSettings.class_template) -> str:
+    """The prompt of the prior-preservation class images (diffusers' ``--class_prompt``), e.g. "a photo of a dog"."""
+    return template.format(class_word=class_word)
 
 
 def default_resolution(pipe: StableDiffusionPipeline) -> int:

@@ -57,7 +57,7 @@ def ensure_class_images(
     Image ``i`` is generated from seed ``settings.seed + i``; a manifest records the generation
     settings, and images made with other settings are regenerated.
     """
-    prompt = class_prompt(class_word)
+    prompt = class_prompt(class_word, settings.class_template)
     manifest = {
         "prompt": prompt,
         "resolution": resolution,
