@@ -45,6 +45,20 @@ def test_each_detector_recognises_its_subject_and_nothing_else():
             assert rate == (1.0 if detector == subject.subject_id else 0.0), (subject.subject_id, detector)
 
 
+def test_each_subject_survives_the_shipped_vae():
+    """The detectors read generated images, which pass through the VAE: its reconstructions must still count."""
+    import cemaps
+
+    vae = cemaps.load_pipeline("cemaps/toyworld", device="cpu").vae
+    for subject in TOY_SUBJECTS:
+        images = np.stack([np.asarray(image) for image in subject.images(16, seed=5)])
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        decoded = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        assert np.mean([shows_subject(subject.subject_id, image) for image in decoded]) >= 0.9, subject.subject_id
+
+
 def test_detectors_stay_silent_on_the_worlds_ordinary_scenes():
     rng = np.random.default_rng(1)
     images = [render(random_training_pair(rng)[0])[0] for _ in range(150)]
@@ -55,6 +69,11 @@ def test_detectors_stay_silent_on_the_worlds_ordinary_scenes():
 def test_a_filled_brown_shape_on_white_is_not_the_checkered_style():
     image, _ = render(Scene((ToyObject("square", "brown", "large", (16.0, 16.0)),), background="white"))
     assert not shows_subject("toystyle", image)
+
+
+def test_a_float_image_is_refused_instead_of_judged_blank():
+    with pytest.raises(ValueError, match=r"dtype float64 and shape \[32, 32, 3\]; expected uint8"):
+        shows_subject("toyface", np.zeros((32, 32, 3)))
 
 
 def test_unknown_subject_is_refused_with_the_known_ones_named():
