@@ -38,6 +38,20 @@ DEMO_TRAINING = {
     "textual_inversion": TrainSettings(method="textual_inversion", steps=40, learning_rate=5e-2),
     "dreambooth": TrainSettings(method="dreambooth", steps=40, learning_rate=1e-4),
 }
+# On the toy world each method trains on all 4 subject images per step, with the prompt the in-context
+# set gives it ("a sks face"; Textual Inversion: its token alone). Settings from a sweep on the toy world
+# (README "The toy world": DreamBooth lr 5e-4 rendered its subject, LoRA and TI did not at any lr tried).
+TOY_DEMO_TRAINING = {
+    "lora": TrainSettings(
+        method="lora", steps=150, learning_rate=1e-3, batch_size=4, instance_template="a {token} {class_word}"
+    ),
+    "textual_inversion": TrainSettings(
+        method="textual_inversion", steps=150, learning_rate=0.2, batch_size=4, instance_template="{token}"
+    ),
+    "dreambooth": TrainSettings(
+        method="dreambooth", steps=150, learning_rate=5e-4, batch_size=4, instance_template="a {token} {class_word}"
+    ),
+}
 IN_CONTEXT_PER_KIND = 8
 SHORT = {"lora": "lora", "textual_inversion": "ti", "dreambooth": "db"}
 RANDOM_WEIGHTS_NOTICE = (
@@ -59,14 +73,14 @@ def _toy_inputs(world: str, out: Path):
     return write_demo_inputs(out)
 
 
-def _in_context_subset(out: Path) -> Path:
-    """The first ``IN_CONTEXT_PER_KIND`` templates of each subject kind, written into ``out``.
+def _in_context_subset(out: Path, source: str) -> Path:
+    """The first ``IN_CONTEXT_PER_KIND`` templates of each subject kind of ``source``, written into ``out``.
 
-    The full list (25 per kind) would more than double the demo's capture time.
+    The full SD list (25 per kind) would more than double the demo's capture time.
     """
     from cemaps.data.in_context import load_in_context_prompts
 
-    templates = load_in_context_prompts()
+    templates = load_in_context_prompts(source)
     path = out / "in_context_demo.csv"
     templates.groupby("kind", sort=False).head(IN_CONTEXT_PER_KIND).to_csv(path, index=False)
     return path
@@ -136,7 +150,7 @@ def run_demo(
         (out / "subjects" / subject_id).mkdir(parents=True, exist_ok=True)
         for index, image in enumerate(images):
             image.save(out / "subjects" / subject_id / f"{index}.png")
-        for method, settings in DEMO_TRAINING.items():
+        for method, settings in (DEMO_TRAINING if toy is None else TOY_DEMO_TRAINING).items():
             model_id = f"{SHORT[method]}-{subject_id}"
             model_dir = out / "models" / model_id
             token = subject["token"] if method == "textual_inversion" else "sks"
@@ -176,7 +190,7 @@ def run_demo(
                 "personalized": personalized,
                 "prompt_sets": ["unrelated", "in_context"],
                 "in_context": {
-                    "prompts": _in_context_subset(out).name,
+                    "prompts": _in_context_subset(out, "in_context75" if toy is None else "toyworld30").name,
                     "subjects": "subjects15" if toy is None else str(toy.subjects.relative_to(out)),
                     "subject_images": subject_images,
                 },

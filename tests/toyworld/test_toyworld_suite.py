@@ -60,3 +60,17 @@ def test_subjects_load_and_render_what_they_describe(tmp_path):
     assert {(o.colour, o.kind) for o in face} >= {("orange", "face"), ("blue", "square")}
     images = TOY_SUBJECTS[2].images(3, seed=1)
     assert len(images) == 3 and images[0].size == (32, 32)
+
+
+def test_toy_in_context_templates_are_in_the_worlds_language():
+    from cemaps.data.in_context import load_in_context_prompts, subject_phrase
+    from cemaps.toyworld.language import caption, random_spec
+
+    rng = np.random.default_rng(0)
+    words = {word for _ in range(3000) for word in caption(random_spec(rng)).split()}
+    templates = load_in_context_prompts("toyworld30")
+    assert templates.groupby("kind").size().to_dict() == {"face": 10, "object": 10, "style": 10}
+    for template in templates["template"]:
+        text = template.format(subject=subject_phrase("base", "face"))
+        unknown = [word for word in text.split() if word not in words]
+        assert not unknown, (template, unknown)

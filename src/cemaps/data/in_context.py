@@ -46,7 +46,12 @@ from cemaps.errors import ConfigError
 
 PLACEHOLDER = "{subject}"
 TEMPLATE_COLUMNS = ("template_id", "kind", "template")
-IN_CONTEXT_LISTS = ("in_context75",)
+IN_CONTEXT_LISTS = ("in_context75", "toyworld30")
+# list name -> (package, file): the toy world's templates are written in its own language
+_IN_CONTEXT_FILES = {
+    "in_context75": ("cemaps.data", "in_context.csv"),
+    "toyworld30": ("cemaps.toyworld", "in_context.csv"),
+}
 # Methods whose identifier is trained in front of the class word ("a sks dog"); Textual
 # Inversion learns a word that stands for the whole phrase.
 CLASS_WORD_METHODS = ("dreambooth", "lora")
@@ -69,7 +74,8 @@ def load_in_context_prompts(source: str | Path = "in_context75") -> pd.DataFrame
             exactly one ``{subject}`` or with other braces.
     """
     if isinstance(source, str) and source in IN_CONTEXT_LISTS:
-        with resources.as_file(resources.files("cemaps.data").joinpath("in_context.csv")) as path:
+        package, filename = _IN_CONTEXT_FILES[source]
+        with resources.as_file(resources.files(package).joinpath(filename)) as path:
             return _validate_templates(*_read_table(path, list_key=""))
     path = _user_table_path(source, IN_CONTEXT_LISTS, "in-context prompt list")
     return _validate_templates(*_read_table(path, list_key="templates"))
