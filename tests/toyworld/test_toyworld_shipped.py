@@ -13,7 +13,7 @@ from cemaps.analysis.clip_scorer import ClipScorer
 from cemaps.config import load_config
 from cemaps.errors import ModelLoadError
 from cemaps.toyworld import assets
-from cemaps.toyworld.judge import colour_labels, palette_labels
+from cemaps.toyworld.judge import judge_image
 from cemaps.toyworld.world import Scene, ToyObject, render
 
 
@@ -37,29 +37,25 @@ def test_study_config_accepts_the_toyworld_base(tmp_path):
     assert load_config(path).base == "cemaps/toyworld"
 
 
-def _colour_share(images: np.ndarray, colour: str) -> float:
-    labels = np.stack([colour_labels(image) for image in images])
-    names = np.array([name for name, _ in palette_labels()] + [""])
-    return float((names[labels] == colour).mean())
-
-
 def test_shipped_weights_draw_the_colour_they_are_asked_for(toy_pipe):
-    """Judged from pixels: each colour covers more of the image when the prompt asks for it.
+    """Judged from pixels only: the largest object found has the asked colour.
 
-    The shipped model is undertrained (README: colour accuracy well below target), so this
-    checks that prompts steer colour, not that every image is right.
+    A fast check of the shipped weights (12 images; the benchmark's 144 give colour accuracy
+    0.806, README "The toy world"). At 20 PNDM steps and guidance 5, as the benchmark; at 10 steps
+    the model is much worse (colour 0.43), so fewer steps are not a fair check.
     """
-    colours = ("red", "blue", "yellow")
+    colours = ("red", "blue", "yellow", "green")
     prompts = [f"a {colour} square" for colour in colours for _ in range(3)]
     generators = [torch.Generator().manual_seed(seed) for _ in colours for seed in range(3)]
     images = toy_pipe(
-        prompts, num_inference_steps=10, guidance_scale=5.0, generator=generators, output_type="np"
+        prompts, num_inference_steps=20, guidance_scale=5.0, generator=generators, output_type="np"
     ).images
-    images = np.clip(np.round(images * 255), 0, 255).astype(np.uint8).reshape(len(colours), 3, 32, 32, 3)
-    for asked, colour in enumerate(colours):
-        when_asked = _colour_share(images[asked], colour)
-        otherwise = max(_colour_share(images[other], colour) for other in range(len(colours)) if other != asked)
-        assert when_asked > otherwise, (colour, when_asked, otherwise)
+    images = np.clip(np.round(images * 255), 0, 255).astype(np.uint8)
+    largest = [(judge_image(image) or [None])[0] for image in images]
+    right = [obj is not None and obj.colour == prompt.split()[1] for obj, prompt in zip(largest, prompts, strict=True)]
+    assert sum(right) >= 9, [
+        (prompt, obj.colour if obj else None) for obj, prompt in zip(largest, prompts, strict=True)
+    ]
 
 
 def test_toy_clip_loads_through_open_clip_and_prefers_the_right_caption():
