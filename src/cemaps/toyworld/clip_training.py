@@ -43,7 +43,7 @@ def train_toy_clip(
 ) -> Path:
     """Trains the toy CLIP contrastively; writes ``open_clip_model.safetensors`` and its open_clip config.
 
-    ``progress``: a rich progress bar with the running loss (else one stderr line per 25 steps).
+    ``progress``: a rich progress bar on stderr with the running loss (the loss is logged to CSV either way).
     """
     import open_clip
 
@@ -66,9 +66,9 @@ def train_toy_clip(
     model = open_clip.CLIP(**config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.05)
     generator = torch.Generator().manual_seed(settings.seed + 2)
-    started, step, running = time.perf_counter(), 0, []
+    started, step = time.perf_counter(), 0
     model.train()
-    log.phase("toy CLIP", minutes=settings.minutes)
+    log.phase("clip", "toy CLIP", minutes=settings.minutes)
     while time.perf_counter() - started < 60 * settings.minutes and not (out / STOP_FILE).exists():
         index = torch.randint(len(images), (settings.batch,), generator=generator)
         image_features = model.encode_image(pixels[index].to(device), normalize=True)
@@ -87,16 +87,11 @@ def train_toy_clip(
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-        running.append(loss.item())
         step += 1
-        log.tick(step)
-        if step % 25 == 0:
-            log("clip", step, float(np.mean(running)))
-            running = []
+        log.step_done(step, loss.item())
         if step % 500 == 0:
             _save_clip(model, out)
-    if running:
-        log("clip", step, float(np.mean(running)))
+    log.end_phase(step)
     _save_clip(model, out)
     plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
     log.close()

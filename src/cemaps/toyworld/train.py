@@ -81,9 +81,9 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
 def _train_vae(vae, images: np.ndarray, settings: PipelineTraining, log: TrainingLog, device: torch.device) -> None:
     generator = np.random.default_rng(settings.seed + 1)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
-    step, running = 0, []
+    step = 0
     vae.train()
-    log.phase("VAE", steps=settings.vae_steps)
+    log.phase("vae", "VAE", steps=settings.vae_steps)
     while step < settings.vae_steps:
         batch = _to_unit(images[generator.integers(len(images), size=settings.vae_batch)]).to(device)
         posterior = vae.encode(batch).latent_dist
@@ -94,12 +94,9 @@ def _train_vae(vae, images: np.ndarray, settings: PipelineTraining, log: Trainin
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running.append(loss.item())
         step += 1
-        log.tick(step)
-        if step % 25 == 0:
-            log("vae", step, float(np.mean(running)))
-            running = []
+        log.step_done(step, loss.item())
+    log.end_phase(step)
     vae.eval()
 
 
@@ -128,7 +125,7 @@ def train_pipeline(
         out: the folder to write (created).
         settings: see :class:`PipelineTraining`.
         device: a torch device; default ``cuda`` when available, else ``cpu``.
-        progress: rich progress bars with the running loss (else one stderr line per 25 steps).
+        progress: rich progress bars on stderr with the running loss (the loss is logged to CSV either way).
 
     Returns:
         ``out``, holding the pipeline (safetensors, float32), ``train_log.csv`` and ``training_<what>.json``.
@@ -184,8 +181,8 @@ def train_pipeline(
     text_encoder.train()
     started = time.perf_counter()
     last_save = started
-    step, running = 0, []
-    log.phase("UNet + text encoder", minutes=settings.unet_minutes)
+    step = 0
+    log.phase("unet", "UNet + text encoder", minutes=settings.unet_minutes)
     while not _should_stop(
         time.perf_counter() - started > 60 * settings.unet_minutes or (out / STOP_FILE).exists(), world
     ):
@@ -216,17 +213,12 @@ def train_pipeline(
         with torch.no_grad():
             for shadow, parameter in zip(ema, parameters, strict=False):
                 shadow.lerp_(parameter.detach(), 1 - decay)
-        running.append(loss.item())
         step += 1
-        log.tick(step)
-        if step % 25 == 0:
-            log("unet", step, float(np.mean(running)))
-            running = []
+        log.step_done(step, loss.item())
         if rank == 0 and time.perf_counter() - last_save > 60 * settings.save_every_minutes:
             _save_pipeline(pipe, parameters, ema, out / "checkpoint")
             last_save = time.perf_counter()
-    if running:
-        log("unet", step, float(np.mean(running)))
+    log.end_phase(step)
     if rank == 0:
         _save_pipeline(pipe, parameters, ema, out)
         plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
@@ -308,8 +300,8 @@ def train_vae_decoder(
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     generator = np.random.default_rng(seed + 1)
-    started, step, running = time.perf_counter(), 0, []
-    log.phase("VAE decoder", minutes=minutes)
+    started, step = time.perf_counter(), 0
+    log.phase("vae_decoder", "VAE decoder", minutes=minutes)
     while time.perf_counter() - started < 60 * minutes and not (out / STOP_FILE).exists():
         pixels = _to_unit(images[generator.integers(len(images), size=batch)]).to(device)
         with torch.no_grad():
@@ -320,16 +312,11 @@ def train_vae_decoder(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running.append(loss.item())
         step += 1
-        log.tick(step)
-        if step % 25 == 0:
-            log("vae_decoder", step, float(np.mean(running)))
-            running = []
+        log.step_done(step, loss.item())
         if step % 200 == 0:
             copy.deepcopy(vae).to("cpu").save_pretrained(out / "vae", safe_serialization=True)
-    if running:
-        log("vae_decoder", step, float(np.mean(running)))
+    log.end_phase(step)
     vae.to("cpu").save_pretrained(out / "vae", safe_serialization=True)
     plot_loss_curve(out / "train_log.csv", out / "loss_curve.png")
     log.close()

@@ -36,6 +36,9 @@ def cosine_factor(elapsed_fraction: float, final: float) -> float:
     return final + (1.0 - final) * 0.5 * (1.0 + float(np.cos(np.pi * progress)))
 
 
+LOG_EVERY = 25  # steps per logged mean loss
+
+
 class TrainingLog:
     """Appends ``phase,step,seconds,loss`` rows to a CSV and shows progress.
 
@@ -60,24 +63,35 @@ class TrainingLog:
         )
         self._progress = progress
         self._task: TaskID | None = None
+        self._key = ""
+        self._running: list[float] = []
         self._by_time = False
         self._phase_started = self.started
         if progress:
             self._bar.start()
 
-    def phase(self, name: str, *, steps: int | None = None, minutes: float | None = None) -> None:
-        """Starts a bar for a phase of ``steps`` steps or of a ``minutes`` time budget."""
+    def phase(self, key: str, name: str, *, steps: int | None = None, minutes: float | None = None) -> None:
+        """Starts phase ``key`` (its name in the CSV) with a bar ``name`` over ``steps`` steps or ``minutes``."""
+        self._key, self._running = key, []
         self._by_time = steps is None
         self._phase_started = time.perf_counter()
         total = 60.0 * minutes if self._by_time and minutes else steps
         self._task = self._bar.add_task(name, total=total, step=0, loss="-")
 
-    def tick(self, step: int) -> None:
-        """Moves the current phase's bar to ``step`` (or to the time spent, for a time budget)."""
-        if self._task is None:
-            return
-        done = time.perf_counter() - self._phase_started if self._by_time else step
-        self._bar.update(self._task, completed=done, step=step)
+    def step_done(self, step: int, loss: float) -> None:
+        """Records one step's loss: moves the bar, and every ``LOG_EVERY`` steps logs the mean loss."""
+        self._running.append(loss)
+        if self._task is not None:
+            done = time.perf_counter() - self._phase_started if self._by_time else step
+            self._bar.update(self._task, completed=done, step=step)
+        if step % LOG_EVERY == 0:
+            self.end_phase(step)
+
+    def end_phase(self, step: int) -> None:
+        """Logs the mean loss of the steps not logged yet (a short run still leaves its loss)."""
+        if self._running:
+            self(self._key, step, float(np.mean(self._running)))
+            self._running = []
 
     def __call__(self, phase: str, step: int, loss: float) -> None:
         elapsed = time.perf_counter() - self.started
@@ -93,10 +107,13 @@ class TrainingLog:
 class NoLog:
     """The log of a process that writes nothing (ranks other than 0)."""
 
-    def phase(self, name: str, *, steps: int | None = None, minutes: float | None = None) -> None:
+    def phase(self, key: str, name: str, *, steps: int | None = None, minutes: float | None = None) -> None:
         pass
 
-    def tick(self, step: int) -> None:
+    def step_done(self, step: int, loss: float) -> None:
+        pass
+
+    def end_phase(self, step: int) -> None:
         pass
 
     def __call__(self, phase: str, step: int, loss: float) -> None:
