@@ -87,6 +87,7 @@ def test_textual_inversion_run_with_learning_rate(app, image_folder, tmp_path):
         ({"--images": "missing-folder"}, "does not exist"),
         ({"--base": "./no/such/model"}, "does not exist"),
         ({"--steps": "0"}, "steps"),
+        ({"--num-vectors": "2"}, "--num-vectors"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(app, image_folder, tmp_path, change, message):

@@ -53,6 +53,8 @@ def test_settings_take_diffusers_script_defaults_per_method():
         ({"instance_template": "a {token} {colour}"}, "instance_template"),
         ({"class_template": "a {token} {class_word}"}, "class_template"),
         ({"class_template": "a {"}, "class_template"),
+        ({"method": "textual_inversion", "num_vectors": 0}, "num_vectors"),
+        ({"method": "lora", "num_vectors": 2}, "num_vectors"),
     ],
 )
 def test_bad_settings_raise_one_line_config_error(overrides, field):
@@ -126,6 +128,19 @@ def test_token_already_in_tokenizer_is_rejected_for_textual_inversion(tiny_pipe,
     settings = TrainSettings(method="textual_inversion", steps=1)
     _expect_config_error(
         tiny_pipe, tmp_path, "already in the tokenizer", method="textual_inversion", token="<my-dog>", settings=settings
+    )
+
+
+def test_taken_vector_token_is_rejected_for_multi_vector_textual_inversion(tiny_pipe, tmp_path):
+    tiny_pipe.tokenizer.add_tokens("<my-dog>_2")
+    settings = TrainSettings(method="textual_inversion", steps=1, num_vectors=3)
+    _expect_config_error(
+        tiny_pipe,
+        tmp_path,
+        "'<my-dog>_2' is already in the tokenizer",
+        method="textual_inversion",
+        token="<my-dog>",
+        settings=settings,
     )
 
 

@@ -92,3 +92,22 @@ def test_initializer_defaults_to_the_class_word_and_is_recorded(tiny_pipe_factor
     record = json.loads((result.out / "cemaps_train.json").read_text())
     assert record["settings"]["initializer_token"] == "dog" and record["token"] == TOKEN
     assert record["settings"]["max_grad_norm"] is None  # the TI script does not clip
+
+
+def test_multi_vector_embedding_is_the_form_diffusers_expands(tiny_pipe_factory, subject_images, tmp_path):
+    """diffusers' --num_vectors 3: one file entry [3, dim]; loading adds <my-dog>, <my-dog>_1, <my-dog>_2."""
+    pipe = tiny_pipe_factory(seed=0)
+    vocab_size = len(pipe.tokenizer)
+    result = train(pipe, subject_images, tmp_path / "ti", steps=2, num_vectors=3)
+    learned = load_file(result.artifact)[TOKEN]
+    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    dog_row = table[pipe.tokenizer.encode("dog", add_special_tokens=False)[0]]
+    assert learned.shape == (3, table.shape[1]) and len(pipe.tokenizer) == vocab_size
+    assert all(not torch.equal(row, dog_row) for row in learned)  # every vector started as "dog", then trained
+    assert json.loads((result.out / "cemaps_train.json").read_text())["settings"]["num_vectors"] == 3
+
+    loaded = tiny_pipe_factory(seed=0)
+    loaded.load_textual_inversion(result.out)
+    ids = loaded.tokenizer.convert_tokens_to_ids([TOKEN, f"{TOKEN}_1", f"{TOKEN}_2"])
+    assert torch.equal(loaded.text_encoder.get_input_embeddings().weight[ids].detach(), learned)
+    assert loaded.maybe_convert_prompt(f"a photo of {TOKEN}", loaded.tokenizer).endswith(f"{TOKEN}_1 {TOKEN}_2")

@@ -46,6 +46,9 @@ def personalize_command(
     initializer_token: str | None = typer.Option(
         None, help="Textual inversion: single token whose embedding starts the new one (default: the class word)."
     ),
+    num_vectors: int = typer.Option(
+        1, help="Textual inversion: embedding vectors learned for the token (diffusers' --num_vectors)."
+    ),
     seed: int = typer.Option(0, help="Seed for initialisation, data order, noise and class images."),
     batch_size: int = typer.Option(1, help="Instance images per step."),
     resolution: int | None = typer.Option(
@@ -96,6 +99,7 @@ def personalize_command(
             rank=rank,
             lora_targets=lora_targets,
             initializer_token=initializer_token,
+            num_vectors=num_vectors,
             prior_preservation=prior_preservation,
             num_class_images=num_class_images,
             mixed_precision=mixed_precision,

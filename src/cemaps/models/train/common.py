@@ -78,6 +78,9 @@ class TrainSettings:
         lora_targets: ``"cross_attention"`` (``to_k``/``to_v`` of every ``attn2``) or ``"attention"``
             (``to_q``/``to_k``/``to_v``/``to_out.0`` of every attention, diffusers' script default).
         initializer_token: TI only: the single token whose embedding starts the new one; None is the class word.
+        num_vectors: TI only: embedding vectors learned for the token (diffusers' ``--num_vectors``); with
+            more than one, the prompt's token stands for ``token token_1 ... token_{n-1}`` and the file holds
+            ``{token: tensor[num_vectors, dim]}``, the multi-vector form ``load_textual_inversion`` expands.
         prior_preservation: DreamBooth only: add the class-prior loss on images the base pipe generates.
         prior_loss_weight: weight of that loss.
         num_class_images: how many class images to generate and cache.
@@ -99,6 +102,7 @@ class TrainSettings:
     rank: int = 4
     lora_targets: str = "cross_attention"
     initializer_token: str | None = None
+    num_vectors: int = 1
     prior_preservation: bool = False
     prior_loss_weight: float = 1.0
     num_class_images: int = 100
@@ -126,6 +130,18 @@ class TrainSettings:
         _require(self.resolution is None or self.resolution >= 8, "resolution", self.resolution, "None or >= 8")
         _require(self.rank >= 1, "rank", self.rank, "an integer >= 1")
         _require(self.lora_targets in LORA_TARGETS, "lora_targets", self.lora_targets, " or ".join(LORA_TARGETS))
+        _require(
+            isinstance(self.num_vectors, int) and self.num_vectors >= 1,
+            "num_vectors",
+            self.num_vectors,
+            "an integer >= 1",
+        )
+        _require(
+            self.num_vectors == 1 or self.method == "textual_inversion",
+            "num_vectors",
+            self.num_vectors,
+            "1 unless method='textual_inversion'",
+        )
         _require(self.prior_loss_weight >= 0, "prior_loss_weight", self.prior_loss_weight, ">= 0")
         _require(self.num_class_images >= 1, "num_class_images", self.num_class_images, "an integer >= 1")
         _require(self.class_inference_steps >= 1, "class_inference_steps", self.class_inference_steps, ">= 1")

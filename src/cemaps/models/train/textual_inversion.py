@@ -4,7 +4,10 @@ A new token is added (to a copy of the tokenizer), its embedding row starts as t
 token's row, and only that row is trained: after every optimiser step all other rows are put
 back, as the script does (AdamW's weight decay would otherwise move them). The row is saved as
 ``learned_embeds.safetensors`` ``{token: tensor[dim]}``, which ``pipe.load_textual_inversion(folder)``
-reads. The training table is a separate ``nn.Embedding`` swapped in for the run, so the caller's
+reads. With ``num_vectors`` n > 1 (the script's ``--num_vectors``) the tokens ``token, token_1, ...,
+token_{n-1}`` are added, each starting at the initializer, the instance prompt spells all of them
+where it says ``token``, and the file holds ``{token: tensor[n, dim]}``, which diffusers expands
+back into the n tokens when it loads the file and when a prompt says ``token``. The training table is a separate ``nn.Embedding`` swapped in for the run, so the caller's
 tokenizer, embedding module and weights are exactly the originals afterwards.
 """
 
@@ -40,10 +43,12 @@ def check_inputs(pipe: StableDiffusionPipeline, token: str, class_word: str, set
     """
     vocab = pipe.tokenizer.get_vocab()
     # "dog" is in CLIP's vocabulary as "dog</w>": as an added token it would replace the word in every prompt.
-    if token in vocab or f"{token}</w>" in vocab or copy.deepcopy(pipe.tokenizer).add_tokens(token) != 1:
-        raise ConfigError(
-            f"token {token!r} is already in the tokenizer; textual inversion needs a new token, e.g. '<my-{class_word}>'"
-        )
+    for name in vector_tokens(token, settings.num_vectors):
+        if name in vocab or f"{name}</w>" in vocab or copy.deepcopy(pipe.tokenizer).add_tokens(name) != 1:
+            raise ConfigError(
+                f"token {name!r} is already in the tokenizer; textual inversion needs a new token, "
+                f"e.g. '<my-{class_word}>'"
+            )
     initializer = settings.initializer_token if settings.initializer_token is not None else class_word
     initializer_ids = pipe.tokenizer.encode(initializer, add_special_tokens=False)
     if len(initializer_ids) != 1:
@@ -62,18 +67,29 @@ def check_inputs(pipe: StableDiffusionPipeline, token: str, class_word: str, set
     return replace(settings, initializer_token=initializer)
 
 
+def vector_tokens(token: str, num_vectors: int) -> list[str]:
+    """The tokens one multi-vector embedding occupies, named as diffusers names them.
+
+    Example:
+        >>> vector_tokens("<cat>", 3)
+        ['<cat>', '<cat>_1', '<cat>_2']
+    """
+    return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
 def train(
     pipe: StableDiffusionPipeline, data: TrainingData, settings: TrainSettings, save_dir: Path, progress: bool
 ) -> list[float]:
-    """Trains one new embedding row, writes ``save_dir/learned_embeds.safetensors``, restores the encoder.
+    """Trains the new embedding row(s), writes ``save_dir/learned_embeds.safetensors``, restores the encoder.
 
     Returns:
         The loss of every step.
     """
     token = data.token
+    tokens = vector_tokens(token, settings.num_vectors)
     tokenizer = copy.deepcopy(pipe.tokenizer)
-    tokenizer.add_tokens(token)
-    token_id = tokenizer.convert_tokens_to_ids(token)
+    tokenizer.add_tokens(tokens)
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
     initializer_id = tokenizer.encode(settings.initializer_token, add_special_tokens=False)[0]
     text_encoder = pipe.text_encoder
     original_embeddings = text_encoder.get_input_embeddings()
@@ -86,16 +102,17 @@ def train(
     )
     with torch.no_grad():
         trained_embeddings.weight[: original_embeddings.num_embeddings] = original_embeddings.weight
-        trained_embeddings.weight[token_id] = original_embeddings.weight[initializer_id]
+        trained_embeddings.weight[token_ids] = original_embeddings.weight[initializer_id]
     frozen_rows = torch.ones(len(tokenizer), dtype=torch.bool, device=trained_embeddings.weight.device)
-    frozen_rows[token_id] = False
+    frozen_rows[token_ids] = False
     reference_weights = trained_embeddings.weight.detach().clone()
 
     def restore_frozen_rows() -> None:
         with torch.no_grad():
             trained_embeddings.weight[frozen_rows] = reference_weights[frozen_rows]
 
-    ids = tokenize(tokenizer, data.instance_prompt).to(text_encoder.device)
+    # the prompt spells every vector's token, as diffusers' maybe_convert_prompt does at inference
+    ids = tokenize(tokenizer, data.instance_prompt.replace(token, " ".join(tokens))).to(text_encoder.device)
     with preserved_pipeline_state(pipe, settings.seed):
         pipe.unet.requires_grad_(False)
         pipe.vae.requires_grad_(False)
@@ -116,7 +133,8 @@ def train(
                 progress,
                 after_optimizer_step=restore_frozen_rows,
             )
-            learned = trained_embeddings.weight[token_id].detach().to("cpu", torch.float32).clone()
+            learned = trained_embeddings.weight[token_ids].detach().to("cpu", torch.float32).clone()
+            learned = learned[0] if len(tokens) == 1 else learned
             save_file({token: learned}, str(save_dir / TI_WEIGHTS_NAME), metadata={"format": "pt"})
         finally:
             text_encoder.set_input_embeddings(original_embeddings)
