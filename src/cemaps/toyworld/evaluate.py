@@ -5,7 +5,9 @@ shape), positioned prompts, counted prompts and abstract words, judges each imag
 its pixels (:mod:`cemaps.toyworld.judge`), and scores the colour and shape tokens'
 cross-attention maps against the judged object masks (:mod:`cemaps.toyworld.attention`).
 The same prompts are also rendered by the world itself and judged, so every accuracy
-comes with the judge's own ceiling measured side by side.
+comes with the judge's own ceiling measured side by side, and the renders are passed through
+the pipeline's VAE (encode, decode) and judged again: the ceiling of any UNet that decodes
+through that VAE.
 
 Example:
     >>> [judged_caption(spec) for spec in single_object_specs()[:2]]
@@ -158,6 +160,18 @@ def _rendered(texts_specs: list[tuple[str, PromptSpec | None]], seeds: list[int]
     return np.stack(images)
 
 
+@torch.no_grad()
+def vae_round_trip(pipe, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """``images`` (uint8 [n, H, W, 3]) encoded by ``pipe.vae`` (posterior mean) and decoded again, uint8."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        pixels = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        pixels = pixels.to(pipe.vae.device, pipe.vae.dtype)
+        decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample.float().clamp(-1, 1)
+        out.append(((decoded + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
 def evaluate_pipeline(
     pipe,
     seeds: list[int],
@@ -169,7 +183,9 @@ def evaluate_pipeline(
     """Judge accuracies (generated vs rendered), abstract features, and per-layer mIoU.
 
     Returns:
-        ``accuracy``: rows (check, source) with the mean and the number of images;
+        ``accuracy``: rows (check, source) with the mean and the number of images; sources are
+        ``generated``, ``rendered`` (the judge's ceiling) and ``rendered + VAE`` (the renders after
+        :func:`vae_round_trip`: what the pipeline's decoder can show at best);
         ``abstract``: per abstract word, its feature for generated images, rendered images and
         the empty prompt; ``miou``: per layer, mean IoU of the colour and shape words' maps over
         images where the judge found the asked colour (``miou_images`` of them).
@@ -180,7 +196,12 @@ def evaluate_pipeline(
     generated = generate(pipe, single_texts, seeds, steps, guidance_scale, batch_size, capture_attention=with_attention)
     rendered = _rendered([(t, s) for t, s in zip(single_texts, singles, strict=False)], seeds)
     ious = []
-    for source, images in (("generated", generated.images), ("rendered", rendered)):
+    sources = (
+        ("generated", generated.images),
+        ("rendered", rendered),
+        ("rendered + VAE", vae_round_trip(pipe, rendered)),
+    )
+    for source, images in sources:
         for index, image in enumerate(images):
             spec = singles[index // len(seeds)]
             rows.append({"source": source, **judge_single(image, spec)})
@@ -210,9 +231,11 @@ def evaluate_pipeline(
         ("count 1-3", counts, judge_count),
     ):
         texts = [judged_caption(s) for s in specs]
+        rendered = _rendered(list(zip(texts, specs, strict=False)), seeds)
         sources = {
             "generated": generate(pipe, texts, seeds, steps, guidance_scale, batch_size).images,
-            "rendered": _rendered(list(zip(texts, specs, strict=False)), seeds),
+            "rendered": rendered,
+            "rendered + VAE": vae_round_trip(pipe, rendered),
         }
         for source, images in sources.items():
             values = [judge(image, specs[i // len(seeds)]) for i, image in enumerate(images)]
