@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -24,10 +25,10 @@ TEMPLATES = (
 )
 
 
-def write_ti(folder: Path, width: int, token: str) -> Path:
+def write_ti(folder: Path, width: int, token: str, vectors: int = 1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file(
-        {token: torch.randn(1, width, generator=torch.Generator().manual_seed(1))},
+        {token: torch.randn(vectors, width, generator=torch.Generator().manual_seed(1))},
         folder / "learned_embeds.safetensors",
     )
     return folder
@@ -119,6 +120,43 @@ def test_in_context_records_are_paired_with_per_model_texts(tmp_path, tiny_pipe,
         "snow</w>",
         "<|endoftext|>",
     }
+
+
+def test_multi_vector_ti_token_spans_its_vectors_in_texts_and_maps(tmp_path, tiny_pipe, study):
+    """diffusers spells a 3-vector token as three tokens when it encodes; texts and spans follow it."""
+    width = tiny_pipe.text_encoder.config.hidden_size
+    ti = PersonalizedEntry(
+        "ti-face1",
+        "textual_inversion",
+        str(write_ti(tmp_path / "ti3", width, "<sks-face1>", vectors=3)),
+        subject="face1",
+        token="<sks-face1>",
+    )
+    config = replace(study, personalized=(ti,))
+    result = run_study(config, tmp_path / "s.h5", progress=False, pipe=tiny_pipe)
+    with open_store(result.in_context.store) as store:
+        texts = store.table("in_context_texts").set_index(["model_id", "prompt_id"])
+        records = store.records
+        record = int(
+            records.loc[(records.model_id == "ti-face1") & (records.prompt_id == "f1@face1"), "record"].iloc[0]
+        )
+        name = next(n for n in store.array_names if n.startswith("cross_attention/"))
+        n_captured_tokens = store.read_one(name, record).shape[store.axes(name).index("token")]
+    row = texts.loc[("ti-face1", "f1@face1")]
+    assert row["text"] == "a photo of <sks-face1> on a beach"
+    assert row["tokens"][row["subject_start"] : row["subject_stop"]] == [
+        "<sks-face1>",
+        "<sks-face1>_1",
+        "<sks-face1>_2",
+    ]
+    assert row["tokens"][row["subject_stop"] :] == ["on</w>", "a</w>", "beach</w>", "<|endoftext|>"]
+    assert n_captured_tokens == len(row["tokens"])  # the maps' token axis is the expanded prompt's
+    (tmp_path / "results").mkdir()
+    analyse_in_context(tmp_path / "s.h5", tmp_path / "results", ClipScorer.tiny(seed=0))
+    shift = pd.read_csv(tmp_path / "results" / "in_context_shift.csv")
+    # the context is the template's words (start + "a photo of" + "on a beach" + end), not the extra vectors
+    ti_shift = shift[shift.model_id == "ti-face1"].groupby("prompt_id")["n_context_tokens"].first()
+    assert dict(ti_shift) == {"f1@face1": 8, "f2@face1": 6}
 
 
 def test_in_context_only(tmp_path, tiny_pipe, study):

@@ -13,7 +13,7 @@ Textual Inversion token tokenizes as the one word it is).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +120,20 @@ class InContextSet:
     def text(self, model_id: str, prompt_id: str) -> str:
         return fill(self._rows.at[prompt_id, "template"], self.phrase(model_id, prompt_id))
 
-    def texts_table(self, tokenizer: Any, model_id: str) -> pd.DataFrame:
-        """Per prompt of ``model_id``: its text, tokens, and the token span [start, stop) of the subject phrase."""
+    def texts_table(self, tokenizer: Any, model_id: str, expand: Callable[[str], str] | None = None) -> pd.DataFrame:
+        """Per prompt of ``model_id``: its text, tokens, and the token span [start, stop) of the subject phrase.
+
+        ``expand`` rewrites a text as the pipeline does before encoding it: diffusers'
+        ``maybe_convert_prompt`` spells a multi-vector Textual Inversion token ``<t>`` as
+        ``<t> <t>_1 ...``, so the tokens (and the subject span) are those the captured maps have.
+        """
         rows = []
         for prompt_id in self.prompt_ids(model_id):
             template = self._rows.at[prompt_id, "template"]
             before, after = split_template(template)
             text = self.text(model_id, prompt_id)
-            ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length).input_ids
+            encoded = text if expand is None else expand(text)
+            ids = tokenizer(encoded, truncation=True, max_length=tokenizer.model_max_length).input_ids
             # CLIP's tokenizer splits words before BPE, so the context words tokenize alike with any subject
             # phrase: [start] + before + phrase + after + [end].
             n_before = len(tokenizer(before).input_ids) - 2
@@ -149,7 +155,9 @@ class InContextSet:
 
     def record_texts(self, writer: Any, pipe: Any, model_id: str) -> None:
         """Stores ``model_id``'s texts (call while the model is applied to ``pipe``)."""
-        writer.write_table(TEXTS_TABLE, self.texts_table(pipe.tokenizer, model_id))
+        convert = getattr(pipe, "maybe_convert_prompt", None)  # diffusers' TextualInversionLoaderMixin
+        expand = None if convert is None else (lambda text: convert(text, pipe.tokenizer))
+        writer.write_table(TEXTS_TABLE, self.texts_table(pipe.tokenizer, model_id, expand))
 
 
 def tokenized(prompts: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
