@@ -4,7 +4,7 @@ Generates, for single-object concrete prompts (every colour and kind at least tw
 positioned prompts, counted prompts (1-3) and abstract words, ``--seeds`` images each,
 judges them from pixels only (cemaps.toyworld.judge), and prints side by side the same
 checks on the world's own renders of the same prompts (the judge's ceiling) and on those
-renders after the pipeline's VAE (the ceiling of a UNet that decodes through it). Then the
+renders after the pipeline's VAE (a reference for a UNet that decodes through it). Then the
 colour and shape tokens' cross-attention maps of the single-object images are scored as
 segmentations against the judged object masks (DAAM's protocol: upsample, max-normalise,
 threshold 0.4, IoU), per layer and for the map averaged over layers.

@@ -144,6 +144,20 @@ def test_taken_vector_token_is_rejected_for_multi_vector_textual_inversion(tiny_
     )
 
 
+def test_known_first_vector_token_is_rejected_even_for_one_vector(tiny_pipe, tmp_path):
+    # diffusers' maybe_convert_prompt would spell "<my-dog> <my-dog>_1" wherever the prompt says <my-dog>
+    tiny_pipe.tokenizer.add_tokens("<my-dog>_1")
+    settings = TrainSettings(method="textual_inversion", steps=1)
+    _expect_config_error(
+        tiny_pipe,
+        tmp_path,
+        "'<my-dog>_1' is already in the tokenizer",
+        method="textual_inversion",
+        token="<my-dog>",
+        settings=settings,
+    )
+
+
 def test_multi_token_initializer_is_rejected(tiny_pipe, tmp_path):
     settings = TrainSettings(method="textual_inversion", steps=1, initializer_token="golden retriever")
     _expect_config_error(

@@ -28,8 +28,14 @@ def test_evaluation_tables_have_every_check_and_ceiling(toy_pipe):
     accuracy = tables["accuracy"].set_index(["check", "source"])["accuracy"]
     checks = ("colour", "shape", "position", "count 1-3")
     assert set(accuracy.index) == {(c, s) for c in checks for s in ("generated", "rendered", "rendered + VAE")}
-    # renders are judged right (the judge's ceiling); the VAE keeps every colour of the 18 prompts
+    images = tables["accuracy"].set_index(["check", "source"])["images"]
+    assert (
+        images[("colour", "rendered + VAE")] == images[("colour", "rendered")] == images[("colour", "generated")] == 18
+    )
+    # renders are judged right (the judge's ceiling); after the shipped VAE at least 17 of the 18 colours survive
+    # (0.993 over 8 seeds, benchmarks/toyworld_quality.py)
     assert accuracy[("colour", "rendered")] == 1.0 and accuracy[("position", "rendered")] == 1.0
-    assert accuracy[("colour", "rendered + VAE")] >= 0.9
+    assert accuracy[("colour", "rendered + VAE")] >= 17 / 18
     assert len(tables["abstract"]) == 5
-    assert "all layers" in tables["miou"].index and len(tables["miou"]) == 17
+    # one row per cross-attention layer (SD v1.5's 16 attn2) and one for the map averaged over them
+    assert "all layers" in tables["miou"].index and len(tables["miou"]) == 16 + 1

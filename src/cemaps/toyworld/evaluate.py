@@ -6,8 +6,8 @@ its pixels (:mod:`cemaps.toyworld.judge`), and scores the colour and shape token
 cross-attention maps against the judged object masks (:mod:`cemaps.toyworld.attention`).
 The same prompts are also rendered by the world itself and judged, so every accuracy
 comes with the judge's own ceiling measured side by side, and the renders are passed through
-the pipeline's VAE (encode, decode) and judged again: the ceiling of any UNet that decodes
-through that VAE.
+the pipeline's VAE (encode, decode) and judged again: a reference for any UNet that decodes
+through that VAE (what its decoder makes of the right latents).
 
 Example:
     >>> [judged_caption(spec) for spec in single_object_specs()[:2]]
@@ -185,7 +185,7 @@ def evaluate_pipeline(
     Returns:
         ``accuracy``: rows (check, source) with the mean and the number of images; sources are
         ``generated``, ``rendered`` (the judge's ceiling) and ``rendered + VAE`` (the renders after
-        :func:`vae_round_trip`: what the pipeline's decoder can show at best);
+        :func:`vae_round_trip`: what the pipeline's decoder makes of their encoded latents);
         ``abstract``: per abstract word, its feature for generated images, rendered images and
         the empty prompt; ``miou``: per layer, mean IoU of the colour and shape words' maps over
         images where the judge found the asked colour (``miou_images`` of them).

@@ -5,7 +5,7 @@ writes the result in the format diffusers itself loads, plus ``cemaps_train.json
 per-step losses, seeds, SHA-256 of the source images, library versions):
 
 - ``lora``: ``out/pytorch_lora_weights.safetensors``, loaded by ``pipe.load_lora_weights(out)``;
-- ``textual_inversion``: ``out/learned_embeds.safetensors`` ``{token: [dim]}``, loaded by
+- ``textual_inversion``: ``out/learned_embeds.safetensors`` ``{token: [dim]}`` (``[num_vectors, dim]``), loaded by
   ``pipe.load_textual_inversion(out)``;
 - ``dreambooth``: the whole pipeline in safetensors, loaded by
   ``StableDiffusionPipeline.from_pretrained(out)``.

@@ -7,8 +7,9 @@ back, as the script does (AdamW's weight decay would otherwise move them). The r
 reads. With ``num_vectors`` n > 1 (the script's ``--num_vectors``) the tokens ``token, token_1, ...,
 token_{n-1}`` are added, each starting at the initializer, the instance prompt spells all of them
 where it says ``token``, and the file holds ``{token: tensor[n, dim]}``, which diffusers expands
-back into the n tokens when it loads the file and when a prompt says ``token``. The training table is a separate ``nn.Embedding`` swapped in for the run, so the caller's
-tokenizer, embedding module and weights are exactly the originals afterwards.
+back into the n tokens when it loads the file and when a prompt says ``token``. The training
+table is a separate ``nn.Embedding`` swapped in for the run, so the caller's tokenizer,
+embedding module and weights are exactly the originals afterwards.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def check_inputs(pipe: StableDiffusionPipeline, token: str, class_word: str, set
     """Checks the new token and the initializer; returns settings with the initializer resolved.
 
     Raises:
-        ConfigError: the token is already known to the tokenizer, the initializer is not exactly
-            one token, or the text encoder is not float32.
+        ConfigError: the token (or one of its vector tokens ``token_1``, ...) is already known to
+            the tokenizer, the initializer is not exactly one token, or the text encoder is not float32.
     """
     vocab = pipe.tokenizer.get_vocab()
     # "dog" is in CLIP's vocabulary as "dog</w>": as an added token it would replace the word in every prompt.
-    for name in vector_tokens(token, settings.num_vectors):
+    # A known "token_1" would be spelled after the token by diffusers' maybe_convert_prompt, even for one vector.
+    for name in vector_tokens(token, max(settings.num_vectors, 2)):
         if name in vocab or f"{name}</w>" in vocab or copy.deepcopy(pipe.tokenizer).add_tokens(name) != 1:
             raise ConfigError(
                 f"token {name!r} is already in the tokenizer; textual inversion needs a new token, "
