@@ -131,27 +131,16 @@ def test_token_already_in_tokenizer_is_rejected_for_textual_inversion(tiny_pipe,
     )
 
 
-def test_taken_vector_token_is_rejected_for_multi_vector_textual_inversion(tiny_pipe, tmp_path):
-    tiny_pipe.tokenizer.add_tokens("<my-dog>_2")
-    settings = TrainSettings(method="textual_inversion", steps=1, num_vectors=3)
+# A known "<my-dog>_1" is refused even for one vector: diffusers' maybe_convert_prompt would spell
+# "<my-dog> <my-dog>_1" wherever the prompt says <my-dog>.
+@pytest.mark.parametrize(("taken", "num_vectors"), [("<my-dog>_2", 3), ("<my-dog>_1", 1)])
+def test_taken_vector_token_is_rejected_for_textual_inversion(tiny_pipe, tmp_path, taken, num_vectors):
+    tiny_pipe.tokenizer.add_tokens(taken)
+    settings = TrainSettings(method="textual_inversion", steps=1, num_vectors=num_vectors)
     _expect_config_error(
         tiny_pipe,
         tmp_path,
-        "'<my-dog>_2' is already in the tokenizer",
-        method="textual_inversion",
-        token="<my-dog>",
-        settings=settings,
-    )
-
-
-def test_known_first_vector_token_is_rejected_even_for_one_vector(tiny_pipe, tmp_path):
-    # diffusers' maybe_convert_prompt would spell "<my-dog> <my-dog>_1" wherever the prompt says <my-dog>
-    tiny_pipe.tokenizer.add_tokens("<my-dog>_1")
-    settings = TrainSettings(method="textual_inversion", steps=1)
-    _expect_config_error(
-        tiny_pipe,
-        tmp_path,
-        "'<my-dog>_1' is already in the tokenizer",
+        f"'{taken}' is already in the tokenizer",
         method="textual_inversion",
         token="<my-dog>",
         settings=settings,
