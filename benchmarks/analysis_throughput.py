@@ -198,7 +198,7 @@ def build_store(
 def use_reference_kernel() -> None:
     """Makes the store pass use the previous arithmetic: normalise q, then ``_js_divergence`` (log2,
     fresh temporaries), so the fused kernel can be timed against it on the same store and load."""
-    import cemaps.analysis.attention_shift as shift
+    import cemaps.analysis.shift.attention_shift as shift
 
     def reference(p, maps, permutation, half_index, workspace):
         n_halves = maps.permute(*permutation).shape[2]
@@ -213,7 +213,7 @@ def measure(path: Path, chunk_size: int, threads: int, cpus: set[int] | None, ke
         os.sched_setaffinity(0, cpus)  # e.g. {0, 1}: the "2 cores" the target is stated for
     import torch
 
-    from cemaps.analysis.attention_shift import attention_shift_table
+    from cemaps.analysis.shift.attention_shift import attention_shift_table
     from cemaps.store import open_store
 
     torch.set_num_threads(threads)
@@ -257,7 +257,7 @@ def compare_compute(path: Path, baseline_src: Path, records: int, repeats: int, 
         os.sched_setaffinity(0, cpus)
     import torch
 
-    import cemaps.analysis.attention_shift as shift
+    import cemaps.analysis.shift.attention_shift as shift
     from cemaps.store import open_store
 
     torch.set_num_threads(1)

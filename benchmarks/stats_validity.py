@@ -18,7 +18,7 @@ import argparse
 import gc
 import time
 
-from cemaps.analysis.stats_validity import FAMILIES, null_rate_and_power
+from cemaps.analysis.stats.validity import FAMILIES, null_rate_and_power
 
 
 def main() -> None:

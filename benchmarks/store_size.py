@@ -21,10 +21,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cemaps.config import GenerationSettings, StudyConfig  # noqa: E402
 from cemaps.probes import CrossAttentionSettings  # noqa: E402
 from cemaps.store import open_store  # noqa: E402
-from cemaps.study import run_study  # noqa: E402
+from cemaps.study.config import GenerationSettings, StudyConfig  # noqa: E402
+from cemaps.study.runner import run_study  # noqa: E402
 
 PROMPTS = [
     "an oil painting of a lighthouse on a cliff at dusk",

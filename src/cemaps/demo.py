@@ -21,7 +21,6 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from cemaps.config import load_config
 from cemaps.data import load_subjects, synthetic_subject_images
 from cemaps.errors import ConfigError
 from cemaps.models import tiny_pipeline
@@ -29,6 +28,7 @@ from cemaps.models.loading import TOYWORLD_MODEL_ID as TOYWORLD_BASE
 from cemaps.models.loading import load_pipeline
 from cemaps.models.train import TrainSettings, personalize
 from cemaps.outputs import claim_output_folder
+from cemaps.study.config import load_config
 
 DEMO_SUBJECTS = ("face1", "object1")
 # The trainers' defaults follow diffusers' scripts (hundreds to thousands of steps); the demo
@@ -143,7 +143,7 @@ def run_demo(
     """
     from cemaps.analysis.pipeline import run_analysis
     from cemaps.report import write_report
-    from cemaps.study import run_study
+    from cemaps.study.runner import run_study
 
     if world not in ("tiny", "toy"):
         raise ConfigError(f"demo world {world!r} is unknown; expected 'tiny' or 'toy'")

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cemaps.analysis.attention_shift import attention_shift
 from cemaps.analysis.clip_scorer import ClipScorer
 from cemaps.analysis.in_context import (
     analyse_in_context,
@@ -20,6 +19,7 @@ from cemaps.analysis.in_context import (
     non_subject_shift,
     subject_fidelity,
 )
+from cemaps.analysis.shift.attention_shift import attention_shift
 from cemaps.errors import ConfigError, StoreError
 from cemaps.store import StoreWriter, open_store
 

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from cemaps.analysis.attention_shift import attention_shift_table
 from cemaps.analysis.pipeline import run_analysis
-from cemaps.config import GenerationSettings, PersonalizedEntry, StudyConfig
+from cemaps.analysis.shift.attention_shift import attention_shift_table
 from cemaps.models import tiny_pipeline
 from cemaps.probes import CrossAttentionSettings
 from cemaps.store import open_store
-from cemaps.study import run_study
+from cemaps.study.config import GenerationSettings, PersonalizedEntry, StudyConfig
+from cemaps.study.runner import run_study
 
 TARGET = "down_blocks.2.attentions.0.transformer_blocks.0.attn2"
 EXECUTION_ORDER_BEFORE = [

@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_helpers import SMALL, assert_refused, snapshot, write
 
-from cemaps.config_checks import available_devices
+from cemaps.study.config_checks import available_devices
 
 # A CUDA index past the last GPU is unavailable on every machine, with or without a GPU.
 MISSING_GPU = f"cuda:{torch.cuda.device_count() + 3}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cli_helpers import SMALL, assert_refused, snapshot, write
 
-from cemaps.config import load_config
+from cemaps.study.config import load_config
 
 
 def test_every_path_resolves_against_the_config_folder(tmp_path, monkeypatch):

@@ -87,8 +87,8 @@ def test_capture_without_a_config_refuses(cli, tmp_path, monkeypatch, flags):
 
 
 def test_python_api_gets_the_same_checks():
-    from cemaps.config import PersonalizedEntry, config_from_dict
     from cemaps.errors import ConfigError
+    from cemaps.study.config import PersonalizedEntry, config_from_dict
 
     with pytest.raises(ConfigError, match="allow_pickle='false'"):
         PersonalizedEntry(id="a", method="lora", path="x.bin", allow_pickle="false")

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 
 from cemaps.analysis.entanglement import entanglement_map, write_entanglement_maps
-from cemaps.analysis.stats_abstractness import compare_abstractness
-from cemaps.analysis.stats_clustering import cluster
-from cemaps.analysis.stats_layers import link_layers
-from cemaps.analysis.stats_methods import compare_methods
-from cemaps.analysis.stats_semantic import semantic_proximity
+from cemaps.analysis.stats.abstractness import compare_abstractness
+from cemaps.analysis.stats.clustering import cluster
+from cemaps.analysis.stats.layers import link_layers
+from cemaps.analysis.stats.methods import compare_methods
+from cemaps.analysis.stats.semantic import semantic_proximity
 from cemaps.report import write_report
 from cemaps.store import StoreWriter
 

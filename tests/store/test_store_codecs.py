@@ -14,7 +14,7 @@ import hdf5plugin
 import numpy as np
 import pandas as pd
 
-from cemaps.analysis.attention_shift import attention_shift_table
+from cemaps.analysis.shift.attention_shift import attention_shift_table
 from cemaps.store import SCHEMA_VERSION, StoreWriter, merge_stores, open_store
 from cemaps.store.layout import parts_dir, sealed_files
 

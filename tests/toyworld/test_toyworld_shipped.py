@@ -10,8 +10,8 @@ import yaml
 
 import cemaps
 from cemaps.analysis.clip_scorer import ClipScorer
-from cemaps.config import load_config
 from cemaps.errors import ModelLoadError
+from cemaps.study.config import load_config
 from cemaps.toyworld import assets
 from cemaps.toyworld.judge import judge_image
 from cemaps.toyworld.world import Scene, ToyObject, render

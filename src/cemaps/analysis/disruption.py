@@ -32,8 +32,8 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from cemaps.analysis.attention_shift import paired_records
 from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
+from cemaps.analysis.shift.attention_shift import paired_records
 from cemaps.errors import ConfigError, StoreError
 
 KEYS = ["model_id", "prompt_id", "seed"]

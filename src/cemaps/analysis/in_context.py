@@ -12,7 +12,7 @@ model its token ("a sks woman", "<sks-face1>"). Per record:
   and each of the subject's training images (DreamBooth's CLIP-I: average pairwise
   cosine of generated and real images); NaN when no training images are given.
 - ``non_subject_shift`` (personalized records, per layer): the Jensen-Shannon attention
-  shift (:func:`cemaps.analysis.attention_shift.attention_shift`) between a record and its
+  shift (:func:`cemaps.analysis.shift.attention_shift.attention_shift`) between a record and its
   base twin over the tokens outside the subject phrase: start token, the template's
   context words, end token. The phrases differ in length ("a woman" vs "<sks-face1>"),
   so the tokens are aligned by the context each text shares, and checked to be the same.
@@ -34,14 +34,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cemaps.analysis.attention_shift import (
+from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
+from cemaps.analysis.shift.attention_shift import (
     _capture_halves,
     attention_shift,
     base_model_id,
     paired_records,
     select_layers,
 )
-from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
 from cemaps.errors import ConfigError, StoreError
 
 TEXTS_TABLE = "in_context_texts"
@@ -168,7 +168,7 @@ def non_subject_shift(
 
     Args:
         store: an open in-context store.
-        layers: cross-attention layers (see :func:`cemaps.analysis.attention_shift.select_layers`).
+        layers: cross-attention layers (see :func:`cemaps.analysis.shift.attention_shift.select_layers`).
         half: the CFG half compared.
         chunk_size: personalized records read per step.
         per: ``"record"`` (mean over the context tokens) or ``"token"`` (one row per context token).
@@ -309,7 +309,7 @@ def analyse_in_context(
 
     Args:
         store_path: the study's main store (``study.h5``); its in-context twin is
-            ``study.in_context.h5`` (:func:`cemaps.prompt_sets.in_context_store_path`); ``store_path``
+            ``study.in_context.h5`` (:func:`cemaps.study.prompt_sets.in_context_store_path`); ``store_path``
             may also name the in-context store itself.
         out: the results folder.
         scorer: the CLIP scorer used for the main analysis.
@@ -321,8 +321,8 @@ def analyse_in_context(
         and context word, mean over records, layers and occurrences), ``in_context_summary`` (per
         model); empty when the study had no in-context set.
     """
-    from cemaps.prompt_sets import IN_CONTEXT_SUFFIX, in_context_store_path
     from cemaps.store import open_store
+    from cemaps.study.prompt_sets import IN_CONTEXT_SUFFIX, in_context_store_path
 
     store_path = Path(store_path)
     path = store_path if store_path.stem.endswith(IN_CONTEXT_SUFFIX) else in_context_store_path(store_path)

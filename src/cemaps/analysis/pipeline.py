@@ -44,7 +44,6 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 
-from cemaps.analysis.attention_shift import attention_shift_table
 from cemaps.analysis.clip_scorer import ClipScorer
 from cemaps.analysis.disruption import (
     aggregate_over_seeds,
@@ -53,12 +52,13 @@ from cemaps.analysis.disruption import (
 )
 from cemaps.analysis.entanglement import entanglement_map, write_entanglement_maps
 from cemaps.analysis.in_context import analyse_in_context
-from cemaps.analysis.stats_abstractness import compare_abstractness
-from cemaps.analysis.stats_clustering import cluster
-from cemaps.analysis.stats_common import to_jsonable
-from cemaps.analysis.stats_layers import link_layers
-from cemaps.analysis.stats_methods import compare_methods
-from cemaps.analysis.stats_semantic import semantic_proximity
+from cemaps.analysis.shift.attention_shift import attention_shift_table
+from cemaps.analysis.stats.abstractness import compare_abstractness
+from cemaps.analysis.stats.clustering import cluster
+from cemaps.analysis.stats.common import to_jsonable
+from cemaps.analysis.stats.layers import link_layers
+from cemaps.analysis.stats.methods import compare_methods
+from cemaps.analysis.stats.semantic import semantic_proximity
 from cemaps.errors import CemapsError, ConfigError, StoreError
 from cemaps.outputs import check_output_folder, staged_output
 from cemaps.store import open_store
@@ -320,7 +320,7 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
 
 
 def _layer_table(store) -> pd.DataFrame:
-    from cemaps.analysis.stats_layers import order_layers
+    from cemaps.analysis.stats.layers import order_layers
     from cemaps.labelled import CROSS_ATTENTION_PREFIX as prefix
 
     names = [n[len(prefix) :] for n in store.array_names if n.startswith(prefix)]

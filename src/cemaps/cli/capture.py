@@ -64,9 +64,9 @@ def capture_command(
         )
     quiet_libraries()
 
-    from cemaps.config import load_config
-    from cemaps.config_checks import check_base_model, check_device
-    from cemaps.study import run_study
+    from cemaps.study.config import load_config
+    from cemaps.study.config_checks import check_base_model, check_device
+    from cemaps.study.runner import run_study
 
     study = load_config(config)
     if seeds is not None:
@@ -87,8 +87,8 @@ def capture_command(
     check_base_model(study.base, "--base" if base is not None else f"{config}: base")
     target = store or Path(study.store or "study.h5")
     if dry_run:
-        from cemaps.distributed import process_info
-        from cemaps.plan import plan_study
+        from cemaps.study.distributed import process_info
+        from cemaps.study.plan import plan_study
 
         plan = plan_study(study, target, processes=processes, records_per_part=records_per_part)
         if process_info().rank == 0:  # under a launcher every process plans; one prints

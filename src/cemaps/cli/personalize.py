@@ -81,8 +81,8 @@ def personalize_command(
 
     _check_out(out, overwrite)
     from cemaps.cli.app import quiet_libraries
-    from cemaps.config_checks import check_base_model, check_device
     from cemaps.models.train import TrainSettings, personalize
+    from cemaps.study.config_checks import check_base_model, check_device
 
     if device is not None:
         check_device(device, "--device")

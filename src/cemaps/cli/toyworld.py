@@ -118,6 +118,6 @@ def _check_options(what, out, minutes, resume, pairs, warmup, lr, final_lr_fract
     if not (math.isfinite(final_lr_fraction) and 0 < final_lr_fraction <= 1):
         raise ConfigError(f"--final-lr-fraction {final_lr_fraction}: expected a fraction in (0, 1]")
     if device is not None:
-        from cemaps.config_checks import check_device
+        from cemaps.study.config_checks import check_device
 
         check_device(device, "--device")

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from cemaps.analysis.stats_common import NULL_RATE_VALIDATED
+from cemaps.analysis.stats.common import NULL_RATE_VALIDATED
 
 MAX_TABLE_ROWS = 60
 TEST_COLUMNS = ("where", "test", "statistic", "p", "effect size", "n", "method")
@@ -59,7 +59,7 @@ def test_rows_html(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """One table of test results: where (path in the summary), test, statistic, p, effect size, n, method.
 
     A p below 0.05 is bold only when the test's null rate is validated (``extra.null_rate_validated``,
-    see ``cemaps.analysis.stats_common``); any other p is labelled as not validated and never bold.
+    see ``cemaps.analysis.stats.common``); any other p is labelled as not validated and never bold.
     """
     rows = []
     for where, test in tests:

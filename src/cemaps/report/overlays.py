@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cemaps.analysis.attention_shift import base_model_id as store_base_model_id
+from cemaps.analysis.shift.attention_shift import base_model_id as store_base_model_id
 from cemaps.errors import ConfigError, LayerNotFoundError, StoreError
 from cemaps.labelled import CROSS_ATTENTION_AXES as MAP_AXES
 from cemaps.labelled import CROSS_ATTENTION_PREFIX as ARRAY_PREFIX

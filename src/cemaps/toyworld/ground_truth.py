@@ -201,8 +201,8 @@ def analyse_toy_world(store_path: str | Path, out: str | Path) -> dict[str, str]
     Returns:
         Result name -> file name (relative to ``out``); empty when the study is not a toy-world study.
     """
-    from cemaps.prompt_sets import in_context_store_path
     from cemaps.store import open_store
+    from cemaps.study.prompt_sets import in_context_store_path
 
     out = Path(out)
     files: dict[str, str] = {}
