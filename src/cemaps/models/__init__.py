@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "TINY_MODEL_ID": "cemaps.models.tiny",
+    "TINY_MODEL_ID": "cemaps.models.aliases",
     "clip_tokenizer": "cemaps.models.tiny",
     "tiny_pipeline": "cemaps.models.tiny",
     "load_pipeline": "cemaps.models.loading",

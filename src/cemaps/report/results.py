@@ -102,6 +102,17 @@ class Results:
         return dict(section)
 
 
+def mentions(value: Any, needle: str) -> bool:
+    """Whether any string inside a nested JSON value contains ``needle``."""
+    if isinstance(value, str):
+        return needle in value
+    if isinstance(value, Mapping):
+        return any(mentions(v, needle) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(mentions(v, needle) for v in value)
+    return False
+
+
 def require_table(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
     """Raises ConfigError naming ``name`` if ``table`` lacks ``columns`` or has no rows."""
     if not isinstance(table, pd.DataFrame):

@@ -45,6 +45,7 @@ from cemaps.study.config_checks import (
 )
 from cemaps.study.prompt_sets import InContextSettings, check_prompt_sets, prompt_set_values
 
+BASE_ID = "base"  # the base model's model_id in a study's store (records, models table)
 SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "ddim": "DDIMScheduler",
@@ -103,8 +104,8 @@ class PersonalizedEntry:
             raise ConfigError(f"personalized '{self.id}': method={self.method!r}, expected one of {', '.join(METHODS)}")
         if self.method == "textual_inversion" and not self.token:
             raise ConfigError(f"personalized '{self.id}': textual_inversion needs a token, e.g. token: \"<sks>\"")
-        if self.id == "base":
-            raise ConfigError("personalized id 'base' is reserved for the base model")
+        if self.id == BASE_ID:
+            raise ConfigError(f"personalized id '{BASE_ID}' is reserved for the base model")
         check_types(self, f"personalized '{self.id}': ")
 
 

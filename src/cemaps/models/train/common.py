@@ -26,7 +26,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from cemaps.errors import ConfigError, SettingError
-from cemaps.models.methods import METHODS
+from cemaps.models.methods import METADATA_NAME, METHODS
 from cemaps.models.train.images import (  # noqa: F401  (re-exported: the trainers import them from here)
     IMAGE_SUFFIXES,
     SourceImage,
@@ -36,7 +36,6 @@ from cemaps.models.train.images import (  # noqa: F401  (re-exported: the traine
 
 LORA_TARGETS = ("cross_attention", "attention")
 MIXED_PRECISIONS = ("fp16", "bf16")
-METADATA_NAME = "cemaps_train.json"
 CLASS_IMAGES_DIR = "class_images"
 
 
