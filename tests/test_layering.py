@@ -88,3 +88,22 @@ def test_a_scorer_table_or_section_taken_by_another_entry_is_refused(monkeypatch
         sections.register_report_section(sections.ReportSection("mine", lambda r: "x", lambda r: ""))
     assert [t.name for t in extensions.result_tables()] == ["mine"]
     assert [s.id for s in sections.report_sections()] == ["mine"]
+
+
+LAZY_PACKAGES = ("cemaps", "cemaps.analysis", "cemaps.models", "cemaps.report", "cemaps.study", "cemaps.toyworld")
+
+
+@pytest.mark.parametrize("package", LAZY_PACKAGES)
+def test_every_lazy_name_is_exported_and_declared_for_type_checkers(package):
+    import importlib
+
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    declared: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            declared |= {a.asname or a.name for n in node.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    lazy = set(getattr(module, "_LAZY", {})) | set(getattr(module, "_SUBMODULES", ())) or {"register"}
+    assert lazy <= set(module.__all__)
+    assert declared == lazy
+    assert all(getattr(module, name) is not None for name in sorted(lazy))

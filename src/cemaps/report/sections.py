@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cemaps.errors import ConfigError
-from cemaps.report.results import Results
+
+if TYPE_CHECKING:  # registering a section (the CLI does, at start) reads no results module
+    from cemaps.report.results import Results
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from cemaps.errors import ConfigError
+from cemaps.models.aliases import TINY_MODEL_ID, pipeline_alias
 from cemaps.models.methods import METHODS
 from cemaps.probes.cross_attention import CrossAttentionSettings
 from cemaps.study.config_checks import (
@@ -113,7 +114,7 @@ class PersonalizedEntry:
 class StudyConfig:
     """A whole study: base model, prompts, seeds, generation and capture settings, personalized models."""
 
-    base: str = "cemaps/tiny-sd"
+    base: str = TINY_MODEL_ID
     base_config: str | None = None
     prompts: Any = "demo24"
     seeds: tuple[int, ...] = (0,)
@@ -271,7 +272,7 @@ def _resolve(value: str, root: Path | None) -> str:
 
 def _is_local_path(base: str, root: Path | None) -> bool:
     """Whether ``base:`` names a file or folder (resolved against ``root``) rather than a hub id or alias."""
-    if base in ("cemaps/tiny-sd", "tiny"):
+    if pipeline_alias(base) is not None:
         return False
     path = Path(base).expanduser()
     if path.is_absolute() or (root is not None and (root / path).exists()):
