@@ -22,6 +22,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 from cemaps.errors import CemapsError, ConfigError, LayerNotFoundError, ModelLoadError, StoreError
+from cemaps.version import __version__ as __version__
 
 _LAZY = {
     "capture": "cemaps.hooks",
@@ -67,7 +68,6 @@ __all__ = [
     "report",
     "data",
 ]
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from cemaps import analysis, data, hooks, models, probes, report, store

@@ -370,6 +370,6 @@ def _write_table(table: pd.DataFrame, out: Path, name: str, parquet: bool = Fals
 
 
 def _version() -> str:
-    from cemaps import __version__
+    from cemaps.version import __version__
 
     return __version__

@@ -35,7 +35,7 @@ def quiet_option() -> bool:
 
 def _version(value: bool) -> None:
     if value:
-        from cemaps import __version__
+        from cemaps.version import __version__
 
         typer.echo(f"cemaps {__version__}")
         raise typer.Exit()

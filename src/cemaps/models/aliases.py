@@ -34,23 +34,19 @@ class PipelineAlias:
         model_id: the canonical id, recorded as the pipeline's ``name_or_path`` and as a store's base.
         names: every name that selects it (``model_id`` included).
         load: builds the pipeline, CPU float32, no safety checker; the loader then moves and casts it.
+            None for the core's own entry, the embedded tiny pipeline, which :func:`cemaps.load_pipeline`
+            builds itself (so this table stays free of torch and diffusers imports).
         description: what it is, for messages.
     """
 
     model_id: str
     names: frozenset[str]
-    load: Callable[[], Any]
+    load: Callable[[], Any] | None
     description: str
 
 
-def _tiny() -> Any:
-    from cemaps.models.tiny import tiny_pipeline
-
-    return tiny_pipeline(seed=0)
-
-
 TINY = PipelineAlias(
-    TINY_MODEL_ID, frozenset({TINY_MODEL_ID, "tiny"}), _tiny, "the embedded random-weight tiny pipeline"
+    TINY_MODEL_ID, frozenset({TINY_MODEL_ID, "tiny"}), None, "the embedded random-weight tiny pipeline"
 )
 _ALIASES: dict[str, PipelineAlias] = dict.fromkeys(TINY.names, TINY)
 

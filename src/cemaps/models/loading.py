@@ -26,9 +26,10 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from cemaps.errors import ModelLoadError
-from cemaps.models.aliases import pipeline_alias
+from cemaps.models.aliases import TINY, pipeline_alias
 from cemaps.models.hashing import file_sha256, weights_fingerprint
 from cemaps.models.safety import SAFETENSORS_SUFFIX, WEIGHT_SUFFIXES, check_pickle_allowed, is_pickle_file
+from cemaps.models.tiny import tiny_pipeline
 
 __all__ = ["default_device_and_dtype", "file_sha256", "load_pipeline", "weights_fingerprint"]
 
@@ -92,7 +93,9 @@ def load_pipeline(
     """
     resolved_device, resolved_dtype = default_device_and_dtype(device, dtype)
     alias = pipeline_alias(path_or_id)
-    if alias is not None:
+    if alias is TINY:
+        pipe = tiny_pipeline(seed=0)
+    elif alias is not None:
         pipe = alias.load()
     else:
         path = Path(path_or_id).expanduser()
