@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from cemaps.errors import ConfigError
-from cemaps.study.config import StudyConfig
+from cemaps.study.config import BASE_ID, StudyConfig
 from cemaps.study.distributed import process_info, shard
 
 
@@ -159,7 +159,6 @@ def plan_study(
         ConfigError: ``processes`` below 1; every error :func:`cemaps.run_study` raises for a bad config.
     """
     from cemaps.probes import CrossAttentionProbe
-    from cemaps.study.config import BASE_ID
     from cemaps.study.sets import prompt_table
     from cemaps.study.steps import base_pipeline, batch_plan, personalized_spec
 
@@ -257,7 +256,7 @@ def calibrate(
             writer.add_prompts([row for row in prompts.to_dict("records") if row["prompt_id"] in batch_prompts])
             for (prompt_id, seed), arrays, image in zip(items, run.records(), images, strict=True):
                 writer.write_record(
-                    "base",
+                    BASE_ID,
                     prompt_id,
                     seed,
                     arrays={k: v.values for k, v in arrays.items()},
