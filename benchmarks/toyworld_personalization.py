@@ -28,6 +28,7 @@ import cemaps
 from cemaps.models.personalized import applied
 from cemaps.models.personalized.spec import PersonalizedSpec
 from cemaps.models.train import TrainSettings, personalize
+from cemaps.toyworld import register
 from cemaps.toyworld.subject_check import shows_subject
 from cemaps.toyworld.suite import TOY_SUBJECTS
 
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
     args = parser.parse_args()
+    register()  # the alias "cemaps/toyworld"
     pipe = cemaps.load_pipeline(args.base, device="cpu")
     subject = next(s for s in TOY_SUBJECTS if s.subject_id == args.subject)
     images = subject.images(4, seed=0)

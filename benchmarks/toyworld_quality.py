@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 import cemaps
+from cemaps.toyworld import register
 from cemaps.toyworld.evaluate import evaluate_pipeline
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
+    register()  # the alias "cemaps/toyworld"
     pipe = cemaps.load_pipeline(args.base, device="cpu")
     tables = evaluate_pipeline(
         pipe,

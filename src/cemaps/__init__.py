@@ -14,12 +14,15 @@ Example:
     16
 
 Names are imported on first use, so ``import cemaps.store`` or the CLI's ``--help``
-do not pay for importing torch and diffusers.
+do not pay for importing torch and diffusers; the ``TYPE_CHECKING`` block below declares
+them for editors and type checkers.
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from cemaps.errors import CemapsError, ConfigError, LayerNotFoundError, ModelLoadError, StoreError
+from cemaps.version import __version__ as __version__
 
 _LAZY = {
     "capture": "cemaps.hooks",
@@ -38,8 +41,45 @@ _LAZY = {
 }
 _SUBMODULES = ("analysis", "models", "probes", "hooks", "store", "report", "data")
 
-__all__ = ["CemapsError", "ConfigError", "LayerNotFoundError", "ModelLoadError", "StoreError", *_LAZY, *_SUBMODULES]
-__version__ = "0.1.0"
+__all__ = [
+    "CemapsError",
+    "ConfigError",
+    "LayerNotFoundError",
+    "ModelLoadError",
+    "StoreError",
+    "capture",
+    "select_modules",
+    "LabelledArray",
+    "CrossAttentionProbe",
+    "Probe",
+    "tiny_pipeline",
+    "load_pipeline",
+    "open_store",
+    "StudyConfig",
+    "load_config",
+    "run_study",
+    "run_analysis",
+    "write_report",
+    "analysis",
+    "models",
+    "probes",
+    "hooks",
+    "store",
+    "report",
+    "data",
+]
+
+if TYPE_CHECKING:
+    from cemaps import analysis, data, hooks, models, probes, report, store
+    from cemaps.analysis.pipeline import run_analysis
+    from cemaps.hooks import capture, select_modules
+    from cemaps.labelled import LabelledArray
+    from cemaps.models import tiny_pipeline
+    from cemaps.models.loading import load_pipeline
+    from cemaps.probes import CrossAttentionProbe, Probe
+    from cemaps.report import write_report
+    from cemaps.store import open_store
+    from cemaps.study import StudyConfig, load_config, run_study
 
 
 def __getattr__(name: str):

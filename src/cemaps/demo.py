@@ -24,11 +24,13 @@ from rich.console import Console
 from cemaps.data import load_subjects, synthetic_subject_images
 from cemaps.errors import ConfigError
 from cemaps.models import tiny_pipeline
-from cemaps.models.loading import TOYWORLD_MODEL_ID as TOYWORLD_BASE
+from cemaps.models.aliases import TINY_MODEL_ID
 from cemaps.models.loading import load_pipeline
+from cemaps.models.methods import METADATA_NAME
 from cemaps.models.train import TrainSettings, personalize
 from cemaps.outputs import claim_output_folder
 from cemaps.study.config import load_config
+from cemaps.toyworld.assets import TOYWORLD_MODEL_ID as TOYWORLD_BASE
 
 DEMO_SUBJECTS = ("face1", "object1")
 # The trainers' defaults follow diffusers' scripts (hundreds to thousands of steps); the demo
@@ -144,9 +146,11 @@ def run_demo(
     from cemaps.analysis.pipeline import run_analysis
     from cemaps.report import write_report
     from cemaps.study.runner import run_study
+    from cemaps.toyworld import register
 
     if world not in ("tiny", "toy"):
         raise ConfigError(f"demo world {world!r} is unknown; expected 'tiny' or 'toy'")
+    register()  # the toy world's alias, CLIP scorer, result tables and report section
     console = console or Console(stderr=True)
     started = time.perf_counter()
     out = claim_output_folder(out, "demo")  # refuses a folder holding files the demo did not write
@@ -167,7 +171,7 @@ def run_demo(
             model_id = f"{SHORT[method]}-{subject_id}"
             model_dir = out / "models" / model_id
             token = subject["token"] if method == "textual_inversion" else "sks"
-            if not (model_dir / "cemaps_train.json").exists():
+            if not (model_dir / METADATA_NAME).exists():
                 console.print(f"train {model_id} ({method}, {settings.steps} steps)")
                 personalize(
                     pipe,
@@ -188,7 +192,7 @@ def run_demo(
     config_path.write_text(
         yaml.safe_dump(
             {
-                "base": "cemaps/tiny-sd" if toy is None else TOYWORLD_BASE,
+                "base": TINY_MODEL_ID if toy is None else TOYWORLD_BASE,
                 "prompts": prompts if toy is None else str(toy.prompts),
                 "seeds": list(seeds),
                 "store": "study.h5",

@@ -134,7 +134,7 @@ def _some(names: list[str]) -> str:
 
 def write_marker(folder: str | Path, command: str, *, whole_folder: bool = False) -> None:
     """Marks ``folder`` as written by ``command``, listing the files in it now."""
-    from cemaps import __version__
+    from cemaps.version import __version__
 
     folder = Path(folder)
     marker = {"command": command, "cemaps_version": __version__, "files": None if whole_folder else files_in(folder)}

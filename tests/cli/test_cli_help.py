@@ -28,13 +28,28 @@ def test_help_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
-def test_personalize_help_matches_the_trainer_defaults():
-    from cemaps.cli import personalize as cli
-    from cemaps.models.train import METHOD_DEFAULTS
+def test_personalize_options_are_the_train_settings_fields_with_their_defaults():
+    import inspect
 
-    assert cli.METHODS_HELP == ", ".join(METHOD_DEFAULTS)
-    assert cli.STEPS_HELP == ", ".join(f"{m} {d.steps}" for m, d in METHOD_DEFAULTS.items())
-    assert cli.LEARNING_RATE_HELP == ", ".join(f"{m} {d.learning_rate:g}" for m, d in METHOD_DEFAULTS.items())
+    from cemaps.cli.personalize import personalize_command
+    from cemaps.models.train import METHOD_DEFAULTS
+    from cemaps.models.train_settings import TrainSettings, cli_fields, cli_help
+
+    options = inspect.signature(personalize_command).parameters
+    fields = {f.name: f for f in cli_fields()}
+    assert len(fields) == 14 and set(fields) <= set(options)
+    assert {name: options[name].default.default for name in fields} == {
+        name: getattr(TrainSettings(method="lora", steps=1, learning_rate=1.0), name)
+        if name not in ("steps", "learning_rate")
+        else None
+        for name in fields
+    }
+    assert cli_help(fields["steps"]).endswith(
+        "(default per method: " + ", ".join(f"{m} {d.steps}" for m, d in METHOD_DEFAULTS.items()) + ")."
+    )
+    assert ", ".join(f"{m} {d.learning_rate:g}" for m, d in METHOD_DEFAULTS.items()) in cli_help(
+        fields["learning_rate"]
+    )
 
 
 def test_unknown_command_exits_2(run_cli):

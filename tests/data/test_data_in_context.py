@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cemaps.data import TEMPLATE_COLUMNS, fill, load_in_context_prompts, load_subjects, subject_phrase
-from cemaps.data.in_context import split_template
+from cemaps.data import fill, load_in_context_prompts, load_subjects, subject_phrase
+from cemaps.data.in_context import TEMPLATE_COLUMNS, split_template
 from cemaps.errors import ConfigError
 from cemaps.models import clip_tokenizer
 

@@ -7,8 +7,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from cemaps.errors import CemapsError
-from cemaps.hooks import CaptureContext, Removable, capture
-from cemaps.probes import CrossAttentionProbe
+from cemaps.hooks import CaptureContext, capture
+from cemaps.probes import CrossAttentionProbe, Removable
 
 LAYER = "mid_block.attentions.0.transformer_blocks.0.attn2"
 

@@ -30,7 +30,7 @@ from cemaps.errors import ModelLoadError
 from cemaps.models import tiny_pipeline
 from cemaps.models.personalized import PersonalizedSpec, applied, check
 from cemaps.models.personalized.spec import adapter_names
-from cemaps.probes.weight_delta import lora_delta_state, weight_delta_for
+from cemaps.models.weight_deltas import lora_delta_state, weight_delta_for
 
 UNET_TARGETS = (
     "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q",

@@ -35,7 +35,11 @@ def test_lora_artifact_loads_in_diffusers_and_changes_outputs(tiny_pipe_factory,
     pipe = tiny_pipe_factory(seed=0)
     result = train(pipe, subject_images, tmp_path / "lora")
     assert result.artifact == tmp_path / "lora" / "pytorch_lora_weights.safetensors"
-    assert sorted(p.name for p in result.out.iterdir()) == ["cemaps_train.json", "pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in result.out.iterdir()) == [
+        ".cemaps-output.json",
+        "cemaps_train.json",
+        "pytorch_lora_weights.safetensors",
+    ]
     assert len(result.losses) == STEPS and result.final_loss == result.losses[-1] and np.isfinite(result.losses).all()
 
     weights = load_file(result.artifact)
@@ -109,7 +113,11 @@ def test_overwrite_replaces_previous_contents(tiny_pipe_factory, subject_images,
         progress=False,
         overwrite=True,
     )
-    assert sorted(p.name for p in out.iterdir()) == ["cemaps_train.json", "pytorch_lora_weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".cemaps-output.json",
+        "cemaps_train.json",
+        "pytorch_lora_weights.safetensors",
+    ]
     assert not list(tmp_path.glob(".lora.partial-*"))
 
 

@@ -34,7 +34,11 @@ def train(pipe, images, out, seed=0, steps=3, **settings):
 def test_learned_embedding_loads_in_diffusers_and_changes_outputs(tiny_pipe_factory, subject_images, tmp_path):
     pipe = tiny_pipe_factory(seed=0)
     result = train(pipe, subject_images, tmp_path / "ti")
-    assert sorted(p.name for p in result.out.iterdir()) == ["cemaps_train.json", "learned_embeds.safetensors"]
+    assert sorted(p.name for p in result.out.iterdir()) == [
+        ".cemaps-output.json",
+        "cemaps_train.json",
+        "learned_embeds.safetensors",
+    ]
     learned = load_file(result.artifact)
     dim = pipe.text_encoder.get_input_embeddings().embedding_dim
     assert list(learned) == [TOKEN] and learned[TOKEN].shape == (dim,)

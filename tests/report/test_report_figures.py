@@ -8,19 +8,21 @@ import pytest
 from matplotlib.figure import Figure
 
 from cemaps.errors import ConfigError
-from cemaps.report import (
+from cemaps.report import load_results, make_figures
+from cemaps.report.dendrograms import cluster_dendrograms
+from cemaps.report.disruption_figures import (
     abstractness_disruption,
-    attention_shift_per_layer,
     cem_heatmap,
-    cluster_dendrograms,
-    layer_correlation,
-    load_results,
-    make_figures,
     method_disruption,
     similarity_scatter,
-    weight_delta_per_layer,
 )
-from cemaps.report.layer_figures import layer_axis, weight_delta_unit
+from cemaps.report.layer_figures import (
+    attention_shift_per_layer,
+    layer_axis,
+    layer_correlation,
+    weight_delta_per_layer,
+    weight_delta_unit,
+)
 from cemaps.report.results import find_records, find_test, per_pair_disruption
 from cemaps.report.style import method_colours, save_figure
 

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from cemaps.report.results import Results
-from cemaps.report.toyworld import toy_world_banner, toy_world_section
 from cemaps.store import StoreWriter, open_store
 from cemaps.toyworld.abstract_words import random_training_pair
 from cemaps.toyworld.ground_truth import (
@@ -25,6 +24,7 @@ from cemaps.toyworld.ground_truth import (
     subject_check_table,
     summarise_localisation,
 )
+from cemaps.toyworld.report_section import toy_world_banner, toy_world_section
 from cemaps.toyworld.subject_check import DETECTORS, shows_subject
 from cemaps.toyworld.suite import TOY_SUBJECTS
 from cemaps.toyworld.world import Scene, ToyObject, render

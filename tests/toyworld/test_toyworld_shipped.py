@@ -14,6 +14,7 @@ from cemaps.errors import ModelLoadError
 from cemaps.study.config import load_config
 from cemaps.toyworld import assets
 from cemaps.toyworld.judge import judge_image
+from cemaps.toyworld.scorer import toy_clip_scorer
 from cemaps.toyworld.world import Scene, ToyObject, render
 
 
@@ -59,7 +60,7 @@ def test_shipped_weights_draw_the_colour_they_are_asked_for(toy_pipe):
 
 
 def test_toy_clip_loads_through_open_clip_and_prefers_the_right_caption():
-    scorer = ClipScorer.toyworld(device="cpu")
+    scorer = toy_clip_scorer(device="cpu")
     assert scorer.description.startswith("cemaps-toyclip")
     assert scorer.model.visual.image_size == (32, 32) or scorer.model.visual.image_size == 32
     images = np.stack([render(Scene((ToyObject("circle", colour, "large"),)))[0] for colour in ("red", "blue")])

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 import cemaps
-from cemaps.analysis.clip_scorer import ClipScorer
 from cemaps.cli import app
 from cemaps.toyworld.clip_training import ClipTraining, train_toy_clip
-from cemaps.toyworld.train import PipelineTraining, main, train_pipeline
+from cemaps.toyworld.scorer import toy_clip_scorer
+from cemaps.toyworld.train import PipelineTraining, train_pipeline
 
 
 def test_pipeline_training_writes_a_loadable_diffusers_folder_with_its_record(tmp_path):
@@ -29,16 +29,14 @@ def test_clip_training_writes_an_open_clip_config_and_weights_the_scorer_loads(t
     out = train_toy_clip(tmp_path / "clip", ClipTraining(n_pairs=8, minutes=0.002, batch=4), device="cpu")
     config = json.loads((out / "cemaps-toyclip.json").read_text())
     assert config["vision_cfg"]["image_size"] == 32
-    scorer = ClipScorer.load("cemaps-toyclip", out / "open_clip_model.safetensors", device="cpu")
+    scorer = toy_clip_scorer(device="cpu", folder=out)
     assert scorer.image_embeddings(np.zeros((1, 32, 32, 3), dtype=np.uint8)).shape == (1, config["embed_dim"])
 
 
-def test_command_line_rejects_an_unknown_phase(capsys):
-    try:
-        main(["fit", "--out", "x"])
-    except SystemExit as exit_:
-        assert exit_.code == 2
-    assert "'fit' is not a model to train; expected one of pipeline, clip, vae-decoder" in capsys.readouterr().err
+def test_command_line_rejects_an_unknown_phase(tmp_path):
+    result = CliRunner().invoke(app, ["toyworld", "train", "fit", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "'fit' is not a model to train; expected one of pipeline, clip, vae-decoder" in result.output
 
 
 @pytest.mark.parametrize(
@@ -108,7 +106,6 @@ def test_cli_defaults_are_the_trainers_defaults():
     ("argv0", "program"),
     [
         ("/venv/bin/cemaps", "cemaps"),
-        ("/src/cemaps/toyworld/train.py", "python -m cemaps.toyworld.train"),
         ("/src/cemaps/__main__.py", "python -m cemaps"),
     ],
 )

@@ -5,6 +5,7 @@ ties them together into the results folder that ``cemaps report`` reads.
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 _LAZY = {
     "ClipScorer": "clip_scorer",
@@ -29,7 +30,49 @@ _LAZY = {
     "TestResult": "stats.common",
     "run_analysis": "pipeline",
 }
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ClipScorer",
+    "TestResult",
+    "aggregate_over_seeds",
+    "attention_shift",
+    "attention_shift_table",
+    "base_model_id",
+    "clip_score_from_embeddings",
+    "cluster",
+    "compare_abstractness",
+    "compare_methods",
+    "disruption_table",
+    "entanglement_map",
+    "js_divergence",
+    "link_layers",
+    "paired_records",
+    "read_entanglement_maps",
+    "run_analysis",
+    "semantic_proximity",
+    "semantic_similarity",
+    "spatial_distributions",
+    "write_entanglement_maps",
+]
+
+if TYPE_CHECKING:
+    from cemaps.analysis.clip_scorer import ClipScorer, clip_score_from_embeddings
+    from cemaps.analysis.disruption import aggregate_over_seeds, disruption_table, semantic_similarity
+    from cemaps.analysis.entanglement import entanglement_map, read_entanglement_maps, write_entanglement_maps
+    from cemaps.analysis.pipeline import run_analysis
+    from cemaps.analysis.shift.attention_shift import (
+        attention_shift,
+        attention_shift_table,
+        base_model_id,
+        js_divergence,
+        paired_records,
+        spatial_distributions,
+    )
+    from cemaps.analysis.stats.abstractness import compare_abstractness
+    from cemaps.analysis.stats.clustering import cluster
+    from cemaps.analysis.stats.common import TestResult
+    from cemaps.analysis.stats.layers import link_layers
+    from cemaps.analysis.stats.methods import compare_methods
+    from cemaps.analysis.stats.semantic import semantic_proximity
 
 
 def __getattr__(name: str):

@@ -27,7 +27,6 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from PIL import Image
 
 from cemaps.errors import ConfigError, ModelLoadError
-from cemaps.toyworld.assets import TOY_CLIP_NAME
 
 DEFAULT_MODEL_NAME = "ViT-B-32"
 DEFAULT_PRETRAINED_TAG = "laion2b_s34b_b79k"
@@ -69,16 +68,6 @@ def _cached_weights(model_name: str, pretrained_tag: str, cache_dir: str | Path 
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
     return None
-
-
-def _register_toy_clip() -> Path:
-    """Registers the shipped toy CLIP's model config with open_clip; returns its weights file."""
-    from cemaps.toyworld.assets import shipped_clip_files
-
-    config, weights = shipped_clip_files()
-    if TOY_CLIP_NAME not in open_clip.list_models():
-        open_clip.add_model_config(config)
-    return weights
 
 
 def _default_device() -> str:
@@ -143,9 +132,6 @@ class ClipScorer:
         Raises:
             ModelLoadError: the file is missing, unsafe without opt-in, or does not fit ``model_name``.
         """
-        if model_name == TOY_CLIP_NAME:
-            shipped = _register_toy_clip()  # its open_clip config ships with the package
-            weights = shipped if weights is None else weights
         if model_name not in open_clip.list_models():
             raise ModelLoadError(f"CLIP model name {model_name!r} is not an open_clip architecture (e.g. 'ViT-B-32')")
         if weights is None:
@@ -197,20 +183,6 @@ class ClipScorer:
             else:
                 os.environ["HF_HUB_OFFLINE"] = previous
         return cls(model, preprocess, open_clip.get_tokenizer(model_name), device=device)
-
-    @classmethod
-    def toyworld(cls, device: str | torch.device | None = None) -> ClipScorer:
-        """The toy world's trained CLIP (:mod:`cemaps.toyworld`), loaded by :meth:`load` like any open_clip model.
-
-        Its open_clip model config ships beside its ``.safetensors`` weights and is registered
-        with open_clip first, so the same code path as for ViT-B-32 builds and fills the model.
-
-        Raises:
-            ModelLoadError: the package was installed without the toy CLIP's files.
-        """
-        scorer = cls.load(TOY_CLIP_NAME, device=device)
-        scorer.description = f"{TOY_CLIP_NAME} (the toy world's trained CLIP)"  # named in the results manifest
-        return scorer
 
     @classmethod
     def tiny(cls, seed: int = 0) -> ClipScorer:

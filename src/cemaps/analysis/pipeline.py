@@ -19,7 +19,7 @@ Results folder::
     cem_<metric>.csv, entanglement_maps.h5   the Concept Entanglement Maps
     prompts.csv, models.csv     labels
     in_context*.csv             subjects in context (CLIP-T, CLIP-I, non-subject shift per layer and word), if run
-    toyworld_*.csv              toy-world studies only: per-layer mIoU of word maps vs judged masks, subject check
+    ...                         tables of a registered world (cemaps.analysis.extensions), e.g. the toy world's
 
 The folder describes one run: it is written aside and moved into place when complete
 (:func:`cemaps.outputs.staged_output`), so a failed run leaves no half-written folder and a
@@ -51,6 +51,7 @@ from cemaps.analysis.disruption import (
     semantic_similarity,
 )
 from cemaps.analysis.entanglement import entanglement_map, write_entanglement_maps
+from cemaps.analysis.extensions import result_tables, scorer_provider
 from cemaps.analysis.in_context import analyse_in_context
 from cemaps.analysis.shift.attention_shift import attention_shift_table
 from cemaps.analysis.stats.abstractness import compare_abstractness
@@ -62,16 +63,11 @@ from cemaps.analysis.stats.semantic import semantic_proximity
 from cemaps.errors import CemapsError, ConfigError, StoreError
 from cemaps.outputs import check_output_folder, staged_output
 from cemaps.store import open_store
-from cemaps.toyworld.ground_truth import analyse_toy_world
 
 METRICS = ("alignment_drop", "image_drift")
-TINY_BASES = ("cemaps/tiny-sd", "tiny")
 PROMPT_LABELS = ("abstractness", "domain")
 # question -> the prompt label it cannot do without
 NEEDS_LABEL = {"abstractness": "abstractness", "semantic_proximity": "domain"}
-TINY_SCORER = "tiny random-weight open_clip model (cemaps ClipScorer.tiny, seed 0)"
-TOYWORLD_BASES = ("cemaps/toyworld", "toyworld")
-TOYWORLD_SCORER = "the toy world's trained CLIP (cemaps-toyclip, shipped in cemaps/toyworld/weights/clip)"
 
 
 def run_analysis(
@@ -150,17 +146,10 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
             )
         base_id = store.base.get("model_id")
         if scorer is None:
-            if clip_weights is None and base_id in TINY_BASES:
-                console.print(
-                    "[yellow]CLIP scorer[/]: the tiny random-weight open_clip model (the store's base is the "
-                    "embedded tiny model); pass --clip-weights for a real one"
-                )
-                scorer, scorer_name = ClipScorer.tiny(seed=0), TINY_SCORER
-            elif clip_weights is None and base_id in TOYWORLD_BASES:
-                console.print(
-                    "[yellow]CLIP scorer[/]: the toy world's trained CLIP (the store's base is the toy world)"
-                )
-                scorer, scorer_name = ClipScorer.toyworld(), TOYWORLD_SCORER
+            provider = scorer_provider(base_id) if clip_weights is None else None
+            if provider is not None:
+                console.print(f"[yellow]CLIP scorer[/]: {escape(provider.notice)}")
+                scorer, scorer_name = provider.build(), provider.description
             else:
                 scorer = ClipScorer.load(clip_model, clip_weights)
                 scorer_name = f"{clip_model} ({clip_weights or 'weights from the local Hugging Face cache'})"
@@ -215,8 +204,9 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
 
     with console.status("subjects in context"):
         files.update(analyse_in_context(store_path, out, scorer))  # {} when the study had no in-context set
-    with console.status("toy-world ground truth"):
-        files.update(analyse_toy_world(store_path, out))  # {} unless the images are toy-world images
+    for tables in result_tables():  # a registered world's own tables; {} unless the store is its kind
+        with console.status(tables.status):
+            files.update(tables.write(Path(store_path), out))
     maps = {metric: entanglement_map(by_prompt, metric) for metric in METRICS}
     for name, path in write_entanglement_maps(maps, out).items():
         files[name] = Path(path).name
@@ -380,6 +370,6 @@ def _write_table(table: pd.DataFrame, out: Path, name: str, parquet: bool = Fals
 
 
 def _version() -> str:
-    from cemaps import __version__
+    from cemaps.version import __version__
 
     return __version__

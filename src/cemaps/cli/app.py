@@ -35,7 +35,7 @@ def quiet_option() -> bool:
 
 def _version(value: bool) -> None:
     if value:
-        from cemaps import __version__
+        from cemaps.version import __version__
 
         typer.echo(f"cemaps {__version__}")
         raise typer.Exit()
@@ -49,6 +49,9 @@ def _root(
 ) -> None:
     """Concept Entanglement Maps: capture cross-attention from base and personalized diffusion models,
     measure what personalization disrupts, and report it."""
+    from cemaps.toyworld import register
+
+    register()  # the bundled toy world's alias, scorer, tables and report section (no heavy import)
 
 
 def print_error(message: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cemaps.cli.app import one_line_errors, quiet_option, say
+from cemaps.models.aliases import TINY_MODEL_ID
 
 
 @one_line_errors
@@ -26,7 +27,7 @@ def capture_command(
     ),
     base: str = typer.Option(
         None,
-        help="Override the base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd.",
+        help=f"Override the base model: a diffusers folder, a cached hub id, a .safetensors file, or {TINY_MODEL_ID}.",
     ),
     prompts: str = typer.Option(
         None, help="Override prompts: suite200, demo24, toyworld72, toyworld-demo24, or a CSV/YAML file."

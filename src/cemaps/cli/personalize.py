@@ -6,18 +6,19 @@ Registered by the app as ``app.command("personalize")(personalize_command)``; th
 
 from __future__ import annotations
 
+import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from cemaps.cli.app import one_line_errors, quiet_option
+from cemaps.models.aliases import TINY_MODEL_ID
+from cemaps.models.methods import METADATA_NAME, METHODS
+from cemaps.models.train_settings import TrainSettings, cli_fields, cli_help
 
-# Kept as text so that `cemaps --help` does not import torch; a test checks them against
-# cemaps.models.train.METHOD_DEFAULTS.
-METHODS_HELP = "dreambooth, lora, textual_inversion"
-STEPS_HELP = "dreambooth 400, lora 500, textual_inversion 3000"
-LEARNING_RATE_HELP = "dreambooth 5e-06, lora 0.0001, textual_inversion 0.0005"
+METHODS_HELP = ", ".join(sorted(METHODS))
 
 
 @one_line_errors
@@ -32,40 +33,10 @@ def personalize_command(
         "'<my-dog>' (textual_inversion).",
     ),
     class_word: str = typer.Option(..., "--class-word", "-c", help="The subject's class noun, e.g. 'dog'."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the weights and cemaps_train.json."),
+    out: Path = typer.Option(..., "--out", "-o", help=f"Output folder for the weights and {METADATA_NAME}."),
     base: str = typer.Option(
-        "cemaps/tiny-sd",
-        help="Base model: a diffusers folder, a cached hub id, a .safetensors file, or cemaps/tiny-sd.",
-    ),
-    steps: int | None = typer.Option(None, help=f"Training steps (default per method: {STEPS_HELP})."),
-    learning_rate: float | None = typer.Option(None, help=f"Learning rate (default per method: {LEARNING_RATE_HELP})."),
-    rank: int = typer.Option(4, help="LoRA rank (lora_alpha equals it)."),
-    lora_targets: str = typer.Option(
-        "cross_attention", help="LoRA targets: cross_attention (attn2 to_k/to_v) or attention (all to_q/k/v/out)."
-    ),
-    initializer_token: str | None = typer.Option(
-        None, help="Textual inversion: single token whose embedding starts the new one (default: the class word)."
-    ),
-    num_vectors: int = typer.Option(
-        1, help="Textual inversion: embedding vectors learned for the token (diffusers' --num_vectors)."
-    ),
-    seed: int = typer.Option(0, help="Seed for initialisation, data order, noise and class images."),
-    batch_size: int = typer.Option(1, help="Instance images per step."),
-    resolution: int | None = typer.Option(
-        None, help="Training side in pixels (default: the model's, 512 for SD v1.5)."
-    ),
-    prior_preservation: bool = typer.Option(
-        False,
-        "--prior-preservation",
-        help="DreamBooth: add the class-prior loss on images the base model generates (cached in OUT/class_images).",
-    ),
-    num_class_images: int = typer.Option(100, help="DreamBooth prior preservation: number of class images."),
-    mixed_precision: str | None = typer.Option(None, help="fp16 or bf16 autocast (GPU); default float32."),
-    gradient_checkpointing: bool = typer.Option(
-        False, "--gradient-checkpointing", help="Trade ~30% speed for much less activation memory."
-    ),
-    use_8bit_adam: bool = typer.Option(
-        False, "--use-8bit-adam", help="bitsandbytes 8-bit AdamW (CUDA; pip install bitsandbytes)."
+        TINY_MODEL_ID,
+        help=f"Base model: a diffusers folder, a cached hub id, a .safetensors file, or {TINY_MODEL_ID}.",
     ),
     device: str | None = typer.Option(None, help="Device, e.g. cuda or cpu (default: cuda when available)."),
     overwrite: bool = typer.Option(
@@ -75,13 +46,14 @@ def personalize_command(
         "are kept); a folder holding other files is always refused.",
     ),
     quiet: bool = quiet_option(),
+    **train: Any,  # one option per TrainSettings field that has a "help" (see _train_options)
 ) -> None:
     """Personalize a base model on a subject and save weights that diffusers loads directly."""
     from cemaps.errors import SettingError
 
     _check_out(out, overwrite)
     from cemaps.cli.app import quiet_libraries
-    from cemaps.models.train import TrainSettings, personalize
+    from cemaps.models.train import personalize
     from cemaps.study.config_checks import check_base_model, check_device
 
     if device is not None:
@@ -89,32 +61,13 @@ def personalize_command(
     check_base_model(base, "--base")
     quiet_libraries()
     try:
-        settings = TrainSettings(
-            method=method,
-            steps=steps,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            resolution=resolution,
-            seed=seed,
-            rank=rank,
-            lora_targets=lora_targets,
-            initializer_token=initializer_token,
-            num_vectors=num_vectors,
-            prior_preservation=prior_preservation,
-            num_class_images=num_class_images,
-            mixed_precision=mixed_precision,
-            gradient_checkpointing=gradient_checkpointing,
-            use_8bit_adam=use_8bit_adam,
-        )
+        settings = TrainSettings(method=method, **train)
         pipe = _load_base(base, device)
         result = personalize(
             pipe, method, images, token, class_word, out, settings, progress=not quiet, overwrite=overwrite
         )
     except SettingError as error:  # name the flag the user typed, not the Python field
         raise error.renamed("--" + error.field.replace("_", "-")) from None
-    from cemaps.outputs import write_marker
-
-    write_marker(out, "personalize")  # lets a later --overwrite tell this output from a user's files
     typer.echo(
         f"{method}: {result.settings.steps} steps, final loss {result.final_loss:.4f}, "
         f"{result.seconds:.1f} s -> {result.artifact}"
@@ -147,3 +100,31 @@ def _load_base(base: str, device: str | None) -> Any:
     from cemaps.models.loading import load_pipeline
 
     return load_pipeline(base, device=device, dtype="float32")
+
+
+def _train_options() -> list[inspect.Parameter]:
+    """``--field-name`` options for the fields of TrainSettings that carry a help text: their type and default."""
+    hints = typing.get_type_hints(TrainSettings)
+    options = []
+    for settings_field in cli_fields():
+        flag = "--" + settings_field.name.replace("_", "-")
+        option = typer.Option(settings_field.default, flag, help=cli_help(settings_field))
+        options.append(
+            inspect.Parameter(
+                settings_field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=option,
+                annotation=hints[settings_field.name],
+            )
+        )
+    return options
+
+
+# typer reads a command's options from its signature: the fixed ones above, then TrainSettings' own.
+_fixed = [
+    p for p in inspect.signature(personalize_command).parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD
+]
+_fixed = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _fixed]
+personalize_command.__signature__ = inspect.Signature(
+    [*_fixed[:6], *_train_options(), *_fixed[6:]], return_annotation=None
+)  # method .. base, then TrainSettings' options, then device, overwrite, quiet

@@ -2,8 +2,8 @@
 
 Registered by the app as ``app.add_typer(toyworld_app, name="toyworld")``; the work is
 :func:`cemaps.toyworld.train.train_pipeline`, :func:`cemaps.toyworld.train.train_vae_decoder`
-and :func:`cemaps.toyworld.clip_training.train_toy_clip`. ``python -m cemaps.toyworld.train``
-runs this same command (so ``torchrun -m cemaps.toyworld.train ...`` splits the UNet phase
+and :func:`cemaps.toyworld.clip_training.train_toy_clip`. ``python -m cemaps toyworld train``
+runs this same command (so ``torchrun -m cemaps toyworld train ...`` splits the UNet phase
 over processes).
 """
 

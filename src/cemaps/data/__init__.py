@@ -2,14 +2,12 @@
 loaders for user-made lists, synthetic subject images for the demo, and the in-context
 templates (``{subject}`` placeholders) for subjects in context."""
 
-from cemaps.data.in_context import IN_CONTEXT_LISTS, TEMPLATE_COLUMNS, fill, load_in_context_prompts, subject_phrase
+from cemaps.data.in_context import IN_CONTEXT_LISTS, fill, load_in_context_prompts, subject_phrase
 from cemaps.data.suite import (
     ABSTRACTNESS_LEVELS,
     DOMAINS,
     KIND_DOMAINS,
-    PROMPT_COLUMNS,
     PROMPT_LISTS,
-    SUBJECT_COLUMNS,
     SUBJECT_KINDS,
     SUBJECT_LISTS,
     UNLABELLED,
@@ -22,15 +20,12 @@ from cemaps.data.synthetic_images import synthetic_subject_images
 __all__ = [
     "ABSTRACTNESS_LEVELS",
     "IN_CONTEXT_LISTS",
-    "TEMPLATE_COLUMNS",
     "fill",
     "load_in_context_prompts",
     "subject_phrase",
     "DOMAINS",
     "KIND_DOMAINS",
-    "PROMPT_COLUMNS",
     "PROMPT_LISTS",
-    "SUBJECT_COLUMNS",
     "SUBJECT_KINDS",
     "SUBJECT_LISTS",
     "UNLABELLED",

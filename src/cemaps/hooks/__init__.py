@@ -1,6 +1,6 @@
 """Hooks: find modules by name, attach, always detach; track denoising steps."""
 
-from cemaps.hooks.capture import CaptureRun, Probe, Removable, capture
+from cemaps.hooks.capture import CaptureRun, capture
 from cemaps.hooks.context import CaptureContext
 from cemaps.hooks.selection import select_modules
 from cemaps.hooks.steps import Generation, selected_steps
@@ -9,8 +9,6 @@ __all__ = [
     "CaptureContext",
     "CaptureRun",
     "Generation",
-    "Probe",
-    "Removable",
     "capture",
     "select_modules",
     "selected_steps",

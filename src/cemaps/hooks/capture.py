@@ -44,7 +44,7 @@ class Probe(Protocol):
     matters relative to other hooks on the same module say so with torch's
     ``prepend=True``. ``collect`` returns, for each image generated while attached, a dict of
     named arrays; each array is anything with ``values`` (numpy) and ``axes``
-    (names), such as :class:`cemaps.probes.LabelledArray`. The store writes them
+    (names), such as :class:`cemaps.LabelledArray`. The store writes them
     as they are, under ``"<probe.name>/<array name>"``.
     """
 

@@ -4,6 +4,8 @@ Names are imported on first use, so ``cemaps.models.methods`` (read by the study
 does not import diffusers.
 """
 
+from typing import TYPE_CHECKING
+
 from cemaps.models.methods import METHODS
 
 __all__ = [
@@ -22,7 +24,7 @@ __all__ = [
 ]
 
 _LAZY = {
-    "TINY_MODEL_ID": "cemaps.models.tiny",
+    "TINY_MODEL_ID": "cemaps.models.aliases",
     "clip_tokenizer": "cemaps.models.tiny",
     "tiny_pipeline": "cemaps.models.tiny",
     "load_pipeline": "cemaps.models.loading",
@@ -34,6 +36,13 @@ _LAZY = {
     "TrainSettings": "cemaps.models.train",
     "TrainResult": "cemaps.models.train",
 }
+
+if TYPE_CHECKING:
+    from cemaps.models.aliases import TINY_MODEL_ID
+    from cemaps.models.loading import load_pipeline
+    from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check
+    from cemaps.models.tiny import clip_tokenizer, tiny_pipeline
+    from cemaps.models.train import TrainResult, TrainSettings, personalize
 
 
 def __getattr__(name: str):

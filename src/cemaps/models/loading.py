@@ -2,8 +2,8 @@
 
 ``load_pipeline`` accepts a diffusers folder, a Hugging Face hub id that is
 already in the local cache, a single-file ``.safetensors`` checkpoint, or
-``"cemaps/tiny-sd"`` (alias ``"tiny"``) for the embedded tiny pipeline, or
-``"cemaps/toyworld"`` (alias ``"toyworld"``) for the trained toy world shipped in the package. It never
+a registered alias (:mod:`cemaps.models.aliases`: ``"cemaps/tiny-sd"`` or ``"tiny"`` for the
+embedded tiny pipeline; ``"cemaps/toyworld"`` once :func:`cemaps.toyworld.register` ran). It never
 touches the network: a model that is not on disk fails within a second with a
 message saying how to provide it.
 
@@ -26,14 +26,12 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from cemaps.errors import ModelLoadError
+from cemaps.models.aliases import TINY, pipeline_alias
 from cemaps.models.hashing import file_sha256, weights_fingerprint
 from cemaps.models.safety import SAFETENSORS_SUFFIX, WEIGHT_SUFFIXES, check_pickle_allowed, is_pickle_file
-from cemaps.models.tiny import TINY_MODEL_ID, tiny_pipeline
+from cemaps.models.tiny import tiny_pipeline
 
-TINY_ALIASES = frozenset({TINY_MODEL_ID, "tiny"})
 __all__ = ["default_device_and_dtype", "file_sha256", "load_pipeline", "weights_fingerprint"]
-TOYWORLD_MODEL_ID = "cemaps/toyworld"
-TOYWORLD_ALIASES = frozenset({TOYWORLD_MODEL_ID, "toyworld"})
 
 
 def default_device_and_dtype(
@@ -77,8 +75,9 @@ def load_pipeline(
 
     Args:
         path_or_id: a diffusers folder (with ``model_index.json``), a hub id in the local
-            Hugging Face cache, a single-file ``.safetensors`` checkpoint, ``"cemaps/tiny-sd"``, or
-            ``"cemaps/toyworld"`` (the trained toy world, :mod:`cemaps.toyworld`).
+            Hugging Face cache, a single-file ``.safetensors`` checkpoint, or a registered alias
+            (:func:`cemaps.models.aliases.pipeline_alias`: ``"cemaps/tiny-sd"``; ``"cemaps/toyworld"``
+            after :func:`cemaps.toyworld.register`).
         device: target device; default CUDA when available, else CPU.
         dtype: target dtype; default float16 on CUDA, float32 on CPU.
         allow_pickle: also read ``.ckpt/.bin`` weights (with ``torch.load(weights_only=True)``).
@@ -93,13 +92,11 @@ def load_pipeline(
         ModelLoadError: the model is not on disk, or its files are unsafe or unreadable.
     """
     resolved_device, resolved_dtype = default_device_and_dtype(device, dtype)
-    if path_or_id in TINY_ALIASES:
+    alias = pipeline_alias(path_or_id)
+    if alias is TINY:
         pipe = tiny_pipeline(seed=0)
-    elif path_or_id in TOYWORLD_ALIASES:
-        from cemaps.toyworld.assets import shipped_pipeline_folder
-
-        pipe = _from_diffusers_folder(shipped_pipeline_folder(), allow_pickle=False)
-        pipe.register_to_config(_name_or_path=TOYWORLD_MODEL_ID)
+    elif alias is not None:
+        pipe = alias.load()
     else:
         path = Path(path_or_id).expanduser()
         if path.is_dir():

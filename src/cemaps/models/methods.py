@@ -13,3 +13,5 @@ from typing import Literal
 
 Method = Literal["lora", "textual_inversion", "dreambooth"]
 METHODS: tuple[str, ...] = ("lora", "textual_inversion", "dreambooth")
+# What every trainer writes beside its weights (settings, versions); a loader finds a trained token there.
+METADATA_NAME = "cemaps_train.json"

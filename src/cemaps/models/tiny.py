@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-TINY_MODEL_ID = "cemaps/tiny-sd"
+from cemaps.models.aliases import TINY_MODEL_ID
 
 
 @lru_cache(maxsize=1)
@@ -63,6 +63,23 @@ def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     vocab, merges = _clip_bpe()
     return CLIPTokenizer(
         vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length
+    )
+
+
+def sd15_scheduler() -> PNDMScheduler:
+    """SD v1.5's scheduler: PNDM with scaled-linear betas 0.00085-0.012 over 1000 steps.
+
+    The settings of ``scheduler/scheduler_config.json`` in the SD v1.5 repository
+    (``skip_prk_steps``, ``steps_offset=1``, ``set_alpha_to_one=False``).
+    """
+    return PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
     )
 
 
@@ -112,21 +129,12 @@ def tiny_pipeline(seed: int = 0, *, image_size: int = 64) -> StableDiffusionPipe
         )
     finally:
         torch.random.set_rng_state(generator_state)
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler,
+        scheduler=sd15_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

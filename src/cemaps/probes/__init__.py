@@ -1,7 +1,11 @@
-"""Probes: what is measured while the pipeline generates."""
+"""Probes: what is measured while the pipeline generates.
+
+The :class:`Probe` protocol (and :class:`Removable`, what ``attach`` returns) is defined beside
+the hook mechanism in :mod:`cemaps.hooks.capture` and exported here, the one place users take
+it from; a probe's arrays are :class:`cemaps.LabelledArray` s.
+"""
 
 from cemaps.hooks.capture import Probe, Removable
-from cemaps.labelled import LabelledArray
 from cemaps.probes.cross_attention import CrossAttentionProbe, CrossAttentionSettings
 
-__all__ = ["CrossAttentionProbe", "CrossAttentionSettings", "LabelledArray", "Probe", "Removable"]
+__all__ = ["CrossAttentionProbe", "CrossAttentionSettings", "Probe", "Removable"]

@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from cemaps.analysis.disruption import STRUCTURAL_ZERO, structural_zero_sentence, structural_zeros_by_model
+from cemaps.models.aliases import TINY_MODEL_ID
 from cemaps.report.figures import RenderedFigure, render_figures
 from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
 from cemaps.report.html_tables import records_html, summary_html
 from cemaps.report.in_context import in_context_section
-from cemaps.report.results import QUESTIONS, Results, load_results
-from cemaps.report.toyworld import toy_world_banner, toy_world_section
+from cemaps.report.results import QUESTIONS, Results, load_results, mentions
+from cemaps.report.sections import report_sections
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
-TINY_MODEL_ID = "cemaps/tiny-sd"
 QUESTION_TITLES = {
     "methods": "1. Do personalization methods differ in how much they disrupt?",
     "abstractness": "2. Are abstract and compositional prompts more fragile than concrete ones?",
@@ -58,17 +58,6 @@ svg.cem line.sep { stroke: #fff; stroke-width: 1.5; } svg.cem rect.cell:hover { 
   max-width: 420px; box-shadow: 2px 2px 6px rgba(0,0,0,.2); pointer-events: none; }
 pre { background: #f7f7f7; padding: 10px; overflow-x: auto; font-size: 12px; }
 """
-
-
-def mentions(value: Any, needle: str) -> bool:
-    """Whether any string inside a nested JSON value contains ``needle``."""
-    if isinstance(value, str):
-        return needle in value
-    if isinstance(value, Mapping):
-        return any(mentions(v, needle) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(mentions(v, needle) for v in value)
-    return False
 
 
 def tiny_model_banner(results: Results) -> str:
@@ -211,27 +200,30 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> 
     figures = render_figures(results, out_dir / FIGURES_DIR)
     skipped = [f for f in figures if f.note]
     in_context = in_context_section(results)  # '' when the study ran no in-context prompt set
-    toy_world = toy_world_section(results)  # '' unless the study ran on the toy world
-    optional = (("in_context",) if in_context else ()) + (("toy_world",) if toy_world else ())
+    extra = [(section, section.body(results)) for section in report_sections()]  # '' unless the study is its kind
+    optional = (("in_context",) if in_context else ()) + tuple(section.id for section, html in extra if html)
     sections = ("cem", *QUESTIONS, *optional, "provenance", "data")
     nav = " ".join(f'<a href="#{q}">{escape(q.replace("_", " "))}</a>' for q in sections)
+    banners = [tiny_model_banner(results), *(section.banner(results) for section, _ in extra)]
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = [
         f"<h1>cemaps report</h1><p>Made {created} from <code>{escape(str(results.folder))}</code>; metrics: "
         f"{escape(', '.join(results.metrics) or 'none')}.</p>",
-        tiny_model_banner(results),
-        toy_world_banner(results),
+        *banners,
         f"<nav>{nav}</nav>",
         f'<section id="cem"><h2>Concept Entanglement Maps</h2>{structural_zero_note(results)}'
         f"{interactive_cems(results)}</section>",
         *[question_section(q, results, figures) for q in QUESTIONS],
         in_context,
-        toy_world,
+        *(html for _, html in extra),
         provenance_section(results),
         data_section(results, out_dir),
     ]
     if skipped:
-        body.insert(3, f'<p class="note">{len(skipped)} figure(s) skipped for absent inputs; see their sections.</p>')
+        body.insert(
+            1 + len(banners),
+            f'<p class="note">{len(skipped)} figure(s) skipped for absent inputs; see their sections.</p>',
+        )
     page = (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'

@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from cemaps.analysis.stats.common import require_columns
 from cemaps.errors import ConfigError
 
 MANIFEST = "manifest.json"
@@ -102,13 +103,21 @@ class Results:
         return dict(section)
 
 
+def mentions(value: Any, needle: str) -> bool:
+    """Whether any string inside a nested JSON value contains ``needle``."""
+    if isinstance(value, str):
+        return needle in value
+    if isinstance(value, Mapping):
+        return any(mentions(v, needle) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(mentions(v, needle) for v in value)
+    return False
+
+
 def require_table(table: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    """Raises ConfigError naming ``name`` if ``table`` lacks ``columns`` or has no rows."""
-    if not isinstance(table, pd.DataFrame):
-        raise ConfigError(f"{name}: expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ConfigError(f"{name}: missing column(s) {missing}; has {list(map(str, table.columns))}")
+    """Raises ConfigError naming ``name`` if ``table`` lacks ``columns`` (the statistics' own check,
+    :func:`cemaps.analysis.stats.common.require_columns`) or has no rows."""
+    require_columns(table, columns, name)
     if table.empty:
         raise ConfigError(f"{name}: table is empty; expected at least one row")
 

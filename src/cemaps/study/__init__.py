@@ -18,7 +18,8 @@ _LAZY = {
     "config_from_dict": "config",
     "StudyResult": "runner",
     "run_study": "runner",
-    "prompt_table": "runner",
+    "run_prompt_set": "runner",
+    "prompt_table": "sets",
     "StudyPlan": "plan",
     "plan_study": "plan",
 }
@@ -32,13 +33,15 @@ __all__ = [
     "load_config",
     "plan_study",
     "prompt_table",
+    "run_prompt_set",
     "run_study",
 ]
 
 if TYPE_CHECKING:
     from cemaps.study.config import GenerationSettings, PersonalizedEntry, StudyConfig, config_from_dict, load_config
     from cemaps.study.plan import StudyPlan, plan_study
-    from cemaps.study.runner import StudyResult, prompt_table, run_study
+    from cemaps.study.runner import StudyResult, run_prompt_set, run_study
+    from cemaps.study.sets import prompt_table
 
 
 def __getattr__(name: str):

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from cemaps.errors import ConfigError
+from cemaps.models.aliases import TINY_MODEL_ID, pipeline_alias
 from cemaps.models.methods import METHODS
 from cemaps.probes.cross_attention import CrossAttentionSettings
 from cemaps.study.config_checks import (
@@ -45,6 +46,7 @@ from cemaps.study.config_checks import (
 )
 from cemaps.study.prompt_sets import InContextSettings, check_prompt_sets, prompt_set_values
 
+BASE_ID = "base"  # the base model's model_id in a study's store (records, models table)
 SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "ddim": "DDIMScheduler",
@@ -103,8 +105,8 @@ class PersonalizedEntry:
             raise ConfigError(f"personalized '{self.id}': method={self.method!r}, expected one of {', '.join(METHODS)}")
         if self.method == "textual_inversion" and not self.token:
             raise ConfigError(f"personalized '{self.id}': textual_inversion needs a token, e.g. token: \"<sks>\"")
-        if self.id == "base":
-            raise ConfigError("personalized id 'base' is reserved for the base model")
+        if self.id == BASE_ID:
+            raise ConfigError(f"personalized id '{BASE_ID}' is reserved for the base model")
         check_types(self, f"personalized '{self.id}': ")
 
 
@@ -112,7 +114,7 @@ class PersonalizedEntry:
 class StudyConfig:
     """A whole study: base model, prompts, seeds, generation and capture settings, personalized models."""
 
-    base: str = "cemaps/tiny-sd"
+    base: str = TINY_MODEL_ID
     base_config: str | None = None
     prompts: Any = "demo24"
     seeds: tuple[int, ...] = (0,)
@@ -270,7 +272,7 @@ def _resolve(value: str, root: Path | None) -> str:
 
 def _is_local_path(base: str, root: Path | None) -> bool:
     """Whether ``base:`` names a file or folder (resolved against ``root``) rather than a hub id or alias."""
-    if base in ("cemaps/tiny-sd", "tiny"):
+    if pipeline_alias(base) is not None:
         return False
     path = Path(base).expanduser()
     if path.is_absolute() or (root is not None and (root / path).exists()):

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from cemaps.errors import ConfigError
-from cemaps.study.config import StudyConfig
+from cemaps.study.config import BASE_ID, StudyConfig
 from cemaps.study.distributed import process_info, shard
 
 
@@ -158,27 +158,21 @@ def plan_study(
     Raises:
         ConfigError: ``processes`` below 1; every error :func:`cemaps.run_study` raises for a bad config.
     """
-    from cemaps.models.loading import load_pipeline
     from cemaps.probes import CrossAttentionProbe
-    from cemaps.study.runner import BASE_ID, _plan, _set_scheduler, _spec, prompt_table
+    from cemaps.study.sets import prompt_table
+    from cemaps.study.steps import base_pipeline, batch_plan, personalized_spec
 
     launcher = process_info()
     world = launcher.world_size if processes is None else processes
     if isinstance(world, bool) or not isinstance(world, int) or world < 1:
         raise ConfigError(f"processes={processes!r}: expected an integer >= 1")
-    if pipe is None:
-        from cemaps.study.distributed import capture_device
-
-        pipe = load_pipeline(
-            config.base, device=capture_device(launcher, config.device), dtype=config.dtype, config=config.base_config
-        )
-    _set_scheduler(pipe, config.generation.scheduler)
+    pipe = base_pipeline(config, launcher, pipe)
     probe = CrossAttentionProbe.from_settings(config.capture)
     prompts = prompt_table(config, pipe.tokenizer)
-    specs = {entry.id: _spec(entry) for entry in config.personalized}
+    specs = {entry.id: personalized_spec(entry) for entry in config.personalized}
     store_path = Path(store_path)
     done, store_bytes = _stored(store_path)
-    batches = _plan(config, list(prompts["prompt_id"]), [BASE_ID, *specs])
+    batches = batch_plan(config, list(prompts["prompt_id"]), [BASE_ID, *specs])
     tokens = dict(zip(prompts["prompt_id"], (len(t) for t in prompts["tokens"]), strict=True))
     calibration = calibrate(
         pipe, config, probe, prompts, batches[0].items, [specs[m] for m in list(specs)[:1]], records_per_part
@@ -241,7 +235,7 @@ def calibrate(
     from cemaps.hooks import capture
     from cemaps.models.personalized import BaseWeights, applied
     from cemaps.store import StoreWriter, open_store
-    from cemaps.study.runner import _generate
+    from cemaps.study.steps import generate_images
 
     texts = dict(zip(prompts["prompt_id"], prompts["text"], strict=True))
     token_rows = dict(zip(prompts["prompt_id"], (len(t) for t in prompts["tokens"]), strict=True))
@@ -249,12 +243,12 @@ def calibrate(
     seeds = [s for _, s in items]
     warm_up = dataclasses.replace(config, generation=dataclasses.replace(config.generation, steps=1))
     with capture(pipe, [probe]):  # first calls pay one-time costs (allocations, kernel selection, hook set-up)
-        _generate(pipe, warm_up, batch_texts, seeds)
+        generate_images(pipe, warm_up, batch_texts, seeds)
     with tempfile.TemporaryDirectory(prefix="cemaps-plan-") as scratch:
         path = Path(scratch) / "calibration.h5"
         start = time.perf_counter()
         with capture(pipe, [probe]) as run:
-            images = _generate(pipe, config, batch_texts, seeds)
+            images = generate_images(pipe, config, batch_texts, seeds)
         with StoreWriter(
             path, settings={"calibration": True}, base={"model_id": "calibration"}, records_per_part=1
         ) as writer:
@@ -262,7 +256,7 @@ def calibrate(
             writer.add_prompts([row for row in prompts.to_dict("records") if row["prompt_id"] in batch_prompts])
             for (prompt_id, seed), arrays, image in zip(items, run.records(), images, strict=True):
                 writer.write_record(
-                    "base",
+                    BASE_ID,
                     prompt_id,
                     seed,
                     arrays={k: v.values for k, v in arrays.items()},

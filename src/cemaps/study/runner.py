@@ -28,27 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import numpy as np
 import pandas as pd
-import torch
 
-from cemaps.data import load_prompts
-from cemaps.errors import ConfigError
 from cemaps.hooks import capture
 from cemaps.models.hashing import source_sha256
-from cemaps.models.loading import load_pipeline, weights_fingerprint
+from cemaps.models.loading import weights_fingerprint
 from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check_all
+from cemaps.models.weight_deltas import weight_delta_for
 from cemaps.probes import CrossAttentionProbe
-from cemaps.probes.weight_delta import weight_delta_for
 from cemaps.store import StoreWriter
 from cemaps.store.provenance import default_provenance
-from cemaps.study.config import SCHEDULERS, PersonalizedEntry, StudyConfig
-from cemaps.study.distributed import ProcessInfo, capture_device, process_info, shard
+from cemaps.study.config import BASE_ID, StudyConfig
+from cemaps.study.distributed import process_info, shard
 from cemaps.study.prompt_sets import in_context_store_path
-from cemaps.study.sets import InContextSet, UnrelatedSet, tokenized
-
-BASE_ID = "base"
+from cemaps.study.sets import InContextSet, UnrelatedSet
+from cemaps.study.steps import Work, base_pipeline, batch_plan, generate_images, personalized_spec
 
 
 @dataclass(frozen=True)
@@ -62,77 +57,6 @@ class StudyResult:
     in_context: StudyResult | None = None  # the in-context set's run, when the study has both sets
 
 
-@dataclass(frozen=True)
-class _Work:
-    """One batch of one model: the (prompt_id, seed) pairs generated together."""
-
-    model_id: str
-    items: tuple[tuple[str, int], ...]
-
-
-def prompt_table(config: StudyConfig, tokenizer: Any) -> pd.DataFrame:
-    """The study's prompts with their tokens, flagging (and warning about) truncated ones."""
-    source = config.prompts
-    if isinstance(source, (list, tuple)):
-        if not source:
-            raise ConfigError(f"{config.source}: prompts is an empty list; give at least one prompt")
-        if not all(isinstance(p, str) and p.strip() for p in source):
-            raise ConfigError(f"{config.source}: prompts: every inline prompt must be a non-empty string")
-        prompts = pd.DataFrame({"prompt_id": [f"q{i:03d}" for i in range(len(source))], "text": list(source)})
-    elif isinstance(source, str):
-        prompts = load_prompts(source)
-    else:
-        raise ConfigError(f"{config.source}: prompts={source!r}: expected a list name, a file or a list of strings")
-    if prompts.empty:
-        raise ConfigError(f"{config.source}: the prompt list {source!r} is empty")
-    return tokenized(prompts, tokenizer)
-
-
-def _spec(entry: PersonalizedEntry) -> PersonalizedSpec:
-    return PersonalizedSpec(
-        model_id=entry.id,
-        method=entry.method,
-        path=entry.path,
-        subject_id=entry.subject,
-        token=entry.token,
-        scale=entry.scale,
-        allow_pickle=entry.allow_pickle,
-    )
-
-
-def _set_scheduler(pipe: Any, name: str | None) -> None:
-    if name is not None:
-        scheduler_class = getattr(diffusers, SCHEDULERS[name])
-        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
-
-
-def _plan(config: StudyConfig, prompt_ids: Sequence[str], model_ids: Sequence[str]) -> list[_Work]:
-    """Batches in a fixed order, so a resumed run generates exactly the same batches."""
-    pairs = [(p, s) for s in config.seeds for p in prompt_ids]
-    size = config.generation.batch_size
-    return [_Work(m, tuple(pairs[i : i + size])) for m in model_ids for i in range(0, len(pairs), size)]
-
-
-def _generate(pipe: Any, config: StudyConfig, texts: list[str], seeds: list[int]) -> np.ndarray:
-    generation = config.generation
-    output = pipe(
-        texts,
-        negative_prompt=[generation.negative_prompt] * len(texts) if generation.guidance_scale > 1 else None,
-        num_inference_steps=generation.steps,
-        guidance_scale=generation.guidance_scale,
-        height=generation.height,
-        width=generation.width,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        output_type="np",
-    )
-    return (np.clip(output.images, 0, 1) * 255).round().astype(np.uint8)
-
-
-def _distributed() -> ProcessInfo:
-    """This process's rank and the process count, from the launcher's environment (see cemaps.study.distributed)."""
-    return process_info()
-
-
 def run_study(
     config: StudyConfig,
     store_path: str | Path,
@@ -141,9 +65,13 @@ def run_study(
     records_per_part: int = 16,
     pipe: Any = None,
     probes: Sequence[Any] = (),
-    prompt_set: UnrelatedSet | InContextSet | None = None,
 ) -> StudyResult:
     """Generate and capture every (model, prompt, seed) of ``config`` into ``store_path``.
+
+    Runs each set of ``config.prompt_sets`` with :func:`run_prompt_set`: the unrelated set into
+    ``store_path``, the in-context set into its own store beside it
+    (:func:`cemaps.study.prompt_sets.in_context_store_path`). Every set is built, and its input
+    checked, before the first image.
 
     Args:
         config: the study.
@@ -153,22 +81,61 @@ def run_study(
         pipe: an already loaded base pipeline (otherwise ``config.base`` is loaded).
         probes: user probes captured beside the cross-attention probe and stored under
             their ``name`` (see :class:`cemaps.Probe`).
-        prompt_set: one set to generate into ``store_path``; None runs each of ``config.prompt_sets``,
-            the in-context set into its own store (:func:`cemaps.study.prompt_sets.in_context_store_path`).
+
+    Returns:
+        The unrelated set's result, carrying the in-context set's as ``in_context``; the in-context
+        set's result when the study has only that set.
     """
-    process = _distributed()
-    device = capture_device(process, config.device)
-    if pipe is None:
-        pipe = load_pipeline(config.base, device=device, dtype=config.dtype, config=config.base_config)
-    _set_scheduler(pipe, config.generation.scheduler)
-    if prompt_set is None:
-        return _run_prompt_sets(
-            config, Path(store_path), pipe=pipe, progress=progress, records_per_part=records_per_part, probes=probes
+    pipe = base_pipeline(config, process_info(), pipe)
+    store_path = Path(store_path)
+    sets = {name: InContextSet(config) if name == "in_context" else UnrelatedSet(config) for name in config.prompt_sets}
+    results = {
+        name: run_prompt_set(
+            config,
+            in_context_store_path(store_path) if name == "in_context" else store_path,
+            prompt_set,
+            pipe=pipe,
+            progress=progress,
+            records_per_part=records_per_part,
+            probes=probes,
         )
+        for name, prompt_set in sets.items()
+    }
+    if "unrelated" not in results:
+        return results["in_context"]
+    return dataclasses.replace(results["unrelated"], in_context=results.get("in_context"))
+
+
+def run_prompt_set(
+    config: StudyConfig,
+    store_path: str | Path,
+    prompt_set: UnrelatedSet | InContextSet,
+    *,
+    pipe: Any,
+    progress: bool = True,
+    records_per_part: int = 16,
+    probes: Sequence[Any] = (),
+) -> StudyResult:
+    """Generate and capture one prompt set of ``config`` into ``store_path``, resuming what is stored.
+
+    Args:
+        config: the study.
+        store_path: the store's manifest file (``.h5``); created or resumed.
+        prompt_set: the set: which prompts each model generates, and with which text.
+        pipe: the base pipeline, as :func:`cemaps.study.steps.base_pipeline` prepares it.
+        progress: show a rich progress bar with records/s and ETA.
+        records_per_part: records per part file (a crash loses at most this many per process).
+        probes: user probes captured beside the cross-attention probe.
+
+    Raises:
+        ConfigError, ModelLoadError: a personalized model cannot be read or does not fit the base
+            (all are checked before the store is touched).
+    """
+    process = process_info()
     probe = CrossAttentionProbe.from_settings(config.capture)
     layers = probe.layer_names(pipe.unet)
     prompts = prompt_set.table(pipe.tokenizer)
-    specs = {entry.id: _spec(entry) for entry in config.personalized}
+    specs = {entry.id: personalized_spec(entry) for entry in config.personalized}
     # Every personalized model is read and checked before the store is touched or an image generated.
     check_all(pipe, specs.values())
     settings = {
@@ -230,7 +197,7 @@ def run_study(
         done = writer.completed()
         deltas_done = _models_with_weight_deltas(store_path)
         model_ids = [BASE_ID, *specs]
-        plan = [w for m in model_ids for w in _plan(config, prompt_set.prompt_ids(m), [m])]
+        plan = [w for m in model_ids for w in batch_plan(config, prompt_set.prompt_ids(m), [m])]
         mine = shard(plan, process.rank, process.world_size)
         total = sum(len(w.items) for w in mine)
         todo = [w for w in mine if any((w.model_id, p, s) not in done for p, s in w.items)]
@@ -250,7 +217,9 @@ def run_study(
                         prompt_ids = [p for p, _ in work.items]
                         seeds = [s for _, s in work.items]
                         with capture(pipe, [probe, *probes]) as run:
-                            images = _generate(pipe, config, [prompt_set.text(model_id, p) for p in prompt_ids], seeds)
+                            images = generate_images(
+                                pipe, config, [prompt_set.text(model_id, p) for p in prompt_ids], seeds
+                            )
                         for (prompt_id, seed), arrays, image in zip(work.items, run.records(), images, strict=False):
                             if (model_id, prompt_id, seed) in done:
                                 continue
@@ -265,24 +234,6 @@ def run_study(
                             written += 1
                             advance(model_id)
     return StudyResult(store=store_path, written=written, skipped=total - pending, total=total)
-
-
-def _run_prompt_sets(config: StudyConfig, store_path: Path, **kwargs: Any) -> StudyResult:
-    """Runs each set of ``config.prompt_sets``; the result of the unrelated set carries the in-context one."""
-    # Every set is built (and its input checked) before the first image.
-    sets = {name: InContextSet(config) if name == "in_context" else UnrelatedSet(config) for name in config.prompt_sets}
-    results = {
-        name: run_study(
-            config,
-            in_context_store_path(store_path) if name == "in_context" else store_path,
-            prompt_set=prompt_set,
-            **kwargs,
-        )
-        for name, prompt_set in sets.items()
-    }
-    if "unrelated" not in results:
-        return results["in_context"]
-    return dataclasses.replace(results["unrelated"], in_context=results.get("in_context"))
 
 
 def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -> dict[str, Any]:
@@ -336,8 +287,8 @@ def _json_friendly(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _by_model(works: list[_Work]) -> Iterator[tuple[str, list[_Work]]]:
-    current: list[_Work] = []
+def _by_model(works: list[Work]) -> Iterator[tuple[str, list[Work]]]:
+    current: list[Work] = []
     for work in works:
         if current and current[0].model_id != work.model_id:
             yield current[0].model_id, current

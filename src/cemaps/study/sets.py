@@ -19,13 +19,35 @@ from typing import Any
 
 import pandas as pd
 
-from cemaps.data import load_subjects
+from cemaps.data import load_prompts, load_subjects
 from cemaps.data.in_context import CLASS_WORD_METHODS, fill, load_in_context_prompts, split_template, subject_phrase
 from cemaps.errors import ConfigError
+from cemaps.models.methods import METADATA_NAME
+from cemaps.study.config import BASE_ID
 
-BASE_ID = "base"
 TEXTS_TABLE = "in_context_texts"
-TRAIN_METADATA = "cemaps_train.json"
+
+
+def prompt_table(config: Any, tokenizer: Any) -> pd.DataFrame:
+    """The study's ``prompts:`` with their tokens, flagging (and warning about) truncated ones.
+
+    Raises:
+        ConfigError: an empty or non-string inline list, an unknown list name or file, an empty list.
+    """
+    source = config.prompts
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ConfigError(f"{config.source}: prompts is an empty list; give at least one prompt")
+        if not all(isinstance(p, str) and p.strip() for p in source):
+            raise ConfigError(f"{config.source}: prompts: every inline prompt must be a non-empty string")
+        prompts = pd.DataFrame({"prompt_id": [f"q{i:03d}" for i in range(len(source))], "text": list(source)})
+    elif isinstance(source, str):
+        prompts = load_prompts(source)
+    else:
+        raise ConfigError(f"{config.source}: prompts={source!r}: expected a list name, a file or a list of strings")
+    if prompts.empty:
+        raise ConfigError(f"{config.source}: the prompt list {source!r} is empty")
+    return tokenized(prompts, tokenizer)
 
 
 class UnrelatedSet:
@@ -40,8 +62,6 @@ class UnrelatedSet:
         self._texts: dict[str, str] = {}
 
     def table(self, tokenizer: Any) -> pd.DataFrame:
-        from cemaps.study.runner import prompt_table
-
         prompts = prompt_table(self.config, tokenizer)
         self._texts = dict(zip(prompts["prompt_id"], prompts["text"], strict=True))
         return prompts
@@ -192,7 +212,7 @@ def _trained_token(entry: Any) -> str | None:
     import json
 
     folder = Path(entry.path)
-    metadata = (folder if folder.is_dir() else folder.parent) / TRAIN_METADATA  # a weights file sits beside it
+    metadata = (folder if folder.is_dir() else folder.parent) / METADATA_NAME  # a weights file sits beside it
     if metadata.is_file():
         try:
             token = json.loads(metadata.read_text(encoding="utf-8")).get("token")

@@ -20,10 +20,10 @@ from __future__ import annotations
 import copy
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from cemaps.models.tiny import clip_tokenizer
+from cemaps.models.tiny import clip_tokenizer, sd15_scheduler
 from cemaps.toyworld.world import IMAGE_SIZE
 
 TEXT_WIDTH = 64
@@ -75,19 +75,6 @@ def build_text_encoder(tokenizer) -> CLIPTextModel:
     )
 
 
-def build_scheduler() -> PNDMScheduler:
-    """SD v1.5's scheduler settings (scaled-linear betas 0.00085-0.012, 1000 steps, PNDM)."""
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
-
-
 def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     """An untrained toy-world pipeline (random weights from ``seed``), CPU float32."""
     tokenizer = clip_tokenizer()
@@ -99,7 +86,7 @@ def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=build_scheduler(),
+        scheduler=sd15_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

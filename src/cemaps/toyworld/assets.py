@@ -12,6 +12,8 @@ from pathlib import Path
 
 from cemaps.errors import ModelLoadError
 
+TOYWORLD_MODEL_ID = "cemaps/toyworld"
+TOYWORLD_ALIASES = frozenset({TOYWORLD_MODEL_ID, "toyworld"})
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PIPELINE_DIR = WEIGHTS_DIR / "pipeline"
 CLIP_DIR = WEIGHTS_DIR / "clip"
@@ -22,7 +24,7 @@ TOY_CLIP_WEIGHTS = "open_clip_model.safetensors"
 def _missing(what: Path) -> ModelLoadError:
     return ModelLoadError(
         f"the toy world's {what.name!r} is missing from the installed package ({str(what)!r}); reinstall cemaps "
-        "or retrain it with `python -m cemaps.toyworld.train pipeline --out DIR` and pass DIR as the base"
+        "or retrain it with `cemaps toyworld train pipeline --out DIR` and pass DIR as the base"
     )
 
 

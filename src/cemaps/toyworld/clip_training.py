@@ -2,7 +2,7 @@
 
 The CLIP loss with soft targets (identical captions occur in a batch, so each image's
 target is spread over every matching caption). Command:
-``python -m cemaps.toyworld.train clip --out DIR``.
+``cemaps toyworld train clip --out DIR``.
 """
 
 from __future__ import annotations

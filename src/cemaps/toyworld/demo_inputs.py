@@ -13,8 +13,6 @@ from pathlib import Path
 from cemaps.toyworld.suite import TOY_SUBJECTS, toy_prompts, toy_subjects
 from cemaps.toyworld.world import IMAGE_SIZE
 
-TOYWORLD_BASE = "cemaps/toyworld"
-
 
 @dataclass(frozen=True)
 class DemoInputs:

@@ -111,7 +111,8 @@ def generate(
     capture_attention: bool = False,
 ) -> Generated:
     """Generates one image per (text, seed), in batches; optionally captures cross-attention."""
-    from cemaps import CrossAttentionProbe, capture
+    from cemaps.hooks import capture
+    from cemaps.probes import CrossAttentionProbe
 
     jobs = [(t, s) for t in texts for s in seeds]
     images, records = [], []

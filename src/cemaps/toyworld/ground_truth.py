@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from cemaps.labelled import CROSS_ATTENTION_PREFIX, LabelledArray
+from cemaps.study.config import BASE_ID
 from cemaps.toyworld.attention import layer_ious
 from cemaps.toyworld.judge import judge_image
 from cemaps.toyworld.language import PromptSpec
@@ -40,7 +41,6 @@ from cemaps.toyworld.subject_check import DETECTORS, SUBJECT_RATE_TARGET, shows_
 from cemaps.toyworld.suite import specs_by_text
 from cemaps.toyworld.world import IMAGE_SIZE
 
-BASE_ID = "base"
 ALL_LAYERS = "all layers"
 FILES = {"localisation": "toyworld_localisation.csv", "subjects": "toyworld_subjects.csv"}
 

@@ -9,8 +9,8 @@ targets, since identical captions occur in a batch). Both are deterministic from
 seed on one device, log their loss to ``train_log.csv`` and write ``training_<what>.json`` (the
 settings and command) beside the weights.
 
-Command: ``python -m cemaps.toyworld.train pipeline --out DIR`` (and ``clip --out DIR``); under
-``torchrun --nproc_per_node N`` the UNet phase averages gradients over N CPU processes (gloo),
+Command: ``cemaps toyworld train pipeline --out DIR`` (and ``clip --out DIR``; wired in
+:mod:`cemaps.cli.toyworld`); under ``torchrun --nproc_per_node N -m cemaps toyworld train ...`` the UNet phase averages gradients over N CPU processes (gloo),
 and ``--resume DIR`` continues the UNet + text-encoder phase from a saved folder.
 """
 
@@ -334,15 +334,3 @@ def _save_pipeline(pipe, parameters, ema, folder: Path) -> None:
     with torch.no_grad():
         for parameter, value in zip(parameters, backup, strict=False):
             parameter.copy_(value)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m cemaps.toyworld.train WHAT --out DIR ...``: the same command as ``cemaps toyworld train``."""
-    from cemaps.cli import app
-
-    args = sys.argv[1:] if argv is None else argv
-    app(["toyworld", "train", *args], prog_name="python -m cemaps.toyworld.train")
-
-
-if __name__ == "__main__":
-    main()

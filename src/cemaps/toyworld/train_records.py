@@ -128,7 +128,7 @@ def command_line() -> str:
     import shlex
 
     name = Path(sys.argv[0]).name
-    program = {"train.py": "python -m cemaps.toyworld.train", "__main__.py": "python -m cemaps"}.get(name, name)
+    program = {"__main__.py": "python -m cemaps"}.get(name, name)
     return " ".join([program, shlex.join(sys.argv[1:])]).strip()
 
 

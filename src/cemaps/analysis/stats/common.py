@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cemaps.errors import CemapsError
+from cemaps.errors import ConfigError
 
 NULL_RATE_VALIDATED = "null_rate_validated"
 """Key of ``TestResult.extra``: True when the test's rejection rate at alpha 0.05 is measured in [0.03, 0.07]
@@ -31,8 +31,8 @@ under the realistic null of ``cemaps.analysis.stats.simulation`` (tests/analysis
 p-value only for such tests."""
 
 
-class StatsInputError(CemapsError, ValueError):
-    """A table handed to a statistics function lacks columns, rows or structure it needs."""
+class StatsInputError(ConfigError, ValueError):
+    """A table handed to a statistics function lacks columns, rows or structure it needs (a ConfigError)."""
 
 
 @dataclass(frozen=True)

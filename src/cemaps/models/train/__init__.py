@@ -23,7 +23,7 @@ Example:
     >>> result = personalize(pipe, "lora", [Image.new("RGB", (64, 64), "brown")], "sks", "dog", out,
     ...                      TrainSettings(method="lora", steps=3), progress=False)
     >>> sorted(p.name for p in out.iterdir())
-    ['cemaps_train.json', 'pytorch_lora_weights.safetensors']
+    ['.cemaps-output.json', 'cemaps_train.json', 'pytorch_lora_weights.safetensors']
 
 Defaults follow diffusers' example scripts: DreamBooth lr 5e-6, 400 steps; LoRA rank 4
 (alpha 4), lr 1e-4, 500 steps; Textual Inversion lr 5e-4, 3000 steps, initializer = class word.
@@ -84,6 +84,7 @@ from cemaps.models.train.common import (
     write_metadata,
 )
 from cemaps.models.train.loop import adamw_8bit_class
+from cemaps.outputs import write_marker
 
 __all__ = ["METHODS", "METHOD_DEFAULTS", "TrainResult", "TrainSettings", "personalize"]
 
@@ -115,7 +116,8 @@ def personalize(
         token: the subject identifier: a rare word such as ``"sks"`` (DreamBooth, LoRA) or a
             new token such as ``"<my-dog>"`` (TI).
         class_word: the subject's class, e.g. ``"dog"``.
-        out: output folder; must be empty (or hold only ``class_images/``) unless ``overwrite``.
+        out: output folder; must be empty (or hold only ``class_images/``) unless ``overwrite``. It is
+            marked as this command's output (:func:`cemaps.outputs.write_marker`).
         settings: defaults to ``TrainSettings(method=method)``; its method must equal ``method``.
         progress: show a rich progress bar with the loss.
         overwrite: replace the contents of a non-empty ``out`` (the class-image cache is kept).
@@ -187,6 +189,7 @@ def personalize(
             },
         )
         commit_outputs(staging, out)
+    write_marker(out, "personalize")  # lets a later overwrite tell this output from a user's files
     artifact = out / _ARTIFACTS[method] if _ARTIFACTS[method] else out
     return TrainResult(
         out=out, artifact=artifact, final_loss=losses[-1], losses=tuple(losses), settings=settings, seconds=seconds

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 from cemaps.errors import ModelLoadError
 from cemaps.models import tiny_pipeline
 from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied
-from cemaps.probes.weight_delta import (
+from cemaps.models.weight_deltas import (
     COLUMNS,
     block_position,
     effective_rank,

@@ -2,11 +2,12 @@
 
 Reads ``toyworld_localisation.csv`` and ``toyworld_subjects.csv`` from the results folder
 (written by ``cemaps analyze`` for toy-world studies; :mod:`cemaps.toyworld.ground_truth`).
+Registered with the report by :func:`cemaps.toyworld.register` (:mod:`cemaps.report.sections`).
 Both compare what the model did with what the world knows: the object's mask found in the
 pixels, and whether the subject appears. The section is absent for other studies.
 
 Example:
-    >>> from cemaps.report.results import Results
+    >>> from cemaps.report.results import Results, mentions
     >>> import pathlib
     >>> toy_world_section(Results(pathlib.Path("."), {}, {}, {}, {}, {}))
     ''
@@ -23,8 +24,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from cemaps.report.html_tables import frame_records, records_html
-from cemaps.report.results import Results
+from cemaps.report.results import Results, mentions
 from cemaps.report.style import OKABE_ITO, TEXT_SIZE, TITLE_SIZE, new_figure
+from cemaps.toyworld.assets import TOYWORLD_MODEL_ID
 from cemaps.toyworld.attention import DAAM_THRESHOLD
 from cemaps.toyworld.ground_truth import ALL_LAYERS, FILES, best_layer
 from cemaps.toyworld.subject_check import SUBJECT_RATE_TARGET
@@ -100,10 +102,8 @@ def findings(results: Results) -> list[str]:
     return sentences
 
 
-def toy_world_banner(results: Results, model_id: str = "cemaps/toyworld") -> str:
+def toy_world_banner(results: Results, model_id: str = TOYWORLD_MODEL_ID) -> str:
     """A banner naming the toy world as the base, with :func:`findings`; '' for other bases."""
-    from cemaps.report.html import mentions
-
     if not mentions(results.manifest, model_id):
         return ""
     said = " ".join(escape(s) for s in findings(results))
