@@ -164,7 +164,7 @@ def toyworld_part(args, work: Path, out: Path, log: Path, deadline: float, devic
         final_lr_fraction=args.toy_final_lr_fraction,
         device="cpu" if args.smoke else None,
     )
-    part["command"] = " ".join(command[1:]).replace(sys.executable, "python")
+    part["command"] = "python " + " ".join(command[1:])
     train_deadline = time.time() + minutes * 60 + setup_s
     part["train"] = toy.run_until(command, log, train_deadline, stop_file=trained / "STOP")
     if not (trained / "model_index.json").is_file():
