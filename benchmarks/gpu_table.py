@@ -121,7 +121,7 @@ def _toy_lines(toy: dict) -> list[str]:
     lines.append(
         f"`{toy.get('command', '')}`: {train.get('steps')} UNet + text-encoder steps (the command ran {train.get('seconds', 0):.0f} s; "
         f"UNet widths {settings.get('unet_channels')}, text width {settings.get('text_width')}, batch "
-        f"{settings.get('batch')}); weights {weights.get('with_toy_clip_bytes', 0) / 1e6:.1f} MB with the toy CLIP "
+        f"{settings.get('batch')}); weights {weights.get('with_toy_clip_bytes', 0) / 1e6:.1f} MB with tokenizer, configs and the toy CLIP "
         f"(float16; {'within' if weights.get('within_40_mb') else 'OVER'} the 40 MB rule)."
     )
     lines.append("")

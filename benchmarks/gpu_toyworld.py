@@ -81,7 +81,9 @@ def to_float16(folder: Path, ship: Path) -> dict:
         tensors = {name: t.to(torch.float16) if t.is_floating_point() else t for name, t in load_file(path).items()}
         save_file(tensors, path, metadata={"format": "pt"})
     weights = sum(p.stat().st_size for p in ship.rglob("*.safetensors"))
-    return {"weights_bytes": weights}
+    # what would ship: weights, configs and tokenizer (the log, curve and settings are small and optional)
+    folder = sum(p.stat().st_size for p in ship.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
+    return {"weights_bytes": weights, "folder_bytes": folder}
 
 
 def quality_command(base: Path, json_out: Path, *, seeds: int, steps: int, guidance: float, device: str,
