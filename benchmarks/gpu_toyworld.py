@@ -3,8 +3,8 @@
 The training is the project's own command (``python -m cemaps.toyworld.train pipeline``, the same
 as ``cemaps toyworld train pipeline``) with wider widths, a larger batch and the shipped VAE; the
 judging is ``benchmarks/toyworld_quality.py`` on the result. Both run as child processes with a
-deadline: at the training's deadline the session touches ``OUT/STOP`` (the command's own early
-end, which saves), and kills it only if it has not saved a minute later.
+deadline: at the training's deadline the session touches ``STOP`` in its output folder (the
+command's own early end, which saves), and kills it only if it has not saved a minute later.
 
 What comes back (the device returns at most 8 files of 16 MiB): the trained folder with its UNet
 and text encoder cast to float16 (the shipping size rule is 40 MB in all, the toy CLIP included),
