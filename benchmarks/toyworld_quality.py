@@ -37,11 +37,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--no-attention", action="store_true")
     parser.add_argument("--json", default=None, help="also write the tables here")
+    parser.add_argument("--device", default="cpu", help="torch device; the pipeline runs in float32 on any device")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
     register()  # the alias "cemaps/toyworld"
-    pipe = cemaps.load_pipeline(args.base, device="cpu")
+    pipe = cemaps.load_pipeline(args.base, device=args.device, dtype=torch.float32)
     tables = evaluate_pipeline(
         pipe,
         seeds=list(range(args.seeds)),
@@ -52,7 +53,7 @@ def main() -> None:
     )
     pd.set_option("display.width", 160)
     print(
-        f"base {args.base}: {args.seeds} seeds, {args.steps} steps, guidance {args.guidance} "
+        f"base {args.base}: {args.seeds} seeds, {args.steps} steps, guidance {args.guidance}, {args.device} "
         f"({time.perf_counter() - started:.0f} s)"
     )
     accuracy = tables["accuracy"].pivot_table(index="check", columns="source", values="accuracy", sort=False)

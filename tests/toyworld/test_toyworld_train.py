@@ -54,6 +54,13 @@ def test_command_line_rejects_an_unknown_phase(tmp_path):
         (["pipeline", "--device", "nonsense"], "--device='nonsense': not a device name"),
         (["clip", "--lr", "1e-3"], "--lr: applies to toyworld train pipeline only"),
         (["clip", "--resume", "x"], "--resume: toyworld train clip always starts from scratch"),
+        (["pipeline", "--unet-channels", "8,16"], "--unet-channels 8,16: expected 4 comma-separated widths"),
+        (["pipeline", "--unet-channels", "12,16,32,32"], "--unet-channels 12,16,32,32: expected 4 comma-separated"),
+        (["pipeline", "--unet-channels", "a,b,c,d"], "--unet-channels a,b,c,d: expected 4 comma-separated widths"),
+        (["pipeline", "--text-width", "6"], "--text-width 6: expected a positive multiple of 4"),
+        (["pipeline", "--batch", "0"], "--batch 0: expected at least one sample per process"),
+        (["pipeline", "--vae", "nowhere"], "--vae nowhere: not a saved pipeline folder"),
+        (["clip", "--text-width", "128"], "--text-width: applies to toyworld train pipeline only"),
     ],
 )
 def test_cli_refuses_bad_training_input_in_one_line(tmp_path, args, message):
@@ -61,6 +68,37 @@ def test_cli_refuses_bad_training_input_in_one_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_new_widths_with_resume(tmp_path):
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "model_index.json").write_text("{}")
+    args = ["pipeline", "--resume", str(saved), "--unet-channels", "32,64,128,128", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, ["toyworld", "train", *args])
+    assert result.exit_code == 2 and "--unet-channels: a new model's setting; with --resume" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_pipeline_training_at_other_widths_on_the_shipped_vae(tmp_path):
+    from cemaps.toyworld.assets import shipped_pipeline_folder
+
+    shipped = shipped_pipeline_folder()
+    settings = PipelineTraining(
+        n_pairs=8, unet_minutes=0.002, unet_batch=2, unet_channels=(8, 8, 16, 16), text_width=8, vae=str(shipped)
+    )
+    out = train_pipeline(tmp_path / "toy", settings, device="cpu")
+    pipe = cemaps.load_pipeline(str(out), device="cpu")
+    assert tuple(pipe.unet.config.block_out_channels) == (8, 8, 16, 16)
+    assert pipe.text_encoder.config.hidden_size == 8 == pipe.unet.config.cross_attention_dim
+    # the VAE is the shipped one, untrained here (no VAE phase in the log), with its latent scaling
+    shipped_vae = cemaps.load_pipeline("cemaps/toyworld", device="cpu").vae
+    assert pipe.vae.config.scaling_factor == shipped_vae.config.scaling_factor
+    for (name, value), (_, reference) in zip(
+        pipe.vae.state_dict().items(), shipped_vae.state_dict().items(), strict=True
+    ):
+        assert (value == reference).all(), name
+    assert not any(line.startswith("vae,") for line in (out / "train_log.csv").read_text().splitlines())
 
 
 def test_cli_refuses_a_folder_of_user_files_and_keeps_them(tmp_path):
@@ -75,11 +113,18 @@ def test_cli_passes_its_options_to_the_trainer(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(train, "train_pipeline", lambda out, settings, device, progress: seen.update(locals()))
-    args = ["--minutes", "3", "--pairs", "50", "--lr", "1e-3", "--final-lr-fraction", "0.1", "-q"]
+    args = ["--minutes", "3", "--pairs", "50", "--lr", "1e-3", "--final-lr-fraction", "0.1", "-q", "--batch", "128"]
+    args += ["--unet-channels", "32,64,128,128", "--text-width", "96"]
     result = CliRunner().invoke(app, ["toyworld", "train", "pipeline", "--out", str(tmp_path / "run"), *args])
     assert result.exit_code == 0, result.output
     settings = seen["settings"]
     assert (settings.unet_minutes, settings.n_pairs, settings.unet_lr, settings.final_lr_fraction) == (3, 50, 1e-3, 0.1)
+    assert (settings.unet_batch, settings.unet_channels, settings.text_width, settings.vae) == (
+        128,
+        (32, 64, 128, 128),
+        96,
+        None,
+    )
     assert seen["progress"] is False and (tmp_path / "run").is_dir()
 
 
@@ -96,6 +141,13 @@ def test_cli_defaults_are_the_trainers_defaults():
         defaults.warmup_steps,
         defaults.unet_lr,
         defaults.final_lr_fraction,
+    )
+    widths = tuple(int(w) for w in options["unet_channels"].split(","))
+    assert (options["batch"], widths, options["text_width"], options["vae"]) == (
+        defaults.unet_batch,
+        defaults.unet_channels,
+        defaults.text_width,
+        defaults.vae,
     )
     assert (
         f"pipeline {defaults.unet_minutes:g}" in DEFAULTS_HELP and f"clip {ClipTraining().minutes:g}" in DEFAULTS_HELP

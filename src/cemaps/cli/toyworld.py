@@ -17,7 +17,16 @@ import typer
 from cemaps.cli.app import one_line_errors, quiet_option
 
 PHASES = ("pipeline", "clip", "vae-decoder")
-PIPELINE_ONLY = {"pairs": 12000, "warmup": 200, "lr": 6e-4, "final_lr_fraction": 1.0}
+PIPELINE_ONLY = {
+    "pairs": 12000,
+    "warmup": 200,
+    "lr": 6e-4,
+    "final_lr_fraction": 1.0,
+    "batch": 64,
+    "unet_channels": "16,32,64,64",
+    "text_width": 64,
+    "vae": None,
+}
 # Kept as text so that `cemaps --help` does not import torch (cemaps.toyworld.train's defaults).
 DEFAULTS_HELP = "pipeline 60 (the UNet + text-encoder phase), clip 30, vae-decoder 30"
 
@@ -45,6 +54,17 @@ def train_command(
         PIPELINE_ONLY["final_lr_fraction"],
         help="pipeline: cosine-decay the learning rate over --minutes to this fraction (1: constant).",
     ),
+    batch: int = typer.Option(PIPELINE_ONLY["batch"], help="pipeline: UNet + text-encoder batch (over all processes)."),
+    unet_channels: str = typer.Option(
+        PIPELINE_ONLY["unet_channels"],
+        help="pipeline: the new UNet's 4 block widths, comma-separated, each a multiple of 8 (not with --resume).",
+    ),
+    text_width: int = typer.Option(
+        PIPELINE_ONLY["text_width"], help="pipeline: the new text encoder's width, a multiple of 4 (not with --resume)."
+    ),
+    vae: str | None = typer.Option(
+        None, help="pipeline: use this saved pipeline folder's VAE instead of training one (not with --resume)."
+    ),
     device: str | None = typer.Option(None, help="torch device (default: cuda when available, else cpu)."),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -60,7 +80,9 @@ def train_command(
 
     from cemaps.outputs import check_output_folder, claim_output_folder
 
-    _check_options(what, out, minutes, resume, pairs, warmup, lr, final_lr_fraction, device)
+    widths = _check_options(
+        what, out, minutes, resume, pairs, warmup, lr, final_lr_fraction, device, batch, unet_channels, text_width, vae
+    )
     command = f"toyworld train {what}"
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
         check_output_folder(out, command, whole_folder=True)
@@ -70,7 +92,15 @@ def train_command(
         from cemaps.toyworld.train import PipelineTraining, train_pipeline
 
         settings = PipelineTraining(
-            resume=resume, warmup_steps=warmup, n_pairs=pairs, unet_lr=lr, final_lr_fraction=final_lr_fraction
+            resume=resume,
+            warmup_steps=warmup,
+            n_pairs=pairs,
+            unet_lr=lr,
+            final_lr_fraction=final_lr_fraction,
+            unet_batch=batch,
+            unet_channels=widths,
+            text_width=text_width,
+            vae=vae,
         )
         settings = settings if minutes is None else replace(settings, unet_minutes=minutes)
         train_pipeline(out, settings, device, progress=progress)
@@ -86,8 +116,13 @@ def train_command(
     typer.echo(str(out))
 
 
-def _check_options(what, out, minutes, resume, pairs, warmup, lr, final_lr_fraction, device) -> None:
-    """Refuses, before anything is rendered or written, options that are invalid or do not apply to ``what``."""
+def _check_options(
+    what, out, minutes, resume, pairs, warmup, lr, final_lr_fraction, device, batch, unet_channels, text_width, vae
+) -> tuple[int, ...]:
+    """Refuses, before anything is rendered or written, options that are invalid or do not apply to ``what``.
+
+    Returns the UNet widths parsed from ``unet_channels``.
+    """
     import math
 
     from cemaps.errors import ConfigError
@@ -102,7 +137,16 @@ def _check_options(what, out, minutes, resume, pairs, warmup, lr, final_lr_fract
         raise ConfigError(f"--resume {resume}: not a saved pipeline folder; expected a folder with model_index.json")
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"--minutes {minutes}: expected a positive, finite time budget")
-    given = {"pairs": pairs, "warmup": warmup, "lr": lr, "final_lr_fraction": final_lr_fraction}
+    given = {
+        "pairs": pairs,
+        "warmup": warmup,
+        "lr": lr,
+        "final_lr_fraction": final_lr_fraction,
+        "batch": batch,
+        "unet_channels": unet_channels,
+        "text_width": text_width,
+        "vae": vae,
+    }
     if what != "pipeline":
         changed = [name for name, value in given.items() if value != PIPELINE_ONLY[name]]
         if changed:
@@ -121,3 +165,33 @@ def _check_options(what, out, minutes, resume, pairs, warmup, lr, final_lr_fract
         from cemaps.study.config_checks import check_device
 
         check_device(device, "--device")
+    if batch < world:
+        raise ConfigError(f"--batch {batch}: expected at least one sample per process ({world})")
+    widths = _unet_widths(unet_channels)
+    if text_width < 4 or text_width % 4:
+        raise ConfigError(f"--text-width {text_width}: expected a positive multiple of 4 (the text encoder's 4 heads)")
+    if resume is not None:
+        custom = [name for name in ("unet_channels", "text_width", "vae") if given[name] != PIPELINE_ONLY[name]]
+        if custom:
+            flag = "--" + custom[0].replace("_", "-")
+            raise ConfigError(
+                f"{flag}: a new model's setting; with --resume the saved folder fixes it, expected neither"
+            )
+    if vae is not None and not (Path(vae) / "vae" / "config.json").is_file():
+        raise ConfigError(f"--vae {vae}: not a saved pipeline folder; expected a folder with vae/config.json")
+    return widths
+
+
+def _unet_widths(text: str) -> tuple[int, ...]:
+    """``"16,32,64,64"`` -> (16, 32, 64, 64); 4 widths, each a positive multiple of 8 (GroupNorm's 8 groups)."""
+    from cemaps.errors import ConfigError
+
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 4 or any(width < 8 or width % 8 for width in widths):
+        raise ConfigError(
+            f"--unet-channels {text}: expected 4 comma-separated widths, each a positive multiple of 8 (e.g. 32,64,128,128)"
+        )
+    return widths

@@ -27,6 +27,7 @@ from cemaps.models.tiny import clip_tokenizer, sd15_scheduler
 from cemaps.toyworld.world import IMAGE_SIZE
 
 TEXT_WIDTH = 64
+UNET_CHANNELS = (16, 32, 64, 64)  # the shipped UNet's block_out_channels
 LATENT_SIZE = IMAGE_SIZE // 2
 # open_clip model-config format (what open_clip.add_model_config reads from a .json file).
 TOY_CLIP_CONFIG: dict = {
@@ -36,13 +37,14 @@ TOY_CLIP_CONFIG: dict = {
 }
 
 
-def build_unet() -> UNet2DConditionModel:
+def build_unet(channels: tuple[int, ...] = UNET_CHANNELS, text_width: int = TEXT_WIDTH) -> UNet2DConditionModel:
+    """SD v1.5's block types at ``channels`` (4 widths, each a multiple of 8: GroupNorm's 8 groups)."""
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
-        block_out_channels=(16, 32, 64, 64),
+        block_out_channels=tuple(channels),
         layers_per_block=2,
         norm_num_groups=8,
-        cross_attention_dim=TEXT_WIDTH,
+        cross_attention_dim=text_width,
         attention_head_dim=(2, 4, 8, 8),
     )
 
@@ -59,12 +61,13 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_text_encoder(tokenizer) -> CLIPTextModel:
+def build_text_encoder(tokenizer, width: int = TEXT_WIDTH) -> CLIPTextModel:
+    """A 2-layer CLIPTextModel of ``width`` (a multiple of its 4 heads)."""
     return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=tokenizer.vocab_size,
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=4 * TEXT_WIDTH,
+            hidden_size=width,
+            intermediate_size=4 * width,
             num_hidden_layers=2,
             num_attention_heads=4,
             max_position_embeddings=tokenizer.model_max_length,
@@ -75,12 +78,19 @@ def build_text_encoder(tokenizer) -> CLIPTextModel:
     )
 
 
-def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """An untrained toy-world pipeline (random weights from ``seed``), CPU float32."""
+def build_pipeline(
+    seed: int = 0, unet_channels: tuple[int, ...] = UNET_CHANNELS, text_width: int = TEXT_WIDTH
+) -> StableDiffusionPipeline:
+    """An untrained toy-world pipeline (random weights from ``seed``), CPU float32.
+
+    ``unet_channels`` and ``text_width`` widen the UNet and text encoder (the defaults are the shipped
+    widths; a GPU trains wider ones in the same time, ``cemaps toyworld train --unet-channels``).
+    """
     tokenizer = clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet, vae, text_encoder = build_unet(), build_vae(), build_text_encoder(tokenizer)
+        unet = build_unet(unet_channels, text_width)
+        vae, text_encoder = build_vae(), build_text_encoder(tokenizer, text_width)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

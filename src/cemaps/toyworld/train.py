@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cemaps.toyworld.abstract_words import random_training_pair
-from cemaps.toyworld.architecture import build_pipeline
+from cemaps.toyworld.architecture import TEXT_WIDTH, UNET_CHANNELS, build_pipeline
 from cemaps.toyworld.train_records import (
     NoLog,
     TrainingLog,
@@ -61,6 +61,9 @@ class PipelineTraining:
     final_lr_fraction: float = 1.0  # < 1: cosine decay of the UNet phase's lr, over its minutes, to this fraction
     save_every_minutes: float = 10.0
     resume: str | None = None  # a saved pipeline folder: skip the VAE phase, continue UNet + text encoder
+    unet_channels: tuple[int, ...] = UNET_CHANNELS  # a new UNet's block_out_channels (not with resume)
+    text_width: int = TEXT_WIDTH  # a new text encoder's width (not with resume)
+    vae: str | None = None  # a saved pipeline folder whose VAE (and latent scaling) to use instead of training one
 
 
 def render_pairs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -152,17 +155,22 @@ def train_pipeline(
             settings.resume, safety_checker=None, requires_safety_checker=False, local_files_only=True
         )
     else:
-        pipe = build_pipeline(seed=settings.seed)
+        pipe = build_pipeline(seed=settings.seed, unet_channels=settings.unet_channels, text_width=settings.text_width)
+    if settings.vae:
+        from diffusers import AutoencoderKL
+
+        pipe.vae = AutoencoderKL.from_pretrained(Path(settings.vae) / "vae", local_files_only=True)
+    trained_vae = not (settings.resume or settings.vae)
     vae, unet, text_encoder, tokenizer = (
         pipe.vae.to(device),
         pipe.unet.to(device),
         pipe.text_encoder.to(device),
         pipe.tokenizer,
     )
-    if not settings.resume:
+    if trained_vae:
         _train_vae(vae, images, settings, log, device)
     means, stds = _encode_all(vae, images, device)
-    scaling = float(vae.config.scaling_factor) if settings.resume else float(1.0 / means.std())
+    scaling = float(1.0 / means.std()) if trained_vae else float(vae.config.scaling_factor)
     vae.register_to_config(scaling_factor=scaling)
     vae.requires_grad_(False)
     print(f"latent scaling factor {scaling:.4f}", file=sys.stderr, flush=True)
