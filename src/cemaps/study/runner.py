@@ -142,6 +142,7 @@ def run_study(
     pipe: Any = None,
     probes: Sequence[Any] = (),
     prompt_set: UnrelatedSet | InContextSet | None = None,
+    set_aside_damaged: bool = False,
 ) -> StudyResult:
     """Generate and capture every (model, prompt, seed) of ``config`` into ``store_path``.
 
@@ -155,6 +156,8 @@ def run_study(
             their ``name`` (see :class:`cemaps.Probe`).
         prompt_set: one set to generate into ``store_path``; None runs each of ``config.prompt_sets``,
             the in-context set into its own store (:func:`cemaps.study.prompt_sets.in_context_store_path`).
+        set_aside_damaged: verify the store first and move damaged part files aside, so that their
+            records are made again (see :class:`cemaps.store.StoreWriter`).
     """
     process = _distributed()
     device = capture_device(process, config.device)
@@ -163,7 +166,13 @@ def run_study(
     _set_scheduler(pipe, config.generation.scheduler)
     if prompt_set is None:
         return _run_prompt_sets(
-            config, Path(store_path), pipe=pipe, progress=progress, records_per_part=records_per_part, probes=probes
+            config,
+            Path(store_path),
+            pipe=pipe,
+            progress=progress,
+            records_per_part=records_per_part,
+            probes=probes,
+            set_aside_damaged=set_aside_damaged,
         )
     probe = CrossAttentionProbe.from_settings(config.capture)
     layers = probe.layer_names(pipe.unet)
@@ -199,6 +208,7 @@ def run_study(
         provenance=provenance,
         writer_tag=process.writer_tag,
         records_per_part=records_per_part,
+        set_aside_damaged=set_aside_damaged,
     )
     with writer:
         writer.add_prompts(prompts.to_dict("records"))
