@@ -81,6 +81,9 @@ def capture_command(
             raise ConfigError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
         if not parsed or min(parsed) < 0:
             raise ConfigError(f"--seeds {seeds!r}: expected comma-separated non-negative integers, e.g. 0,1,2")
+        from cemaps.study.value_checks import check_seeds
+
+        check_seeds(parsed, "--seeds")
         study = study.with_overrides(seeds=parsed)
     if steps is not None:
         if steps < 1:
