@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -198,3 +199,67 @@ def test_a_store_path_that_is_a_symlink_is_followed(tmp_path):
     with open_store(link) as reader:
         assert len(reader.records) == 6
     assert verify_store(link).ok
+
+
+class FullDisk:
+    """Injected at the store's one write call (``layout.write_image`` opens its file with ``open``):
+    once ``full`` is set, every write fails as a full disk does (portable: needs no mount or root)."""
+
+    def __init__(self) -> None:
+        self.full = False
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)  # noqa: SIM115 - returned to the caller's with-block
+        if self.full and "w" in mode:
+            handle.close()
+            raise OSError(28, "No space left on device", str(path))
+        return handle
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_sealed_records_resume(tmp_path, monkeypatch):
+    import cemaps.store.layout as layout
+
+    reference = tmp_path / "ref" / "study.h5"
+    reference.parent.mkdir()
+    write(reference)
+    disk = FullDisk()
+    monkeypatch.setattr(layout, "open", disk, raising=False)
+    path = tmp_path / "study.h5"
+    with pytest.raises(StoreError) as err:
+        with StoreWriter(path, settings=SETTINGS, base=BASE, records_per_part=3) as writer:
+            for model_id, prompt_id, seed in KEYS:
+                disk.full = prompt_id == "p5"  # the second part is sealed with its third record
+                arrays, image = record(int(prompt_id[1:]))
+                writer.write_record(model_id, prompt_id, seed, arrays, AXES, image=image)
+    assert one_line(err) == (
+        f"{parts_dir(path) / 'part-w0-00001.h5'}: cannot write (no space left on device); the store study.h5 "
+        "keeps every sealed record: free space (or fix the folder) and rerun to resume"
+    )
+    assert [p.name for p in sealed_files(parts_dir(path), "part")] == ["part-w0-00000.h5"]
+    assert not list(parts_dir(path).glob("*.tmp")) and not list(parts_dir(path).glob(".*"))
+    with open_store(path) as reader:
+        assert sorted(reader.records["prompt_id"]) == ["p0", "p1", "p2"]  # sealed records kept
+    disk.full = False
+    with StoreWriter(path, settings=SETTINGS, base=BASE) as writer:
+        missing = [key for key in KEYS if key not in writer.completed()]
+    write(path, missing)
+    assert contents(path) == contents(reference)
+
+
+def test_an_unwritable_manifest_is_named_not_its_temporary_file(store, monkeypatch):
+    import cemaps.store.layout as layout
+
+    real_replace = os.replace
+
+    def refuse(source, target):
+        if Path(target) == store:
+            raise PermissionError(1, "Operation not permitted", str(source), str(target))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(layout.os, "replace", refuse)
+    before = {p.name: p.read_bytes() for p in [store, *parts_dir(store).iterdir()]}
+    with pytest.raises(StoreError) as err:
+        write(store, [("base", "p9", 0)])
+    assert one_line(err).startswith(f"{store}: cannot write (Operation not permitted)")
+    assert not [p for p in store.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert store.read_bytes() == before["study.h5"]
