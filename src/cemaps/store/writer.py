@@ -33,20 +33,11 @@ from cemaps.store.manifest import Header, check_compatible, read_header, rebuild
 from cemaps.store.part_index import ArraySchema, RecordKey
 from cemaps.store.part_writer import OpenPart
 from cemaps.store.provenance import default_provenance
+from cemaps.store.record_checks import validate_record
 from cemaps.store.schema import META_FORMAT, SCHEMA_VERSION, check_version, first_difference, normalise, to_json
 
 _STR = h5py.string_dtype("utf-8")
 _PROMPT_KEYS = ("prompt_id", "text", "tokens", "token_ids")
-
-
-def check_array_name(name: object) -> str:
-    """Array names are HDF5 paths below /arrays: '/' makes groups, dots are kept."""
-    if not isinstance(name, str) or not name or any(p in {"", ".", ".."} for p in name.split("/")):
-        raise StoreError(
-            f"array name {name!r}: expected a non-empty path like "
-            "'cross_attention/down_blocks.0.attentions.0.transformer_blocks.0.attn2'"
-        )
-    return name
 
 
 class StoreWriter:
@@ -272,55 +263,6 @@ class StoreWriter:
         contents = self._cache.scan(self.path)
         return {key for part in contents.parts for key in part.keys}
 
-    def _validate(self, key: RecordKey, arrays: dict, axes: dict) -> dict[str, np.ndarray]:
-        where = f"{self.path}: record {key}"
-        if not isinstance(arrays, dict) or not arrays:
-            raise StoreError(f"{where}: arrays is {arrays!r:.40}; expected a non-empty dict name -> numpy array")
-        if not isinstance(axes, dict):
-            raise StoreError(f"{where}: axes is a {type(axes).__name__}; expected a dict name -> tuple of axis names")
-        checked: dict[str, np.ndarray] = {}
-        for name, value in arrays.items():
-            check_array_name(name)
-            array = np.ascontiguousarray(value)
-            if array.dtype.kind not in "biufc" or array.ndim < 1:
-                raise StoreError(
-                    f"{where}: array {name!r} has dtype {array.dtype} and {array.ndim} axes; "
-                    "expected a numeric numpy array with at least one axis"
-                )
-            if 0 in array.shape[1:]:
-                raise StoreError(
-                    f"{where}: array {name!r} has shape {list(array.shape)}; only the first axis may be empty"
-                )
-            names = axes.get(name)
-            if (
-                not isinstance(names, list | tuple)
-                or len(names) != array.ndim
-                or not all(isinstance(a, str) and a for a in names)
-            ):
-                raise StoreError(
-                    f"{where}: axes[{name!r}] is {names!r}; expected {array.ndim} axis names "
-                    f"for shape {list(array.shape)}"
-                )
-            schema = ArraySchema(name, tuple(array.shape[1:]), array.dtype, tuple(names))
-            known = self._schemas.get(name)
-            if known is not None and known.trailing != schema.trailing:
-                raise StoreError(
-                    f"{where}: array {name!r} has trailing shape {list(schema.trailing)} but the store "
-                    f"holds {list(known.trailing)} for it; only the first axis may vary"
-                )
-            if known is not None and known.dtype != schema.dtype:
-                raise StoreError(
-                    f"{where}: array {name!r} has dtype {schema.dtype} but the store holds "
-                    f"{known.dtype} for it; cast it before writing"
-                )
-            if known is not None and known.axes != schema.axes:
-                raise StoreError(
-                    f"{where}: array {name!r} has axes {list(schema.axes)} but the store holds "
-                    f"{list(known.axes)} for it"
-                )
-            checked[name] = array
-        return checked
-
     def write_record(
         self,
         model_id: str,
@@ -347,7 +289,7 @@ class StoreWriter:
         key = (model_id, prompt_id, int(seed))
         if key in self._keys:
             raise StoreError(f"{self.path}: record {key} is already in the store; skip keys in writer.completed()")
-        checked = self._validate(key, arrays, axes)
+        checked = validate_record(f"{self.path}: record {key}", arrays, axes, self._schemas)
         png = encode_png(check_image(image, what=f"{self.path}: record {key}")) if image is not None else None
         if self._part is None:
             seq = next_seq(self._folder, "part", self.writer_tag)
