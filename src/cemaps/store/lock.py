@@ -14,6 +14,7 @@ emulates it with byte-range locks there). Where ``fcntl`` is missing (Windows) n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -91,7 +92,8 @@ class WriterLock:
     def release(self) -> None:
         """Releases the lock; safe to call twice."""
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)  # while still holding it: see the retry in __init__
+            with contextlib.suppress(OSError):  # a folder made read-only meanwhile keeps the (unlocked) file
+                self.path.unlink(missing_ok=True)  # while still holding it: see the retry in __init__
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
