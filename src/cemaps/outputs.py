@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -60,6 +61,12 @@ def _marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) else None
 
 
+def followed(path: str | Path) -> Path:
+    """``path`` with a symbolic link at its end followed: output goes where the link points, the link stays."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def check_output_folder(path: str | Path, command: str, *, option: str = "--out", whole_folder: bool = False) -> None:
     """Refuses, before any work, an output path this command may not write.
 
@@ -74,7 +81,7 @@ def check_output_folder(path: str | Path, command: str, *, option: str = "--out"
         OutputError: ``path`` is a file, or a non-empty folder that ``command`` did not write
             (a file in it is not listed in its marker).
     """
-    path = Path(path)
+    path = followed(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path}: is an existing file; expected a folder path")
     check_writable(path, option)
@@ -168,7 +175,7 @@ def staged_output(path: str | Path, command: str, *, option: str = "--out") -> I
         OutputError: ``path`` may not be written (see :func:`check_output_folder`), or the
             operating system refuses to create or move the folders.
     """
-    path = Path(path)
+    path = followed(path)
     check_output_folder(path, command, option=option)
     parent = path.absolute().parent
     try:
@@ -177,8 +184,16 @@ def staged_output(path: str | Path, command: str, *, option: str = "--out") -> I
     except OSError as error:
         raise OutputError(f"{option} {path}: cannot write ({os_error_message(error)})") from None
     try:
-        yield staging
-        write_marker(staging, command)
+        try:
+            yield staging
+            write_marker(staging, command)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OutputError(
+                f"{option} {path}: cannot write ({error.strerror or 'no space left on device'}); "
+                "nothing was changed there: free space and run it again"
+            ) from None
         check_output_folder(path, command, option=option)  # the user may have added files meanwhile
         _replace(staging, path, option)
     finally:

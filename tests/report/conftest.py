@@ -323,3 +323,60 @@ def sparse_results_dir(results_dir, tmp_path) -> Path:
     del manifest["files"]["weight_deltas"], manifest["files"]["similarity"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
+
+
+# Strings a hostile results folder may carry, each trying another context: element, attribute, script,
+# URL scheme. Each payload would set document.title if it ever ran. Those that may name a file (a metric's
+# cem_<metric>.csv) hold no '/'.
+HOSTILE = {
+    "alignment_drop": 'm"><img src=x onerror="document.title=1">',
+    "dreambooth-alice": 'db\'><svg onload="document.title=2">',
+    "a photo of a robot": "</script><script>document.title=3</script>",
+    "animals": '<b onmouseover="document.title=4">x',
+    "mug": "javascript:document.title=5",
+    "torch": '<iframe srcdoc="<script>document.title=6</script>">',
+    "p004": 'p"4',
+}
+
+
+def _hostile(text: str) -> str:
+    for old, new in HOSTILE.items():
+        text = text.replace(old, new)
+    return text
+
+
+def _hostile_json(value):
+    if isinstance(value, str):
+        return _hostile(value)
+    if isinstance(value, dict):
+        return {_hostile(k): _hostile_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hostile_json(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="session")
+def hostile_results_dir(results_dir, tmp_path_factory) -> Path:
+    """The synthetic results with hostile strings in every field a results folder carries: metric names
+    (and so CSV file names), model, subject and prompt ids, prompt text, labels, summary and provenance
+    keys, and a data file named like a javascript: URL."""
+    folder = tmp_path_factory.mktemp("hostile") / "results"
+    folder.mkdir()
+    for path in results_dir.iterdir():
+        target = folder / _hostile(path.name)
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            frame.columns = [_hostile(c) for c in frame.columns]
+            frame.map(_hostile).to_csv(target, index=False)
+        elif path.suffix == ".json":
+            target.write_text(json.dumps(_hostile_json(json.loads(path.read_text()))))
+    (folder / "javascript:document.title=7").write_text("x")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["javascript:document.title=7"] = "javascript:document.title=7"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hostile_report_path(hostile_results_dir, tmp_path_factory) -> Path:
+    return write_report(hostile_results_dir, tmp_path_factory.mktemp("hostile-out"))

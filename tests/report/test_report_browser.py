@@ -214,3 +214,53 @@ def test_report_renders_and_tooltip_shows_prompt_text(report_path, results_dir, 
     finally:
         browser.close()
     assert time.monotonic() - started < TIMEOUT_S
+
+
+def test_hostile_results_run_no_script_in_the_browser(hostile_report_path, tmp_path):
+    """Issue 22: every payload of conftest.HOSTILE would set document.title if it ran; the page's own
+    script still runs (its hash is in the policy), and the tooltip shows the hostile text as text."""
+    from conftest import HOSTILE
+
+    browser = DevToolsPipe(tmp_path / "chromium-profile")
+    try:
+        page = next(t for t in browser.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        session = browser.send("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.events.clear()
+        browser.send("Page.navigate", {"url": hostile_report_path.resolve().as_uri()}, session)
+        browser.wait_for("Page.loadEventFired")
+        cells = browser.evaluate("document.querySelectorAll('svg.cem rect.cell').length", session)
+        assert cells > 0
+        centre = browser.evaluate(
+            """(() => {
+            const cells = Array.from(document.querySelectorAll('svg.cem rect.cell'));
+            const cell = cells[Math.floor(cells.length / 2)];
+            cell.scrollIntoView({block: "center", inline: "center"});
+            const box = cell.getBoundingClientRect();
+            return {x: box.x + box.width / 2, y: box.y + box.height / 2};
+        })()""",
+            session,
+        )
+        browser.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": centre["x"], "y": centre["y"]}, session)
+        tooltip = browser.evaluate("document.getElementById('cem-tooltip').textContent", session)
+        assert tooltip  # the page's own script ran
+        hovered = browser.evaluate(
+            "Array.from(document.querySelectorAll('text.label, td, dd')).forEach(e => "
+            "e.dispatchEvent(new MouseEvent('mouseover', {bubbles: true}))); document.title",
+            session,
+        )
+        assert hovered == "cemaps report"
+        assert browser.evaluate("document.querySelectorAll('iframe, img[src=\"x\"]').length", session) == 0
+        body = browser.evaluate("document.body.textContent", session)
+        assert HOSTILE["alignment_drop"] in body and HOSTILE["animals"] in body
+        texts = browser.evaluate(
+            "JSON.parse(document.querySelector('script[type=\"application/json\"]').textContent)"
+            ".prompts.map(p => p.text)",
+            session,
+        )
+        assert HOSTILE["a photo of a robot"] in texts  # the tooltip's data keeps it, as text
+        blocked = [e for e in browser.events if "Content Security Policy" in json.dumps(e)]
+        assert blocked == []  # nothing was even tried: escaping held before the policy had to
+    finally:
+        browser.close()

@@ -76,7 +76,7 @@ def test_v1_and_v2_stores_analyse_the_same(tmp_path):
     _write_like_v1(v2_path)
     with open_store(v2_path) as store:
         assert store.schema_version == SCHEMA_VERSION == 2
-    assert _filters(sealed_files(parts_dir(v2_path), "part")[0]) == {str(hdf5plugin.BLOSC2_ID)}
+    assert _filters(sealed_files(parts_dir(v2_path), "part")[0]) == {str(hdf5plugin.BLOSC2_ID), "fletcher32"}
     with open_store(V1_STORE) as old, open_store(v2_path) as new:
         for per in ("record", "token", "step"):
             pd.testing.assert_frame_equal(attention_shift_table(old, per=per), attention_shift_table(new, per=per))
@@ -95,7 +95,7 @@ def test_appending_to_a_v1_store_keeps_it_v1_and_gzip(tmp_path):
     newest = sealed_files(parts_dir(path), "part")[-1]
     with h5py.File(newest, "r") as part, h5py.File(path, "r") as manifest:
         assert part.attrs["schema_version"] == 1 and manifest.attrs["schema_version"] == 1
-    assert _filters(newest) == {"gzip", "shuffle"}
+    assert _filters(newest) == {"gzip", "shuffle", "fletcher32"}
     with open_store(path) as store:
         assert store.schema_version == 1 and len(store.records) == 5
 

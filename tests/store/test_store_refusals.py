@@ -224,9 +224,10 @@ def test_reader_refuses_unknown_array_and_record(store_path):
         assert one_line(err) == f"{store_path}: record 5; expected an integer in 0..0"
 
 
-def test_reader_refuses_damaged_part(store_path):
+def test_reader_leaves_out_damaged_part_with_one_warning(store_path):
     part = next((store_path.parent / "study.h5.parts").glob("part-*.h5"))
     part.write_bytes(b"garbage")
-    with pytest.raises(StoreError) as err:
-        open_store(store_path)
-    assert one_line(err).startswith(f"{part}: unreadable store part (")
+    with pytest.warns(UserWarning, match=f"1 damaged part file\\(s\\) left out \\({part.name}\\)") as caught:
+        store = open_store(store_path)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert list(store.damaged_parts) == [part] and len(store.records) == 0

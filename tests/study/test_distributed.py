@@ -225,7 +225,14 @@ def _assert_equal_to_reference(path: Path, reference: dict) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_killed_rank_then_rerun_completes_only_the_missing(study, tmp_path):
+@pytest.mark.parametrize(
+    ("victim_rank", "after_parts"),
+    [
+        ("1", 2),  # one rank dies; the launcher then stops the other
+        (None, 1),  # the launcher and both ranks die at once (SIGKILL to the group: a lost node)
+    ],
+)
+def test_torchrun_two_processes_killed_then_rerun_completes_only_the_missing(study, tmp_path, victim_rank, after_parts):
     config, reference = study
     store = tmp_path / "two.h5"
     launcher = subprocess.Popen(
@@ -240,22 +247,30 @@ def test_torchrun_two_processes_killed_rank_then_rerun_completes_only_the_missin
     victim, deadline = None, time.time() + 300
     try:
         while time.time() < deadline and launcher.poll() is None:
-            if victim is None:
+            if victim is None and victim_rank is not None:
                 workers = [
-                    p for p in psutil.Process(launcher.pid).children(recursive=True) if _environ(p).get("RANK") == "1"
+                    p
+                    for p in psutil.Process(launcher.pid).children(recursive=True)
+                    if _environ(p).get("RANK") == victim_rank
                 ]
                 victim = workers[0] if workers else None
-            if len(_part_keys(store).get("rank1", [])) >= 2:
+            if len(_part_keys(store).get(f"rank{victim_rank or 0}", [])) >= after_parts:
                 break
             time.sleep(0.05)
-        assert victim is not None and launcher.poll() is None, "the capture finished before rank 1 could be killed"
-        victim.send_signal(signal.SIGKILL)  # the launcher then stops rank 0 as well
+        assert launcher.poll() is None, "the capture finished before the kill point"
+        if victim_rank is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        else:
+            assert victim is not None
+            victim.send_signal(signal.SIGKILL)  # the launcher then stops the other rank as well
         launcher.wait(timeout=120)
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
     survivors = {key for keys in _part_keys(store).values() for key in keys}
-    assert 2 <= len(survivors) < RECORDS
+    assert after_parts <= len(survivors) < RECORDS
+    with open_store(store) as killed:  # readable at the kill point, holding exactly the sealed records
+        assert {(r.model_id, r.prompt_id, r.seed) for r in killed.records.itertuples()} == survivors
     parts_before = set(sealed_files(parts_dir(store), "part"))
 
     rerun = subprocess.run(_torchrun(config, store), env=_env(), capture_output=True, text=True, timeout=600)

@@ -156,6 +156,9 @@ class ClipScorer:
                 f"CLIP weights file {str(path)!r} is pickle-based; convert it to .safetensors "
                 "(Python: ClipScorer.load(..., allow_pickle=True) reads it with torch.load(weights_only=True))"
             )
+        from cemaps.models.safety import check_weights_file
+
+        check_weights_file(path, allow_pickle, role="CLIP weights file")
         device = device if device is not None else _default_device()
         # Belt and braces: nothing below should reach the network, and if it tries it must fail at once.
         previous = os.environ.get("HF_HUB_OFFLINE")

@@ -36,6 +36,11 @@ def capture_command(
     steps: int = typer.Option(None, help="Override generation.steps."),
     device: str = typer.Option(None, help="cuda, cuda:1, cpu (default: CUDA when available)."),
     records_per_part: int = typer.Option(16, min=1, help="Records per part file: a crash loses at most this many."),
+    set_aside_damaged: bool = typer.Option(
+        False,
+        "--set-aside-damaged",
+        help="Verify every part file first and move damaged ones to <store>.damaged/, then remake their records.",
+    ),
     quiet: bool = quiet_option(),
     dry_run: bool = typer.Option(
         False,
@@ -77,6 +82,9 @@ def capture_command(
             raise ConfigError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
         if not parsed or min(parsed) < 0:
             raise ConfigError(f"--seeds {seeds!r}: expected comma-separated non-negative integers, e.g. 0,1,2")
+        from cemaps.study.value_checks import check_seeds
+
+        check_seeds(parsed, "--seeds")
         study = study.with_overrides(seeds=parsed)
     if steps is not None:
         if steps < 1:
@@ -98,7 +106,9 @@ def capture_command(
     from cemaps.outputs import check_writable
 
     check_writable(target, "--store" if store is not None else f"{config}: store")  # before the model is loaded
-    result = run_study(study, target, progress=not quiet, records_per_part=records_per_part)
+    result = run_study(
+        study, target, progress=not quiet, records_per_part=records_per_part, set_aside_damaged=set_aside_damaged
+    )
     say(
         "[green]store[/] {}: {} records written, {} already there ({} in this process's share)",
         result.store,

@@ -18,9 +18,19 @@ from cemaps.cli.app import one_line_errors
 def inspect_command(
     store: Path = typer.Argument(..., help="A store written by `cemaps capture` (the .h5 manifest)."),
     provenance: bool = typer.Option(True, help="Print provenance (package versions, settings)."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Read every chunk of every part file and check it (checksums, digests, settings); "
+        "print one line per damaged part and record and exit 1 if any.",
+    ),
 ) -> None:
     """Print a store's models, prompts, records, arrays with their shapes, size on disk and provenance."""
     from cemaps.store import open_store
+
+    if verify:
+        _verify(store)
+        return
 
     out = Console(width=None if sys.stdout.isatty() else 200)
     with open_store(store) as reader:
@@ -65,3 +75,21 @@ def inspect_command(
                 ("provenance", reader.provenance, 1),
             ):
                 out.print(f"[bold]{title}[/]", escape(json.dumps(value, indent=indent, default=str)), highlight=False)
+
+
+def _verify(store: Path) -> None:
+    """``inspect --verify``: a line per damaged file and record on stdout; exit 1 when there is damage."""
+    from cemaps.store.verify import verify_store
+
+    result = verify_store(store)
+    lines = result.lines()
+    for line in lines:
+        typer.echo(f"damaged: {line}")
+    parts = sum(1 for f in result.files if f.path.name.startswith("part-"))
+    if lines:
+        typer.echo(
+            f"{store}: {len(result.damaged)} of {len(result.files)} sealed files damaged; move them out of the "
+            "parts folder (or run `cemaps capture --set-aside-damaged`) and rerun capture to remake their records"
+        )
+        raise typer.Exit(code=1)
+    typer.echo(f"{store}: verified {parts} part files and {len(result.files) - parts} meta files: no damage")

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,36 @@ def check_pickle_allowed(path: str | Path, allow_pickle: bool) -> None:
         )
 
 
+def check_weights_file(path: str | Path, allow_pickle: bool = False, *, role: str = "weight file") -> Path:
+    """The one check every weight file passes before a library reads it (cheap: headers only).
+
+    A ``.safetensors`` file's header is parsed and its tensors' extents checked against the file
+    size (``safetensors.safe_open``); a pickle-based file needs ``allow_pickle`` (and is then read
+    by ``torch.load(weights_only=True)`` wherever it is loaded).
+
+    Raises:
+        ModelLoadError: one line naming ``role`` and the path: missing, unknown suffix, corrupt
+            safetensors, or pickle without opt-in.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{role} {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in WEIGHT_SUFFIXES:
+        raise ModelLoadError(f"{role} {str(path)!r} has suffix {suffix!r}; expected one of {sorted(WEIGHT_SUFFIXES)}")
+    if suffix == SAFETENSORS_SUFFIX:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as error:
+            raise ModelLoadError(f"{role} {str(path)!r} is not a readable safetensors file: {error}") from None
+        return path
+    check_pickle_allowed(path, allow_pickle)
+    return path
+
+
 def load_weights(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]:
     """Reads a weight file onto the CPU without executing code from it.
 
@@ -84,9 +115,13 @@ def load_weights(path: str | Path, allow_pickle: bool = False) -> dict[str, Any]
             raise ModelLoadError(f"weight file {str(path)!r} is not a readable safetensors file: {error}") from error
     check_pickle_allowed(path, allow_pickle)
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        # torch's message is several sentences of advice on weights_only=False, which cemaps never uses
+        first_line = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
         raise ModelLoadError(
             f"weight file {str(path)!r} holds more than tensors and plain values, so torch.load(weights_only=True) "
             f"refused it ({first_line}); only load it if you trust its author, after converting it to .safetensors"

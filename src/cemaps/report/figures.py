@@ -25,6 +25,7 @@ from cemaps.report.disruption_figures import abstractness_disruption, cem_heatma
 from cemaps.report.layer_figures import attention_shift_per_layer, layer_correlation, weight_delta_per_layer
 from cemaps.report.overlays import attention_overlay, choose_overlay
 from cemaps.report.results import Results, find_records, find_test, load_results, per_pair_disruption
+from cemaps.report.safe_html import slug
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,7 +187,8 @@ def render_figures(results: Results, out_dir: str | os.PathLike) -> list[Rendere
         for sub_name, fig in figures.items():
             # several figures from one build (the two dendrograms) keep the build's metric suffix
             full_name = sub_name if sub_name == name else f"{sub_name}{name.removeprefix('dendrograms')}"
-            rendered.append(RenderedFigure(full_name, question, caption, style.save_figure(fig, out_dir, full_name)))
+            files = style.save_figure(fig, out_dir, slug(full_name))  # names from a results folder: never a path
+            rendered.append(RenderedFigure(full_name, question, caption, files))
     return rendered
 
 

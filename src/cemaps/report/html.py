@@ -29,6 +29,7 @@ from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
 from cemaps.report.html_tables import records_html, summary_html
 from cemaps.report.in_context import in_context_section
 from cemaps.report.results import QUESTIONS, Results, load_results, mentions
+from cemaps.report.safe_html import href, script_hash, slug
 from cemaps.report.sections import report_sections
 
 REPORT_FILE = "report.html"
@@ -40,7 +41,9 @@ QUESTION_TITLES = {
     "layer_linking": "4. Which UNet layers carry the disruption?",
     "clustering": "5. Do prompts and models cluster by their labels?",
 }
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+# Inline script runs only when its SHA-256 is listed: the page's own tooltip script, nothing a results
+# folder could smuggle in (escaping is the first line of defence, this the second). Styles stay inline.
+CSP = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src {script_hash(TOOLTIP_SCRIPT)}"
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 24px 48px; color: #222; }
 h1 { margin-top: 24px; } h2 { border-bottom: 2px solid #0072B2; padding-bottom: 4px; margin-top: 40px; }
@@ -100,10 +103,11 @@ def figure_html(figure: RenderedFigure) -> str:
         return f'<p class="note" data-figure="{escape(figure.name)}">Figure {escape(figure.name)} {escape(figure.note)}</p>'
     encoded = base64.b64encode(figure.files["png"].read_bytes()).decode("ascii")
     links = " ".join(
-        f'<a href="{FIGURES_DIR}/{escape(path.name)}">{fmt.upper()}</a>' for fmt, path in sorted(figure.files.items())
+        f'<a href="{href(f"{FIGURES_DIR}/{path.name}")}">{escape(fmt.upper())}</a>'
+        for fmt, path in sorted(figure.files.items())
     )
     return (
-        f'<figure id="fig-{escape(figure.name)}"><img alt="{escape(figure.caption)}" '
+        f'<figure id="fig-{slug(figure.name)}"><img alt="{escape(figure.caption)}" '
         f'src="data:image/png;base64,{encoded}"><figcaption>{escape(figure.caption)} ({links})</figcaption></figure>'
     )
 
@@ -119,7 +123,7 @@ def interactive_cems(results: Results) -> str:
         if cem is None:
             parts.append(f'<p class="note">No cem_{escape(metric)}.csv: no interactive map for {escape(metric)}.</p>')
             continue
-        element_id = f"cem-data-{metric}"
+        element_id = f"cem-data-{slug(metric)}"
         svg, data = cem_svg(cem, metric, element_id, texts)
         parts.append(
             f"<h3>{escape(metric)}</h3><p>Hover a cell for the model, the prompt and the value.</p>"
@@ -174,7 +178,7 @@ def data_section(results: Results, out_dir: Path) -> str:
     items = []
     for name, path in sorted(results.files.items()):
         relative = Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
-        items.append(f'<li><a href="{escape(relative)}">{escape(path.name)}</a> ({escape(name)})</li>')
+        items.append(f'<li><a href="{href(relative)}">{escape(path.name)}</a> ({escape(name)})</li>')
     notes = "".join(f"<li>{escape(n)}</li>" for n in results.notes)
     return (
         '<section id="data"><h2>Data files</h2><p>Links are relative to this report.</p>'

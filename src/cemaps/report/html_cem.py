@@ -28,6 +28,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize, to_hex
 
 from cemaps.report.disruption_figures import group_spans
+from cemaps.report.safe_html import slug
 from cemaps.report.style import SEQUENTIAL_CMAP
 
 LEFT, TOP, RIGHT, BOTTOM = 190, 70, 150, 60
@@ -79,12 +80,15 @@ def cem_svg(cem: pd.DataFrame, metric: str, element_id: str, prompt_texts: Mappi
         cem: [n_models x n_prompts], 3-level rows (method, subject_id, model_id) and columns
             (abstractness, domain, prompt_id).
         metric: the metric's name.
-        element_id: id of the ``<script type="application/json">`` holding the data.
+        element_id: id of the ``<script type="application/json">`` holding the data; also the prefix of
+            the legend's gradient id, so it must be a safe slug (``safe_html.slug``).
         prompt_texts: prompt_id -> text (from ``prompts.csv``); absent texts show as ''.
 
     Returns:
         (svg markup, data) with data = {metric, models, prompts, values [n_models][n_prompts]}.
     """
+    if slug(element_id) != element_id:
+        raise ValueError(f"element_id {element_id!r}: expected a slug (letters, digits, '_' and '-')")
     cem = cem.sort_index(axis=0).sort_index(axis=1)
     values = cem.to_numpy(dtype=np.float64)
     n_models, n_prompts = values.shape

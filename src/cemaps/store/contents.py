@@ -24,8 +24,9 @@ import pandas as pd
 
 from cemaps.errors import StoreError
 from cemaps.store.frames import frame_row_keys, read_frame
+from cemaps.store.integrity import IDENTITY_ATTR, check_identity
 from cemaps.store.layout import parts_dir, sealed_files
-from cemaps.store.part_index import ArraySchema, PartIndex, RecordKey, read_part_index
+from cemaps.store.part_index import ArraySchema, DamagedPartError, PartIndex, RecordKey, read_part_index
 from cemaps.store.schema import META_FORMAT
 
 
@@ -53,19 +54,21 @@ class StoreContents:
     models: list[dict]
     prompts: list[dict]
     tables: dict[str, pd.DataFrame]
+    damaged: dict[Path, str] = field(default_factory=dict)  # sealed file -> why it cannot be read
 
 
-def read_meta(path: Path) -> MetaContent:
+def read_meta(path: Path, expected_identity: dict | None = None) -> MetaContent:
     try:
         with h5py.File(path, "r") as meta:
             if meta.attrs.get("format") != META_FORMAT:
                 raise StoreError(f"{path}: not a cemaps store meta file (format attribute missing or wrong)")
+            check_identity(path, meta.attrs.get(IDENTITY_ATTR), expected_identity)
             models = [json.loads(v) for v in meta["models"].asstr()[()]] if "models" in meta else []
             prompts = [json.loads(v) for v in meta["prompts"].asstr()[()]] if "prompts" in meta else []
             tables = {name: read_frame(group) for name, group in meta["tables"].items()} if "tables" in meta else {}
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StoreError(f"{path}: unreadable store meta file ({message}); remove it or restore it") from None
+        raise DamagedPartError(f"{path}: damaged store meta file ({message})") from None
     return MetaContent(models, prompts, tables)
 
 
@@ -88,21 +91,38 @@ def _append_tables(into: dict[str, pd.DataFrame], seen: dict[str, set[str]], tab
 
 @dataclass
 class ContentsCache:
-    """Indexes of sealed files already read (they never change)."""
+    """Indexes of sealed files already read (they never change).
+
+    Attributes:
+        identity: the store's settings and base (``integrity.identity``); a sealed file written
+            under another one is a StoreError naming it. None: not checked.
+        damaged: sealed files found damaged (path -> one-line reason); the scan leaves them out,
+            so the rest of the store stays readable.
+    """
 
     parts: dict[Path, PartIndex] = field(default_factory=dict)
     metas: dict[Path, MetaContent] = field(default_factory=dict)
+    identity: dict | None = None
+    damaged: dict[Path, str] = field(default_factory=dict)
+
+    def _read(self, path: Path, into: dict, reader) -> None:
+        if path in into or path in self.damaged:
+            return
+        try:
+            into[path] = reader(path, self.identity)
+        except DamagedPartError as err:
+            self.damaged[path] = str(err)
 
     def scan(self, store_path: Path) -> StoreContents:
         folder = parts_dir(store_path)
-        part_paths = sealed_files(folder, "part")
-        meta_paths = sealed_files(folder, "meta")
-        for path in part_paths:
-            if path not in self.parts:
-                self.parts[path] = read_part_index(path)
-        for path in meta_paths:
-            if path not in self.metas:
-                self.metas[path] = read_meta(path)
+        on_disk = {"part": sealed_files(folder, "part"), "meta": sealed_files(folder, "meta")}
+        for path in on_disk["part"]:
+            self._read(path, self.parts, read_part_index)
+        for path in on_disk["meta"]:
+            self._read(path, self.metas, read_meta)
+        part_paths = [p for p in on_disk["part"] if p in self.parts]
+        meta_paths = [p for p in on_disk["meta"] if p in self.metas]
+        listed = set(on_disk["part"] + on_disk["meta"])
         models: list[dict] = []
         prompts: list[dict] = []
         tables: dict[str, pd.DataFrame] = {}
@@ -118,6 +138,7 @@ class ContentsCache:
             _first_by_id(models, "model_id"),
             _first_by_id(prompts, "prompt_id"),
             {name: tables[name].reset_index(drop=True) for name in sorted(tables)},
+            {path: why for path, why in self.damaged.items() if path in listed},
         )
 
 

@@ -1,5 +1,11 @@
 """File names inside a store and the atomic-write primitives.
 
+Every store file is built in memory (HDF5's core driver, :func:`in_memory_h5`) and reaches the
+disk only as one finished image written by :func:`write_image`: plain ``os.write`` calls into a
+temporary name, fsync, ``os.replace``. So a full disk or a read-only folder is one clean
+OSError in Python (never HDF5 failing to flush a half-written file, which crashed the process
+with a segmentation fault), and the temporary file is removed.
+
 A store ``study.h5`` owns the sibling folder ``study.h5.parts/`` holding
 ``part-<writer_tag>-<seq:05d>.h5`` (sealed records), ``meta-<writer_tag>-<seq:05d>.h5``
 (sealed models/prompts/table rows) and, while a writer runs, its open ``*.h5.tmp`` files.
@@ -9,10 +15,14 @@ Sealed files are never modified; a sealed name is only ever created by ``os.repl
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import h5py
 
 from cemaps.errors import StoreError
 
@@ -24,6 +34,43 @@ _OPEN = re.compile(r"^(?P<kind>part|meta)-(?P<tag>.+)-(?P<seq>\d{5,})\.h5\.tmp$"
 def parts_dir(store_path: Path) -> Path:
     """The folder of part files that belongs to the manifest ``store_path``."""
     return store_path.with_name(store_path.name + ".parts")
+
+
+def damaged_dir(store_path: Path) -> Path:
+    """Where ``--set-aside-damaged`` moves damaged sealed files: ``study.h5.damaged/``."""
+    return store_path.with_name(store_path.name + ".damaged")
+
+
+def write_error_reason(err: OSError) -> str:
+    """The system's reason for a failed write, also when HDF5 wrapped it in its own text."""
+    text = str(err)
+    if err.errno == errno.ENOSPC or "No space left on device" in text or "errno = 28" in text:
+        return "no space left on device"
+    if err.errno == errno.EDQUOT or "Disk quota exceeded" in text:
+        return "disk quota exceeded"
+    if err.strerror:
+        return err.strerror
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+@contextlib.contextmanager
+def write_failure(store: Path, path: Path, on_failure: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turns an OSError while writing ``path`` (a full disk, a read-only folder) into one StoreError line.
+
+    The line names ``path`` and says that the sealed records are kept, which they are: sealed
+    files are never written again, and ``on_failure`` (e.g. dropping the open part) runs first.
+    """
+    try:
+        yield
+    except OSError as err:
+        if on_failure is not None:
+            on_failure()
+        path = Path(err.filename) if err.filename else path
+        raise StoreError(
+            f"{path}: cannot write ({write_error_reason(err)}); the store {store.name} keeps every sealed "
+            "record: free space (or fix the folder) and rerun to resume"
+        ) from None
 
 
 def check_writer_tag(tag: str) -> str:
@@ -105,3 +152,43 @@ def atomic_path(final_path: Path) -> Iterator[Path]:
         seal(tmp_path, final_path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+_MEMORY_FILES = itertools.count()
+
+
+def in_memory_h5(**kwargs) -> h5py.File:
+    """A new HDF5 file held in memory only (core driver, no backing store); see :func:`write_image`."""
+    name = f"cemaps-memory-{os.getpid()}-{next(_MEMORY_FILES)}.h5"
+    return h5py.File(name, "w", driver="core", backing_store=False, **kwargs)
+
+
+def write_image(memory_file: h5py.File, final_path: Path, tmp_path: Path | None = None) -> None:
+    """Closes an in-memory HDF5 file and makes its image ``final_path``, atomically and durably.
+
+    Args:
+        memory_file: from :func:`in_memory_h5`; closed on return, also on failure.
+        final_path: the file's name on disk (replaced if present).
+        tmp_path: where the image is written first (default: a hidden name beside ``final_path``).
+
+    Raises:
+        OSError: the write failed (a full disk, a read-only folder); its filename is ``final_path``
+            (the temporary file is removed and never named).
+    """
+    try:
+        memory_file.flush()
+        image = memory_file.id.get_file_image()
+    finally:
+        memory_file.close()
+    tmp_path = tmp_path or final_path.with_name(f".{final_path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp_path, "wb") as handle:
+            handle.write(image)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, final_path)
+        fsync_dir(final_path.parent)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(final_path)) from None

@@ -31,7 +31,7 @@ import numpy as np
 from cemaps.errors import StoreError
 from cemaps.store.contents import ContentsCache, StoreContents, array_schemas, record_table
 from cemaps.store.frames import rows_to_frame, write_frame
-from cemaps.store.layout import atomic_path, parts_dir, sealed_files
+from cemaps.store.layout import in_memory_h5, parts_dir, sealed_files, write_image
 from cemaps.store.part_index import RECORD_DTYPE, array_path, offsets_path
 from cemaps.store.schema import SCHEMA_VERSION, STORE_FORMAT, check_version, first_difference, register_filters
 
@@ -136,49 +136,58 @@ def _write_virtual_arrays(manifest: h5py.File, path: Path, contents: StoreConten
 
 
 def write_manifest(path: Path, header: Header, contents: StoreContents) -> None:
-    """Writes the whole manifest to a temporary file and atomically replaces ``path``."""
+    """Builds the whole manifest in memory and atomically replaces ``path`` with it (``layout.write_image``)."""
     records = record_table(contents.parts)
-    with atomic_path(path) as tmp_path, h5py.File(tmp_path, "w") as manifest:
-        manifest.attrs.update(
-            {
-                "format": STORE_FORMAT,
-                "schema_version": header.schema_version,
-                "settings": json.dumps(header.settings, sort_keys=True),
-                "base": json.dumps(header.base, sort_keys=True),
-                "provenance": json.dumps(header.provenance, sort_keys=True),
-                "updated_at": datetime.now(UTC).isoformat(),
-            }
-        )
-        write_frame(
-            manifest.create_group("models"),
-            rows_to_frame(contents.models, "model_id").reset_index(),
-            what=f"{path} models",
-        )
-        write_frame(
-            manifest.create_group("prompts"),
-            rows_to_frame(contents.prompts, "prompt_id").reset_index(),
-            what=f"{path} prompts",
-        )
-        tables = manifest.create_group("tables")
-        for name, frame in contents.tables.items():
-            write_frame(tables.create_group(name), frame, what=f"{path} table {name!r}")
-        folder = parts_dir(path).name
-        manifest.create_dataset(
-            "parts",
-            data=np.array([f"{folder}/{p.path.name}" for p in contents.parts], dtype=object),
-            dtype=h5py.string_dtype("utf-8"),
-        )
-        table = np.empty(len(records.part), dtype=_MANIFEST_RECORD_DTYPE)
-        if len(table):
-            table["model_id"] = records.frame["model_id"].to_numpy(dtype=object)
-            table["prompt_id"] = records.frame["prompt_id"].to_numpy(dtype=object)
-            table["seed"] = records.frame["seed"].to_numpy()
-            table["part"] = records.part
-            table["row"] = records.row
-        manifest.create_dataset("records", data=table)
-        manifest.create_group("arrays")
-        manifest.create_group("offsets")
-        _write_virtual_arrays(manifest, path, contents, records)
+    manifest = in_memory_h5()
+    try:
+        _fill_manifest(manifest, path, header, contents, records)
+    except BaseException:
+        manifest.close()
+        raise
+    write_image(manifest, path)
+
+
+def _fill_manifest(manifest: h5py.File, path: Path, header: Header, contents: StoreContents, records) -> None:
+    manifest.attrs.update(
+        {
+            "format": STORE_FORMAT,
+            "schema_version": header.schema_version,
+            "settings": json.dumps(header.settings, sort_keys=True),
+            "base": json.dumps(header.base, sort_keys=True),
+            "provenance": json.dumps(header.provenance, sort_keys=True),
+            "updated_at": datetime.now(UTC).isoformat(),
+        }
+    )
+    write_frame(
+        manifest.create_group("models"),
+        rows_to_frame(contents.models, "model_id").reset_index(),
+        what=f"{path} models",
+    )
+    write_frame(
+        manifest.create_group("prompts"),
+        rows_to_frame(contents.prompts, "prompt_id").reset_index(),
+        what=f"{path} prompts",
+    )
+    tables = manifest.create_group("tables")
+    for name, frame in contents.tables.items():
+        write_frame(tables.create_group(name), frame, what=f"{path} table {name!r}")
+    folder = parts_dir(path).name
+    manifest.create_dataset(
+        "parts",
+        data=np.array([f"{folder}/{p.path.name}" for p in contents.parts], dtype=object),
+        dtype=h5py.string_dtype("utf-8"),
+    )
+    table = np.empty(len(records.part), dtype=_MANIFEST_RECORD_DTYPE)
+    if len(table):
+        table["model_id"] = records.frame["model_id"].to_numpy(dtype=object)
+        table["prompt_id"] = records.frame["prompt_id"].to_numpy(dtype=object)
+        table["seed"] = records.frame["seed"].to_numpy()
+        table["part"] = records.part
+        table["row"] = records.row
+    manifest.create_dataset("records", data=table)
+    manifest.create_group("arrays")
+    manifest.create_group("offsets")
+    _write_virtual_arrays(manifest, path, contents, records)
 
 
 def rebuild_manifest(path: Path, header: Header, cache: ContentsCache) -> StoreContents:
@@ -191,7 +200,7 @@ def rebuild_manifest(path: Path, header: Header, cache: ContentsCache) -> StoreC
     for _ in range(5):
         contents = cache.scan(path)
         write_manifest(path, header, contents)
-        seen = [p.path for p in contents.parts] + contents.metas
-        if sealed_files(folder, "part") + sealed_files(folder, "meta") == seen:
+        seen = {p.path for p in contents.parts} | set(contents.metas) | set(contents.damaged)
+        if set(sealed_files(folder, "part") + sealed_files(folder, "meta")) == seen:
             break
     return contents

@@ -1,4 +1,8 @@
-"""The one open part file of a writer: append records, then seal (close + atomic rename).
+"""The one open part file of a writer: append records in memory, then seal (write + atomic rename).
+
+The open part lives in memory (``layout.in_memory_h5``) and reaches the disk only when sealed,
+as one image written to ``part-<tag>-<seq>.h5.tmp`` and renamed: a SIGKILL or a full disk loses
+only the records of the open part, and never leaves HDF5 with a half-flushed file.
 
 Arrays and images go to the file as records arrive; the small ``records`` and ``offsets``
 tables are kept in memory and written at seal time (an unsealed part is discarded after a
@@ -14,21 +18,23 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cemaps.store.layout import seal
-from cemaps.store.part_index import RECORD_DTYPE, RecordKey, array_path, offsets_path
+from cemaps.store.integrity import DIGEST_ATTR, FLETCHER32, LIBVER, identity_attrs
+from cemaps.store.layout import in_memory_h5, write_image
+from cemaps.store.part_index import RECORD_DTYPE, RecordKey, array_path, digest_of_part, offsets_path
 from cemaps.store.schema import CHUNK_BYTES, CODEC_OF_VERSION, PART_FORMAT, SCHEMA_VERSION, array_compression
 
 _IMAGE_DTYPE = h5py.vlen_dtype(np.uint8)
 
 
 class OpenPart:
-    """A part file being written under its ``.tmp`` name.
+    """A part file being filled in memory.
 
     Args:
-        tmp_path: where it is written (``part-<tag>-<seq>.h5.tmp``).
+        tmp_path: where its image is written when sealed, before the rename (``part-<tag>-<seq>.h5.tmp``).
         final_path: its sealed name (``part-<tag>-<seq>.h5``).
         writer_tag: the writer that owns it.
         provenance_json: the writer's provenance, kept as a part attribute.
+        identity: the store's settings and base (``integrity.identity``), recorded with their fingerprint.
         schema_version: the store's version, which fixes the arrays' codec (schema.CODEC_OF_VERSION).
     """
 
@@ -39,6 +45,7 @@ class OpenPart:
         *,
         writer_tag: str,
         provenance_json: str,
+        identity: dict,
         schema_version: int = SCHEMA_VERSION,
     ) -> None:
         self.tmp_path = tmp_path
@@ -49,19 +56,24 @@ class OpenPart:
         # Dataset objects stay open: closing one flushes its chunk cache, which would
         # compress, write and later re-read the partly filled chunk on every record.
         self._arrays: dict[str, h5py.Dataset] = {}
-        self._file = h5py.File(tmp_path, "w")
-        self._compression = array_compression(CODEC_OF_VERSION[schema_version])
+        self._file = in_memory_h5(libver=LIBVER)
+        self._compression = {**array_compression(CODEC_OF_VERSION[schema_version]), **FLETCHER32}
         self._file.attrs.update(
             {
                 "format": PART_FORMAT,
                 "schema_version": schema_version,
                 "writer_tag": writer_tag,
                 "provenance": provenance_json,
+                **identity_attrs(identity),
             }
         )
         self._images = self._file.create_dataset(
             "images", shape=(0,), maxshape=(None,), dtype=_IMAGE_DTYPE, chunks=(16,)
         )
+
+    @property
+    def keys(self) -> list[RecordKey]:
+        return list(self._keys)
 
     @property
     def n_records(self) -> int:
@@ -124,13 +136,14 @@ class OpenPart:
         for name, record_spans in self._spans.items():
             self._file.create_dataset(offsets_path(name), data=np.array(record_spans, dtype=np.int64).reshape(-1, 2))
         self._file.attrs["array_names"] = json.dumps(list(self._spans))
+        self._file.attrs[DIGEST_ATTR] = digest_of_part(self._file, list(self._spans), self._keys)
         self._arrays.clear()
-        self._file.close()
-        seal(self.tmp_path, self.final_path)
+        write_image(self._file, self.final_path, self.tmp_path)
         return self.final_path
 
     def discard(self) -> None:
-        """Closes and deletes an open part that holds no records."""
+        """Drops the open part (its records are lost; nothing is on disk)."""
         self._arrays.clear()
-        self._file.close()
+        if self._file.id.valid:
+            self._file.close()
         self.tmp_path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from cemaps.errors import StoreError
 from cemaps.store.contents import ContentsCache, array_schemas, record_table
 from cemaps.store.frames import rows_to_frame
 from cemaps.store.images import decode_png
+from cemaps.store.integrity import identity
 from cemaps.store.layout import parts_dir
 from cemaps.store.manifest import read_header
 from cemaps.store.part_index import array_path
@@ -36,6 +38,12 @@ class StoreReader:
     Records are the unique (model_id, prompt_id, seed) keys of all sealed parts, numbered
     0..n-1 by part name then row; if two parts hold the same key the first one wins.
 
+    Damage stays inside its part: a sealed file whose index fails its checks is left out with
+    one warning naming it (``damaged_parts``), and a record whose chunks fail their checksum is
+    a StoreError naming the part and the record; every other record reads. A sealed file written
+    under other settings or another base model is a StoreError naming it. A ``path`` that is a
+    symbolic link is followed.
+
     Example:
         >>> import numpy as np, tempfile, pathlib
         >>> from cemaps.store import StoreWriter
@@ -50,13 +58,23 @@ class StoreReader:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        if self.path.is_symlink():
+            self.path = Path(os.path.realpath(self.path))
         header = read_header(self.path)
         self.schema_version: int = header.schema_version
         self.settings: dict = header.settings
         self.base: dict = header.base
         self.provenance: dict = header.provenance
         _require_listed_parts(self.path)
-        self._contents = ContentsCache().scan(self.path)
+        self._contents = ContentsCache(identity=identity(header.settings, header.base)).scan(self.path)
+        self.damaged_parts: dict[Path, str] = dict(self._contents.damaged)
+        if self.damaged_parts:
+            names = ", ".join(p.name for p in self.damaged_parts)
+            warnings.warn(
+                f"{self.path}: {len(self.damaged_parts)} damaged part file(s) left out ({names}); their records "
+                "are not read; `cemaps inspect --verify` names them, `cemaps capture --set-aside-damaged` remakes them",
+                stacklevel=2,
+            )
         self._schemas = array_schemas(self._contents.parts)
         self._records = record_table(self._contents.parts)
         self._handles: OrderedDict[int, h5py.File] = OrderedDict()
@@ -177,7 +195,21 @@ class StoreReader:
         self._schema(name)
         (record,) = self._record_ints([record])
         part_index, start, count = self._span(name, record)
-        return self._dataset(part_index, name)[start : start + count]
+        try:
+            return self._dataset(part_index, name)[start : start + count]
+        except (OSError, RuntimeError) as err:
+            raise self._damaged(part_index, name, [record], err) from None
+
+    def _damaged(self, part_index: int, name: str, records: list[int], err: BaseException) -> StoreError:
+        """The one-line error of a read that failed its checksum (or found a truncated file)."""
+        keys = self._records.frame.iloc[records[:3]]
+        named = "; ".join(f"({r.model_id}, {r.prompt_id}, seed {r.seed})" for r in keys.itertuples())
+        more = f" and {len(records) - 3} more" if len(records) > 3 else ""
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return StoreError(
+            f"{self._contents.parts[part_index].path}: damaged store part: array {name!r} of record(s) "
+            f"{named}{more} cannot be read ({reason}); `cemaps inspect --verify` lists all damage"
+        )
 
     def read(self, name: str, records: Iterable[int] | pd.DataFrame) -> list[np.ndarray]:
         """Array ``name`` for each record, in the order given (one [rows, *trailing] array each).
@@ -211,10 +243,20 @@ class StoreReader:
     ) -> None:
         part_index, first = wanted[run[0]][0], wanted[run[0]][1]
         last = max(wanted[i][1] + wanted[i][2] for i in run)
-        block = self._dataset(part_index, name)[first:last]
+        try:
+            block = self._dataset(part_index, name)[first:last]
+        except (OSError, RuntimeError) as err:
+            records = [self._record_of(part_index, wanted[i][1], name) for i in run]
+            raise self._damaged(part_index, name, records, err) from None
         for i in run:
             start, count = wanted[i][1] - first, wanted[i][2]
             out[i] = block[start : start + count].copy() if len(run) > 1 else block[start : start + count]
+
+    def _record_of(self, part_index: int, start: int, name: str) -> int:
+        rows = self._contents.parts[part_index].offsets[name][:, 0]
+        row = int(np.flatnonzero(rows == start)[0])
+        matches = np.flatnonzero((self._records.part == part_index) & (self._records.row == row))
+        return int(matches[0]) if len(matches) else 0
 
     def images(self, records: Iterable[int] | pd.DataFrame) -> np.ndarray:
         """Generated images of ``records``: uint8 [n, H, W, 3]."""

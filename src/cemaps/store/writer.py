@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 from types import TracebackType
 
@@ -11,36 +13,31 @@ import numpy as np
 import pandas as pd
 
 from cemaps.errors import StoreError
-from cemaps.store.contents import ContentsCache, array_schemas, read_meta
+from cemaps.store.contents import ContentsCache, array_schemas
 from cemaps.store.frames import check_column_name, frame_row_keys, write_frame
 from cemaps.store.images import check_image, encode_png
+from cemaps.store.integrity import LIBVER, identity, identity_attrs
 from cemaps.store.layout import (
-    atomic_path,
     check_writer_tag,
+    damaged_dir,
+    in_memory_h5,
     next_seq,
     parts_dir,
     remove_open_files,
-    sealed_files,
     sealed_name,
+    write_failure,
+    write_image,
 )
+from cemaps.store.lock import WriterLock
 from cemaps.store.manifest import Header, check_compatible, read_header, rebuild_manifest
 from cemaps.store.part_index import ArraySchema, RecordKey
 from cemaps.store.part_writer import OpenPart
 from cemaps.store.provenance import default_provenance
+from cemaps.store.record_checks import validate_record
 from cemaps.store.schema import META_FORMAT, SCHEMA_VERSION, check_version, first_difference, normalise, to_json
 
 _STR = h5py.string_dtype("utf-8")
 _PROMPT_KEYS = ("prompt_id", "text", "tokens", "token_ids")
-
-
-def check_array_name(name: object) -> str:
-    """Array names are HDF5 paths below /arrays: '/' makes groups, dots are kept."""
-    if not isinstance(name, str) or not name or any(p in {"", ".", ".."} for p in name.split("/")):
-        raise StoreError(
-            f"array name {name!r}: expected a non-empty path like "
-            "'cross_attention/down_blocks.0.attentions.0.transformer_blocks.0.attn2'"
-        )
-    return name
 
 
 class StoreWriter:
@@ -64,6 +61,13 @@ class StoreWriter:
         records_per_part: records per part file; a crash loses at most this many.
         schema_version: of a new store: 2 (Blosc2-Zstd arrays) or 1 (gzip, for readers of
             older cemaps); an existing store keeps its own version.
+        set_aside_damaged: verify every sealed file first (all chunks read) and move damaged ones
+            to ``study.h5.damaged/``, so that their records count as missing and are made again;
+            without it a damaged file found on opening is a StoreError naming it.
+
+    A ``path`` that is a symbolic link is followed: the store lives where the link points.
+    One process at a time may write under one ``writer_tag`` (``lock.py``); a second one is a
+    StoreError naming the holder.
     """
 
     def __init__(
@@ -76,8 +80,11 @@ class StoreWriter:
         writer_tag: str = "w0",
         records_per_part: int = 16,
         schema_version: int = SCHEMA_VERSION,
+        set_aside_damaged: bool = False,
     ) -> None:
         self.path = Path(path)
+        if self.path.is_symlink():  # a link to a store: write the store it points to, keep the link
+            self.path = Path(os.path.realpath(self.path))
         self.writer_tag = check_writer_tag(writer_tag)
         if isinstance(records_per_part, bool) or not isinstance(records_per_part, int) or records_per_part < 1:
             raise StoreError(f"records_per_part {records_per_part!r}: expected an integer >= 1")
@@ -92,7 +99,6 @@ class StoreWriter:
         )
         self._provenance_json = to_json(provenance, what=f"{self.path}: provenance")
         self._folder = parts_dir(self.path)
-        self._cache = ContentsCache()
         if self.path.exists():
             self._header = read_header(self.path)
             check_compatible(self.path, self._header, settings=settings, base=base)
@@ -101,20 +107,56 @@ class StoreWriter:
                 raise StoreError(f"{self.path}: folder {self.path.parent} does not exist; create it first")
             check_version(schema_version, what=f"{self.path}: new store")
             self._header = Header(schema_version, settings, base, provenance)
-        self._folder.mkdir(exist_ok=True)
-        remove_open_files(self._folder, self.writer_tag)
-        contents = rebuild_manifest(self.path, self._header, self._cache)
-        self._schemas: dict[str, ArraySchema] = array_schemas(contents.parts)
-        self._keys: set[RecordKey] = {key for part in contents.parts for key in part.keys}
+        self._identity = identity(self._header.settings, self._header.base)
+        self._cache = ContentsCache(identity=self._identity)
+        with write_failure(self.path, self._folder):
+            self._folder.mkdir(exist_ok=True)
+        self._lock = WriterLock(self._folder, self.writer_tag, self.path)  # before touching its files
         self._part: OpenPart | None = None
         self._closed = False
+        try:
+            if set_aside_damaged:
+                self._set_aside_damaged()
+            with write_failure(self.path, self._folder):
+                remove_open_files(self._folder, self.writer_tag)
+                contents = rebuild_manifest(self.path, self._header, self._cache)
+            if contents.damaged:
+                first, why = next(iter(contents.damaged.items()))
+                raise StoreError(
+                    f"{self.path}: {len(contents.damaged)} damaged part file(s), e.g. {first.name} "
+                    f"({why.removeprefix(str(first) + ': ')}); move them out of {self._folder.name}/ "
+                    "(or pass --set-aside-damaged) and rerun capture to make their records again"
+                )
+        except BaseException:
+            self._closed = True
+            self._lock.release()
+            raise
+        self._schemas: dict[str, ArraySchema] = array_schemas(contents.parts)
+        self._keys: set[RecordKey] = {key for part in contents.parts for key in part.keys}
+
+    def _set_aside_damaged(self) -> None:
+        """Moves every sealed file that fails verification into ``study.h5.damaged/``."""
+        from cemaps.store.verify import verify_files
+
+        damaged = [report.path for report in verify_files(self._folder, self._identity) if not report.ok]
+        if not damaged:
+            return
+        aside = damaged_dir(self.path)
+        with write_failure(self.path, aside):
+            aside.mkdir(exist_ok=True)
+            for path in damaged:
+                target, suffix = aside / path.name, 0
+                while target.exists():
+                    suffix += 1
+                    target = aside / f"{path.name}.{suffix}"
+                shutil.move(path, target)
+        self._cache = ContentsCache(identity=self._identity)
 
     # ---- metadata -------------------------------------------------------------------------
     def _stored_rows(self, kind: str, key: str) -> dict[str, dict]:
         rows: dict[str, dict] = {}
-        for path in sealed_files(self._folder, "meta"):
-            meta = self._cache.metas.get(path) or self._cache.metas.setdefault(path, read_meta(path))
-            for row in getattr(meta, kind):
+        for path in self._cache.scan(self.path).metas:
+            for row in getattr(self._cache.metas[path], kind):
                 rows.setdefault(row[key], row)
         return rows
 
@@ -179,8 +221,8 @@ class StoreWriter:
             raise StoreError(f"{self.path}: table {name!r} is a {type(df).__name__}; expected a pandas DataFrame")
         frame = df.reset_index(drop=True)
         stored = set()
-        for path in sealed_files(self._folder, "meta"):
-            meta = self._cache.metas.get(path) or self._cache.metas.setdefault(path, read_meta(path))
+        for path in self._cache.scan(self.path).metas:
+            meta = self._cache.metas[path]
             if name in meta.tables:
                 stored.update(frame_row_keys(meta.tables[name], what=f"table {name!r}"))
         keys = frame_row_keys(frame, what=f"{self.path}: table {name!r}")
@@ -196,67 +238,30 @@ class StoreWriter:
     def _write_meta(self, what: str, fill) -> None:
         seq = next_seq(self._folder, "meta", self.writer_tag)
         final = self._folder / sealed_name("meta", self.writer_tag, seq)
-        with atomic_path(final) as tmp_path, h5py.File(tmp_path, "w") as meta:
-            meta.attrs.update(
-                {"format": META_FORMAT, "schema_version": self._header.schema_version, "writer_tag": self.writer_tag}
-            )
-            fill(meta)
-        rebuild_manifest(self.path, self._header, self._cache)
+        with write_failure(self.path, final):
+            meta = in_memory_h5(libver=LIBVER)
+            try:
+                meta.attrs.update(
+                    {
+                        "format": META_FORMAT,
+                        "schema_version": self._header.schema_version,
+                        "writer_tag": self.writer_tag,
+                        **identity_attrs(self._identity),
+                    }
+                )
+                fill(meta)
+            except BaseException:
+                meta.close()
+                raise
+            write_image(meta, final)
+        with write_failure(self.path, self.path):
+            rebuild_manifest(self.path, self._header, self._cache)
 
     # ---- records ---------------------------------------------------------------------------
     def completed(self) -> set[tuple[str, str, int]]:
         """(model_id, prompt_id, seed) of every record in a sealed part of any writer."""
         contents = self._cache.scan(self.path)
         return {key for part in contents.parts for key in part.keys}
-
-    def _validate(self, key: RecordKey, arrays: dict, axes: dict) -> dict[str, np.ndarray]:
-        where = f"{self.path}: record {key}"
-        if not isinstance(arrays, dict) or not arrays:
-            raise StoreError(f"{where}: arrays is {arrays!r:.40}; expected a non-empty dict name -> numpy array")
-        if not isinstance(axes, dict):
-            raise StoreError(f"{where}: axes is a {type(axes).__name__}; expected a dict name -> tuple of axis names")
-        checked: dict[str, np.ndarray] = {}
-        for name, value in arrays.items():
-            check_array_name(name)
-            array = np.ascontiguousarray(value)
-            if array.dtype.kind not in "biufc" or array.ndim < 1:
-                raise StoreError(
-                    f"{where}: array {name!r} has dtype {array.dtype} and {array.ndim} axes; "
-                    "expected a numeric numpy array with at least one axis"
-                )
-            if 0 in array.shape[1:]:
-                raise StoreError(
-                    f"{where}: array {name!r} has shape {list(array.shape)}; only the first axis may be empty"
-                )
-            names = axes.get(name)
-            if (
-                not isinstance(names, list | tuple)
-                or len(names) != array.ndim
-                or not all(isinstance(a, str) and a for a in names)
-            ):
-                raise StoreError(
-                    f"{where}: axes[{name!r}] is {names!r}; expected {array.ndim} axis names "
-                    f"for shape {list(array.shape)}"
-                )
-            schema = ArraySchema(name, tuple(array.shape[1:]), array.dtype, tuple(names))
-            known = self._schemas.get(name)
-            if known is not None and known.trailing != schema.trailing:
-                raise StoreError(
-                    f"{where}: array {name!r} has trailing shape {list(schema.trailing)} but the store "
-                    f"holds {list(known.trailing)} for it; only the first axis may vary"
-                )
-            if known is not None and known.dtype != schema.dtype:
-                raise StoreError(
-                    f"{where}: array {name!r} has dtype {schema.dtype} but the store holds "
-                    f"{known.dtype} for it; cast it before writing"
-                )
-            if known is not None and known.axes != schema.axes:
-                raise StoreError(
-                    f"{where}: array {name!r} has axes {list(schema.axes)} but the store holds "
-                    f"{list(known.axes)} for it"
-                )
-            checked[name] = array
-        return checked
 
     def write_record(
         self,
@@ -284,19 +289,22 @@ class StoreWriter:
         key = (model_id, prompt_id, int(seed))
         if key in self._keys:
             raise StoreError(f"{self.path}: record {key} is already in the store; skip keys in writer.completed()")
-        checked = self._validate(key, arrays, axes)
+        checked = validate_record(f"{self.path}: record {key}", arrays, axes, self._schemas)
         png = encode_png(check_image(image, what=f"{self.path}: record {key}")) if image is not None else None
         if self._part is None:
             seq = next_seq(self._folder, "part", self.writer_tag)
             name = sealed_name("part", self.writer_tag, seq)
-            self._part = OpenPart(
-                self._folder / f"{name}.tmp",
-                self._folder / name,
-                writer_tag=self.writer_tag,
-                provenance_json=self._provenance_json,
-                schema_version=self._header.schema_version,
-            )
-        self._part.append(key, checked, {n: tuple(axes[n]) for n in checked}, png)
+            with write_failure(self.path, self._folder / f"{name}.tmp"):
+                self._part = OpenPart(
+                    self._folder / f"{name}.tmp",
+                    self._folder / name,
+                    writer_tag=self.writer_tag,
+                    provenance_json=self._provenance_json,
+                    identity=self._identity,
+                    schema_version=self._header.schema_version,
+                )
+        with write_failure(self.path, self._part.tmp_path, on_failure=self._drop_open_part):
+            self._part.append(key, checked, {n: tuple(axes[n]) for n in checked}, png)
         self._keys.add(key)
         for name, array in checked.items():
             self._schemas.setdefault(name, ArraySchema(name, tuple(array.shape[1:]), array.dtype, tuple(axes[name])))
@@ -307,11 +315,24 @@ class StoreWriter:
         part, self._part = self._part, None
         if part is None:
             return
-        if part.n_records:
-            part.seal()
-            rebuild_manifest(self.path, self._header, self._cache)
-        else:
-            part.discard()
+
+        def give_up() -> None:
+            self._keys.difference_update(part.keys)
+            _discard(part)
+
+        with write_failure(self.path, part.tmp_path, on_failure=give_up):
+            if part.n_records:
+                part.seal()
+                rebuild_manifest(self.path, self._header, self._cache)
+            else:
+                part.discard()
+
+    def _drop_open_part(self) -> None:
+        """After a failed write (a full disk) the open part is given up: its records are made again on resume."""
+        part, self._part = self._part, None
+        if part is not None:
+            self._keys.difference_update(part.keys)
+            _discard(part)
 
     # ---- lifetime --------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -323,8 +344,17 @@ class StoreWriter:
         if self._closed:
             return
         self._closed = True
-        self._seal_part()
-        rebuild_manifest(self.path, self._header, self._cache)
+        try:
+            self._seal_part()
+            with write_failure(self.path, self.path):
+                rebuild_manifest(self.path, self._header, self._cache)
+        finally:
+            self._lock.release()
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -333,4 +363,14 @@ class StoreWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # write_record rolls back a half-written record, so what is in the part is whole
-        self.close()
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(StoreError):  # the error in flight (e.g. a full disk) is the one to report
+            self.close()
+
+
+def _discard(part: OpenPart) -> None:
+    with contextlib.suppress(Exception):  # the file may be unwritable already; it is deleted anyway
+        part.discard()
+    part.tmp_path.unlink(missing_ok=True)

@@ -45,6 +45,7 @@ from cemaps.study.config_checks import (
     check_types,
 )
 from cemaps.study.prompt_sets import InContextSettings, check_prompt_sets, prompt_set_values
+from cemaps.study.value_checks import check_model_id, check_number, check_seeds, check_text
 
 BASE_ID = "base"  # the base model's model_id in a study's store (records, models table)
 SCHEDULERS = {
@@ -79,8 +80,8 @@ class GenerationSettings:
                 _require_int(f"generation.{key}", value, minimum=8)
                 if value % 8:
                     raise ConfigError(f"generation.{key}={value}: expected a multiple of 8 (the VAE downsamples by 8)")
-        if not isinstance(self.guidance_scale, (int, float)) or isinstance(self.guidance_scale, bool):
-            raise ConfigError(f"generation.guidance_scale={self.guidance_scale!r}: expected a number")
+        check_number(self.guidance_scale, "generation.guidance_scale", minimum=0)
+        check_text(self.negative_prompt, "generation.negative_prompt")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ConfigError(f"generation.scheduler={self.scheduler!r}: expected one of {', '.join(SCHEDULERS)}")
 
@@ -101,6 +102,7 @@ class PersonalizedEntry:
     allow_pickle: bool = False
 
     def __post_init__(self) -> None:
+        check_model_id(self.id, "personalized id")
         if self.method not in METHODS:
             raise ConfigError(f"personalized '{self.id}': method={self.method!r}, expected one of {', '.join(METHODS)}")
         if self.method == "textual_inversion" and not self.token:
@@ -108,6 +110,7 @@ class PersonalizedEntry:
         if self.id == BASE_ID:
             raise ConfigError(f"personalized id '{BASE_ID}' is reserved for the base model")
         check_types(self, f"personalized '{self.id}': ")
+        check_number(self.scale, f"personalized '{self.id}': scale")
 
 
 @dataclass(frozen=True)
@@ -132,8 +135,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ConfigError(f"{self.source}: seeds is empty; give at least one integer seed")
-        for seed in self.seeds:
-            _require_int("seeds", seed, minimum=0, source=self.source)
+        check_seeds(self.seeds, f"{self.source}: seeds")
         ids = [p.id for p in self.personalized]
         duplicated = {i for i in ids if ids.count(i) > 1}
         if duplicated:
@@ -142,6 +144,11 @@ class StudyConfig:
         if isinstance(self.prompts, (list, tuple)) and not all(isinstance(p, str) for p in self.prompts):
             bad = next(p for p in self.prompts if not isinstance(p, str))
             raise ConfigError(f"{self.source}: prompts: inline prompt {bad!r} is not a string; quote it")
+        if isinstance(self.prompts, (list, tuple)):
+            for index, text in enumerate(self.prompts):
+                check_text(text, f"{self.source}: prompts[{index}]")
+        elif isinstance(self.prompts, str) and self.prompts.endswith((".csv", ".yaml", ".yml")):
+            _check_prompt_file(self.prompts, self.source)
         if not isinstance(self.prompts, (str, list, tuple)):
             raise ConfigError(
                 f"{self.source}: prompts={self.prompts!r}: expected suite200, demo24, toyworld72, toyworld-demo24, a CSV/YAML file "
@@ -197,9 +204,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>", root: Pat
         seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
         if not isinstance(seeds, list):
             raise ConfigError(f"{source}: seeds={seeds!r}: expected a list of non-negative integers")
-        for seed in seeds:
-            _require_int("seeds", seed, minimum=0, source=source)
-        values["seeds"] = tuple(seeds)
+        values["seeds"] = check_seeds(seeds, f"{source}: seeds")
     values["generation"] = _section(raw, "generation", GenerationSettings, source)
     values["capture"] = _section(raw, "capture", CrossAttentionSettings, source)
     personalized = raw.get("personalized") or []
@@ -238,6 +243,18 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "<config>", root: Pat
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
+
+
+def _check_prompt_file(path: str, source: str) -> None:
+    """Every text of a prompt file is checked when the config is read (not mid-run); a missing or
+    malformed file is reported by the runner, which reads it again."""
+    from cemaps.data import load_prompts
+
+    if not Path(path).is_file():
+        return
+    prompts = load_prompts(path)
+    for prompt_id, text in zip(prompts["prompt_id"], prompts["text"], strict=True):
+        check_text(text, f"{path}: prompt {prompt_id!r} text")
 
 
 def _section(raw: dict[str, Any], key: str, cls: type, source: str) -> Any:

@@ -65,6 +65,7 @@ def run_study(
     records_per_part: int = 16,
     pipe: Any = None,
     probes: Sequence[Any] = (),
+    set_aside_damaged: bool = False,
 ) -> StudyResult:
     """Generate and capture every (model, prompt, seed) of ``config`` into ``store_path``.
 
@@ -81,6 +82,8 @@ def run_study(
         pipe: an already loaded base pipeline (otherwise ``config.base`` is loaded).
         probes: user probes captured beside the cross-attention probe and stored under
             their ``name`` (see :class:`cemaps.Probe`).
+        set_aside_damaged: verify the store first and move damaged part files aside, so that their
+            records are made again (see :class:`cemaps.store.StoreWriter`).
 
     Returns:
         The unrelated set's result, carrying the in-context set's as ``in_context``; the in-context
@@ -98,6 +101,7 @@ def run_study(
             progress=progress,
             records_per_part=records_per_part,
             probes=probes,
+            set_aside_damaged=set_aside_damaged,
         )
         for name, prompt_set in sets.items()
     }
@@ -115,6 +119,7 @@ def run_prompt_set(
     progress: bool = True,
     records_per_part: int = 16,
     probes: Sequence[Any] = (),
+    set_aside_damaged: bool = False,
 ) -> StudyResult:
     """Generate and capture one prompt set of ``config`` into ``store_path``, resuming what is stored.
 
@@ -126,6 +131,7 @@ def run_prompt_set(
         progress: show a rich progress bar with records/s and ETA.
         records_per_part: records per part file (a crash loses at most this many per process).
         probes: user probes captured beside the cross-attention probe.
+        set_aside_damaged: move damaged part files aside first, so that their records are made again.
 
     Raises:
         ConfigError, ModelLoadError: a personalized model cannot be read or does not fit the base
@@ -166,6 +172,7 @@ def run_prompt_set(
         provenance=provenance,
         writer_tag=process.writer_tag,
         records_per_part=records_per_part,
+        set_aside_damaged=set_aside_damaged,
     )
     with writer:
         writer.add_prompts(prompts.to_dict("records"))

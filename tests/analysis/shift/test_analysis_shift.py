@@ -316,19 +316,35 @@ def test_empty_selection_returns_typed_empty_frame(tmp_path):
     assert isinstance(table, pd.DataFrame)
 
 
-def test_twin_with_other_tokens_is_a_store_error(tmp_path):
+def test_records_whose_tokens_differ_from_their_twin_are_set_aside_by_name(tmp_path):
+    """Issue 22: one prompt that holds a Textual Inversion token (other tokens under the TI model)
+    no longer stops the whole analysis: its records are named and the rest is analysed."""
     layer = "cross_attention/mid_block.attentions.0.transformer_blocks.0.attn2"
     rng = np.random.default_rng(0)
     with StoreWriter(
         tmp_path / "tokens.h5", settings={"capture": {"halves": ["cond"]}}, base={"model_id": "t"}
     ) as writer:
-        writer.add_models([{"model_id": "base", "method": "base"}, {"model_id": "lora-mug", "method": "lora"}])
-        for model_id, tokens in (("base", 4), ("lora-mug", 5)):
+        writer.add_models(
+            [{"model_id": "base", "method": "base"}, {"model_id": "ti-mug", "method": "textual_inversion"}]
+        )
+        for model_id, prompt_id, tokens in (
+            ("base", "p000", 4),
+            ("ti-mug", "p000", 5),
+            ("base", "p001", 3),
+            ("ti-mug", "p001", 3),
+        ):
             writer.write_record(
-                model_id, "p000", 0, {layer: random_maps(rng, (tokens, 2, 1, 1, 2, 2))}, axes={layer: AXES}
+                model_id, prompt_id, 0, {layer: random_maps(rng, (tokens, 2, 1, 1, 2, 2))}, axes={layer: AXES}
             )
-    with open_store(tmp_path / "tokens.h5") as store, pytest.raises(StoreError, match="5 tokens but its base twin 4"):
-        attention_shift_table(store)
+    with open_store(tmp_path / "tokens.h5") as store, pytest.warns(UserWarning) as caught:
+        table = attention_shift_table(store)
+    messages = [str(w.message) for w in caught]
+    assert (
+        len(messages) == 1
+        and "1 personalized record(s) set aside from the attention shift: (ti-mug, p000, seed 0)" in messages[0]
+    )
+    assert table[["model_id", "prompt_id"]].values.tolist() == [["ti-mug", "p001"]]
+    assert np.isfinite(table["attention_shift"]).all()
 
 
 def test_blocked_computation_matches_one_block(tmp_path, monkeypatch):

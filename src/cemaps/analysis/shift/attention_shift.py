@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -185,10 +186,15 @@ def attention_shift_table(
     tokens = store.prompts["tokens"].to_dict() if per == "token" and "tokens" in store.prompts.columns else {}
     for name in names:  # fail on a bad layer before reading anything
         _check_axes(store.axes(name), len(store.axes(name)), halves, half)
-    frames = [
-        _layer_table(store, name, (item[1:] for item in chunks), paired, halves, half, _PER_REDUCE[per], tokens)
-        for name, chunks in itertools.groupby(_read_ahead(store, names, paired, chunk_size), key=lambda item: item[0])
-    ]
+    frames, set_aside = [], set()
+    for name, chunks in itertools.groupby(_read_ahead(store, names, paired, chunk_size), key=lambda item: item[0]):
+        frame, aside = _layer_table(
+            store, name, (item[1:] for item in chunks), paired, halves, half, _PER_REDUCE[per], tokens
+        )
+        frames.append(frame)
+        set_aside |= aside
+    if set_aside:
+        _warn_set_aside(store, paired, set_aside)
     columns = ["model_id", "prompt_id", "seed", "layer", *_PER_COLUMNS[per], "attention_shift"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
@@ -244,6 +250,7 @@ def _layer_table(
         return _spatial(maps, permutation, half_index, len(halves))
 
     shifts: list[np.ndarray] = []
+    set_aside: set[int] = set()  # personalized records whose token count differs from their base twin's
     workspace = _Workspace()
     for chunk, new_base, personalized in chunks:
         if new_base:  # one call for all the chunk's new twins, not one per record
@@ -252,14 +259,14 @@ def _layer_table(
             base_cache.update(zip(new_base, torch.split(fresh, base_counts), strict=True))
         counts = [maps.shape[token_axis] for maps in personalized]
         base_counts = [base_cache[record].shape[0] for record in chunk["base_record"].tolist()]
-        if counts != base_counts:
-            i = next(i for i, (a, b) in enumerate(zip(counts, base_counts, strict=True)) if a != b)
-            row = chunk.iloc[i]
-            raise StoreError(
-                f"{_store_name(store)}: {name} of record {row.record} ({row.model_id}, "
-                f"{row.prompt_id}, seed {row.seed}) has {counts[i]} tokens but its base twin "
-                f"{base_counts[i]}; expected the same prompt tokens"
-            )
+        if counts != base_counts:  # e.g. a prompt holding a Textual Inversion token: set aside, not fatal
+            keep = [a == b for a, b in zip(counts, base_counts, strict=True)]
+            set_aside.update(int(r) for r, kept in zip(chunk["record"].tolist(), keep, strict=True) if not kept)
+            chunk = chunk.loc[keep]
+            personalized = [maps for maps, kept in zip(personalized, keep, strict=True) if kept]
+            counts = [c for c, kept in zip(counts, keep, strict=True) if kept]
+            if not personalized:
+                continue
         # Whole records are stacked along the token axis in blocks of ~2**17 values, which keeps the
         # temporaries in cache (on 640x10x256 values, blocks of 64 rows ran ~4x faster than one piece);
         # each block's base twins and maps are gathered into reused buffers just before use, so no pass
@@ -271,7 +278,8 @@ def _layer_table(
             for p, maps in _blocks(twins, personalized, counts, token_axis, dtype, workspace, _BLOCK_VALUES)
         ]
         shifts.extend(_reduce_records(torch.cat(pieces), counts, reduce))
-    return _shift_frame(paired, name[len(CROSS_ATTENTION_PREFIX) :], shifts, reduce, tokens)
+    kept = paired.loc[~paired["record"].isin(set_aside)]
+    return _shift_frame(kept, name[len(CROSS_ATTENTION_PREFIX) :], shifts, reduce, tokens), set_aside
 
 
 def _reduce_records(per_token_step: torch.Tensor, counts: list[int], reduce: tuple[str, ...]) -> list[np.ndarray]:
@@ -292,6 +300,19 @@ def _reduce_records(per_token_step: torch.Tensor, counts: list[int], reduce: tup
     if "step" in reduce:  # ("token", "step"): one number per record
         return list((total.sum(dim=1) / number.sum(dim=1)).numpy())
     return list((total / number).numpy())
+
+
+def _warn_set_aside(store: Any, paired: pd.DataFrame, set_aside: set[int]) -> None:
+    """One warning naming the records left out because their prompt tokens differ from their base twin's."""
+    rows = paired.loc[paired["record"].isin(set_aside)]
+    named = "; ".join(f"({r.model_id}, {r.prompt_id}, seed {r.seed})" for r in rows.head(3).itertuples())
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    warnings.warn(
+        f"{_store_name(store)}: {len(rows)} personalized record(s) set aside from the attention shift: {named}"
+        f"{more}; their prompt has other tokens than under the base model (e.g. it holds a Textual Inversion "
+        "token), so their maps cannot be compared token by token",
+        stacklevel=3,
+    )
 
 
 def _shift_frame(
