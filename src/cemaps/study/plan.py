@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from cemaps.errors import ConfigError
+from cemaps.models.families import labelling_tokenizer
 from cemaps.study.config import StudyConfig
 from cemaps.study.distributed import process_info, shard
 
@@ -174,7 +175,7 @@ def plan_study(
         )
     _set_scheduler(pipe, config.generation.scheduler)
     probe = CrossAttentionProbe.from_settings(config.capture)
-    prompts = prompt_table(config, pipe.tokenizer)
+    prompts = prompt_table(config, labelling_tokenizer(pipe))
     specs = {entry.id: _spec(entry) for entry in config.personalized}
     store_path = Path(store_path)
     done, store_bytes = _stored(store_path)
