@@ -123,7 +123,7 @@ def train(
     The rows are trained in every text encoder the family's embeddings go into
     (:meth:`ModelFamily.embedding_streams`): SDXL trains ``text_encoder`` and ``text_encoder_2`` together
     and writes ``{"clip_l": [n, 768-wide], "clip_g": [n, 1280-wide]}`` (the SDXL embedding layout; the
-    token is the one given at training, recorded in ``cemaps_training.json``); one-encoder families
+    token is the one given at training, recorded in ``cemaps_train.json``); one-encoder families
     write ``{token: tensor}``.
 
     Returns:
