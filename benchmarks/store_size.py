@@ -67,12 +67,19 @@ def main() -> None:
             tokens = np.mean([store.read_one(store.array_names[0], r).shape[0] for r in range(n)])
             png = np.mean([len(_png(image)) for image in store.images(range(n))])
             shapes = {name: store.trailing_shape(name) for name in store.array_names}
+        from cemaps.study.plan import _part_sizes
+
+        map_disk, image_disk, _ = (sum(sizes) / n for sizes in _part_sizes(path))
     print(f"{args.geometry} geometry at {size}x{size}; {len(shapes)} layers captured")
     print(f"defaults: {capture.to_dict()}; {args.steps} denoising steps")
     print(f"records: {n}; mean prompt tokens {tokens:.1f}")
     print(
         f"store size on disk: {total / n / 1e6:.3f} MB/record "
         f"(maps {raw_maps / 1e6:.3f} MB raw float16 before compression; image PNG {png / 1e6:.3f} MB)"
+    )
+    print(
+        f"on disk per record: maps {map_disk / 1e6:.3f} MB compressed, image {image_disk / 1e6:.3f} MB "
+        "(random weights: the image is noise, the least compressible case)"
     )
     full = full_capture_bytes(pipe, steps=50, size=size)
     print(
