@@ -1,7 +1,7 @@
 """Pipeline aliases: short names that :func:`cemaps.load_pipeline` builds without a path or hub id.
 
-The core declares one alias, the embedded random-weight tiny pipeline (``"cemaps/tiny-sd"``,
-``"tiny"``). A bundled world adds its own with :func:`register_pipeline_alias` when it is
+The core declares two aliases, the embedded random-weight tiny pipelines (``"cemaps/tiny-sd"`` /
+``"tiny"``, and the tiny SDXL ``"cemaps/tiny-sdxl"`` / ``"tiny-sdxl"``). A bundled world adds its own with :func:`register_pipeline_alias` when it is
 registered (the toy world: :func:`cemaps.toyworld.register`, which the CLI and the demo call);
 nothing is registered when a module is imported, and the core never imports a world. This is
 the pattern of timm's ``register_model`` and of diffusers' ``AutoPipelineForText2Image`` table:
@@ -24,6 +24,7 @@ from typing import Any
 from cemaps.errors import ConfigError
 
 TINY_MODEL_ID = "cemaps/tiny-sd"
+TINY_SDXL_MODEL_ID = "cemaps/tiny-sdxl"
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class PipelineAlias:
         model_id: the canonical id, recorded as the pipeline's ``name_or_path`` and as a store's base.
         names: every name that selects it (``model_id`` included).
         load: builds the pipeline, CPU float32, no safety checker; the loader then moves and casts it.
-            None for the core's own entry, the embedded tiny pipeline, which :func:`cemaps.load_pipeline`
+            None for the core's own entries, the embedded tiny pipelines, which :func:`cemaps.load_pipeline`
             builds itself (so this table stays free of torch and diffusers imports).
         description: what it is, for messages.
     """
@@ -48,7 +49,13 @@ class PipelineAlias:
 TINY = PipelineAlias(
     TINY_MODEL_ID, frozenset({TINY_MODEL_ID, "tiny"}), None, "the embedded random-weight tiny pipeline"
 )
-_ALIASES: dict[str, PipelineAlias] = dict.fromkeys(TINY.names, TINY)
+TINY_SDXL = PipelineAlias(
+    TINY_SDXL_MODEL_ID,
+    frozenset({TINY_SDXL_MODEL_ID, "tiny-sdxl"}),
+    None,
+    "the embedded random-weight tiny SDXL pipeline (diffusers' dummy sizes)",
+)
+_ALIASES: dict[str, PipelineAlias] = {**dict.fromkeys(TINY.names, TINY), **dict.fromkeys(TINY_SDXL.names, TINY_SDXL)}
 
 
 def register_pipeline_alias(alias: PipelineAlias) -> None:

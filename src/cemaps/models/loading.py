@@ -1,9 +1,12 @@
-"""Loading the base Stable Diffusion pipeline, offline, and identifying its weights.
+"""Loading a base pipeline of any registered model family, offline, and identifying its weights.
 
-``load_pipeline`` accepts a diffusers folder, a Hugging Face hub id that is
+The family (:mod:`cemaps.models.families`) decides the pipeline class: a folder's
+``model_index.json`` names it, a single file's keys do (diffusers' ``infer_diffusers_model_type``),
+or its ``config`` folder does. ``load_pipeline`` accepts a diffusers folder, a Hugging Face hub id that is
 already in the local cache, a single-file ``.safetensors`` checkpoint, or
 a registered alias (:mod:`cemaps.models.aliases`: ``"cemaps/tiny-sd"`` or ``"tiny"`` for the
-embedded tiny pipeline; ``"cemaps/toyworld"`` once :func:`cemaps.toyworld.register` ran). It never
+embedded tiny pipeline, ``"cemaps/tiny-sdxl"`` or ``"tiny-sdxl"`` for the tiny SDXL at diffusers'
+dummy sizes; ``"cemaps/toyworld"`` once :func:`cemaps.toyworld.register` ran). It never
 touches the network: a model that is not on disk fails within a second with a
 message saying how to provide it.
 
@@ -17,19 +20,21 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from cemaps.errors import ModelLoadError
-from cemaps.models.aliases import TINY, pipeline_alias
+from cemaps.models.aliases import TINY, TINY_SDXL, pipeline_alias
+from cemaps.models.families import family_of, family_of_folder, family_of_single_file_type
 from cemaps.models.hashing import file_sha256, weights_fingerprint
 from cemaps.models.safety import SAFETENSORS_SUFFIX, WEIGHT_SUFFIXES, check_pickle_allowed, is_pickle_file
-from cemaps.models.tiny import tiny_pipeline
+from cemaps.models.tiny import tiny_pipeline, tiny_sdxl_pipeline
 
 __all__ = ["default_device_and_dtype", "file_sha256", "load_pipeline", "weights_fingerprint"]
 
@@ -70,31 +75,35 @@ def load_pipeline(
     dtype: torch.dtype | str | None = None,
     allow_pickle: bool = False,
     config: str | None = None,
-) -> StableDiffusionPipeline:
-    """Loads a Stable Diffusion v1.x pipeline from local files only.
+) -> Any:
+    """Loads a pipeline of a registered model family (SD 1.x/2.x, SDXL, ...) from local files only.
 
     Args:
         path_or_id: a diffusers folder (with ``model_index.json``), a hub id in the local
             Hugging Face cache, a single-file ``.safetensors`` checkpoint, or a registered alias
-            (:func:`cemaps.models.aliases.pipeline_alias`: ``"cemaps/tiny-sd"``; ``"cemaps/toyworld"``
-            after :func:`cemaps.toyworld.register`).
+            (:func:`cemaps.models.aliases.pipeline_alias`: ``"cemaps/tiny-sd"``, ``"cemaps/tiny-sdxl"``;
+            ``"cemaps/toyworld"`` after :func:`cemaps.toyworld.register`).
         device: target device; default CUDA when available, else CPU.
         dtype: target dtype; default float16 on CUDA, float32 on CPU.
         allow_pickle: also read ``.ckpt/.bin`` weights (with ``torch.load(weights_only=True)``).
-        config: for a single-file checkpoint, a local diffusers SD v1.5 folder whose component
-            configs describe it (needed when the hub config is not in the local cache).
+        config: for a single-file checkpoint, a local diffusers folder of the same family whose
+            component configs describe it (needed when the hub config is not in the local cache);
+            its ``model_index.json`` then names the family.
 
     Returns:
         The pipeline on ``device`` in ``dtype``, with the safety checker off and the
         progress bar disabled.
 
     Raises:
-        ModelLoadError: the model is not on disk, or its files are unsafe or unreadable.
+        ModelLoadError: the model is not on disk, its files are unsafe or unreadable, or its
+            pipeline class is not a supported model family (the message lists the supported ones).
     """
     resolved_device, resolved_dtype = default_device_and_dtype(device, dtype)
     alias = pipeline_alias(path_or_id)
     if alias is TINY:
         pipe = tiny_pipeline(seed=0)
+    elif alias is TINY_SDXL:
+        pipe = tiny_sdxl_pipeline(seed=0)
     elif alias is not None:
         pipe = alias.load()
     else:
@@ -110,7 +119,8 @@ def load_pipeline(
         else:
             pipe = _from_diffusers_folder(Path(_cached_snapshot(path_or_id)), allow_pickle)
     # Casting an already-float32 model warns about "modules to keep in float32"; cast only when needed.
-    if any(getattr(pipe, part).dtype != resolved_dtype for part in ("unet", "vae", "text_encoder")):
+    family = family_of(pipe)
+    if any(getattr(pipe, part).dtype != resolved_dtype for part in (family.denoiser, "vae", *family.encoders)):
         pipe = pipe.to(dtype=resolved_dtype)
     if pipe.device != resolved_device:
         pipe = pipe.to(resolved_device)
@@ -140,7 +150,13 @@ def _cached_snapshot(repo_id: str) -> str:
         raise ModelLoadError(download_hint) from error
 
 
-def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> StableDiffusionPipeline:
+def _no_safety_checker(pipeline_class: type) -> dict[str, Any]:
+    """``safety_checker=None`` for the pipeline classes that have one (SD 1.x/2.x); nothing for the others."""
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in parameters else {}
+
+
+def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> Any:
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(
             f"folder {str(folder)!r} has no model_index.json; expected a diffusers pipeline folder "
@@ -150,13 +166,13 @@ def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> StableDiffusionP
         pickled = sorted(p for p in component.iterdir() if is_pickle_file(p))
         if pickled and not any(component.glob(f"*{SAFETENSORS_SUFFIX}")):
             check_pickle_allowed(pickled[0], allow_pickle)
+    pipeline_class = family_of_folder(folder).pipeline_class()
     try:
         # diffusers reads .bin files with torch.load(weights_only=True); use_safetensors=True
         # forbids them outright when the caller has not opted in.
-        return StableDiffusionPipeline.from_pretrained(
+        return pipeline_class.from_pretrained(
             folder,
-            safety_checker=None,
-            requires_safety_checker=False,
+            **_no_safety_checker(pipeline_class),
             local_files_only=True,
             use_safetensors=None if allow_pickle else True,
         )
@@ -164,7 +180,7 @@ def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> StableDiffusionP
         raise ModelLoadError(f"cannot load diffusers folder {str(folder)!r}: {_first_line(error)}") from error
 
 
-def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> StableDiffusionPipeline:
+def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> Any:
     check_pickle_allowed(path, allow_pickle)
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise ModelLoadError(
@@ -174,15 +190,15 @@ def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> Sta
     if not (Path(config_folder) / "model_index.json").is_file():
         raise ModelLoadError(
             f"config folder {config_folder!r} has no model_index.json; set `base_config:` in study.yaml "
-            "(Python: config=DIR) to a diffusers SD v1.5 folder"
+            "(Python: config=DIR) to a diffusers folder of the checkpoint's model family"
         )
+    pipeline_class = family_of_folder(config_folder).pipeline_class()
     try:
-        return StableDiffusionPipeline.from_single_file(
+        return pipeline_class.from_single_file(
             str(path),
             config=str(config_folder),
             local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
+            **_no_safety_checker(pipeline_class),
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelLoadError(
@@ -196,11 +212,12 @@ def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
     diffusers would fall back to downloading the config when it is not cached, even
     with ``local_files_only=True``; resolving it here keeps loading offline.
     """
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, infer_diffusers_model_type
 
     from cemaps.models.safety import load_weights
 
     checkpoint = load_weights(path, allow_pickle=allow_pickle)
+    family = family_of_single_file_type(infer_diffusers_model_type(checkpoint))
     repo_id = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
     try:
         return snapshot_download(
@@ -210,7 +227,7 @@ def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
         raise ModelLoadError(
             f"checkpoint {str(path)!r} looks like {repo_id!r}, whose diffusers config is not in the local "
             "Hugging Face cache (offline); set `base_config:` in study.yaml (Python: config=DIR) to a diffusers "
-            "SD v1.5 folder"
+            f"{family.name} folder"
         ) from error
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from cemaps.errors import ConfigError
+from cemaps.models.families import labelling_tokenizer
 from cemaps.study.config import BASE_ID, StudyConfig
 from cemaps.study.distributed import process_info, shard
 
@@ -168,7 +169,7 @@ def plan_study(
         raise ConfigError(f"processes={processes!r}: expected an integer >= 1")
     pipe = base_pipeline(config, launcher, pipe)
     probe = CrossAttentionProbe.from_settings(config.capture)
-    prompts = prompt_table(config, pipe.tokenizer)
+    prompts = prompt_table(config, labelling_tokenizer(pipe))
     specs = {entry.id: personalized_spec(entry) for entry in config.personalized}
     store_path = Path(store_path)
     done, store_bytes = _stored(store_path)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cemaps.hooks import capture
+from cemaps.models.families import family_of, labelling_tokenizer
 from cemaps.models.hashing import source_sha256
 from cemaps.models.loading import weights_fingerprint
 from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check_all
@@ -139,8 +140,9 @@ def run_prompt_set(
     """
     process = process_info()
     probe = CrossAttentionProbe.from_settings(config.capture)
-    layers = probe.layer_names(pipe.unet)
-    prompts = prompt_set.table(pipe.tokenizer)
+    family = family_of(pipe)
+    layers = probe.layer_names(family.denoiser_of(pipe))
+    prompts = prompt_set.table(labelling_tokenizer(pipe))
     specs = {entry.id: personalized_spec(entry) for entry in config.personalized}
     # Every personalized model is read and checked before the store is touched or an image generated.
     check_all(pipe, specs.values())
@@ -154,15 +156,17 @@ def run_prompt_set(
     }
     base_identity = {
         "model_id": config.base,
-        "weights_sha256": weights_fingerprint(pipe.unet),
-        "text_encoder_sha256": weights_fingerprint(pipe.text_encoder),
+        "weights_sha256": weights_fingerprint(family.denoiser_of(pipe)),
+        # one digest per text encoder of the family ("text_encoder_sha256", "text_encoder_2_sha256", ...)
+        **{f"{encoder}_sha256": weights_fingerprint(getattr(pipe, encoder)) for encoder in family.encoders},
     }
     provenance = {
         **default_provenance(),
         "command": " ".join(sys.argv),
         "config_source": config.source,
         "device": str(pipe.device),
-        "dtype": str(pipe.unet.dtype),
+        "dtype": str(family.denoiser_of(pipe).dtype),
+        "model_family": family.key,
     }
     store_path = Path(store_path)
     writer = StoreWriter(
