@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cemaps.probes.weight_delta import weight_delta_for
+from cemaps.models.weight_deltas import weight_delta_for
 from safetensors.torch import save_file
 from sdxl_checkpoints import sdxl_to_sgm
 

@@ -325,18 +325,7 @@ def sparse_results_dir(results_dir, tmp_path) -> Path:
     return folder
 
 
-# Strings a hostile results folder may carry, each trying another context: element, attribute, script,
-# URL scheme. Each payload would set document.title if it ever ran. Those that may name a file (a metric's
-# cem_<metric>.csv) hold no '/'.
-HOSTILE = {
-    "alignment_drop": 'm"><img src=x onerror="document.title=1">',
-    "dreambooth-alice": 'db\'><svg onload="document.title=2">',
-    "a photo of a robot": "</script><script>document.title=3</script>",
-    "animals": '<b onmouseover="document.title=4">x',
-    "mug": "javascript:document.title=5",
-    "torch": '<iframe srcdoc="<script>document.title=6</script>">',
-    "p004": 'p"4',
-}
+from hostile_strings import HOSTILE  # noqa: E402  (a plain module: test files cannot import from conftest)
 
 
 def _hostile(text: str) -> str:

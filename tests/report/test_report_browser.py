@@ -219,7 +219,7 @@ def test_report_renders_and_tooltip_shows_prompt_text(report_path, results_dir, 
 def test_hostile_results_run_no_script_in_the_browser(hostile_report_path, tmp_path):
     """Issue 22: every payload of conftest.HOSTILE would set document.title if it ran; the page's own
     script still runs (its hash is in the policy), and the tooltip shows the hostile text as text."""
-    from conftest import HOSTILE
+    from hostile_strings import HOSTILE
 
     browser = DevToolsPipe(tmp_path / "chromium-profile")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from conftest import HOSTILE
+from hostile_strings import HOSTILE
 
 from cemaps.report.html import CSP
 from cemaps.report.html_cem import TOOLTIP_SCRIPT
