@@ -28,6 +28,8 @@ _LAZY = {
     "cluster": "stats.clustering",
     "TestResult": "stats.common",
     "run_analysis": "pipeline",
+    "run_statistics": "stats.run",
+    "minimum_detectable_effects": "stats.power",
 }
 __all__ = sorted(_LAZY)
 
