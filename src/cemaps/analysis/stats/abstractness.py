@@ -323,6 +323,8 @@ def compare_abstractness(
     """
     check_positive_int(n_perm, "n_perm", minimum=0)
     require_columns(disruption, ["model_id", "prompt_id", "abstractness", value], "disruption")
+    if disruption.empty:
+        raise StatsInputError("disruption: table is empty; expected rows per (model_id, prompt_id)")
     disruption, excluded = without_structural_zeros(disruption)
     if disruption.empty:
         raise StatsInputError("disruption: every model's pairs are all structural zeros; nothing to test")

@@ -304,6 +304,8 @@ def compare_methods(disruption: pd.DataFrame, value: str, n_boot: int = 2000, se
     """
     check_positive_int(n_boot, "n_boot", minimum=0)
     require_columns(disruption, ["model_id", "method", "subject_id", "prompt_id", value], "disruption")
+    if disruption.empty:
+        raise StatsInputError("disruption: table is empty; expected rows per (model_id, prompt_id)")
     methods_present = sorted(map(str, disruption["method"].unique()))
     if len(methods_present) < 2:
         raise StatsInputError(f"disruption.method: expected >= 2 methods, got {methods_present}")
