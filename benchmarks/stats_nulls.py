@@ -114,7 +114,9 @@ def layers_p_values(n_sims: int, seed: int, planted: bool, design: StudyDesign =
     for rng in _seeds(seed, n_sims):
         table = simulate_study(design, rng)
         shift = simulate_shift(design, table, rng, linked_layer=LAYERS[2] if planted else None, link=PLANTED_LINK)
-        result = link_layers(shift, table, "alignment_drop", ridge=False, n_perm=PERMUTATIONS, seed=int(rng.integers(2**31)))
+        result = link_layers(
+            shift, table, "alignment_drop", ridge=False, n_perm=PERMUTATIONS, seed=int(rng.integers(2**31))
+        )
         rows = {r["layer"]: r for r in result["layers"]}
         out["layer_p_perm"].append(rows[layer]["p_perm"])
         out["layer_q_bh_perm"].append(rows[layer]["q_bh_perm"])

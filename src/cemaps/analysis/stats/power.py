@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -379,3 +380,54 @@ def minimum_detectable_effects(
             )
         )
     return pd.DataFrame(rows)
+
+
+def layout_from_study(config: Any, subjects: str = "subjects15") -> StudyLayout:
+    """The layout a study config will produce: its personalized models, its prompts' labels, its seeds.
+
+    Prompt labels come from the prompt list (an inline list has none; "unlabelled" counts as none);
+    subject domains from ``subjects`` (the pipeline's default list); an unknown subject has no domain.
+    """
+    from cemaps.data import load_prompts, load_subjects
+
+    prompts = load_prompts(config.prompts) if isinstance(config.prompts, str) else pd.DataFrame()
+    domains = load_subjects(subjects).set_index("subject_id")["domain"].astype(str).to_dict()
+
+    def labels(column: str) -> tuple[str, ...]:
+        if column not in prompts or (prompts[column].astype(str) == "unlabelled").any():
+            return ()
+        return tuple(prompts[column].astype(str))
+
+    entries = config.personalized
+    return StudyLayout(
+        model_method=tuple(e.method for e in entries),
+        model_subject=tuple(e.subject or e.id for e in entries),
+        model_subject_domain=tuple(domains.get(e.subject) for e in entries),
+        prompt_class=labels("abstractness"),
+        prompt_domain=labels("domain"),
+        n_seeds=len(config.seeds),
+    )
+
+
+def power_text(config: Any, n_sims: int = 400) -> str:
+    """Lines for ``cemaps capture --dry-run``: each question's MDE for the study's design under assumed components.
+
+    Each question is corrected over its validated tests for the two metrics as the report does
+    (methods 2, abstractness 4, semantic proximity 4; layer linking per layer, before correcting across layers).
+    """
+    layout = layout_from_study(config)
+    if layout.n_models == 0:
+        return "power: no personalized models in the study; nothing to compare"
+    family = {"methods": 2, "abstractness": 4, "semantic_proximity": 4}
+    table = minimum_detectable_effects(layout, VarianceComponents(), family_size=family, n_sims=n_sims)
+    lines = [
+        f"power (80%, simulated from this design: {layout.n_models} models, {layout.n_prompts} prompts, "
+        f"{layout.n_seeds} seed(s); {VarianceComponents().source}):"
+    ]
+    for row in table.itertuples():
+        if np.isfinite(row.mde):
+            rho = f" (Spearman rho ~ {row.mde_rho:.2f})" if np.isfinite(row.mde_rho) else ""
+            lines.append(f"  {row.question}: detects >= {row.mde:.3g}{rho} at alpha {row.alpha:.3g}, {row.effect}")
+        else:
+            lines.append(f"  {row.question}: no detectable effect: {row.note}")
+    return "\n".join(lines)
