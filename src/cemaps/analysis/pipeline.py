@@ -39,7 +39,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
