@@ -87,11 +87,19 @@ def test_run_analysis_writes_the_results_folder(planted_store, tmp_path):
         "prompts.csv",
         "models.csv",
         "weight_deltas.csv",
+        "layers_asymptotic.csv",
     ):
         assert (out / name).is_file(), name
     summary = json.loads(summary_path.read_text())
-    assert set(summary) == {"methods", "abstractness", "semantic_proximity", "layer_linking", "clustering"}
-    assert all(set(results) == {"alignment_drop", "image_drift"} for results in summary.values())
+    questions = {"methods", "abstractness", "semantic_proximity", "layer_linking", "clustering"}
+    assert set(summary) == questions | {"power"}
+    assert all(set(summary[q]) == {"alignment_drop", "image_drift", "findings"} for q in questions)
+    assert set(summary["power"]) == {"alignment_drop", "image_drift"}
+    # the all-zero model is left out of the tests and every layer correlation
+    assert summary["abstractness"]["alignment_drop"]["excluded_structural_zero_models"] == ["db-same"]
+    asymptotic = pd.read_csv(out / "layers_asymptotic.csv")
+    assert not asymptotic["null_rate_validated"].any() and "p_asymptotic" in asymptotic
+    assert "p_asymptotic" not in json.dumps(summary["layer_linking"])
     disruption = pd.read_csv(out / "disruption.csv")
     assert len(disruption) == 2 * 24
     same = disruption[disruption.model_id == "db-same"]

@@ -15,13 +15,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cemaps.models.weight_deltas import weight_delta_for
 from safetensors.torch import save_file
 from sdxl_checkpoints import sdxl_to_sgm
 
 from cemaps.errors import ModelLoadError
 from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check
 from cemaps.models.tiny import tiny_pipeline, tiny_sdxl_pipeline
+from cemaps.models.weight_deltas import weight_delta_for
 
 RANK = 2
 

@@ -60,7 +60,7 @@ def test_report_has_every_section_with_tests_and_figures(page):
         assert '<table class="tests">' in section or question == "clustering", question  # ARI tables there
         assert "<figure" in section, question
     methods = text.split('<section id="methods">')[1].split("</section>")[0]
-    assert "<td>subject_blocked_anova</td>" in methods and "pairwise" in methods
+    assert "<td>subject_hotelling</td>" in methods and "pairwise" in methods
     assert "<td>kruskal</td>" in text and "<td>prompt_permutation_anova</td>" in text and "mixedlm" not in text
     # structural zeros in words: TI on the fixture's first prompt, both seeds
     assert (
@@ -210,7 +210,7 @@ def test_only_tests_with_a_validated_null_rate_are_bold():
     from cemaps.report.html_tables import test_rows_html
 
     def test(name, p, validated):
-        extra = {"null_rate_validated": True} if validated else {}
+        extra = {"null_rate_validated": True, "p_holm_question": min(1.0, 3 * p)} if validated else {}
         return {
             "test": name,
             "statistic": 1.0,
@@ -230,6 +230,14 @@ def test_only_tests_with_a_validated_null_rate_are_bold():
         ]
     )
     rows = html.split("<tr>")[2:]
-    assert '<td class="sig">0.001</td>' in rows[0]
+    assert '<td class="sig">0.001 <small>(Holm over the question: 0.003)</small></td>' in rows[0]
     assert 'class="sig"' not in rows[1] and "(null rate not validated)" in rows[1]
     assert 'class="sig"' not in rows[2] and "not validated" not in rows[2]
+
+
+def test_findings_are_listed_under_the_question_title():
+    from cemaps.report.html import findings_html
+
+    html = findings_html({"findings": ["alignment_drop: the data do not show <that> methods differ."]})
+    assert html.startswith('<div class="findings"><h3>Findings</h3><ul><li>alignment_drop: the data')
+    assert "&lt;that&gt;" in html and findings_html({"alignment_drop": {}}) == ""

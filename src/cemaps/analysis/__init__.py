@@ -29,6 +29,8 @@ _LAZY = {
     "cluster": "stats.clustering",
     "TestResult": "stats.common",
     "run_analysis": "pipeline",
+    "run_statistics": "stats.run",
+    "minimum_detectable_effects": "stats.power",
 }
 __all__ = [
     "ClipScorer",

@@ -9,7 +9,9 @@ Concept Entanglement Maps.
 Results folder::
 
     manifest.json               store, provenance, metrics, file list
-    summary.json                question -> metric -> every statistical test (statistic, p, effect size, n, method)
+    summary.json                question -> metric -> every statistical test (statistic, p, effect size, n, method),
+                                each question's findings, and the power of each test (cemaps.analysis.run_statistics)
+    layers_asymptotic.csv       scipy's asymptotic per-layer p: NOT validated (null_rate_validated False), CSV only
     disruption.csv/.parquet     per (model, prompt, seed): clip_base, clip_personalized, alignment_drop, image_drift
     disruption_by_prompt.csv    per (model, prompt): mean, sd, n, 95% CI over seeds, with labels
     attention_shift.csv/.parquet per (model, prompt, seed, layer): Jensen-Shannon shift
@@ -37,7 +39,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,12 +55,9 @@ from cemaps.analysis.entanglement import entanglement_map, write_entanglement_ma
 from cemaps.analysis.extensions import result_tables, scorer_provider
 from cemaps.analysis.in_context import analyse_in_context
 from cemaps.analysis.shift.attention_shift import attention_shift_table
-from cemaps.analysis.stats.abstractness import compare_abstractness
-from cemaps.analysis.stats.clustering import cluster
 from cemaps.analysis.stats.common import to_jsonable
-from cemaps.analysis.stats.layers import link_layers
-from cemaps.analysis.stats.methods import compare_methods
-from cemaps.analysis.stats.semantic import semantic_proximity
+from cemaps.analysis.stats.layers import asymptotic_layer_table
+from cemaps.analysis.stats.run import run_statistics
 from cemaps.errors import CemapsError, ConfigError, StoreError
 from cemaps.outputs import check_output_folder, staged_output
 from cemaps.store import open_store
@@ -213,24 +211,18 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
 
     shift_by_prompt = shift.groupby(["model_id", "prompt_id", "layer"], as_index=False)["attention_shift"].mean()
     layer_delta = _layer_weight_delta(weight_deltas, list(layers["layer"])) if weight_deltas is not None else None
-    summary: dict[str, Any] = {}  # question -> metric -> results
     with console.status("statistics"):
-        for metric in METRICS:
-            per_metric = _statistics(
-                metric,
-                by_prompt,
-                similarity,
-                shift_by_prompt,
-                layer_delta,
-                list(layers["layer"]),
-                maps[metric],
-                prompts,
-                models,
-                n_perm,
-                skipped,
-            )
-            for question, results in per_metric.items():
-                summary.setdefault(question, {})[metric] = results
+        summary = run_statistics(
+            by_prompt,
+            similarity=similarity,
+            shift=shift_by_prompt,
+            weight_delta=layer_delta,
+            metrics=list(METRICS),
+            layer_order=list(layers["layer"]),
+            n_perm=n_perm,
+            skip=skipped,
+        )
+        files.update(_asymptotic_layers(shift_by_prompt, by_prompt, list(layers["layer"]), out))
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(to_jsonable(summary), indent=1, allow_nan=False))
     manifest = {
@@ -247,36 +239,17 @@ def _analyse(store_path, out: Path, *, scorer, clip_model, clip_weights, subject
     return skipped
 
 
-def _statistics(
-    metric, by_prompt, similarity, shift, layer_delta, layer_order, cem, prompts, models, n_perm, skipped=None
-):
-    """The five families for one metric; a family that cannot run on this design says why."""
-    results: dict[str, Any] = {}
-    families = {
-        "methods": lambda: compare_methods(by_prompt, metric),
-        "abstractness": lambda: compare_abstractness(by_prompt, metric, n_perm=n_perm),
-        "semantic_proximity": lambda: semantic_proximity(by_prompt, metric, n_perm=n_perm, similarity=similarity),
-        "layer_linking": lambda: link_layers(
-            shift, by_prompt, metric, weight_delta=layer_delta, layer_order=layer_order
-        ),
-        "clustering": lambda: cluster(_flat(cem), _prompt_labels(prompts), models[["model_id", "method"]]),
-    }
-    for name, family in families.items():
-        if skipped and name in skipped:
-            results[name] = {"not_computed": skipped[name]}
-            continue
+def _asymptotic_layers(shift: pd.DataFrame, by_prompt: pd.DataFrame, layer_order: list[str], out: Path):
+    """layers_asymptotic.csv: scipy's asymptotic per-layer p (not validated; the report never shows it)."""
+    tables = []
+    for metric in METRICS:
         try:
-            results[name] = family()
-        except CemapsError as exc:
-            results[name] = {"not_computed": str(exc)}
-    return results
-
-
-def _flat(cem: pd.DataFrame) -> pd.DataFrame:
-    flat = cem.copy()
-    flat.index = cem.index.get_level_values("model_id")
-    flat.columns = cem.columns.get_level_values("prompt_id")
-    return flat.dropna(axis=1)
+            tables.append(asymptotic_layer_table(shift, by_prompt, metric, layer_order).assign(metric=metric))
+        except CemapsError:
+            continue  # the layer question reports why in summary.json
+    if not tables:
+        return {}
+    return _write_table(pd.concat(tables, ignore_index=True), out, "layers_asymptotic")
 
 
 def _prompt_labels(prompts: pd.DataFrame) -> pd.DataFrame:

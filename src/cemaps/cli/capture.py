@@ -102,6 +102,9 @@ def capture_command(
         plan = plan_study(study, target, processes=processes, records_per_part=records_per_part)
         if process_info().rank == 0:  # under a launcher every process plans; one prints
             typer.echo(plan.to_text())
+            from cemaps.analysis.stats.power import power_text
+
+            typer.echo(power_text(study))
         return
     from cemaps.outputs import check_writable
 

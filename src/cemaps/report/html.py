@@ -132,11 +132,21 @@ def interactive_cems(results: Results) -> str:
     return "\n".join(parts)
 
 
+def findings_html(section: Any) -> str:
+    """The question's findings (``run_statistics``: one sentence per claim, with effect, interval and MDE), or ''."""
+    sentences = section.get("findings") if isinstance(section, Mapping) else None
+    if not isinstance(sentences, list) or not sentences:
+        return ""
+    items = "".join(f"<li>{escape(str(sentence))}</li>" for sentence in sentences)
+    return f'<div class="findings"><h3>Findings</h3><ul>{items}</ul></div>'
+
+
 def question_section(question: str, results: Results, figures: list[RenderedFigure]) -> str:
     section = results.summary.get(question)
     parts = [f'<section id="{question}"><h2>{escape(QUESTION_TITLES[question])}</h2>']
     if question == "methods":
         parts.append(method_structural_zeros(section))
+    parts.append(findings_html(section))
     if isinstance(section, Mapping) and all(m in section for m in results.metrics) and results.metrics:
         for metric in results.metrics:
             parts.append(f"<h3>Tests: {escape(metric)}</h3>{summary_html(section[metric])}")

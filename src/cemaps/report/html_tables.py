@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from cemaps.analysis.stats.common import NULL_RATE_VALIDATED
+from cemaps.analysis.stats.common import NULL_RATE_VALIDATED, P_HOLM_QUESTION
 
 MAX_TABLE_ROWS = 60
 TEST_COLUMNS = ("where", "test", "statistic", "p", "effect size", "n", "method")
@@ -58,8 +58,10 @@ def _cell(value: Any) -> str:
 def test_rows_html(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """One table of test results: where (path in the summary), test, statistic, p, effect size, n, method.
 
-    A p below 0.05 is bold only when the test's null rate is validated (``extra.null_rate_validated``,
-    see ``cemaps.analysis.stats.common``); any other p is labelled as not validated and never bold.
+    A p is bold only when the test's null rate is validated (``extra.null_rate_validated``, see
+    ``cemaps.analysis.stats.common``) and it survives Holm's correction across its question's tests and
+    metrics (``extra.p_holm_question`` < 0.05, shown beside it); any other p is never bold, and one
+    without a validated null rate is labelled so.
     """
     rows = []
     for where, test in tests:
@@ -68,8 +70,11 @@ def test_rows_html(tests: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         reason = f"<br><small>{escape(str(extra['reason']))}</small>" if extra.get("reason") else ""
         p = test.get("p")
         validated = extra.get(NULL_RATE_VALIDATED) is True
-        significant = validated and isinstance(p, (int, float)) and math.isfinite(p) and p < 0.05
+        adjusted = extra.get(P_HOLM_QUESTION)
+        significant = validated and isinstance(adjusted, (int, float)) and math.isfinite(adjusted) and adjusted < 0.05
         label = "" if validated or p is None else ' <small class="unvalidated">(null rate not validated)</small>'
+        if validated and isinstance(adjusted, (int, float)):
+            label = f" <small>(Holm over the question: {escape(format_number(adjusted))})</small>"
         rows.append(
             f"<tr><td>{escape(where)}</td><td>{escape(str(test.get('test')))}</td>"
             f"<td>{_cell(test.get('statistic'))}</td>"

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from cemaps.analysis.stats.common import require_columns
+from cemaps.analysis.stats.common import STRUCTURAL_ZERO, require_columns
 from cemaps.errors import ConfigError
 
 MANIFEST = "manifest.json"
@@ -234,17 +234,29 @@ def per_pair_disruption(results: Results, metric: str) -> pd.DataFrame | None:
     """One row per (model_id, prompt_id) with its labels and ``metric`` averaged over seeds, or None.
 
     From ``disruption.csv`` when present, else from ``disruption_by_prompt.csv``'s ``<metric>_mean``.
+    Structural-zero pairs (bit-identical to the base twin for every seed: 0 by construction) are
+    left out, as in every statistic: figures show measurements only.
     """
     labels = ["method", "subject_id", "subject_domain", "abstractness", "domain"]
     table = results.tables.get("disruption")
     if table is not None and {"model_id", "prompt_id", metric} <= set(table.columns):
         keep = [c for c in labels if c in table.columns]
-        return (
-            table.groupby(["model_id", "prompt_id"], sort=True)
-            .agg(**{c: (c, "first") for c in keep}, **{metric: (metric, "mean")})
+        zero = {STRUCTURAL_ZERO: (STRUCTURAL_ZERO, "all")} if STRUCTURAL_ZERO in table.columns else {}
+        pairs = (
+            table.assign(**({STRUCTURAL_ZERO: table[STRUCTURAL_ZERO].fillna(False).astype(bool)} if zero else {}))
+            .groupby(["model_id", "prompt_id"], sort=True)
+            .agg(**{c: (c, "first") for c in keep}, **{metric: (metric, "mean")}, **zero)
             .reset_index()
         )
+        return _measured(pairs)
     table = results.tables.get("disruption_by_prompt")
     if table is not None and {"model_id", "prompt_id", f"{metric}_mean"} <= set(table.columns):
-        return table.rename(columns={f"{metric}_mean": metric})
+        return _measured(table.rename(columns={f"{metric}_mean": metric}))
     return None
+
+
+def _measured(pairs: pd.DataFrame) -> pd.DataFrame:
+    if STRUCTURAL_ZERO not in pairs.columns:
+        return pairs
+    zero = pairs[STRUCTURAL_ZERO].fillna(False).astype(bool).to_numpy()
+    return pairs[~zero].drop(columns=STRUCTURAL_ZERO).reset_index(drop=True)

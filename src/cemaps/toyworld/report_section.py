@@ -106,7 +106,8 @@ def toy_world_banner(results: Results, model_id: str = TOYWORLD_MODEL_ID) -> str
     """A banner naming the toy world as the base, with :func:`findings`; '' for other bases."""
     if not mentions(results.manifest, model_id):
         return ""
-    said = " ".join(escape(s) for s in findings(results))
+    # the best of many layers over a few images is a pick, not a finding: it stays in the section, not here
+    said = " ".join(escape(s) for s in findings(results) if not s.startswith("Attention localises best"))
     return (
         f'<p class="banner" id="toy-world-base"><b>Base model: {escape(model_id)}</b>, the toy world trained by '
         "cemaps on rendered 32x32 scenes whose truth is known; its numbers are about the toy world, not "

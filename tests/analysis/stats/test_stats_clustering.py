@@ -87,7 +87,6 @@ def test_single_class_label_is_reported_not_computable():
     [
         (lambda c, p, m: (c.assign(p0=np.nan), p, m), {}, "cem: expected finite numeric"),
         (lambda c, p, m: (c.iloc[:1], p, m), {}, r"expected >= 2 models and >= 2 prompts"),
-        (lambda c, p, m: (c.assign(p0=5.0).T.assign(m0=1.0).T, p, m), {}, "constant profile"),
         (lambda c, p, m: (c, p.iloc[1:], m), {}, r"prompt_labels: no labels for prompt_id \['p0'\]"),
         (lambda c, p, m: (c, p.drop(columns=["abstractness", "domain"]), m), {}, "needs at least one of the columns"),
         (lambda c, p, m: (c, pd.concat([p, p.iloc[:1]]), m), {}, "prompt_labels: prompt_id must be unique"),
@@ -101,3 +100,19 @@ def test_bad_input_raises_one_line_error(mutate, kwargs, message):
     with pytest.raises(StatsInputError, match=message) as info:
         cluster(cem, prompts, models, n_perm=9, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_constant_profiles_are_set_apart_and_the_rest_is_clustered():
+    rng = np.random.default_rng(0)
+    cem = pd.DataFrame(
+        rng.normal(size=(5, 8)) + [0, 0, 0, 0, 4, 4, 4, 4],
+        index=[f"m{i}" for i in range(5)],
+        columns=[f"p{j}" for j in range(8)],
+    )
+    cem.loc["m4"] = 0.0  # all structural zeros: no correlation distance
+    prompts = pd.DataFrame({"prompt_id": cem.columns, "abstractness": ["concrete"] * 4 + ["abstract"] * 4})
+    models = pd.DataFrame({"model_id": cem.index, "method": ["lora", "lora", "db", "db", "ti"]})
+    out = cluster(cem, prompts, models, metric="correlation", n_perm=99)
+    assert [r["id"] for r in out["models"]["set_apart"]] == ["m4"] and out["models"]["ids"] == ["m0", "m1", "m2", "m3"]
+    assert len(out["models"]["linkage"]) == 3 and out["models"]["agreement"][0]["computable"]
+    assert out["prompts"]["set_apart"] == [] and len(out["prompts"]["ids"]) == 8

@@ -11,7 +11,7 @@ from scipy import stats
 from sklearn.model_selection import GroupKFold
 
 from cemaps.analysis.stats.common import StatsInputError
-from cemaps.analysis.stats.layers import layer_block, link_layers, order_layers
+from cemaps.analysis.stats.layers import asymptotic_layer_table, layer_block, link_layers, order_layers
 
 LAYERS = [
     "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
@@ -48,16 +48,16 @@ def test_layer_correlations_match_scipy_and_bh_finds_the_linked_layer():
     shift, disruption = tables()
     out = link_layers(shift, disruption, "alignment_drop", ridge=False)
     rows = {r["layer"]: r for r in out["layers"]}
+    asymptotic = asymptotic_layer_table(shift, disruption, "alignment_drop").set_index("layer")
     for layer in LAYERS:
         x = shift[shift["layer"] == layer].set_index(["model_id", "prompt_id"])["attention_shift"]
         y = disruption.set_index(["model_id", "prompt_id"])["alignment_drop"].loc[x.index]
         expected = stats.spearmanr(x, y)
-        assert rows[layer]["rho"] == pytest.approx(expected.statistic) and rows[layer]["p_asymptotic"] == pytest.approx(
-            expected.pvalue
-        )
-    assert (
-        min(rows, key=lambda k: rows[k]["q_bh_asymptotic"]) == LAYERS[3] and rows[LAYERS[3]]["q_bh_asymptotic"] < 1e-6
-    )
+        assert rows[layer]["rho"] == pytest.approx(expected.statistic)
+        assert asymptotic.loc[layer, "p_asymptotic"] == pytest.approx(expected.pvalue)
+        assert "p_asymptotic" not in rows[layer]  # not validated: CSV only, never in the summary
+    assert not asymptotic["null_rate_validated"].any()
+    assert asymptotic["q_bh_asymptotic"].idxmin() == LAYERS[3]
     assert [r["layer"] for r in out["layers"]] == order_layers(LAYERS, None)
     assert out["ridge"] is None and out["pairs"]["pairs_used"] == 80
     json.dumps(out, allow_nan=False)
@@ -66,10 +66,11 @@ def test_layer_correlations_match_scipy_and_bh_finds_the_linked_layer():
 def test_prompt_permutation_p_tracks_scipy_on_independent_pairs_and_flags_the_link():
     shift, disruption = tables(n_prompts=30)
     rows = link_layers(shift, disruption, "alignment_drop", ridge=False, n_perm=999, seed=2)["layers"]
+    asymptotic = asymptotic_layer_table(shift, disruption, "alignment_drop").set_index("layer")["p_asymptotic"]
     for row in rows:
         assert 0 < row["p_perm"] <= 1 and row["q_bh_perm"] >= row["p_perm"]
         if row["layer"] != LAYERS[3]:
-            assert abs(row["p_perm"] - row["p_asymptotic"]) < 0.1  # same null when pairs are independent
+            assert abs(row["p_perm"] - asymptotic[row["layer"]]) < 0.1  # same null when pairs are independent
     linked = next(r for r in rows if r["layer"] == LAYERS[3])
     assert linked["p_perm"] == pytest.approx(1 / 1000) and linked["q_bh_perm"] < 0.01
 
@@ -124,7 +125,27 @@ def test_pairs_missing_a_layer_or_disruption_are_dropped_and_counted():
     shift = shift.drop(index=0)
     disruption = disruption.drop(index=len(disruption) - 1)
     counts = link_layers(shift, disruption, "alignment_drop", ridge=False)["pairs"]
-    assert counts == {"pairs_in_shift": 80, "pairs_missing_a_layer": 1, "pairs_without_disruption": 1, "pairs_used": 78}
+    assert counts == {
+        "pairs_structural_zero_dropped": 0,
+        "pairs_in_shift": 80,
+        "pairs_missing_a_layer": 1,
+        "pairs_without_disruption": 1,
+        "pairs_used": 78,
+    }
+
+
+def test_structural_zero_pairs_leave_every_layer_correlation():
+    # zeros in both shift and disruption make every layer look linked; without them the rho is the measured one
+    shift, disruption = tables()
+    zero_model = disruption["model_id"].iloc[0]
+    disruption = disruption.assign(structural_zero=disruption["model_id"] == zero_model)
+    disruption.loc[disruption["structural_zero"], "alignment_drop"] = 0.0
+    shift.loc[shift["model_id"] == zero_model, "attention_shift"] = 0.0
+    out = link_layers(shift, disruption, "alignment_drop", ridge=False, n_perm=0)
+    kept = disruption[~disruption["structural_zero"]]
+    measured = link_layers(shift, kept.drop(columns="structural_zero"), "alignment_drop", ridge=False, n_perm=0)
+    assert [r["rho"] for r in out["layers"]] == [r["rho"] for r in measured["layers"]]
+    assert out["pairs"]["pairs_structural_zero_dropped"] == int(disruption["structural_zero"].sum())
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""compare_methods: model means, subject-blocked ANOVA, paired t-tests, bootstrap means, structural zeros, bad input."""
+"""compare_methods: model means, Hotelling's T^2 across subjects, paired t-tests, bootstrap means, structural zeros, bad input."""
 
 from __future__ import annotations
 
@@ -37,22 +37,32 @@ def model_means(table: pd.DataFrame) -> pd.DataFrame:
     return per_model.unstack("method")[sorted(METHODS)]
 
 
-def test_subject_anova_is_the_two_way_anova_without_replication_on_model_means():
-    table = disruption_table(shift=0.5)
+def test_subject_test_is_hotellings_t2_on_method_contrasts_of_model_means():
+    table = disruption_table(n_subjects=5, shift=0.5)
     out = compare_methods(table, "alignment_drop", n_boot=0)
     x = model_means(table).to_numpy()
     s, k = x.shape
-    ss_method = s * np.sum((x.mean(0) - x.mean()) ** 2)
-    ss_subject = k * np.sum((x.mean(1) - x.mean()) ** 2)
-    ss_residual = np.sum((x - x.mean()) ** 2) - ss_method - ss_subject
-    f = (ss_method / (k - 1)) / (ss_residual / ((s - 1) * (k - 1)))
-    anova = out["subject_anova"]
-    assert anova["statistic"] == pytest.approx(f) and anova["n"] == 3
-    assert anova["p"] == pytest.approx(stats.f.sf(f, k - 1, (s - 1) * (k - 1)))
-    assert anova["effect_size"] == pytest.approx(ss_method / (ss_method + ss_residual))
-    assert anova["extra"]["null_rate_validated"] is True and anova["extra"]["df"] == [2, 4]
+    contrasts = x[:, 1:] - x[:, :1]
+    mean = contrasts.mean(0)
+    t2 = s * mean @ np.linalg.solve(np.cov(contrasts, rowvar=False), mean)  # independent of statsmodels
+    f = t2 * (s - k + 1) / ((s - 1) * (k - 1))
+    test = out["subject_test"]
+    assert test["statistic"] == pytest.approx(f) and test["n"] == 5 and test["extra"]["df"] == [2, 3]
+    assert test["p"] == pytest.approx(stats.f.sf(f, k - 1, s - k + 1))
+    assert test["effect_size"] == pytest.approx(t2 / s)
+    assert test["extra"]["null_rate_validated"] is True
     np.testing.assert_allclose([[r[m] for m in sorted(METHODS)] for r in out["model_means"]], x)
     json.dumps(out, allow_nan=False)
+
+
+def test_two_methods_give_the_paired_t_test():
+    table = disruption_table(n_subjects=4, shift=0.3)
+    table = table[table["method"] != "textual_inversion"]
+    test = compare_methods(table, "alignment_drop", n_boot=0)["subject_test"]
+    per_model = table.groupby(["subject_id", "method"])["alignment_drop"].mean().unstack("method")
+    expected = stats.ttest_rel(per_model["lora"], per_model["dreambooth"])
+    assert test["p"] == pytest.approx(expected.pvalue)
+    assert test["statistic"] == pytest.approx(expected.statistic**2)
 
 
 def test_pairwise_paired_t_across_subjects_is_holm_corrected():
@@ -79,8 +89,8 @@ def test_model_effects_do_not_count_prompts_as_replicates():
     # one model per method far from the others, no method effect: 30 prompts must not make it significant
     table = disruption_table(n_prompts=30)
     table.loc[table["model_id"] == "lora-0", "alignment_drop"] += 3.0
-    anova = compare_methods(table, "alignment_drop", n_boot=0)["subject_anova"]
-    assert anova["p"] > 0.05 and anova["n"] == 3
+    test = compare_methods(table, "alignment_drop", n_boot=0)["subject_test"]
+    assert test["p"] > 0.05 and test["n"] == 3
 
 
 def test_bootstrap_ci_contains_the_mean_and_is_seeded():
@@ -105,7 +115,7 @@ def test_subjects_lacking_a_method_and_prompts_lacking_a_model_are_dropped_and_c
         "prompts_used": 9,
         "subjects_used": 2,
     }
-    assert out["subject_anova"]["n"] == 2
+    assert out["subject_test"]["n"] == 2 and out["subject_test"]["p"] is None  # 2 subjects < 3 methods
 
 
 def test_two_models_per_cell_are_averaged():
@@ -116,12 +126,9 @@ def test_two_models_per_cell_are_averaged():
     np.testing.assert_allclose(means["lora"], (original + 10.0) / 2)
 
 
-def test_one_subject_gives_a_non_computable_anova_that_says_why():
-    out = compare_methods(disruption_table(n_subjects=1), "alignment_drop", n_boot=0)
-    assert (
-        out["subject_anova"]["p"] is None
-        and "needs >= 2 methods and >= 2 subjects" in out["subject_anova"]["extra"]["reason"]
-    )
+def test_fewer_subjects_than_methods_give_a_non_computable_test_that_says_why():
+    out = compare_methods(disruption_table(n_subjects=2), "alignment_drop", n_boot=0)
+    assert out["subject_test"]["p"] is None and "has 3 methods and 2 subjects" in out["subject_test"]["extra"]["reason"]
 
 
 def test_structural_zeros_are_counted_per_method_and_said_in_words():
@@ -134,8 +141,12 @@ def test_structural_zeros_are_counted_per_method_and_said_in_words():
     assert means["lora"]["pairs_structural_zero"] == 0
     assert out["structural_zeros"].startswith("textual_inversion: 30 of 30 (model, prompt) pairs are structural zeros")
     assert "by construction" in out["structural_zeros"]
+    # the all-zero method is described but not tested: "methods differ" would hold by construction
+    assert out["excluded_structural_zero_models"] == [f"textual_inversion-{s}" for s in range(3)]
+    assert out["subject_test"]["extra"]["methods"] == ["dreambooth", "lora"]
+    assert {(r["method_a"], r["method_b"]) for r in out["pairwise"]} == {("dreambooth", "lora")}
     plain = compare_methods(disruption_table(), "alignment_drop", n_boot=0)
-    assert "every zero is measured" in plain["structural_zeros"]
+    assert "every zero is measured" in plain["structural_zeros"] and plain["excluded_structural_zero_models"] == []
 
 
 @pytest.mark.parametrize(

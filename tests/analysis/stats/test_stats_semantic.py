@@ -1,4 +1,4 @@
-"""semantic_proximity: per-model and combined permutation tests, similarity Spearman, bad input."""
+"""semantic_proximity: the prompt-centred interaction, its arrangements and interval, similarity Spearman, bad input."""
 
 from __future__ import annotations
 
@@ -36,38 +36,83 @@ def disruption_table(
     return pd.DataFrame(rows)
 
 
-def test_per_model_difference_and_p_agree_with_scipy_permutation_test():
-    table = disruption_table(in_domain_shift=0.8, n_prompts=30)
-    out = semantic_proximity(table, "alignment_drop", n_perm=4999, seed=1)
+def many_subjects(seed: int = 0, n_subjects: int = 9, n_prompts: int = 24, effect: float = 0.0, domain_sd=0.0):
+    """Subjects of three domains, two methods each; optional domain main effects shared by every model."""
+    rng = np.random.default_rng(seed)
+    domain_effect = dict(zip(DOMAINS, rng.normal(0, domain_sd, 3), strict=True))
+    prompt_effect = rng.normal(size=n_prompts)
+    rows = []
+    for method in ("lora", "dreambooth"):
+        for s in range(n_subjects):
+            for p in range(n_prompts):
+                domain, subject_domain = DOMAINS[p % 3], DOMAINS[s % 3]
+                rows.append(
+                    dict(
+                        model_id=f"{method}-{s}",
+                        subject_id=f"s{s}",
+                        subject_domain=subject_domain,
+                        prompt_id=f"p{p}",
+                        domain=domain,
+                        alignment_drop=prompt_effect[p]
+                        + domain_effect[domain]
+                        + 0.3 * rng.normal()
+                        + effect * (domain == subject_domain),
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
+def test_statistic_is_the_sum_of_prompt_centred_in_minus_out_differences():
+    table = many_subjects(effect=0.4)
+    out = semantic_proximity(table, "alignment_drop", n_perm=999, seed=1)
+    grid = table.pivot(index="model_id", columns="prompt_id", values="alignment_drop")
+    centred = grid - grid.mean(axis=0)  # independent recomputation
+    domain = table.drop_duplicates("prompt_id").set_index("prompt_id")["domain"]
+    total = 0.0
     for row in out["per_model"]:
-        model = table[table["model_id"] == row["model_id"]]
-        inside = model.loc[model["domain"] == model["subject_domain"], "alignment_drop"].to_numpy()
-        outside = model.loc[model["domain"] != model["subject_domain"], "alignment_drop"].to_numpy()
-        assert row["difference"] == pytest.approx(inside.mean() - outside.mean())
-        reference = stats.permutation_test(
-            (inside, outside),
-            lambda x, y, axis: x.mean(axis) - y.mean(axis),
-            vectorized=True,
-            n_resamples=4999,
-            alternative="greater",
-            rng=np.random.default_rng(2),
-        )
-        assert row["p"] == pytest.approx(reference.pvalue, abs=0.02)
-    assert out["combined"]["statistic"] == pytest.approx(sum(r["difference"] for r in out["per_model"]))
+        inside = (domain.loc[centred.columns] == row["subject_domain"]).to_numpy()
+        values = centred.loc[row["model_id"]].to_numpy()
+        assert row["difference"] == pytest.approx(values[inside].mean() - values[~inside].mean())
+        raw = grid.loc[row["model_id"]].to_numpy()
+        assert row["mean_in"] == pytest.approx(raw[inside].mean())
+        total += row["difference"]
+    assert out["combined"]["statistic"] == pytest.approx(total)
     json.dumps(out, allow_nan=False)
 
 
-def test_combined_test_detects_planted_effect_and_is_seeded():
-    table = disruption_table(in_domain_shift=1.0, n_prompts=30)
+def test_domain_main_effects_alone_are_not_proximity():
+    # some domains far more fragile under every model, no proximity: the raw in-minus-out difference is large,
+    # the prompt-centred interaction is not
+    table = many_subjects(seed=2, domain_sd=3.0)
+    out = semantic_proximity(table, "alignment_drop", n_perm=999, seed=0)
+    assert max(abs(r["mean_in"] - r["mean_out"]) for r in out["per_model"]) > 0.5
+    assert abs(out["combined"]["effect_size"]) < 0.2
+    assert out["combined"]["extra"]["ci_low"] < 0 < out["combined"]["extra"]["ci_high"]
+
+
+def test_planted_interaction_is_found_with_an_interval_and_is_seeded():
+    table = many_subjects(effect=0.5, domain_sd=1.0)
     first = semantic_proximity(table, "alignment_drop", n_perm=999, seed=5)
-    assert first["combined"]["p"] < 0.01 and first["combined"]["effect_size"] > 0.5
+    combined = first["combined"]
+    assert combined["p"] < 0.01 and combined["extra"]["ci_low"] < 0.5 < combined["extra"]["ci_high"]
     assert semantic_proximity(table, "alignment_drop", n_perm=999, seed=5) == first
+
+
+def test_three_subjects_give_six_arrangements_and_say_the_smallest_p():
+    table = many_subjects(n_subjects=3, effect=2.0)
+    combined = semantic_proximity(table, "alignment_drop", n_perm=999)["combined"]
+    extra = combined["extra"]
+    assert extra["exact"] and extra["n_arrangements"] == 6 and extra["smallest_possible_p"] == pytest.approx(1 / 6)
+    assert combined["p"] == pytest.approx(1 / 6)  # the strongest effect cannot go below 1/6
+    assert extra["ci_high"] is None or extra["ci_low"] is None  # unbounded (JSON null): the design cannot bound it
+    assert "p near 1" in extra["reading"]
 
 
 def test_model_whose_domain_has_no_prompts_is_skipped_and_reported():
     out = semantic_proximity(disruption_table(subject_domains=("faces", "scenes")), "alignment_drop", n_perm=99)
     assert out["skipped_models"] == [{"model_id": "m1", "subject_domain": "scenes", "reason": "no in-domain prompts"}]
     assert [r["model_id"] for r in out["per_model"]] == ["m0"] and out["combined"]["n"] == 1
+    assert out["combined"]["extra"]["n_arrangements"] == 2  # m1 still enters the arrangements and the centring
 
 
 def test_no_usable_model_gives_non_computable_combined_result():
@@ -75,13 +120,15 @@ def test_no_usable_model_gives_non_computable_combined_result():
     assert out["combined"]["p"] is None and out["per_model"] == []
 
 
-def test_similarity_spearman_matches_scipy_and_detects_a_link():
+def test_similarity_spearman_is_on_prompt_centred_values_and_detects_a_link():
     table = disruption_table(n_prompts=30)
     similarity = table[["model_id", "prompt_id"]].assign(
         similarity=table["alignment_drop"] + np.random.default_rng(3).normal(0, 0.5, len(table))
     )
     out = semantic_proximity(table, "alignment_drop", n_perm=999, similarity=similarity)
-    expected = stats.spearmanr(similarity["similarity"], table["alignment_drop"]).statistic
+    pairs = table.merge(similarity, on=["model_id", "prompt_id"])
+    centred = pairs.groupby("prompt_id")[["similarity", "alignment_drop"]].transform(lambda x: x - x.mean())
+    expected = stats.spearmanr(centred["similarity"], centred["alignment_drop"]).statistic
     assert out["similarity"]["statistic"] == pytest.approx(expected)
     assert out["similarity"]["p"] == pytest.approx(1 / 1000)
     two_sided = semantic_proximity(

@@ -3,5 +3,7 @@
 One module per question: ``methods`` (which method disrupts most), ``abstractness``
 (are abstract prompts more fragile), ``semantic`` (does disruption follow semantic
 proximity), ``layers`` (which layers' attention shift links to disruption),
-``clustering`` (prompt and model clusters); ``common`` holds the shared test machinery.
+``clustering`` (prompt and model clusters); ``common`` holds the shared test machinery;
+``power`` the minimum detectable effects; ``run`` (``run_statistics``) runs them all on one table
+and ``findings`` writes what they show as sentences.
 """

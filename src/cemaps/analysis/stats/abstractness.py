@@ -16,7 +16,7 @@ subject only; it treated the rows of one prompt as independent and rejected a
 true null in 71 of 100 simulations (issue 10). It is replaced by a one-way
 ANOVA on model-centred prompt effects with a permutation p over prompts
 (:func:`prompt_permutation_anova`). Null rates and power of every test here are
-measured in ``tests/analysis/stats/test_stats_validity.py``.
+measured in ``benchmarks/stats_validity.py``.
 
 Example:
     >>> import pandas as pd
@@ -50,6 +50,7 @@ from cemaps.analysis.stats.common import (
     require_constant_within,
     require_numeric,
     to_jsonable,
+    without_structural_zeros,
 )
 
 UNITS = ("prompt", "pair")
@@ -202,6 +203,20 @@ def _between_class_ss(values: np.ndarray, codes: np.ndarray, n_classes: int) -> 
     return np.sum(sums**2 / sizes, axis=-1) - values.sum() ** 2 / values.size
 
 
+def class_effect(inside: np.ndarray, reference: np.ndarray, term: str) -> dict[str, Any]:
+    """Mean of ``inside`` minus mean of ``reference`` (prompt effects) with a 95% Welch t-interval.
+
+    The interval is ``scipy.stats.ttest_ind(equal_var=False).confidence_interval()``; NaN with
+    fewer than 2 prompts on a side or no variation.
+    """
+    low = high = float("nan")
+    if inside.size >= 2 and reference.size >= 2 and (np.ptp(inside) > 0 or np.ptp(reference) > 0):
+        interval = stats.ttest_ind(inside, reference, equal_var=False).confidence_interval(0.95)
+        low, high = float(interval.low), float(interval.high)
+    estimate = float(inside.mean() - reference.mean()) if inside.size and reference.size else float("nan")
+    return dict(term=term, estimate=estimate, ci_low=low, ci_high=high, n_prompts=int(inside.size))
+
+
 def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, seed: int) -> dict[str, Any]:
     """Abstractness test on model-centred prompt effects: one-way ANOVA F with a class-label permutation p.
 
@@ -218,7 +233,7 @@ def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, 
 
     Returns:
         dict: ``test`` (TestResult; statistic F, effect size eta^2), ``class_effects`` (records:
-        term, estimate, n_prompts), ``reference_class``.
+        term, estimate, ci_low, ci_high (95% Welch interval), n_prompts), ``reference_class``.
     """
     effects = model_centred_prompt_effects(disruption, value)
     classes = ordered_classes(effects["abstractness"])
@@ -229,19 +244,11 @@ def prompt_permutation_anova(disruption: pd.DataFrame, value: str, n_perm: int, 
         f"one-way ANOVA F of abstractness on model-centred prompt effects (prompts seen by every model); "
         f"p = (1 + #permuted F >= observed) / (1 + {n_perm}), abstractness labels permuted across prompts "
         f"(seed {seed}); eta^2 = SS_between / SS_total; replaces the subject-intercept mixed model; null rate "
-        "measured in tests/analysis/stats/test_stats_validity.py"
+        "measured in benchmarks/stats_validity.py"
     )
     class_effects = pd.DataFrame(
-        [
-            dict(
-                term=c,
-                estimate=float(values[codes == i].mean() - values[codes == 0].mean()),
-                n_prompts=int((codes == i).sum()),
-            )
-            for i, c in enumerate(classes)
-            if i > 0
-        ],
-        columns=["term", "estimate", "n_prompts"],
+        [class_effect(values[codes == i], values[codes == 0], c) for i, c in enumerate(classes) if i > 0],
+        columns=["term", "estimate", "ci_low", "ci_high", "n_prompts"],
     )
     total = float(np.sum((values - values.mean()) ** 2))
     if k < 2 or n - k < 1 or total == 0 or n_perm == 0:
@@ -308,12 +315,19 @@ def compare_abstractness(
 
     Returns:
         JSON-able dict: ``kruskal`` (TestResult dict), ``pairwise`` (records),
-        ``prompt_anova`` (dict with ``test``, ``class_effects``) or None, ``unit``, ``n_units``.
+        ``prompt_anova`` (dict with ``test``, ``class_effects``) or None, ``unit``, ``n_units``,
+        ``excluded_structural_zero_models`` (models whose pairs are all structural zeros: left out).
 
     Raises:
         StatsInputError: missing columns, non-numeric or empty input, a bad ``unit`` or ``n_perm``.
     """
     check_positive_int(n_perm, "n_perm", minimum=0)
+    require_columns(disruption, ["model_id", "prompt_id", "abstractness", value], "disruption")
+    if disruption.empty:
+        raise StatsInputError("disruption: table is empty; expected rows per (model_id, prompt_id)")
+    disruption, excluded = without_structural_zeros(disruption)
+    if disruption.empty:
+        raise StatsInputError("disruption: every model's pairs are all structural zeros; nothing to test")
     units = abstractness_units(disruption, value, unit)
     return to_jsonable(
         {
@@ -328,5 +342,6 @@ def compare_abstractness(
                 "2U/(n_a n_b) - 1, positive when class_a is more disrupted"
             ),
             "prompt_anova": prompt_permutation_anova(disruption, value, n_perm, seed) if n_perm > 0 else None,
+            "excluded_structural_zero_models": excluded,
         }
     )

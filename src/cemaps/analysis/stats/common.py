@@ -27,8 +27,17 @@ from cemaps.errors import ConfigError
 
 NULL_RATE_VALIDATED = "null_rate_validated"
 """Key of ``TestResult.extra``: True when the test's rejection rate at alpha 0.05 is measured in [0.03, 0.07]
-under the realistic null of ``cemaps.analysis.stats.simulation`` (tests/analysis/stats/test_stats_validity.py). The report bolds a
-p-value only for such tests."""
+under the realistic nulls of ``benchmarks/stats_validity.py`` (table in docs/statistics.md). The report bolds a
+p-value only for such tests, and only when it survives Holm's correction across its question (``P_HOLM_QUESTION``)."""
+
+P_HOLM_QUESTION = "p_holm_question"
+"""Key of ``TestResult.extra`` set by ``run_statistics``: the p-value Holm-adjusted over every validated test of
+its question, across metrics."""
+
+
+STRUCTURAL_ZERO = "structural_zero"
+"""Column of a disruption table: True where the pair's image and attention maps are bit-identical to the base
+twin for every seed (its disruption is 0 by construction; ``cemaps.analysis.disruption``)."""
 
 
 class StatsInputError(ConfigError, ValueError):
@@ -138,6 +147,33 @@ def require_constant_within(table: pd.DataFrame, key: str, column: str, table_na
             f"{key}={bad.index[0]!r} has {int(bad.iloc[0])} different values"
         )
     return table.groupby(key, sort=True)[column].first()
+
+
+def structural_zero_models(disruption: pd.DataFrame) -> list[str]:
+    """Models whose every (model, prompt) pair is a structural zero, sorted; [] without the column.
+
+    Such a model (Textual Inversion on prompts without its token) computes exactly what the base
+    model computes: its disruption is 0 by construction, so a test that counts it compares a
+    constant with measurements and finds "a difference" that the design put there.
+    """
+    if STRUCTURAL_ZERO not in disruption.columns or disruption.empty:
+        return []
+    zero = disruption[STRUCTURAL_ZERO].fillna(False).astype(bool)
+    every = zero.groupby(disruption["model_id"].astype(str)).all()
+    return sorted(every.index[every.to_numpy()])
+
+
+def without_structural_zeros(disruption: pd.DataFrame, pairs: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """``disruption`` without its all-structural-zero models (and, with ``pairs``, without any structural-zero pair).
+
+    Returns:
+        (the remaining rows, the excluded model ids).
+    """
+    excluded = structural_zero_models(disruption)
+    keep = ~disruption["model_id"].astype(str).isin(excluded)
+    if pairs and STRUCTURAL_ZERO in disruption.columns:
+        keep &= ~disruption[STRUCTURAL_ZERO].fillna(False).astype(bool)
+    return disruption[keep.to_numpy()], excluded
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

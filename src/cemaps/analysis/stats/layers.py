@@ -1,9 +1,15 @@
 """Family 4: which UNet layers carry the disruption?
 
 Three views: (1) per layer, Spearman rho between the layer's attention shift and
-the disruption over (model, prompt) pairs, with Benjamini-Hochberg q-values over
-layers, from scipy's asymptotic p (independent pairs) and from a permutation of
-prompts shared by all models (valid when prompts move both variables); (2) a
+the disruption over (model, prompt) pairs, with a p-value from a permutation of
+prompts shared by all models (valid when prompts move both variables) and
+Benjamini-Hochberg q-values over layers; structural-zero pairs (bit-identical to
+the base twin, disruption and shift 0 by construction) are left out, since they
+make every layer look "strongly linked" (issue 21: 72 of the demo's 216 pairs;
+without them one layer's rho fell from 0.76 to 0.22). scipy's asymptotic p, which
+treats pairs as independent and over-rejects (null rate 0.20-0.43), is not in
+the result: :func:`asymptotic_layer_table` gives it for a CSV, marked not
+validated; (2) a
 cross-validated ridge regression predicting disruption from the whole per-layer
 shift vector, folds grouped by prompt so that no prompt is in both training and
 test data, plus leave-one-block-out ablations (down / mid / up) reported as the
@@ -38,6 +44,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cemaps.analysis.stats.common import (
+    NULL_RATE_VALIDATED,
     StatsInputError,
     TestResult,
     benjamini_hochberg,
@@ -46,6 +53,7 @@ from cemaps.analysis.stats.common import (
     require_columns,
     require_numeric,
     to_jsonable,
+    without_structural_zeros,
 )
 
 BLOCK_OF_PREFIX = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
@@ -85,11 +93,15 @@ def shift_matrix(
 
     Returns:
         (X [n_pairs x n_layers] with a (model_id, prompt_id) index, y [n_pairs], counts of dropped pairs).
+        Structural-zero pairs of ``disruption`` (column ``structural_zero``) are dropped first.
     """
     require_columns(shift, ["model_id", "prompt_id", "layer", "attention_shift"], "shift")
     require_columns(disruption, ["model_id", "prompt_id", value], "disruption")
     require_numeric(shift, "attention_shift", "shift")
     require_numeric(disruption, value, "disruption")
+    n_zero = int(len(disruption))
+    disruption, _ = without_structural_zeros(disruption, pairs=True)
+    n_zero -= int(len(disruption))
     if shift.empty or disruption.empty:
         raise StatsInputError("shift/disruption: a table is empty; expected rows per (model_id, prompt_id)")
     if shift.duplicated(["model_id", "prompt_id", "layer"]).any():
@@ -104,6 +116,7 @@ def shift_matrix(
     target = disruption.set_index(["model_id", "prompt_id"])[value]
     joined = complete.join(target.rename("__target__"), how="inner")
     counts = {
+        "pairs_structural_zero_dropped": n_zero,
         "pairs_in_shift": int(len(wide)),
         "pairs_missing_a_layer": int(len(wide) - len(complete)),
         "pairs_without_disruption": int(len(complete) - len(joined)),
@@ -118,27 +131,46 @@ def shift_matrix(
 
 
 def layer_correlations(x: pd.DataFrame, y: np.ndarray) -> pd.DataFrame:
-    """Per layer Spearman rho(shift, y) with scipy's asymptotic p-value and BH q-values over layers.
-
-    ``p_asymptotic`` / ``q_bh_asymptotic`` treat the pairs as independent; with
-    prompt effects in both variables they over-reject (0.375 at alpha 0.05 in
-    the project's simulation), so the report marks layers by ``q_bh_perm``.
+    """Per layer Spearman rho(shift, y) over the pairs; NaN for constant input.
 
     Args:
         x: [n_pairs x n_layers] shifts, columns = layer names.
         y: [n_pairs] disruption.
+
+    Returns:
+        Columns layer, block, rho, n.
     """
     rows = []
     for layer in x.columns:
         column = x[layer].to_numpy(dtype=np.float64)
-        if np.ptp(column) == 0 or np.ptp(y) == 0:
-            rho, p = float("nan"), float("nan")  # correlation undefined for constant input
-        else:
-            result = stats.spearmanr(column, y)
-            rho, p = float(result.statistic), float(result.pvalue)
-        rows.append(dict(layer=layer, block=layer_block(layer), rho=rho, p_asymptotic=p, n=int(y.size)))
-    table = pd.DataFrame(rows, columns=["layer", "block", "rho", "p_asymptotic", "n"])
-    table.insert(4, "q_bh_asymptotic", benjamini_hochberg(table["p_asymptotic"].to_numpy()))
+        rho = float("nan")
+        if np.ptp(column) > 0 and np.ptp(y) > 0:  # correlation undefined for constant input
+            rho = float(stats.spearmanr(column, y).statistic)
+        rows.append(dict(layer=layer, block=layer_block(layer), rho=rho, n=int(y.size)))
+    return pd.DataFrame(rows, columns=["layer", "block", "rho", "n"])
+
+
+def asymptotic_layer_table(
+    shift: pd.DataFrame, disruption: pd.DataFrame, value: str, layer_order: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Per layer scipy's asymptotic Spearman p and its BH q, for a CSV only: NOT a valid test here.
+
+    scipy's p treats the (model, prompt) pairs as independent; prompts move both shift and
+    disruption under every model, and it rejected a true null in 20-43% of simulated studies
+    (benchmarks/stats_validity.py). Structural-zero pairs are dropped as in :func:`link_layers`.
+
+    Returns:
+        Columns layer, block, rho, n, p_asymptotic, q_bh_asymptotic, null_rate_validated (always False).
+    """
+    x, y, _ = shift_matrix(shift, disruption, value, layer_order)
+    table = layer_correlations(x, y)
+    p = [
+        float(stats.spearmanr(x[layer], y).pvalue) if np.isfinite(rho) else float("nan")
+        for layer, rho in zip(table["layer"], table["rho"], strict=True)
+    ]
+    table["p_asymptotic"] = p
+    table["q_bh_asymptotic"] = benjamini_hochberg(np.asarray(p))
+    table[NULL_RATE_VALIDATED] = False
     return table
 
 
@@ -252,9 +284,8 @@ def ridge_with_ablation(x: pd.DataFrame, y: np.ndarray, cv_folds: int, seed: int
 def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: Sequence[str]) -> pd.DataFrame:
     """Per layer Spearman rho across models of delta_norm vs the model's mean attention shift (>= 3 models).
 
-    ``p_asymptotic`` is scipy's, treating models as independent; models of one
-    subject or one method share levels of both variables, so it is descriptive
-    and the report marks nothing with it.
+    Descriptive only: models of one subject or one method share levels of both variables, so no
+    p-value is given (scipy's would treat the models as independent).
     """
     require_columns(weight_delta, ["model_id", "layer", "delta_norm"], "weight_delta")
     require_numeric(weight_delta, "delta_norm", "weight_delta")
@@ -275,7 +306,6 @@ def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: S
             block=layer_block(layer),
             n_models=n,
             rho=float("nan"),
-            p_asymptotic=float("nan"),
             computable=False,
             reason="",
         )
@@ -284,12 +314,9 @@ def weight_delta_link(shift: pd.DataFrame, weight_delta: pd.DataFrame, layers: S
         elif np.ptp(part["delta_norm"]) == 0 or np.ptp(part["mean_shift"]) == 0:
             row["reason"] = "delta_norm or mean attention shift is constant across models"
         else:
-            result = stats.spearmanr(part["delta_norm"], part["mean_shift"])
-            row.update(rho=float(result.statistic), p_asymptotic=float(result.pvalue), computable=True)
+            row.update(rho=float(stats.spearmanr(part["delta_norm"], part["mean_shift"]).statistic), computable=True)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["layer", "block", "n_models", "rho", "p_asymptotic", "computable", "reason"])
-    table.insert(5, "q_bh_asymptotic", benjamini_hochberg(table["p_asymptotic"].to_numpy()))
-    return table
+    return pd.DataFrame(rows, columns=["layer", "block", "n_models", "rho", "computable", "reason"])
 
 
 def link_layers(
@@ -316,11 +343,11 @@ def link_layers(
         ridge: fit the cross-validated ridge and its ablations.
         n_perm: prompt permutations for ``p_perm`` (0 skips them). ``p_perm`` /
             ``q_bh_perm`` stay valid when prompts affect both shift and
-            disruption under every model; ``p_asymptotic`` / ``q_bh_asymptotic`` assume independent pairs.
+            disruption under every model.
 
     Returns:
-        JSON-able dict: ``layers`` (records: layer, block, rho, p_asymptotic, q_bh_asymptotic, n, p_perm,
-        q_bh_perm),
+        JSON-able dict: ``layers`` (records: layer, block, rho, n, p_perm, q_bh_perm; structural-zero
+        pairs left out),
         ``ridge`` (full TestResult dict + ``ablation`` records) or None,
         ``weight_delta`` (records) or None, ``pairs`` (counts).
     """
@@ -340,9 +367,9 @@ def link_layers(
             "layers_method": (
                 "scipy.stats.spearmanr per layer over (model, prompt) pairs; p_perm = two-sided, "
                 f"{n_perm} permutations of prompts shared by all models (prompts seen by every model), "
-                "null rate measured in tests/analysis/stats/test_stats_validity.py; p_asymptotic = scipy's "
-                "asymptotic p (pairs treated as independent; over-rejects with shared prompt effects, "
-                "not validated); q_bh_perm / q_bh_asymptotic = Benjamini-Hochberg over layers"
+                "null rate measured in benchmarks/stats_validity.py; q_bh_perm = Benjamini-Hochberg over layers; "
+                "structural-zero pairs left out; scipy's asymptotic p (not validated) only in "
+                "layers_asymptotic.csv"
             ),
             "ridge": ridge_with_ablation(x, y, cv_folds, seed) if ridge else None,
             "weight_delta": (

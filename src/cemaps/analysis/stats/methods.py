@@ -8,24 +8,26 @@ SD 0.3, a Friedman test over (subject, prompt) blocks rejects a true null in
 85% of simulations. The replicates of a method are its subjects. Each model is
 reduced to its mean over the prompts that every model has (a prompt effect
 shared by all models then cancels), and methods are compared within subjects:
-a two-way ANOVA without replication (subjects as blocks) across all methods,
-and paired t-tests across subjects for each pair, Holm-corrected. Both are
-exact under normal model effects; their null rates and power are measured in
-``tests/analysis/stats/test_stats_validity.py``. With few subjects the test has
+Hotelling's T^2 on the method contrasts across subjects, and paired t-tests
+across subjects for each pair, Holm-corrected. Both are exact under normal
+model effects whatever each method's variance; their null rates and power are
+measured in ``benchmarks/stats_validity.py``. With few subjects the test has
 little power: that is the honest size of the evidence.
 
 Records whose image and attention maps are bit-identical to the base twin
 (``structural_zero``, e.g. Textual Inversion on prompts without its token)
-have disruption 0 by construction; they are counted per method.
+have disruption 0 by construction; they are counted per method, and a model
+whose pairs are all structural zeros is left out of the tests (with them,
+"methods differ" would be true by construction).
 
 Example:
     >>> import pandas as pd
     >>> rows = [dict(model_id=f"{m}-{s}", method=m, subject_id=s, prompt_id=p,
-    ...              alignment_drop=float(p % 3) + (m == "lora") + 0.1 * (s == "b") * (m == "db"))
-    ...         for m in ("lora", "ti", "db") for s in "abc" for p in range(6)]
+    ...              alignment_drop=p % 3 + (m == "lora") + 0.1 * (s + m in ("bdb", "cti", "dlora")))
+    ...         for m in ("lora", "ti", "db") for s in "abcd" for p in range(6)]
     >>> out = compare_methods(pd.DataFrame(rows), "alignment_drop", n_boot=0)
-    >>> out["subject_anova"]["n"], out["subject_anova"]["p"] < 0.05
-    (3, True)
+    >>> out["subject_test"]["n"], out["subject_test"]["p"] < 0.05
+    (4, True)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from scipy import stats
 
 from cemaps.analysis.stats.common import (
     NULL_RATE_VALIDATED,
+    STRUCTURAL_ZERO,
     StatsInputError,
     TestResult,
     check_positive_int,
@@ -46,9 +49,8 @@ from cemaps.analysis.stats.common import (
     require_columns,
     require_numeric,
     to_jsonable,
+    without_structural_zeros,
 )
-
-STRUCTURAL_ZERO = "structural_zero"
 
 
 def subject_method_means(disruption: pd.DataFrame, value: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -88,52 +90,61 @@ def subject_method_means(disruption: pd.DataFrame, value: str) -> tuple[pd.DataF
     return complete, counts
 
 
-def subject_blocked_anova(means: pd.DataFrame) -> TestResult:
-    """Two-way ANOVA without replication on model means: methods within subjects (subjects as blocks).
+def subject_hotelling(means: pd.DataFrame) -> TestResult:
+    """Hotelling's T^2 across subjects on the k - 1 method contrasts of model means (one-sample, mean 0).
 
-    F = MS_method / MS_residual with (k - 1, (s - 1)(k - 1)) df, the randomized
-    complete block design of Fisher (1935) / repeated-measures ANOVA; exact when
-    model effects are normal and exchangeable across methods within a subject.
-    Effect size: partial eta^2 = SS_method / (SS_method + SS_residual).
+    Each subject gives the vector (method_j - method_0 for j >= 1) of its model means; the test
+    asks whether that vector's mean is 0 (statsmodels ``test_mvmean``: F = T^2 (s - k + 1) /
+    ((s - 1)(k - 1)) with (k - 1, s - k + 1) df). Exact for multivariate-normal model effects with
+    ANY covariance, so methods may differ in variance (the blocked ANOVA it replaces assumed
+    sphericity and rejected a true null at 0.09 when they did; issue 21). With two methods it is
+    the paired t-test (F = t^2). Needs s >= k subjects with every method.
+    Effect size: Mahalanobis D^2 = T^2 / s of the mean contrast vector.
 
     Args:
         means: [n_subjects x k_methods] from :func:`subject_method_means`.
     """
+    from statsmodels.stats.multivariate import test_mvmean
+
     s, k = means.shape
     text = (
-        "two-way ANOVA without replication on per-model means over shared prompts: F = MS_method / "
-        "MS_residual(subject x method), df (k - 1, (s - 1)(k - 1)), subjects as blocks (scipy.stats.f); "
-        "partial eta^2 = SS_method / (SS_method + SS_residual); null rate measured in "
-        "tests/analysis/stats/test_stats_validity.py"
+        "Hotelling's T^2 (statsmodels.stats.multivariate.test_mvmean) across subjects on the k - 1 contrasts "
+        "(method - first method) of per-model means over shared prompts; F with (k - 1, s - k + 1) df; exact "
+        "under any method-dependent variance; models whose pairs are all structural zeros are excluded; "
+        "D^2 = T^2 / s; null rate measured in benchmarks/stats_validity.py"
     )
     x = means.to_numpy(dtype=np.float64)
-    residual = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + x.mean()
-    ss_method = float(s * np.sum((x.mean(axis=0) - x.mean()) ** 2))
-    ss_residual = float(np.sum(residual**2))
-    if k < 2 or s < 2 or ss_residual <= 1e-12 * max(1.0, ss_method):
+    contrasts = x[:, 1:] - x[:, :1]  # [s, k - 1]
+    singular = k >= 2 and s >= k and np.linalg.matrix_rank(contrasts - contrasts.mean(axis=0)) < k - 1
+    if k < 2 or s < k or singular:
         reason = (
-            f"needs >= 2 methods and >= 2 subjects with every method; has {k} and {s}"
-            if k < 2 or s < 2
-            else "model means have no residual variation (subject x method) to test against"
+            f"needs >= 2 methods and at least as many subjects with every method as methods; has {k} methods "
+            f"and {s} subjects"
+            if not singular
+            else "the method contrasts have no variation across subjects to test against"
         )
         return TestResult(
-            test="subject_blocked_anova",
+            test="subject_hotelling",
             statistic=None,
             p=None,
             effect_size=None,
-            effect_size_name="partial_eta_squared",
+            effect_size_name="mahalanobis_d2",
             n=int(s),
             method=text,
             extra={"computable": False, "reason": reason, "methods": list(means.columns)},
         )
-    df_method, df_residual = k - 1, (s - 1) * (k - 1)
-    f_value = (ss_method / df_method) / (ss_residual / df_residual)
+    if k == 2:  # statsmodels needs a 2-D covariance; one contrast is the one-sample (paired) t-test, F = t^2
+        t = stats.ttest_1samp(contrasts[:, 0], 0.0)
+        f_value, p_value, t2, df = float(t.statistic) ** 2, float(t.pvalue), float(t.statistic) ** 2, (1, s - 1)
+    else:
+        result = test_mvmean(contrasts, 0.0, return_results=True)
+        f_value, p_value, t2, df = float(result.statistic), float(result.pvalue), float(result.t2), result.df
     return TestResult(
-        test="subject_blocked_anova",
-        statistic=float(f_value),
-        p=float(stats.f.sf(f_value, df_method, df_residual)),
-        effect_size=float(ss_method / (ss_method + ss_residual)),
-        effect_size_name="partial_eta_squared",
+        test="subject_hotelling",
+        statistic=f_value,
+        p=p_value,
+        effect_size=t2 / s,
+        effect_size_name="mahalanobis_d2",
         n=int(s),
         method=text,
         extra={
@@ -141,7 +152,8 @@ def subject_blocked_anova(means: pd.DataFrame) -> TestResult:
             NULL_RATE_VALIDATED: True,
             "k_methods": int(k),
             "n_subjects": int(s),
-            "df": [df_method, df_residual],
+            "t2": t2,
+            "df": [int(d) for d in df],
             "methods": list(means.columns),
         },
     )
@@ -150,21 +162,26 @@ def subject_blocked_anova(means: pd.DataFrame) -> TestResult:
 def pairwise_paired_t(means: pd.DataFrame) -> pd.DataFrame:
     """Two-sided paired t-test across subjects for every pair of methods, on model means; Holm-corrected.
 
-    Effect size: Cohen's d_z = mean(a - b) / sd(a - b) over subjects; positive means a > b.
+    Effect size: Cohen's d_z = mean(a - b) / sd(a - b) over subjects; positive means a > b. The
+    paired t is exact whatever the two methods' variances (it sees only their differences).
 
     Returns:
         One row per pair: method_a, method_b, statistic, p, p_holm, effect_size,
-        effect_size_name, n (subjects), mean_difference.
+        effect_size_name, n (subjects), mean_difference, ci_low, ci_high (95% t-interval of the
+        mean difference).
     """
     rows: list[dict[str, Any]] = []
     for a, b in combinations(means.columns, 2):
         diff = means[a].to_numpy() - means[b].to_numpy()
         sd = float(np.std(diff, ddof=1)) if diff.size > 1 else float("nan")
-        statistic = p = effect = float("nan")
+        statistic = p = effect = low = high = float("nan")
         if diff.size > 1 and sd > 0:
-            statistic = float(diff.mean() / (sd / np.sqrt(diff.size)))
+            standard_error = sd / np.sqrt(diff.size)
+            statistic = float(diff.mean() / standard_error)
             p = float(2.0 * stats.t.sf(abs(statistic), diff.size - 1))
             effect = float(diff.mean() / sd)
+            half = float(stats.t.ppf(0.975, diff.size - 1) * standard_error)
+            low, high = float(diff.mean() - half), float(diff.mean() + half)
         rows.append(
             dict(
                 method_a=a,
@@ -175,12 +192,12 @@ def pairwise_paired_t(means: pd.DataFrame) -> pd.DataFrame:
                 effect_size_name="cohen_dz",
                 n=int(diff.size),
                 mean_difference=float(diff.mean()),
+                ci_low=low,
+                ci_high=high,
             )
         )
-    table = pd.DataFrame(
-        rows,
-        columns=["method_a", "method_b", "statistic", "p", "effect_size", "effect_size_name", "n", "mean_difference"],
-    )
+    columns = ["method_a", "method_b", "statistic", "p", "effect_size", "effect_size_name", "n", "mean_difference"]
+    table = pd.DataFrame(rows, columns=[*columns, "ci_low", "ci_high"])
     table.insert(4, "p_holm", holm(table["p"].to_numpy()) if len(table) else [])
     return table
 
@@ -264,7 +281,7 @@ def structural_zero_statement(counts: pd.DataFrame) -> str:
 
 
 def compare_methods(disruption: pd.DataFrame, value: str, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Family 1: per-method means, subject-blocked ANOVA across methods, pairwise paired t-tests.
+    """Family 1: per-method means, Hotelling's T^2 across methods within subjects, pairwise paired t-tests.
 
     Args:
         disruption: one row per (model_id, prompt_id) with columns model_id,
@@ -274,19 +291,28 @@ def compare_methods(disruption: pd.DataFrame, value: str, n_boot: int = 2000, se
         n_boot: bootstrap resamples for the mean CIs (0 skips them).
         seed: seeds the bootstrap (numpy Generator).
 
+    Models whose pairs are all structural zeros enter the means but not the tests (listed in
+    ``excluded_structural_zero_models``, said in ``excluded_note``).
+
     Returns:
-        JSON-able dict: ``means`` (records, with structural-zero counts), ``subject_anova``
-        (TestResult dict), ``pairwise`` (records), ``model_means`` (records: subject_id and one
+        JSON-able dict: ``means`` (records, with structural-zero counts), ``subject_test``
+        (Hotelling TestResult dict), ``pairwise`` (records), ``model_means`` (records: subject_id and one
         column per method), ``structural_zeros`` (one sentence), ``subjects`` (counts).
 
     Raises:
         StatsInputError: missing columns, non-numeric or empty input, or fewer than 2 methods.
     """
     check_positive_int(n_boot, "n_boot", minimum=0)
-    model_means, counts = subject_method_means(disruption, value)
+    require_columns(disruption, ["model_id", "method", "subject_id", "prompt_id", value], "disruption")
+    if disruption.empty:
+        raise StatsInputError("disruption: table is empty; expected rows per (model_id, prompt_id)")
     methods_present = sorted(map(str, disruption["method"].unique()))
     if len(methods_present) < 2:
         raise StatsInputError(f"disruption.method: expected >= 2 methods, got {methods_present}")
+    tested, excluded = without_structural_zeros(disruption)
+    if tested.empty:
+        raise StatsInputError("disruption: every model's pairs are all structural zeros; nothing to compare")
+    model_means, counts = subject_method_means(tested, value)
     zeros = structural_zero_counts(disruption)
     means = method_means(disruption, value, n_boot, seed).merge(zeros.drop(columns="n_models"), on="method", how="left")
     return to_jsonable(
@@ -300,13 +326,22 @@ def compare_methods(disruption: pd.DataFrame, value: str, n_boot: int = 2000, se
                 "bit-identical to the base twin"
             ),
             "structural_zeros": structural_zero_statement(zeros),
-            "subject_anova": subject_blocked_anova(model_means),
+            "excluded_structural_zero_models": excluded,
+            "excluded_note": (
+                f"{len(excluded)} model(s) whose pairs are all structural zeros are left out of the tests "
+                f"({', '.join(excluded)}): their disruption is 0 by construction, so a method test that "
+                "counted them would find the difference the design put there"
+                if excluded
+                else "no model is all structural zeros; every model is tested"
+            ),
+            "subject_test": subject_hotelling(model_means),
             "pairwise": pairwise_paired_t(model_means),
             "pairwise_method": (
-                "paired t-test (two-sided) across subjects on per-model means over shared prompts; "
+                "paired t-test (two-sided) across subjects on per-model means over shared prompts, "
+                "all-structural-zero models excluded; ci = 95% t-interval of the mean difference; "
                 "p_holm = Holm over all method pairs (Holm 1979); effect_size = "
                 "Cohen's d_z of (method_a - method_b); null rate measured in "
-                "tests/analysis/stats/test_stats_validity.py"
+                "benchmarks/stats_validity.py"
             ),
             "model_means": model_means.reset_index(),
             "subjects": {**counts, "subjects_used": int(len(model_means))},

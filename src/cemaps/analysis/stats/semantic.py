@@ -1,33 +1,54 @@
 """Family 3: does disruption follow semantic proximity to the personalized subject?
 
-Per model, the prompts whose domain equals the subject's domain ("in-domain")
-are compared with the rest by a one-sided permutation test of the difference in
-means (in - out), permuting domain labels across that model's prompts. Models
-are combined by one permutation per draw of the prompt -> domain labels, applied
-to every model at once; the statistic is the sum of per-model differences, so
-each model keeps its own scale and its own in/out counts. A prompt is the unit
-that carries a domain, and the same prompt is disrupted alike under different
-models; permuting each model independently would break that dependence and
-make the combined test anti-conservative (models of one subject share their
-in-domain prompts).
+The question is an interaction: does a subject's model disrupt prompts of its
+own domain MORE than the other models disrupt the same prompts? Comparing a
+model's in-domain prompts with its out-of-domain prompts answers a different
+question, confounded with domain main effects: when face prompts are more
+fragile under EVERY model, a face subject's in-domain prompts look "more
+disrupted" with no proximity at all (issue 21 measured a false-positive rate of
+0.31 at the paper's design). So every value is first centred on its prompt: its
+disruption minus the mean disruption of that prompt over all models (prompts
+seen by every model). A prompt's own fragility, and with it any domain main
+effect, cancels; what is left is how much more this model disrupts the prompt
+than the models do on average.
 
-Optionally, the Spearman correlation between text similarity (subject
-descriptor vs prompt) and disruption over all (model, prompt) pairs is tested
-the same way: prompts are permuted within every model by one shared
-permutation.
+On those prompt-centred values the statistic is the sum over models of
+in-domain minus out-of-domain mean. Its null rearranges the subjects' domains
+across subjects (a subject's models move together): under no proximity it does
+not matter which subject carries which domain, even when a model prefers some
+domain for reasons of its own. (Permuting prompts instead would count such
+model x domain preferences as proximity.) Few subjects give few arrangements:
+3 subjects of 3 domains give 6, so p is never below 1/6 and the result says so.
+The effect is the own-domain excess delta in the metric's units (what, added to
+a model's pairs of its own domain, explains the statistic), with a 95% interval
+that inverts the same test, so interval and p never disagree.
+Models whose pairs are all structural zeros are left out (they compute what the
+base computes). The test is one-sided: a p near 1 means the in-domain
+difference fell below nearly every permutation, i.e. subjects' models disrupt
+their own domain LESS than other models do; it is not evidence of "no
+proximity", which the interval (and the design's minimum detectable effect)
+speaks to.
+
+Optionally, Spearman's rho between text similarity (subject descriptor vs
+prompt) and disruption, both prompt-centred the same way, is tested over all
+(model, prompt) pairs with one prompt permutation shared by every model.
 
 Example:
     >>> import pandas as pd
-    >>> rows = [dict(model_id=f"m{m}", subject_domain="faces", prompt_id=p,
-    ...              domain=("faces", "animals")[p % 2], alignment_drop=float(p % 2 == 0) + p / 100)
-    ...         for m in range(2) for p in range(12)]
+    >>> rows = [dict(model_id=f"m{m}", subject_id=f"s{m}", subject_domain=("faces", "animals")[m % 2], prompt_id=p,
+    ...              domain=("faces", "animals")[p % 2], alignment_drop=float(p % 2 == m % 2) + p / 100)
+    ...         for m in range(8) for p in range(12)]
     >>> out = semantic_proximity(pd.DataFrame(rows), "alignment_drop", n_perm=199)
-    >>> out["combined"]["p"] < 0.05
+    >>> out["combined"]["p"], out["combined"]["extra"]["n_arrangements"], round(out["combined"]["effect_size"], 3)
+    (0.0142..., 70, 1.0)
+    >>> out["combined"]["extra"]["ci_low"] <= 1.0 <= out["combined"]["extra"]["ci_high"]
     True
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -46,15 +67,11 @@ from cemaps.analysis.stats.common import (
     require_constant_within,
     require_numeric,
     to_jsonable,
+    without_structural_zeros,
 )
 
 ALTERNATIVES = ("greater", "two-sided")
 PERMUTATION_BATCH = 500
-
-
-def permuted_label_matrix(labels: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_perm x n] independent random permutations of a boolean label vector."""
-    return rng.permuted(np.broadcast_to(labels, (n_perm, labels.size)), axis=1)
 
 
 def in_domain_difference(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -74,116 +91,248 @@ def in_domain_difference(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return sum_in / n_in - (total - sum_in) / (values.size - n_in)
 
 
+def prompt_centred(disruption: pd.DataFrame, value: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """[n_models x n_prompts] raw and prompt-centred grids over the prompts every model has.
+
+    centred[m, p] = value[m, p] - mean over models of value[:, p]: the prompt's own fragility
+    (and every domain main effect) cancels.
+    """
+    grid = disruption.pivot_table(index="model_id", columns="prompt_id", values=value, aggfunc="mean")
+    grid = grid[grid.columns[grid.notna().all(axis=0)]]
+    return grid, grid - grid.mean(axis=0)
+
+
+def inverted_interval(
+    observed: float, null: np.ndarray, signal: float, signal_null: np.ndarray, exact: bool, level: float = 0.95
+) -> tuple[float, float]:
+    """Interval for the planted own-domain effect delta by inverting the arrangement test (Lehmann 1986, 3.5).
+
+    Under an effect delta, every arrangement's statistic is T_b - delta g_b (g_b: what a unit effect adds
+    to arrangement b's statistic, g the observed one's). The interval holds every delta at which
+    neither one-sided test rejects at (1 - level) / 2, so it agrees with the test by construction:
+    with few arrangements it is unbounded (the design cannot bound the effect).
+
+    Args:
+        observed, null: T and [B] T_b. signal, signal_null: g and [B] g_b.
+    """
+    gap, excess = signal - signal_null, observed - null  # T_b(delta) >= T(delta)  <=>  delta * gap >= excess
+    flat = np.isclose(gap, 0.0, atol=1e-12 * max(1.0, abs(signal)))
+    cuts = np.where(flat, np.nan, excess / np.where(flat, 1.0, gap))
+    candidates = np.unique(cuts[np.isfinite(cuts)])
+    if candidates.size == 0:
+        return float("-inf"), float("inf")
+    spread = max(1.0, float(np.ptp(candidates)))
+    points = np.concatenate([[candidates[0] - spread], candidates, [candidates[-1] + spread]])
+    rising, falling = cuts[~flat & (gap > 0)], cuts[~flat & (gap < 0)]
+    rising.sort()
+    falling.sort()
+    # count of T_b(delta) >= T(delta), and of T_b(delta) <= T(delta), at every point
+    at_least = (
+        np.sum(flat & (excess <= 0))
+        + np.searchsorted(rising, points, side="right")
+        + (falling.size - np.searchsorted(falling, points, side="left"))
+    )
+    at_most = (
+        np.sum(flat & (excess >= 0))
+        + (rising.size - np.searchsorted(rising, points, side="left"))
+        + np.searchsorted(falling, points, side="right")
+    )
+    size = null.size
+    to_p = (lambda c: c / size) if exact else (lambda c: (1 + c) / (1 + size))
+    tail = (1 - level) / 2
+    kept = points[(to_p(at_least) > tail) & (to_p(at_most) > tail)]
+    if kept.size == 0:
+        return float("nan"), float("nan")
+    low = float("-inf") if kept[0] == points[0] else float(kept[0])
+    high = float("inf") if kept[-1] == points[-1] else float(kept[-1])
+    return low, high
+
+
+READING = (
+    "one-sided (in-domain more disrupted). p near 1: the in-domain difference fell below nearly every "
+    "arrangement of subject domains, i.e. the subjects' models disrupted their own domain LESS than other "
+    "models did; that is not evidence of no proximity effect: read the interval and the minimum detectable effect"
+)
+ENUMERATE_SUBJECTS = 8  # up to 8! = 40320 arrangements: enumerate them (exact p) instead of sampling
+
+
+def domain_differences(centred: np.ndarray, prompt_codes: np.ndarray, n_domains: int) -> np.ndarray:
+    """[..., n_models, n_domains] mean of centred values on the domain's prompts minus mean on the others.
+
+    0 for a domain with no prompts or with every prompt (no difference to take).
+
+    Args:
+        centred: [..., n_models, n_prompts] prompt-centred values.
+        prompt_codes: [n_prompts] domain code of each prompt.
+    """
+    one_hot = (prompt_codes[:, None] == np.arange(n_domains)).astype(np.float64)  # [P, D]
+    n_in = one_hot.sum(axis=0)
+    n_out = prompt_codes.size - n_in
+    sum_in = centred @ one_hot
+    total = centred.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        difference = sum_in / n_in - (total - sum_in) / n_out
+    return np.where((n_in > 0) & (n_out > 0), difference, 0.0)
+
+
+def subject_arrangements(subject_codes: np.ndarray, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Arrangements of the subjects' domain codes: all distinct ones (exact) when few, else ``n_perm`` random ones.
+
+    Returns:
+        ([n_arrangements, n_subjects] domain codes per subject, exact). With ``exact`` the observed
+        arrangement is among the rows.
+    """
+    n = subject_codes.size
+    distinct = math.factorial(n) // math.prod(math.factorial(int(c)) for c in np.bincount(subject_codes))
+    if n <= ENUMERATE_SUBJECTS and distinct <= max(n_perm, 1):
+        return np.array(sorted(set(itertools.permutations(subject_codes.tolist())))), True
+    return rng.permuted(np.broadcast_to(subject_codes, (n_perm, n)), axis=1), False
+
+
 def proximity_permutation(
     disruption: pd.DataFrame, value: str, n_perm: int, rng: np.random.Generator
 ) -> tuple[pd.DataFrame, TestResult, list[dict[str, Any]]]:
-    """Per-model and combined one-sided permutation tests of in-domain > out-of-domain.
+    """Per-model differences and the combined one-sided test of the domain x subject interaction.
 
-    Per model: domain labels permuted across that model's prompts. Combined:
-    each draw permutes the prompt -> domain assignment once and applies it to
-    every model (a permutation within each model, the same for all), statistic =
-    sum of per-model differences. Using one permutation for all models keeps
-    the correlation between models that share prompts: the same prompt tends to
-    be disrupted alike under every model, and models of one subject share their
-    in-domain set, so independent per-model permutations would understate the
-    null variance of the sum and over-reject.
+    Values are prompt-centred (:func:`prompt_centred`). The statistic is the sum over models of
+    (mean on the subject's domain's prompts - mean on the others). Its null permutes the
+    subjects' domains across subjects (a subject's models move together): under no proximity,
+    which subject carries which domain does not matter, even when models have domain
+    preferences of their own or domains differ in fragility. All distinct arrangements are
+    used when there are few (exact p; with 3 subjects of 3 domains the smallest possible p is
+    1/6, and the result says so), else ``n_perm`` random ones.
 
     Returns:
         (per_model table, combined TestResult, skipped models with reasons).
     """
     prompt_domain = require_constant_within(disruption, "prompt_id", "domain", "disruption").astype(str)
-    prompt_position = pd.Series(np.arange(len(prompt_domain)), index=prompt_domain.index)
-    domain_codes, domain_names = pd.factorize(prompt_domain.to_numpy())
-    prompt_permutations = rng.permuted(
-        np.broadcast_to(np.arange(domain_codes.size), (n_perm, domain_codes.size)), axis=1
-    )  # [n_perm, n_prompts]
-    permuted_codes = domain_codes[prompt_permutations]  # [n_perm, n_prompts]
-    per_model_rows, skipped = [], []
-    null_sums, observed_sum = np.zeros(n_perm), 0.0
-    for model_id, group in disruption.groupby("model_id", sort=True):
-        values = group[value].to_numpy(dtype=np.float64)
-        subject_domain = str(group["subject_domain"].iloc[0])
-        labels = (group["domain"].astype(str) == subject_domain).to_numpy()
+    model_domain = disruption.groupby("model_id", sort=True)["subject_domain"].first().astype(str)
+    subject_column = "subject_id" if "subject_id" in disruption.columns else "model_id"  # else: own subject
+    model_subject = disruption.groupby("model_id", sort=True)[subject_column].first().astype(str)
+    raw, centred = prompt_centred(disruption, value)
+    domains = prompt_domain.loc[centred.columns].to_numpy()
+    text = (
+        "interaction test on prompt-centred values (value minus the prompt's mean over all models, prompts seen "
+        "by every model): statistic = sum over models of mean(own subject's domain) - mean(other prompts); "
+        "one-sided p from arrangements of the subjects' domains across subjects (a subject's models move "
+        "together; all distinct arrangements when few, exact), p = #(arrangements >= observed) / #arrangements, "
+        f"else (1 + #) / (1 + {n_perm}); effect_size = the own-domain effect delta (added to a model's pairs of "
+        "its subject's domain) that explains the statistic, T / (what delta = 1 adds to T); 95% interval by "
+        "inverting the same test (unbounded when arrangements are too few to bound it)"
+    )
+    models = list(centred.index)
+    subjects = model_subject.loc[models].to_numpy()
+    n_subject_domains = int(model_domain.loc[models].nunique())
+    if centred.shape[1] < 2 or n_subject_domains < 2:
+        reason = (
+            "needs models of >= 2 subject domains (with one, the prompt-centred in-domain difference is 0 by "
+            f"construction); has {n_subject_domains}"
+            if centred.shape[1] >= 2
+            else f"needs >= 2 prompts seen by every model, has {centred.shape[1]}"
+        )
+        return _empty_per_model(), _not_computable(text, reason), []
+    subject_names, subject_index = np.unique(subjects, return_inverse=True)
+    subject_domain = model_domain.loc[models].groupby(subjects).first().loc[subject_names].to_numpy()
+    names = np.unique(np.concatenate([domains, subject_domain]))
+    prompt_codes = np.searchsorted(names, domains)
+    subject_codes = np.searchsorted(names, subject_domain)
+    differences = domain_differences(centred.to_numpy(dtype=np.float64), prompt_codes, names.size)  # [M, D]
+    model_codes = subject_codes[subject_index]
+    observed_per_model = differences[np.arange(len(models)), model_codes]
+    arrangements, exact = subject_arrangements(subject_codes, n_perm, rng)
+    arranged_codes = arrangements[:, subject_index]  # [B, M]
+    null = differences[np.arange(len(models))[None, :], arranged_codes].sum(axis=1)
+    observed = float(observed_per_model.sum())
+    # what a unit own-domain effect adds to each arrangement's statistic (after prompt-centring)
+    planted = (domains[None, :] == names[model_codes][:, None]).astype(np.float64)
+    unit = domain_differences(planted - planted.mean(axis=0), prompt_codes, names.size)
+    signal = float(unit[np.arange(len(models)), model_codes].sum())
+    signal_null = unit[np.arange(len(models))[None, :], arranged_codes].sum(axis=1)
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    if exact:
+        p = float(np.mean(null >= observed - tolerance))
+        smallest_p = 1.0 / len(arrangements)
+    else:
+        p = float(permutation_p_greater(observed, null))
+        smallest_p = 1.0 / (1 + n_perm)
+    rows, skipped = [], []
+    for i, model_id in enumerate(models):
+        labels = domains == subject_domain[subject_index[i]]
         n_in = int(labels.sum())
         if n_in == 0 or n_in == labels.size:
             reason = "no in-domain prompts" if n_in == 0 else "no out-of-domain prompts"
-            skipped.append({"model_id": model_id, "subject_domain": subject_domain, "reason": reason})
+            skipped.append({"model_id": model_id, "subject_domain": str(model_domain.loc[model_id]), "reason": reason})
             continue
-        observed = float(in_domain_difference(values, labels))
-        within_model_null = in_domain_difference(values, permuted_label_matrix(labels, n_perm, rng))
-        subject_code = np.flatnonzero(domain_names == subject_domain)[0]
-        positions = prompt_position.loc[group["prompt_id"]].to_numpy()
-        combined_labels = permuted_codes[:, positions] == subject_code  # [n_perm, n_model_prompts]
-        n_in_draw = combined_labels.sum(axis=1)
-        both_groups = (n_in_draw > 0) & (n_in_draw < labels.size)  # always true when models share all prompts
-        with np.errstate(divide="ignore", invalid="ignore"):
-            draw_difference = in_domain_difference(values, combined_labels)
-        null_sums += np.where(both_groups, draw_difference, 0.0)
-        observed_sum += observed
-        per_model_rows.append(
+        values = raw.loc[model_id].to_numpy(dtype=np.float64)
+        rows.append(
             dict(
                 model_id=model_id,
-                subject_domain=subject_domain,
+                subject_domain=str(model_domain.loc[model_id]),
                 n_in=n_in,
                 n_out=int(labels.size - n_in),
                 mean_in=float(values[labels].mean()),
                 mean_out=float(values[~labels].mean()),
-                difference=observed,
-                p=float(permutation_p_greater(observed, within_model_null)),
+                difference=float(observed_per_model[i]),
             )
         )
-    per_model = pd.DataFrame(
-        per_model_rows,
-        columns=["model_id", "subject_domain", "n_in", "n_out", "mean_in", "mean_out", "difference", "p"],
+    per_model = pd.DataFrame(rows, columns=_empty_per_model().columns)
+    if per_model.empty or signal <= 0:
+        return per_model, _not_computable(text, "no model has both in- and out-of-domain prompts"), skipped
+    low, high = inverted_interval(observed, null, signal, signal_null, exact)
+    combined = TestResult(
+        test="proximity_interaction",
+        statistic=observed,
+        p=p,
+        effect_size=observed / signal,
+        effect_size_name="own_domain_effect",
+        n=int(len(per_model)),
+        method=text,
+        extra={
+            "computable": True,
+            NULL_RATE_VALIDATED: True,
+            "ci_low": low,
+            "ci_high": high,
+            "exact": exact,
+            "n_arrangements": int(len(arrangements)),
+            "smallest_possible_p": smallest_p,
+            "n_subjects": int(subject_names.size),
+            "n_models": int(len(per_model)),
+            "n_models_skipped": len(skipped),
+            "n_prompts": int(domains.size),
+            "reading": READING,
+        },
     )
-    text = (
-        f"one-sided permutation test (in-domain > out-of-domain): each of {n_perm} draws permutes the "
-        f"prompt -> domain labels once and applies it to every model; statistic = sum over models of "
-        f"mean(in) - mean(out); p = (1 + #null >= observed) / (1 + draws); effect_size = mean per-model "
-        f"difference. Per-model p: labels permuted within that model alone"
-    )
-    if per_model.empty:
-        combined = TestResult(
-            test="proximity_prompt_permutation",
-            statistic=None,
-            p=None,
-            effect_size=None,
-            effect_size_name="mean_difference",
-            n=0,
-            method=text,
-            extra={"computable": False, "reason": "no model has both in- and out-of-domain prompts"},
-        )
-    else:
-        combined = TestResult(
-            test="proximity_prompt_permutation",
-            statistic=float(observed_sum),
-            p=float(permutation_p_greater(observed_sum, null_sums)),
-            effect_size=float(per_model["difference"].mean()),
-            effect_size_name="mean_difference",
-            n=int(len(per_model)),
-            method=text,
-            extra={
-                "computable": True,
-                NULL_RATE_VALIDATED: True,
-                "n_perm": n_perm,
-                "n_models": int(len(per_model)),
-                "n_models_skipped": len(skipped),
-                "n_prompts": int(domain_codes.size),
-            },
-        )
     return per_model, combined, skipped
+
+
+def _empty_per_model() -> pd.DataFrame:
+    return pd.DataFrame(columns=["model_id", "subject_domain", "n_in", "n_out", "mean_in", "mean_out", "difference"])
+
+
+def _not_computable(text: str, reason: str) -> TestResult:
+    return TestResult(
+        test="proximity_interaction",
+        statistic=None,
+        p=None,
+        effect_size=None,
+        effect_size_name="own_domain_effect",
+        n=0,
+        method=text,
+        extra={"computable": False, "reason": reason},
+    )
 
 
 def similarity_spearman(
     pairs: pd.DataFrame, value: str, n_perm: int, rng: np.random.Generator, alternative: str
 ) -> TestResult:
-    """Spearman rho(similarity, value) over all pairs, with a prompt-permutation p-value.
+    """Spearman rho of prompt-centred similarity and prompt-centred disruption, with a prompt-permutation p.
 
-    Only prompts seen by every model are used (a complete models x prompts
-    grid). Each draw permutes the prompts of the similarity grid once, for all
-    models alike (within-model permutation that keeps prompts shared by models
-    aligned, see :func:`proximity_permutation`). Ranks are taken once over all
-    pairs, so each draw's rho is the Pearson correlation of permuted ranks.
+    Only prompts seen by every model are used (a complete models x prompts grid). Both
+    variables are centred on their prompt (minus the prompt's mean over models): a prompt that
+    is similar to every subject and fragile under every model (a domain main effect) carries
+    no weight. Each draw permutes the prompts of the similarity grid once, for all models alike.
+    Ranks are taken once over all pairs, so each draw's rho is the Pearson correlation of
+    permuted ranks.
     """
     similarity_grid = pairs.pivot(index="model_id", columns="prompt_id", values="similarity")
     complete_prompts = similarity_grid.columns[similarity_grid.notna().all(axis=0)]
@@ -191,13 +340,16 @@ def similarity_spearman(
     disruption_grid = pairs.pivot(index="model_id", columns="prompt_id", values=value)[complete_prompts]
     n_pairs = int(similarity_grid.size)
     text = (
-        f"Spearman rho (scipy.stats.spearmanr) over all (model, prompt) pairs of prompts seen by every model; "
-        f"p from {n_perm} draws that permute prompts of the similarity grid, the same permutation for every "
-        f"model ({alternative}); p = (1 + #null >= observed) / (1 + draws)"
+        f"Spearman rho (scipy.stats.spearmanr) over all (model, prompt) pairs of prompts seen by every model, both "
+        f"variables prompt-centred (minus the prompt's mean over models); p from {n_perm} draws that permute "
+        f"prompts of the similarity grid, the same permutation for every model ({alternative}); "
+        "p = (1 + #null >= observed) / (1 + draws)"
     )
     similarity = similarity_grid.to_numpy(dtype=np.float64)
     disruption = disruption_grid.to_numpy(dtype=np.float64)
-    if len(complete_prompts) < 3 or np.ptp(similarity) == 0 or np.ptp(disruption) == 0:
+    similarity = similarity - similarity.mean(axis=0)
+    disruption = disruption - disruption.mean(axis=0)
+    if len(complete_prompts) < 3 or similarity.shape[0] < 2 or np.ptp(similarity) == 0 or np.ptp(disruption) == 0:
         return TestResult(
             test="similarity_spearman",
             statistic=None,
@@ -209,7 +361,7 @@ def similarity_spearman(
             extra={
                 "computable": False,
                 "n_prompts": int(len(complete_prompts)),
-                "reason": "needs >= 3 prompts seen by every model and non-constant values",
+                "reason": "needs >= 2 models, >= 3 prompts seen by every model and non-constant centred values",
             },
         )
     rho = float(stats.spearmanr(similarity.ravel(), disruption.ravel()).statistic)
@@ -254,11 +406,12 @@ def semantic_proximity(
     similarity: pd.DataFrame | None = None,
     alternative: str = "greater",
 ) -> dict[str, Any]:
-    """Family 3: is disruption larger for prompts semantically close to the subject?
+    """Family 3: do subjects' models disrupt their own domain more than other models disrupt it?
 
     Args:
         disruption: one row per (model_id, prompt_id) with columns model_id,
-            prompt_id, subject_domain, domain and ``value``.
+            prompt_id, subject_domain, domain and ``value``; subject_id when several models share
+            a subject (else each model is its own subject).
         value: metric column.
         n_perm: permutation draws.
         seed: seeds numpy's Generator for all draws.
@@ -267,8 +420,10 @@ def semantic_proximity(
             more disrupted, matching the in-domain test) or ``"two-sided"``.
 
     Returns:
-        JSON-able dict: ``per_model`` (records), ``combined`` (TestResult dict),
-        ``skipped_models`` (records), ``similarity`` (TestResult dict or None).
+        JSON-able dict: ``per_model`` (records: raw mean_in / mean_out, prompt-centred
+        difference and its p), ``combined`` (TestResult dict; extra ci_low / ci_high),
+        ``skipped_models`` (records), ``similarity`` (TestResult dict or None),
+        ``excluded_structural_zero_models``.
     """
     check_positive_int(n_perm, "n_perm")
     check_choice(alternative, "alternative", ALTERNATIVES)
@@ -279,6 +434,9 @@ def semantic_proximity(
     if disruption.duplicated(["model_id", "prompt_id"]).any():
         raise StatsInputError("disruption: (model_id, prompt_id) must be unique; average seeds first")
     require_constant_within(disruption, "model_id", "subject_domain", "disruption")
+    disruption, excluded = without_structural_zeros(disruption)
+    if disruption.empty:
+        raise StatsInputError("disruption: every model's pairs are all structural zeros; nothing to test")
     rng = np.random.default_rng(seed)
     per_model, combined, skipped = proximity_permutation(disruption, value, n_perm, rng)
     similarity_result = None
@@ -305,5 +463,6 @@ def semantic_proximity(
             "combined": combined,
             "skipped_models": skipped,
             "similarity": similarity_result,
+            "excluded_structural_zero_models": excluded,
         }
     )

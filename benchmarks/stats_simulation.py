@@ -12,6 +12,12 @@ abstractness class), 3 subjects x 3 methods, prompt SD 1.0, model SD 0.5,
 subject SD 0.5, method offsets 0 / 0.5 / 1.0, noise SD 0.3. A test *about*
 methods is run with ``method_offsets`` all zero; every other test keeps them.
 
+Issue 21's nulls add, each by a field of :class:`StudyDesign`: domain main effects
+(``domain_sd``: some prompt domains more fragile under every model), method-dependent
+variance (``method_model_sd``), a method whose pairs are all structural zeros with skewed,
+zero-heavy disruption (``zero_method``, ``skewed``), heavy-tailed noise (``noise_df``),
+models missing prompts (``missing_share``), and 1 or 2 subjects per method (``n_subjects``).
+
 Example:
     >>> import numpy as np
     >>> table = simulate_study(StudyDesign(), np.random.default_rng(0))
@@ -26,6 +32,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+STRUCTURAL_ZERO_COLUMN = "structural_zero"
 CLASSES = ("concrete", "abstract", "compositional")
 DOMAINS = ("faces", "objects", "styles", "scenes")
 SUBJECT_DOMAINS = ("faces", "objects", "styles")
@@ -50,6 +57,12 @@ class StudyDesign:
         subject_sd: SD of each subject's effect, shared by its models (0.5).
         method_offsets: fixed offset per method (0 / 0.5 / 1.0); zero them for a test about methods.
         noise_sd: SD of the (model, prompt) residual (0.3).
+        domain_sd: SD of a prompt-domain effect shared by every model (a domain main effect; 0).
+        method_model_sd: per-method SD of the model effect instead of ``model_sd`` (method-dependent variance).
+        noise_df: degrees of freedom of t-distributed noise (heavy tails; None = normal).
+        skewed: values become exp(value) - 1 floored at 0: skewed, non-negative, zero-heavy.
+        zero_method: a method whose pairs are all exactly 0 and flagged ``structural_zero`` (Textual Inversion).
+        missing_share: share of (model, prompt) rows dropped at random (models missing prompts).
     """
 
     n_subjects: int = 3
@@ -60,6 +73,12 @@ class StudyDesign:
     subject_sd: float = 0.5
     method_offsets: tuple[float, ...] = (0.0, 0.5, 1.0)
     noise_sd: float = 0.3
+    domain_sd: float = 0.0
+    method_model_sd: tuple[float, ...] | None = None
+    noise_df: float | None = None
+    skewed: bool = False
+    zero_method: str | None = None
+    missing_share: float = 0.0
 
     def without_method_offsets(self) -> StudyDesign:
         """The same design with every method offset 0 (the null of a test about methods)."""
@@ -88,22 +107,40 @@ def simulate_study(
     prompt_class = np.array([CLASSES[p % 3] for p in range(n_prompts)])
     prompt_domain = np.array([DOMAINS[(p // 3) % len(DOMAINS)] for p in range(n_prompts)])
     subject_domain = np.array([SUBJECT_DOMAINS[s % len(SUBJECT_DOMAINS)] for s in range(n_subjects)])
+    model_sd = (
+        np.asarray(design.method_model_sd, dtype=np.float64)[method_index]
+        if design.method_model_sd is not None
+        else np.full(n_models, design.model_sd)
+    )
     model_level = (
-        rng.normal(0.0, design.model_sd, n_models)
+        rng.normal(0.0, 1.0, n_models) * model_sd
         + rng.normal(0.0, design.subject_sd, n_subjects)[subject_index]
         + np.asarray(design.method_offsets, dtype=np.float64)[method_index]
     )
+    if design.noise_df is None:
+        noise = rng.normal(0.0, design.noise_sd, (n_models, n_prompts))
+    else:  # t noise scaled to the same SD
+        df = design.noise_df
+        noise = rng.standard_t(df, (n_models, n_prompts)) * design.noise_sd / np.sqrt(df / (df - 2))
+    domain_effect = dict(zip(DOMAINS, rng.normal(0.0, design.domain_sd, len(DOMAINS)), strict=True))
     value = (
         model_level[:, None]
         + rng.normal(0.0, design.prompt_sd, n_prompts)[None, :]
-        + rng.normal(0.0, design.noise_sd, (n_models, n_prompts))
+        + np.array([domain_effect[d] for d in prompt_domain])[None, :]
+        + noise
         + abstract_effect * (prompt_class != "concrete")[None, :]
         + in_domain_effect * (prompt_domain[None, :] == subject_domain[subject_index][:, None])
     )
+    if design.skewed:
+        value = np.maximum(np.expm1(value), 0.0)
+    zero = np.zeros_like(value, dtype=bool)
+    if design.zero_method is not None:
+        zero[np.asarray(design.methods)[method_index] == design.zero_method] = True
+        value[zero] = 0.0
     methods = np.asarray(design.methods)
     subjects = np.array([f"s{s}" for s in range(n_subjects)])
     model_ids = np.char.add(np.char.add(methods[method_index], "-"), subjects[subject_index])
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "model_id": np.repeat(model_ids, n_prompts),
             "method": np.repeat(methods[method_index], n_prompts),
@@ -113,8 +150,12 @@ def simulate_study(
             "abstractness": np.tile(prompt_class, n_models),
             "domain": np.tile(prompt_domain, n_models),
             "alignment_drop": value.ravel(),
+            "structural_zero": zero.ravel(),
         }
     )
+    if design.missing_share > 0:
+        table = table[rng.random(len(table)) >= design.missing_share].reset_index(drop=True)
+    return table
 
 
 def simulate_shift(
@@ -135,13 +176,18 @@ def simulate_shift(
     """
     n_models = len(design.methods) * design.n_subjects
     n_prompts, n_layers = design.n_prompts, len(LAYERS)
-    shift = (
+    grid = (
         rng.normal(0.0, design.prompt_sd, (n_layers, 1, n_prompts))
         + rng.normal(0.0, design.model_sd, (n_layers, n_models, 1))
         + rng.normal(0.0, design.noise_sd, (n_layers, n_models, n_prompts))
     )  # [layer, model, prompt]
+    model_codes = pd.factorize(table["model_id"])[0] if len(table) else np.zeros(0, int)
+    prompt_codes = table["prompt_id"].str[1:].astype(int).to_numpy()
+    shift = grid[:, model_codes, prompt_codes]  # [layer, row]; rows of ``table`` (which may miss pairs)
+    if STRUCTURAL_ZERO_COLUMN in table:
+        shift[:, table[STRUCTURAL_ZERO_COLUMN].to_numpy(dtype=bool)] = 0.0  # bit-identical maps: no shift
     if linked_layer is not None:
-        table["alignment_drop"] = table["alignment_drop"].to_numpy() + link * shift[LAYERS.index(linked_layer)].ravel()
+        table["alignment_drop"] = table["alignment_drop"].to_numpy() + link * shift[LAYERS.index(linked_layer)]
     return pd.DataFrame(
         {
             "model_id": np.tile(table["model_id"].to_numpy(), n_layers),
@@ -152,10 +198,14 @@ def simulate_shift(
     )
 
 
-def simulate_similarity(design: StudyDesign, table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def simulate_similarity(
+    design: StudyDesign, table: pd.DataFrame, rng: np.random.Generator, domain_link: float = 0.0
+) -> pd.DataFrame:
     """Text similarity of subject and prompt: prompt effect + subject effect + noise, independent of disruption.
 
-    Similarity depends on (subject, prompt) only, so the models of one subject share it.
+    Similarity depends on (subject, prompt) only, so the models of one subject share it. With
+    ``domain_link``, prompts of the subject's domain are that much more similar: the confound of
+    issue 21, where similarity follows domain and disruption follows domain main effects.
 
     Returns:
         Columns model_id, prompt_id, similarity.
@@ -167,4 +217,5 @@ def simulate_similarity(design: StudyDesign, table: pd.DataFrame, rng: np.random
     )
     subject = table["subject_id"].str[1:].astype(int).to_numpy()
     prompt = table["prompt_id"].str[1:].astype(int).to_numpy()
-    return table[["model_id", "prompt_id"]].assign(similarity=per_subject[subject, prompt])
+    same_domain = (table["domain"] == table["subject_domain"]).to_numpy()
+    return table[["model_id", "prompt_id"]].assign(similarity=per_subject[subject, prompt] + domain_link * same_domain)
