@@ -18,6 +18,9 @@ from cemaps.cli.app import one_line_errors
 def inspect_command(
     store: Path = typer.Argument(..., help="A store written by `cemaps capture` (the .h5 manifest)."),
     provenance: bool = typer.Option(True, help="Print provenance (package versions, settings)."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", "--no-progress", help="Print only the first line (records and size on disk)."
+    ),
 ) -> None:
     """Print a store's models, prompts, records, arrays with their shapes, size on disk and provenance."""
     from cemaps.store import open_store
@@ -30,14 +33,13 @@ def inspect_command(
             f"{reader.size_on_disk() / 1e6:.2f} MB on disk "
             f"({reader.size_on_disk() / max(len(records), 1) / 1e3:.1f} kB/record)"
         )
+        if quiet:
+            return
         models = Table("model", "method", "subject", "records", title="models")
         counts = records.groupby("model_id").size() if len(records) else {}
         for model_id, row in reader.models.iterrows():
             models.add_row(
-                *(
-                    escape(str(v))
-                    for v in (model_id, row.get("method"), row.get("subject_id"), int(counts.get(model_id, 0)))
-                )
+                *(_cell(v) for v in (model_id, row.get("method"), row.get("subject_id"), int(counts.get(model_id, 0))))
             )
         out.print(models)
         prompts = reader.prompts
@@ -65,3 +67,10 @@ def inspect_command(
                 ("provenance", reader.provenance, 1),
             ):
                 out.print(f"[bold]{title}[/]", escape(json.dumps(value, indent=indent, default=str)), highlight=False)
+
+
+def _cell(value: object) -> str:
+    """A table cell: the value as text, "-" where there is none (the base model has no subject: NaN in pandas)."""
+    import pandas as pd
+
+    return "-" if value is None or (not isinstance(value, str) and pd.isna(value)) else escape(str(value))
