@@ -99,11 +99,11 @@ def test_make_demo_runs_from_a_fresh_clone_with_the_readmes_relative_out(tmp_pat
         f"{method}-{subject}" for method in ("lora", "ti", "db") for subject in ("toyface", "toyobject", "toystyle")
     )
     assert subjects["rate"].between(0, 1).all() and (subjects["images"] == 16).all()
-    # The subject checks the demo's training settings were chosen for (docs/front-door.md): DreamBooth and
-    # LoRA learn the face; the base model with the class word never shows it.
-    face = subjects.set_index("model_id")
-    assert face.loc["db-toyface", "learned"] and face.loc["lora-toyface", "learned"], subjects.to_string()
-    assert (subjects["base_rate"] == 0).all()
+    # The subject checks the demo's training settings were chosen for (README "The toy world": DreamBooth
+    # face 11/16, LoRA face 5/16, base with the class word 0/16), with a margin for thread-count numerics.
+    shows = subjects.set_index("model_id")["shows_subject"]
+    assert shows["db-toyface"] >= 8 and shows["lora-toyface"] >= 3, subjects.to_string()
+    assert (subjects["base_rate"] == 0).all(), subjects.to_string()
     localisation = pd.read_csv(results / "toyworld_localisation.csv")
     assert localisation["layer"].nunique() == 17 and localisation["miou"].between(0, 1).all()
     html = (out / "report" / "report.html").read_text()
