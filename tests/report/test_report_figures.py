@@ -156,7 +156,9 @@ def test_weight_delta_per_layer(results):
     fig = weight_delta_per_layer(deltas)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dreambooth", "lora"]  # TI changes no weight
-    assert len(tick_texts(ax)) == 5
+    labels = ax.get_yticklabels()  # one row per unit, read top-down, at a legible size (issue 25)
+    assert len(labels) == 5 and all(label.get_fontsize() >= 8 for label in labels)
+    assert labels[0].get_text().startswith("0 ") and ax.get_ylim()[0] > ax.get_ylim()[1]
     one = deltas[(deltas.model_id == "lora-mug") & deltas.module.str.startswith("down_blocks.0.")]
     assert weight_delta_unit(one.module.iloc[0]) == "down_blocks.0.attentions.0"
 
