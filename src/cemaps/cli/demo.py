@@ -9,7 +9,8 @@ import typer
 
 from cemaps.cli.app import one_line_errors, quiet_option
 
-# Measured on the project's 2-core machine (docs/front-door.md, "The demo's threads"): PLACEHOLDER.
+# benchmarks/demo_threads.py on the project's 2-core machine under other jobs' load (docs/front-door.md, "The
+# demo's time and threads"): one thread trained 5-50x faster per step than two; two never won a measurement.
 DEFAULT_THREADS = 1
 THREADS_HELP = (
     f"torch threads for training and generation (default: OMP_NUM_THREADS when set, else {DEFAULT_THREADS}, "
