@@ -6,7 +6,13 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test venv bench clean
 
+# VENV_READY=1: $(VENV) was made elsewhere and already imports this checkout's cemaps (e.g. through
+# PYTHONPATH); nothing is installed into it (tests/test_fresh_clone_demo.py runs a clone this way).
+ifeq ($(VENV_READY),1)
+venv:
+else
 venv: $(VENV)/.installed
+endif
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -14,11 +14,13 @@ end; its numbers are not evidence about Stable Diffusion v1.5 (nor are the toy w
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
 from rich.console import Console
 
 from cemaps.data import load_subjects, synthetic_subject_images
@@ -30,7 +32,11 @@ from cemaps.models.methods import METADATA_NAME
 from cemaps.models.train import TrainSettings, personalize
 from cemaps.outputs import claim_output_folder
 from cemaps.study.config import load_config
+from cemaps.study.config_files import write_config
 from cemaps.toyworld.assets import TOYWORLD_MODEL_ID as TOYWORLD_BASE
+
+if TYPE_CHECKING:
+    from cemaps.toyworld.demo_inputs import DemoInputs
 
 DEMO_SUBJECTS = ("face1", "object1")
 # The trainers' defaults follow diffusers' scripts (hundreds to thousands of steps); the demo
@@ -121,11 +127,37 @@ def _say_subject_check(results: Path, console: Console) -> None:
 
 @dataclass(frozen=True)
 class DemoResult:
+    """Where the demo wrote its store, results and report, and how long each phase took.
+
+    Attributes:
+        seconds: wall time of the whole run.
+        phases: ``(phase, seconds)`` in order: ``train <model id>`` for each model trained in this
+            run (an earlier run's models are reused and not listed), ``capture``, ``analyze``, ``report``.
+    """
+
     out: Path
     store: Path
     results: Path
     report: Path
     seconds: float
+    phases: tuple[tuple[str, float], ...] = ()
+
+    def timing_line(self) -> str:
+        """The phases in one line, e.g. ``training 151 s (db-toyface 24 s, ...), capture 80 s, ...``."""
+        training = [(name.removeprefix("train "), s) for name, s in self.phases if name.startswith("train ")]
+        parts = []
+        if training:
+            each = ", ".join(f"{name} {s:.0f} s" for name, s in training)
+            parts.append(f"training {sum(s for _, s in training):.0f} s ({each})")
+        parts += [f"{name} {s:.0f} s" for name, s in self.phases if not name.startswith("train ")]
+        return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def _timed(phases: list[tuple[str, float]], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    phases.append((name, time.perf_counter() - started))
 
 
 def run_demo(
@@ -137,11 +169,18 @@ def run_demo(
     progress: bool = True,
     console: Console | None = None,
     world: str = "toy",
+    threads: int | None = None,
 ) -> DemoResult:
-    """Train, capture, analyse and report a small study into ``out``; returns the paths.
+    """Train, capture, analyse and report a small study into ``out``; returns the paths and phase times.
 
     ``world="toy"`` (default) runs it on the trained toy world (:mod:`cemaps.toyworld`): its shipped
     pipeline, toy prompt suite (24), toy subjects and toy CLIP; ``world="tiny"`` on the random tiny model.
+    ``threads``: torch's intra-op threads for the run (``torch.set_num_threads``); None keeps torch's
+    setting (``OMP_NUM_THREADS`` or the number of cores). ``cemaps demo`` picks it with
+    :func:`cemaps.cli.demo.demo_threads`.
+
+    Raises:
+        ConfigError: an unknown ``world`` or ``threads < 1``, before anything is written.
     """
     from cemaps.analysis.pipeline import run_analysis
     from cemaps.report import write_report
@@ -151,7 +190,14 @@ def run_demo(
     if world not in ("tiny", "toy"):
         raise ConfigError(f"demo world {world!r} is unknown; expected 'tiny' or 'toy'")
     register()  # the toy world's alias, CLIP scorer, result tables and report section
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"demo threads={threads!r}: expected an integer >= 1")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     console = console or Console(stderr=True)
+    phases: list[tuple[str, float]] = []
     started = time.perf_counter()
     out = claim_output_folder(out, "demo")  # refuses a folder holding files the demo did not write
     toy = _toy_inputs(world, out)
@@ -163,7 +209,7 @@ def run_demo(
         subject = subjects.loc[subject_id]
         images = synthetic_subject_images(subject_id, n=4, size=64) if toy is None else toy.subject_images[subject_id]
         # The training images, kept for subject fidelity (CLIP-I) of the in-context prompt set.
-        subject_images[subject_id] = f"subjects/{subject_id}"
+        subject_images[subject_id] = out / "subjects" / subject_id
         (out / "subjects" / subject_id).mkdir(parents=True, exist_ok=True)
         for index, image in enumerate(images):
             image.save(out / "subjects" / subject_id / f"{index}.png")
@@ -173,56 +219,90 @@ def run_demo(
             token = subject["token"] if method == "textual_inversion" else "sks"
             if not (model_dir / METADATA_NAME).exists():
                 console.print(f"train {model_id} ({method}, {settings.steps} steps)")
-                personalize(
-                    pipe,
-                    method,
-                    images,
-                    token,
-                    subject["class_word"],
-                    model_dir,
-                    settings,
-                    progress=progress,
-                    overwrite=True,
-                )
-            entry = {"id": model_id, "method": method, "subject": subject_id, "path": f"models/{model_id}"}
+                with _timed(phases, f"train {model_id}"):
+                    personalize(
+                        pipe,
+                        method,
+                        images,
+                        token,
+                        subject["class_word"],
+                        model_dir,
+                        settings,
+                        progress=progress,
+                        overwrite=True,
+                    )
+            entry = {"id": model_id, "method": method, "subject": subject_id, "path": model_dir}
             if method == "textual_inversion":
                 entry["token"] = token
             personalized.append(entry)
-    config_path = out / "study.yaml"
-    config_path.write_text(
-        yaml.safe_dump(
-            {
-                "base": TINY_MODEL_ID if toy is None else TOYWORLD_BASE,
-                "prompts": prompts if toy is None else str(toy.prompts),
-                "seeds": list(seeds),
-                "store": "study.h5",
-                "generation": {
-                    "steps": steps,
-                    "guidance_scale": 7.5 if toy is None else TOY_GUIDANCE_SCALE,
-                    "height": 64 if toy is None else toy.size,
-                    "width": 64 if toy is None else toy.size,
-                    "batch_size": 8,
-                },
-                "capture": {"timesteps": 5},
-                "personalized": personalized,
-                "prompt_sets": ["unrelated", "in_context"],
-                "in_context": {
-                    "prompts": _in_context_subset(out, "in_context75" if toy is None else "toyworld30").name,
-                    "subjects": "subjects15" if toy is None else str(toy.subjects.relative_to(out)),
-                    "subject_images": subject_images,
-                },
-            },
-            sort_keys=False,
-        )
+    config_path = write_demo_config(
+        out,
+        toy,
+        personalized,
+        subject_images,
+        seeds=seeds,
+        prompts=prompts,
+        steps=steps,
     )
     config = load_config(config_path)
     store = out / "study.h5"
-    run_study(config, store, progress=progress, pipe=pipe)
+    with _timed(phases, "capture"):
+        run_study(config, store, progress=progress, pipe=pipe)
     results = out / "results"
-    run_analysis(
-        store, results, progress=progress, console=console, **({} if toy is None else {"subjects": toy.subjects})
-    )
+    with _timed(phases, "analyze"):
+        run_analysis(
+            store, results, progress=progress, console=console, **({} if toy is None else {"subjects": toy.subjects})
+        )
     if toy is not None:
         _say_subject_check(results, console)
-    report = write_report(results, out / "report")
-    return DemoResult(out=out, store=store, results=results, report=Path(report), seconds=time.perf_counter() - started)
+    with _timed(phases, "report"):
+        report = write_report(results, out / "report")
+    return DemoResult(
+        out=out,
+        store=store,
+        results=results,
+        report=Path(report),
+        seconds=time.perf_counter() - started,
+        phases=tuple(phases),
+    )
+
+
+def write_demo_config(
+    out: Path,
+    toy: DemoInputs | None,
+    personalized: list[dict],
+    subject_images: dict[str, Path],
+    *,
+    seeds: tuple[int, ...] = (0, 1),
+    prompts: str = "demo24",
+    steps: int = 10,
+) -> Path:
+    """Writes the demo's ``out/study.yaml``; returns its path.
+
+    Every file is named relative to ``out`` (:func:`cemaps.study.config_files.write_config`), so the
+    config reads the same whatever the current directory and wherever ``out`` is (issue 25: a relative
+    ``--out`` once doubled the prompt list's path). ``personalized`` entries and ``subject_images`` hold
+    :class:`~pathlib.Path` values for their files.
+    """
+    raw = {
+        "base": TINY_MODEL_ID if toy is None else TOYWORLD_BASE,
+        "prompts": prompts if toy is None else toy.prompts,
+        "seeds": list(seeds),
+        "store": out / "study.h5",
+        "generation": {
+            "steps": steps,
+            "guidance_scale": 7.5 if toy is None else TOY_GUIDANCE_SCALE,
+            "height": 64 if toy is None else toy.size,
+            "width": 64 if toy is None else toy.size,
+            "batch_size": 8,
+        },
+        "capture": {"timesteps": 5},
+        "personalized": personalized,
+        "prompt_sets": ["unrelated", "in_context"],
+        "in_context": {
+            "prompts": _in_context_subset(out, "in_context75" if toy is None else "toyworld30"),
+            "subjects": "subjects15" if toy is None else toy.subjects,
+            "subject_images": subject_images,
+        },
+    }
+    return write_config(out / "study.yaml", raw)

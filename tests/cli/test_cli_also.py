@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cemaps.cli import app
 
-COMMANDS = ["capture", "personalize", "analyze", "demo"]
+COMMANDS = ["capture", "personalize", "analyze", "report", "demo", "inspect", "toyworld train"]
 
 
 def test_version(cli):
@@ -23,7 +23,7 @@ def test_version(cli):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_one_quiet_flag(command):
-    help_text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"}).stdout
+    help_text = CliRunner().invoke(app, [*command.split(), "--help"], env={"COLUMNS": "100"}).stdout
     assert "-q, --quiet" in help_text
 
 
@@ -63,3 +63,25 @@ def test_report_prints_no_library_warnings(cli, analysed_results, tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) <= 2, err
     assert not [line for line in lines if "site-packages" in line], err
+
+
+def test_report_and_inspect_take_q(cli, analysed_results, unlabelled_study, tmp_path):
+    code, out, err = cli("report", analysed_results, "--out", tmp_path / "report", "-q")
+    assert code == 0, err
+    assert out.strip().endswith("report.html") and not err.strip(), err
+    code, out, err = cli("inspect", unlabelled_study / "study.h5", "-q")
+    assert code == 0, err
+    assert len(out.strip().splitlines()) == 1 and "records" in out and "kB/record" in out, out
+
+
+def test_inspect_shows_no_nan_for_the_base_models_subject(cli, unlabelled_study):
+    code, out, err = cli("inspect", unlabelled_study / "study.h5", "--no-provenance")
+    assert code == 0, err
+    base_row = next(line for line in out.splitlines() if "│ base" in line or line.strip().startswith("base"))
+    assert "nan" not in out.lower().split("provenance")[0] and " - " in base_row, out
+
+
+def test_analyze_help_names_the_real_default_scorers():
+    help_text = " ".join(CliRunner().invoke(app, ["analyze", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "toy world's trained CLIP for a toy-world store" in help_text
+    assert "tiny random-weight CLIP for a tiny-model store" in help_text

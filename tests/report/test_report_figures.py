@@ -47,11 +47,23 @@ def test_cem_heatmap_groups_models_and_prompts(results):
     assert ax.get_ylabel() == "models (method / subject)"
     assert "dreambooth / alice" in [t.get_text() for t in ax.get_yticklabels()]
     assert "abstract / animals" in tick_texts(ax)
-    assert fig.axes[1].get_ylabel() == METRIC  # the colour bar names the metric
+    assert fig.axes[1].get_ylabel().startswith("alignment drop (CLIPScore points")  # the metric and its unit
     # image spans every model x prompt cell, in the CSV's sorted order
     assert ax.images[0].get_array().shape == cem.shape
     # 8 separators between 9 models (3 heavy ones between methods are among them); 11 between 12 prompt groups
     assert len(ax.lines) == (cem.shape[0] - 1) + (cem.shape[1] - 1)
+
+
+def test_a_signed_metric_is_drawn_on_a_diverging_scale_centred_at_zero_with_its_unit():
+    columns = pd.MultiIndex.from_tuples([("concrete", "object", "p0"), ("abstract", "style", "p1")])
+    index = pd.MultiIndex.from_tuples([("lora", "face1", "lora-face1"), ("dreambooth", "face1", "db-face1")])
+    signed = cem_heatmap(pd.DataFrame([[-46.0, 12.0], [51.0, 0.0]], index=index, columns=columns), "alignment_drop")
+    image = signed.axes[0].images[0]
+    assert image.get_cmap().name == "PuOr_r" and image.get_clim() == (-51.0, 51.0)
+    assert signed.axes[1].get_ylabel() == "alignment drop (CLIPScore points, base - personalized)"
+    unsigned = cem_heatmap(pd.DataFrame([[0.1, 0.2], [0.3, 0.0]], index=index, columns=columns), "image_drift")
+    assert unsigned.axes[0].images[0].get_cmap().name == "viridis"
+    assert unsigned.axes[1].get_ylabel().startswith("image drift (1 - cosine")
 
 
 def test_cem_heatmap_rejects_flat_labels():
@@ -146,7 +158,9 @@ def test_weight_delta_per_layer(results):
     fig = weight_delta_per_layer(deltas)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["dreambooth", "lora"]  # TI changes no weight
-    assert len(tick_texts(ax)) == 5
+    labels = ax.get_yticklabels()  # one row per unit, read top-down, at a legible size (issue 25)
+    assert len(labels) == 5 and all(label.get_fontsize() >= 8 for label in labels)
+    assert labels[0].get_text().startswith("0 ") and ax.get_ylim()[0] > ax.get_ylim()[1]
     one = deltas[(deltas.model_id == "lora-mug") & deltas.module.str.startswith("down_blocks.0.")]
     assert weight_delta_unit(one.module.iloc[0]) == "down_blocks.0.attentions.0"
 

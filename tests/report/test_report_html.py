@@ -147,6 +147,22 @@ def test_cem_svg_escapes_text_and_handles_missing_values():
     assert "</script><script>" not in json_script("cem-m", data)
 
 
+def test_cem_svg_of_a_signed_metric_is_centred_at_zero_with_its_unit():
+    import pandas as pd
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cem = pd.DataFrame(
+        [[-46.0, 0.0, 51.0]],
+        index=pd.MultiIndex.from_tuples([("lora", "face1", "m")]),
+        columns=pd.MultiIndex.from_tuples([("abstract", "x", "p0"), ("abstract", "x", "p1"), ("concrete", "y", "p2")]),
+    )
+    svg, _ = cem_svg(cem, "alignment_drop", "cem-a", {})
+    assert f'fill="{to_hex(colormaps["PuOr_r"](0.5))}"' in svg  # 0 is the diverging map's centre colour
+    assert ">-51<" in svg and ">51<" in svg  # a symmetric scale
+    assert "alignment drop (CLIPScore points, base - personalized)" in svg
+
+
 def test_summary_html_renders_unknown_structures_generically():
     section = {
         "new_family": {

@@ -36,7 +36,7 @@ def test_overlay_shows_base_and_personalized_per_captured_step(store):
     assert overlay.get_array().shape == (4, 4)
     # the fixture's personalized models attend to the top-left corner with token 1
     assert overlay.get_array()[:2, :2].mean() > 2 * overlay.get_array()[2:, 2:].mean()
-    assert fig.get_suptitle().startswith("Attention to 'a</w>' in p000 (seed 0)")
+    assert fig.get_suptitle().startswith("Attention to 'a</w>' in 'a photo of a lighthouse' (p000, seed 0)")
 
 
 def test_token_maps_average_heads_of_one_token(store):

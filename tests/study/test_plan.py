@@ -37,7 +37,7 @@ def _config(**overrides) -> StudyConfig:
     return StudyConfig(**values)
 
 
-def test_disk_estimate_within_30_percent_of_the_real_store_then_nothing_left(tmp_path, tiny_pipe):
+def test_disk_estimate_within_30_percent_of_the_real_store_then_nothing_left(tmp_path, tiny_pipe, monkeypatch):
     path = tmp_path / "study.h5"
     plan = plan_study(_config(), path, processes=2, records_per_part=4, pipe=tiny_pipe)
     assert [(p.share, p.done, p.to_make, p.batches, p.model_switches) for p in plan.processes] == [
@@ -52,9 +52,16 @@ def test_disk_estimate_within_30_percent_of_the_real_store_then_nothing_left(tmp
     estimate = sum(p.bytes for p in plan.processes)
     assert 0.7 * real <= estimate <= 1.3 * real, (estimate, real)
 
+    import cemaps.study.plan as plan_module
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("a study with nothing left to make must not be calibrated (issue 25)")
+
+    monkeypatch.setattr(plan_module, "calibrate", no_calibration)
     again = plan_study(_config(), path, processes=1, pipe=tiny_pipe)
     assert [(p.share, p.done, p.to_make, p.bytes, p.seconds) for p in again.processes] == [(16, 16, 0, 0, 0.0)]
-    assert again.store_bytes_now == real
+    assert again.store_bytes_now == real and again.calibration is None
+    assert "no calibration: every record is already in the store" in again.to_text()
 
 
 def test_a_partly_captured_store_plans_only_the_rest(tmp_path, tiny_pipe):

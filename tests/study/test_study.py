@@ -12,9 +12,8 @@ import time
 import numpy as np
 import torch
 
-from cemaps.hooks import select_modules
-from cemaps.labelled import LabelledArray
 from cemaps.probes import CrossAttentionSettings, Probe
+from cemaps.probes.examples import OutputNormProbe
 from cemaps.store import open_store
 from cemaps.study.config import GenerationSettings, StudyConfig
 from cemaps.study.runner import run_study
@@ -79,42 +78,6 @@ def test_records_per_image_match_a_direct_capture(tmp_path, tiny_pipe):
     with open_store(tmp_path / "s.h5") as store:
         record = store.records.query("prompt_id == 'q001'").record.iloc[0]
         np.testing.assert_array_equal(store.images([record])[0], (np.clip(image, 0, 1) * 255).round().astype(np.uint8))
-
-
-class OutputNormProbe:
-    """A user probe in ~20 lines: the L2 norm of each cross-attention layer's output per step."""
-
-    name = "output_norm"
-
-    def attach(self, pipe, context):
-        self.norms = {}
-
-        def hook(layer):
-            def record(module, args, output):
-                key = (context.generation.index, layer)
-                self.norms.setdefault(key, []).append(output.flatten(1).norm(dim=1))  # [unet batch]
-
-            return record
-
-        layers = select_modules(pipe.unet, "*attn2")
-        return [module.register_forward_hook(hook(layer)) for layer, module in layers.items()]
-
-    def collect(self, context):
-        records = []
-        for g in context.generations:
-            per_layer = {
-                layer: torch.stack(v, 1).view(len(g.halves), g.batch_size, -1)  # [half, image, step]
-                for (index, layer), v in self.norms.items()
-                if index == g.index
-            }
-            for i in range(g.batch_size):
-                records.append(
-                    {
-                        layer: LabelledArray(norms[:, i].T.numpy(), ("step", "half"), {"half": list(g.halves)})
-                        for layer, norms in per_layer.items()
-                    }
-                )
-        return records
 
 
 def test_a_user_probe_is_captured_and_stored(tmp_path, tiny_pipe):

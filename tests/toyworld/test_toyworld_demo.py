@@ -1,4 +1,7 @@
-"""``cemaps demo --world toy``: its inputs, and a bad world name refused before anything is written."""
+"""``cemaps demo --world toy``: its inputs, and a bad world name refused before anything is written.
+
+The whole demo runs end to end in tests/test_fresh_clone_demo.py (`make demo` from a fresh clone).
+"""
 
 from __future__ import annotations
 
@@ -30,16 +33,4 @@ def test_toy_demo_inputs_are_a_balanced_24_prompt_list_and_three_subjects(tmp_pa
     assert isinstance(pd.read_csv(inputs.prompts), pd.DataFrame)
 
 
-@pytest.mark.slow
-def test_toy_demo_end_to_end_writes_the_ground_truth_checks_and_a_report_naming_the_toy_world(tmp_path):
-    result = run_demo(tmp_path / "demo", seeds=(0,), steps=5, progress=False)
-    subjects = pd.read_csv(result.results / "toyworld_subjects.csv")
-    assert sorted(subjects["model_id"]) == sorted(
-        f"{method}-{subject}" for method in ("lora", "ti", "db") for subject in ("toyface", "toyobject", "toystyle")
-    )
-    assert subjects["rate"].between(0, 1).all() and (subjects["images"] == 8).all()
-    localisation = pd.read_csv(result.results / "toyworld_localisation.csv")
-    assert localisation["layer"].nunique() == 17 and localisation["miou"].between(0, 1).all()
-    html = result.report.read_text()
-    assert "Base model: cemaps/toyworld" in html and 'id="fig-toyworld-localisation"' in html
-    assert (result.results / "cem_alignment_drop.csv").is_file()
+# The end-to-end run of the toy demo is tests/test_fresh_clone_demo.py: `make demo` from a fresh clone.

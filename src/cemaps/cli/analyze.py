@@ -25,8 +25,9 @@ def analyze_command(
     ),
     clip_weights: Path = typer.Option(
         None,
-        help="Local open_clip weights (.safetensors) for --clip-model. Without "
-        "it: the local Hugging Face cache (the tiny random scorer for the demo model).",
+        help="Local open_clip weights (.safetensors) for --clip-model. Without it: the toy world's "
+        "trained CLIP for a toy-world store, a tiny random-weight CLIP for a tiny-model store, else "
+        "--clip-model's weights from the local Hugging Face cache.",
     ),
     subjects: str = typer.Option(
         "subjects15",

@@ -52,6 +52,13 @@ def capture_command(
         min=1,
         help="With --dry-run: plan for this many capture processes (default: the launcher's WORLD_SIZE, else 1).",
     ),
+    probe: list[str] = typer.Option(
+        [],
+        "--probe",
+        help="A user probe, package.module:Class (repeatable), captured beside the cross-attention maps "
+        "and stored under <name>/<array>; e.g. cemaps.probes.examples:OutputNormProbe.",
+        show_default=False,
+    ),
 ) -> None:
     """Generate every (model, prompt, seed) of a study and capture cross-attention maps into a store.
 
@@ -75,6 +82,9 @@ def capture_command(
     from cemaps.study.runner import run_study
 
     study = load_config(config)
+    from cemaps.probes.loading import load_probes
+
+    probes = load_probes(probe)  # before any model is loaded
     if seeds is not None:
         try:
             parsed = tuple(int(s) for s in seeds.split(",") if s.strip())
@@ -110,7 +120,12 @@ def capture_command(
 
     check_writable(target, "--store" if store is not None else f"{config}: store")  # before the model is loaded
     result = run_study(
-        study, target, progress=not quiet, records_per_part=records_per_part, set_aside_damaged=set_aside_damaged
+        study,
+        target,
+        progress=not quiet,
+        records_per_part=records_per_part,
+        probes=probes,
+        set_aside_damaged=set_aside_damaged,
     )
     say(
         "[green]store[/] {}: {} records written, {} already there ({} in this process's share)",

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
 from cemaps.cli.app import one_line_errors, quiet_option
+
+# benchmarks/demo_threads.py on the project's 2-core machine under other jobs' load (docs/front-door.md, "The
+# demo's time and threads"): one thread trained 5-50x faster per step than two; two never won a measurement.
+DEFAULT_THREADS = 1
+THREADS_HELP = (
+    f"torch threads for training and generation (default: OMP_NUM_THREADS when set, else {DEFAULT_THREADS}, "
+    "measured fastest on a shared 2-core machine; docs/front-door.md)."
+)
+
+
+def demo_threads(requested: int | None, environ: dict[str, str] | None = None) -> int:
+    """The demo's torch thread count: ``--threads``, else ``OMP_NUM_THREADS``, else :data:`DEFAULT_THREADS`.
+
+    Raises:
+        ConfigError: ``--threads`` below 1, or an ``OMP_NUM_THREADS`` that is not an integer >= 1.
+    """
+    from cemaps.errors import ConfigError
+
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--threads {requested}: expected an integer >= 1")
+        return requested
+    value = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return DEFAULT_THREADS
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"OMP_NUM_THREADS={value!r}: expected an integer >= 1 (or unset it, or pass --threads)")
+    return int(value)
 
 
 @one_line_errors
@@ -20,6 +49,7 @@ def demo_command(
     ),
     quiet: bool = quiet_option(),
     world: str = typer.Option("toy", "--world", help="toy: the trained toy world; tiny: the random-weight tiny model."),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP, show_default=False),
 ) -> None:
     """Train LoRA, Textual Inversion and DreamBooth on toy subjects, capture, analyse, report.
 
@@ -29,10 +59,13 @@ def demo_command(
     from cemaps.cli.app import console, quiet_libraries, say
     from cemaps.outputs import check_output_folder
 
+    count = demo_threads(threads)  # before anything is written
     check_output_folder(out, "demo", whole_folder=True)  # before anything is trained
     quiet_libraries()
     from cemaps.demo import run_demo
 
-    result = run_demo(out, progress=not quiet, console=console, world=world)
+    result = run_demo(out, progress=not quiet, console=console, world=world, threads=count)
+    if not quiet:
+        say("[dim]time ({} threads): {}[/]", count, result.timing_line())
     say("[green]done[/] in {} s: store {}, results {}", f"{result.seconds:.0f}", result.store, result.results)
     typer.echo(str(result.report))

@@ -24,6 +24,9 @@ def inspect_command(
         help="Read every chunk of every part file and check it (checksums, digests, settings); "
         "print one line per damaged part and record and exit 1 if any.",
     ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", "--no-progress", help="Print only the first line (records and size on disk)."
+    ),
 ) -> None:
     """Print a store's models, prompts, records, arrays with their shapes, size on disk and provenance."""
     from cemaps.store import open_store
@@ -40,14 +43,13 @@ def inspect_command(
             f"{reader.size_on_disk() / 1e6:.2f} MB on disk "
             f"({reader.size_on_disk() / max(len(records), 1) / 1e3:.1f} kB/record)"
         )
+        if quiet:
+            return
         models = Table("model", "method", "subject", "records", title="models")
         counts = records.groupby("model_id").size() if len(records) else {}
         for model_id, row in reader.models.iterrows():
             models.add_row(
-                *(
-                    escape(str(v))
-                    for v in (model_id, row.get("method"), row.get("subject_id"), int(counts.get(model_id, 0)))
-                )
+                *(_cell(v) for v in (model_id, row.get("method"), row.get("subject_id"), int(counts.get(model_id, 0))))
             )
         out.print(models)
         prompts = reader.prompts
@@ -93,3 +95,10 @@ def _verify(store: Path) -> None:
         )
         raise typer.Exit(code=1)
     typer.echo(f"{store}: verified {parts} part files and {len(result.files) - parts} meta files: no damage")
+
+
+def _cell(value: object) -> str:
+    """A table cell: the value as text, "-" where there is none (the base model has no subject: NaN in pandas)."""
+    import pandas as pd
+
+    return "-" if value is None or (not isinstance(value, str) and pd.isna(value)) else escape(str(value))

@@ -46,6 +46,47 @@ class Probe(Protocol):
     named arrays; each array is anything with ``values`` (numpy) and ``axes``
     (names), such as :class:`cemaps.LabelledArray`. The store writes them
     as they are, under ``"<probe.name>/<array name>"``.
+
+    The capture context (``context``, a :class:`cemaps.hooks.context.CaptureContext`) is what a
+    probe reads to label what it sees; cemaps updates it in a UNet pre-hook that runs before
+    any probe's hook:
+
+    - ``context.generations``: one :class:`cemaps.hooks.steps.Generation` per pipeline call
+      (``pipe(...)``) seen so far; ``context.generation`` is the current one (valid inside hooks).
+    - ``generation.index``: its position among the run's pipeline calls (key per-call state on it).
+    - ``generation.batch_size``: images of the call (the UNet batch without the unconditional half);
+      ``generation.images_per_prompt`` and ``generation.prompt_of_image(i)`` map images to prompts.
+    - ``generation.guidance`` and ``generation.halves``: whether the UNet batch holds two halves, and
+      their labels in batch order (``("uncond", "cond")``, diffusers' order, or ``("cond",)``); a UNet
+      input of batch ``B`` is ``[len(halves) * batch_size, ...]``.
+    - ``generation.timesteps`` (one per UNet call so far: a step is a UNet call),
+      ``generation.schedule_indices`` (each call's place in ``generation.schedule``),
+      ``generation.planned_steps``; ``context.step_index`` is the current call's step.
+    - ``generation.token_ids`` / ``negative_token_ids``: ``[prompts, seq]`` token ids (None when the
+      pipeline got ``prompt_embeds``); ``context.tokenizer`` turns them into strings.
+    - ``generation.latent_hw``: the latents' (height, width).
+
+    ``collect`` is called once, after the ``with`` block, and returns one dict per image in
+    generation order: for each generation, its ``batch_size`` images.
+
+    Example (the whole protocol; :class:`cemaps.probes.examples.OutputNormProbe` is a fuller one):
+        >>> import torch, cemaps
+        >>> from cemaps.labelled import LabelledArray
+        >>> class TimestepProbe:
+        ...     name = "timesteps"
+        ...     def attach(self, pipe, context):
+        ...         return []  # no hooks: the context alone records the steps
+        ...     def collect(self, context):
+        ...         return [
+        ...             {"t": LabelledArray(torch.tensor(g.timesteps).numpy(), ("step",), {})}
+        ...             for g in context.generations
+        ...             for _ in range(g.batch_size)
+        ...         ]
+        >>> pipe = cemaps.tiny_pipeline(seed=0)
+        >>> with cemaps.capture(pipe, [TimestepProbe()]) as run:
+        ...     _ = pipe(["a red mug", "a cat"], num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+        >>> run["timesteps"]["t"].shape  # [image, step]: PNDM's warm-up makes 4 UNet calls for 3 steps
+        (2, 4)
     """
 
     name: str

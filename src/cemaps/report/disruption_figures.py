@@ -49,6 +49,13 @@ def format_p(p: float | None) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3g}"
 
 
+# The colour bar's label: what the number is and its unit (cemaps.analysis.disruption's definitions).
+METRIC_UNITS = {
+    "alignment_drop": "alignment drop (CLIPScore points, base - personalized)",
+    "image_drift": "image drift (1 - cosine of CLIP image embeddings)",
+}
+
+
 def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
     """Concept Entanglement Map: models (grouped by method, subject) x prompts (grouped by abstractness, domain).
 
@@ -68,14 +75,22 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
     n_models, n_prompts = cem.shape
     fig = style.new_figure(min(16.0, 6.0 + 0.06 * n_prompts), min(12.0, 2.5 + 0.22 * n_models))
     ax = fig.add_subplot()
+    values = cem.to_numpy(dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    signed = finite.size > 0 and finite.min() < 0
+    # A signed metric (alignment drop: the personalized image can score higher than the base's) gets a
+    # diverging scale centred at 0, so "no change" is the neutral colour and both signs read alike.
+    limit = float(np.abs(finite).max()) if finite.size else 1.0
     image = ax.imshow(
-        np.ma.masked_invalid(cem.to_numpy(dtype=np.float64)),
+        np.ma.masked_invalid(values),
         aspect="auto",
-        cmap=style.SEQUENTIAL_CMAP,
+        cmap=style.DIVERGING_CMAP if signed else style.SEQUENTIAL_CMAP,
+        vmin=-(limit or 1.0) if signed else None,
+        vmax=(limit or 1.0) if signed else None,
         interpolation="nearest",
     )
     colourbar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.01)
-    colourbar.set_label(metric, fontsize=style.TEXT_SIZE)
+    colourbar.set_label(METRIC_UNITS.get(metric, metric), fontsize=style.TEXT_SIZE)
     style.style_axes(ax, f"CEM: {metric}", "prompts (abstractness / domain)", "models (method / subject)")
     ax.grid(False)
     row_groups = list(zip(cem.index.get_level_values(0), cem.index.get_level_values(1), strict=True))

@@ -27,9 +27,9 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import Normalize, to_hex
 
-from cemaps.report.disruption_figures import group_spans
+from cemaps.report.disruption_figures import METRIC_UNITS, group_spans
 from cemaps.report.safe_html import slug
-from cemaps.report.style import SEQUENTIAL_CMAP
+from cemaps.report.style import DIVERGING_CMAP, SEQUENTIAL_CMAP
 
 LEFT, TOP, RIGHT, BOTTOM = 190, 70, 150, 60
 MISSING_FILL = "#E8E8E8"
@@ -97,6 +97,9 @@ def cem_svg(cem: pd.DataFrame, metric: str, element_id: str, prompt_texts: Mappi
     finite = values[np.isfinite(values)]
     norm = Normalize(float(finite.min()) if finite.size else 0.0, float(finite.max()) if finite.size else 1.0)
     cmap = colormaps[SEQUENTIAL_CMAP]
+    if finite.size and finite.min() < 0:  # signed: diverging, centred at 0, as in the PNG (cem_heatmap)
+        limit = float(np.abs(finite).max())
+        norm, cmap = Normalize(-limit, limit), colormaps[DIVERGING_CMAP]
     cells = []
     for i in range(n_models):
         for j in range(n_prompts):
@@ -136,7 +139,8 @@ def cem_svg(cem: pd.DataFrame, metric: str, element_id: str, prompt_texts: Mappi
         f'<defs><linearGradient id="{element_id}-gradient">{stops}</linearGradient></defs>'
         f'<rect x="{LEFT}" y="{legend_y}" width="200" height="10" fill="url(#{element_id}-gradient)"/>'
         f'<text class="label" x="{LEFT - 6}" y="{legend_y + 9}" text-anchor="end">{norm.vmin:.3g}</text>'
-        f'<text class="label" x="{LEFT + 206}" y="{legend_y + 9}">{norm.vmax:.3g}  {escape(metric)}</text>'
+        f'<text class="label" x="{LEFT + 206}" y="{legend_y + 9}">{norm.vmax:.3g}</text>'
+        f'<text class="label" x="{LEFT}" y="{legend_y + 24}">{escape(METRIC_UNITS.get(metric, metric))}</text>'
     )
     svg = (
         f'<svg class="cem" data-source="{escape(element_id)}" role="img" viewBox="0 0 {total_w:.0f} {total_h:.0f}" '

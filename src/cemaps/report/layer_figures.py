@@ -215,24 +215,24 @@ def weight_delta_per_layer(weight_deltas: pd.DataFrame, norm: str = "fro_norm") 
     per_method = per_method.loc[units]
     methods = [str(m) for m in per_method.columns]
     colours = style.method_colours(methods)
-    fig = style.new_figure(max(5.0, 1.5 + 0.3 * len(units) * max(1, len(methods)) / 2), 4.0)
+    # One row per unit, read down the UNet: labels stay at the report's text size however many units
+    # there are (issue 25: 48 vertical bars at the report's width made ~5 pt labels).
+    fig = style.new_figure(7.0, 1.2 + 0.2 * len(units))
     ax = fig.add_subplot()
-    width = 0.8 / len(methods)
+    height = 0.8 / len(methods)
     for i, method in enumerate(methods):
-        ax.bar(
-            np.arange(len(units)) + (i - (len(methods) - 1) / 2) * width,
+        ax.barh(
+            np.arange(len(units)) + (i - (len(methods) - 1) / 2) * height,
             per_method[method].fillna(0.0).to_numpy(),
-            width=width,
+            height=height,
             color=colours[method],
             label=method,
         )
-    ax.set_xticks(
-        range(len(units)),
-        [f"{i} {block_of(u)} {u}" for i, u in enumerate(units)],
-        rotation=90,
-        fontsize=style.TEXT_SIZE - 2,
+    ax.set_yticks(
+        range(len(units)), [f"{i} {block_of(u)} {u}" for i, u in enumerate(units)], fontsize=style.TEXT_SIZE - 1
     )
-    style.style_axes(ax, "Weight change per layer (mean over models)", X_LABEL, f"||delta W|| ({norm})")
+    ax.set_ylim(len(units) - 0.5, -0.5)  # the first unit at the top
+    style.style_axes(ax, "Weight change per layer (mean over models)", f"||delta W|| ({norm})", X_LABEL)
     ax.legend(
         title="method",
         fontsize=style.TEXT_SIZE - 1,

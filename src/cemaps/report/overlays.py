@@ -189,8 +189,10 @@ def attention_overlay(
                 ax.set_ylabel(label, fontsize=style.TEXT_SIZE - 1)
     colourbar = fig.colorbar(shown, ax=axes, shrink=0.8, pad=0.01)
     colourbar.set_label("attention probability", fontsize=style.TEXT_SIZE - 1)
+    text = _prompt_text(store, prompt_id)
     fig.suptitle(
-        f"Attention to {tokens[position]!r} in {prompt_id} (seed {seed}), layer {layer.removeprefix(ARRAY_PREFIX)}",
+        f"Attention to {tokens[position]!r} in {text!r} ({prompt_id}, seed {seed}), "
+        f"layer {layer.removeprefix(ARRAY_PREFIX)}",
         fontsize=style.TITLE_SIZE,
     )
     return fig
@@ -245,3 +247,14 @@ def choose_overlay(
     return OverlayChoice(
         model_id=model_id, prompt_id=prompt_id, seed=seed, token=int(content[int(np.argmax(change))]), layer=layer
     )
+
+
+def _prompt_text(store: Any, prompt_id: str, width: int = 60) -> str:
+    """The prompt's text, cut to ``width`` characters with an ellipsis (the id itself when the store lacks it)."""
+    prompts = store.prompts
+    text = prompt_id
+    if "text" in prompts.columns:
+        table = prompts.set_index("prompt_id") if "prompt_id" in prompts.columns else prompts
+        if prompt_id in table.index:
+            text = str(table.loc[prompt_id, "text"])
+    return text if len(text) <= width else text[: width - 1] + "\u2026"

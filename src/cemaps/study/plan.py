@@ -95,7 +95,7 @@ class StudyPlan:
     prompts: int
     seeds: int
     processes: list[ProcessPlan]
-    calibration: Calibration
+    calibration: Calibration | None  # None when every record is already stored: nothing to estimate
     store_bytes_now: int
 
     def to_text(self) -> str:
@@ -106,7 +106,9 @@ class StudyPlan:
             f"{self.models * self.prompts * self.seeds} records over {len(self.processes)} process(es)",
             f"calibration on {c.device}: {c.batch_images} images in {c.seconds_per_batch:.2f} s per batch, "
             f"model switch {c.seconds_per_switch:.2f} s, {c.bytes_per_token_row / 1e3:.1f} KB per token row "
-            f"+ {c.bytes_per_image / 1e3:.1f} KB image per record",
+            f"+ {c.bytes_per_image / 1e3:.1f} KB image per record"
+            if c is not None
+            else "no calibration: every record is already in the store, nothing is left to make",
             f"{'process':>8} {'share':>7} {'done':>7} {'to make':>8} {'switches':>8} {'disk MB':>9} {'time':>10}",
         ]
         for p in self.processes:
@@ -175,8 +177,11 @@ def plan_study(
     done, store_bytes = _stored(store_path)
     batches = batch_plan(config, list(prompts["prompt_id"]), [BASE_ID, *specs])
     tokens = dict(zip(prompts["prompt_id"], (len(t) for t in prompts["tokens"]), strict=True))
-    calibration = calibrate(
-        pipe, config, probe, prompts, batches[0].items, [specs[m] for m in list(specs)[:1]], records_per_part
+    left = any((w.model_id, p, s) not in done for w in batches for p, s in w.items)
+    calibration = (
+        calibrate(pipe, config, probe, prompts, batches[0].items, [specs[m] for m in list(specs)[:1]], records_per_part)
+        if left
+        else None  # issue 25: a finished study's dry run took 65 s to say that nothing is left
     )
     plans = []
     for rank in range(world):
@@ -185,6 +190,10 @@ def plan_study(
         todo_batches = sum(any((w.model_id, p, s) not in done for p, s in w.items) for w in mine)
         switches = len({m for m, _, _ in todo if m != BASE_ID})
         parts = math.ceil(len(todo) / records_per_part)
+        if calibration is None:  # every record is stored: the share is all done
+            share = sum(len(w.items) for w in mine)
+            plans.append(ProcessPlan(rank, share, share, 0, 0, 0, 0, 0.0))
+            continue
         size = (
             sum(tokens[p] for _, p, _ in todo) * calibration.bytes_per_token_row
             + len(todo) * calibration.bytes_per_image
