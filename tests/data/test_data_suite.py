@@ -13,14 +13,13 @@ from cemaps.data import (
     ABSTRACTNESS_LEVELS,
     DOMAINS,
     KIND_DOMAINS,
-    PROMPT_COLUMNS,
-    SUBJECT_COLUMNS,
     UNLABELLED,
     label_counts,
     load_prompts,
     load_subjects,
     synthetic_subject_images,
 )
+from cemaps.data.suite import PROMPT_COLUMNS, SUBJECT_COLUMNS  # internal column constants
 from cemaps.errors import ConfigError
 from cemaps.models import clip_tokenizer
 
