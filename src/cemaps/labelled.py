@@ -21,6 +21,15 @@ import numpy as np
 CROSS_ATTENTION = "cross_attention"
 CROSS_ATTENTION_PREFIX = f"{CROSS_ATTENTION}/"
 CROSS_ATTENTION_AXES = ("token", "step", "half", "head", "y", "x")
+# Joint-attention layers also store each query's share of attention on text keys, under
+# "<probe name>/<layer path>:text_mass" (module paths never contain ":").
+TEXT_MASS_SUFFIX = ":text_mass"
+TEXT_MASS_AXES = ("step", "half", "head", "y", "x")
+
+
+def is_attention_map(name: str) -> bool:
+    """Whether a store array name is a layer's cross-attention map (not its text mass)."""
+    return name.startswith(CROSS_ATTENTION_PREFIX) and not name.endswith(TEXT_MASS_SUFFIX)
 
 
 @dataclass(frozen=True)
