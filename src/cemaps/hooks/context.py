@@ -1,17 +1,22 @@
 """The state a capture shares with its probes: current generation and step.
 
 A :class:`CaptureContext` watches the pipeline through two read-only hooks: a
-forward hook on the text encoder (the token ids and output of each encoding) and a
-pre-hook on the UNet (the timestep, batch, guidance, latent size and text embeddings
-of each call). Neither changes an argument or an output.
+forward hook on the text encoder whose tokens label the context (the model family's labelling
+stream, :mod:`cemaps.models.families`: ``text_encoder`` for SD 1.x/2.x and SDXL) and a pre-hook on
+the denoiser (the timestep, batch, guidance, latent size and text embeddings of each call). Neither
+changes an argument or an output; SDXL's ``added_cond_kwargs`` (pooled embeddings, ``add_time_ids``)
+are not read at all.
 
 Which encoding is the prompt? diffusers encodes the prompt, then the negative prompt,
 and passes ``cat([negative, prompt])`` (each repeated ``num_images_per_prompt`` times)
 to the UNet as ``encoder_hidden_states``; a prompt given as ``prompt_embeds`` is not
 encoded at all, but its negative may be. So at the first UNet call of a generation the
 encodings seen since the last UNet call are matched, exactly, against the conditional
-and unconditional rows of ``encoder_hidden_states``. An encoding that matches neither
-(``clip_skip`` takes a hidden layer, prompt weighting rescales) is taken as the prompt
+and unconditional rows of the encoder's slice of ``encoder_hidden_states`` (the family says
+where it sits: all of it for SD 1.x, the first ``text_encoder`` features for SDXL, whose context
+concatenates both encoders' penultimate states). An encoding matches when that slice equals its
+``last_hidden_state`` or any of its ``hidden_states`` (so SDXL's penultimate layer and ``clip_skip``
+match too). An encoding that matches neither (prompt weighting rescales) is taken as the prompt
 when it is the only one left; otherwise the tokens are unknown (``token_ids`` None),
 and probes label them so instead of guessing.
 
@@ -33,6 +38,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cemaps.hooks.steps import Generation
+from cemaps.models.families import family_of
 
 _KEPT_ENCODINGS = 8
 
@@ -46,15 +52,24 @@ class CaptureContext:
             step the generation ran; see :mod:`cemaps.hooks.steps`).
     """
 
-    def __init__(self, pipe: Any, denoiser: nn.Module | None = None):
+    def __init__(self, pipe: Any):
         self.pipe = pipe
-        # named unet for the probes that read it; a transformer family passes its transformer
-        self.unet: nn.Module = pipe.unet if denoiser is None else denoiser
-        self.tokenizer = getattr(pipe, "tokenizer", None)
+        self.family = family_of(pipe)
+        self.unet: nn.Module = self.family.denoiser_of(pipe)
+        stream = self.family.labelling_stream
+        self.tokenizer = getattr(pipe, stream.tokenizer, None)
+        self._text_encoder = getattr(pipe, stream.encoder, None)
+        # where the labelling encoder's output sits in the context, when the pipe has that encoder
+        self._context_slice = (
+            next((s for s in self.family.context_slices(pipe) if s.stream == stream), None)
+            if self._text_encoder is not None and self.tokenizer is not None
+            else None
+        )
         self.generations: list[Generation] = []
         self.step_index: int = -1
-        # (token ids [prompts, seq], output [prompts, seq, dim]) of each encoding since the last UNet call
-        self._encodings: list[tuple[np.ndarray, torch.Tensor]] = []
+        # (token ids [prompts, seq], candidate outputs, each [prompts, seq, dim]) of each encoding since the last
+        # UNet call
+        self._encodings: list[tuple[np.ndarray, tuple[torch.Tensor, ...]]] = []
         self._text_encoder_called = False
         self._schedule_tensor: Any = None
 
@@ -66,10 +81,14 @@ class CaptureContext:
         # prepend: the step must be known before any other pre-hook on the UNet runs
         # (the probes' pre-hooks switch their per-step hooks on it), whatever the order of attachment.
         handles = [self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
-        text_encoder = getattr(self.pipe, "text_encoder", None)
-        if text_encoder is not None:
-            handles.append(text_encoder.register_forward_hook(self._on_text_encoder_call, with_kwargs=True))
+        if self._text_encoder is not None:
+            handles.append(self._text_encoder.register_forward_hook(self._on_text_encoder_call, with_kwargs=True))
         return handles
+
+    @property
+    def token_features(self) -> tuple[str, ...]:
+        """Text encoders whose features the context's token axis carries at the labelled positions."""
+        return self.family.feature_sharing(self.family.labelling_stream)
 
     def _on_text_encoder_call(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         input_ids = args[0] if args else kwargs.get("input_ids")
@@ -78,9 +97,14 @@ class CaptureContext:
             return
         hidden = output if isinstance(output, torch.Tensor) else output[0]  # last_hidden_state
         if isinstance(hidden, torch.Tensor):
+            layers = getattr(output, "hidden_states", None) or ()
+            candidates = (hidden, *(h for h in layers if isinstance(h, torch.Tensor)))
             # the latest few suffice (diffusers encodes prompt then negative right before the loop);
             # the bound keeps encodings made for other purposes inside a capture from piling up
-            self._encodings = [*self._encodings[-(_KEPT_ENCODINGS - 1) :], (input_ids.detach().cpu().numpy(), hidden)]
+            self._encodings = [
+                *self._encodings[-(_KEPT_ENCODINGS - 1) :],
+                (input_ids.detach().cpu().numpy(), candidates),
+            ]
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
@@ -153,13 +177,22 @@ class CaptureContext:
             return None, None
         prompt = negative = None
         unmatched = []
-        if isinstance(encoder_hidden_states, torch.Tensor) and encoder_hidden_states.shape[0] == batch * (1 + guidance):
-            cond = encoder_hidden_states[batch:] if guidance else encoder_hidden_states
-            uncond = encoder_hidden_states[:batch] if guidance else None
-            for ids, hidden in self._encodings:
-                if prompt is None and _repeated_rows(hidden, cond):
+        if (
+            isinstance(encoder_hidden_states, torch.Tensor)
+            and encoder_hidden_states.shape[0] == batch * (1 + guidance)
+            and self._context_slice is not None
+        ):
+            own = encoder_hidden_states[:, self._context_slice.tokens, self._context_slice.features]
+            cond = own[batch:] if guidance else own
+            uncond = own[:batch] if guidance else None
+            for ids, candidates in self._encodings:
+                if prompt is None and any(_repeated_rows(hidden, cond) for hidden in candidates):
                     prompt = ids
-                elif negative is None and uncond is not None and _repeated_rows(hidden, uncond):
+                elif (
+                    negative is None
+                    and uncond is not None
+                    and any(_repeated_rows(hidden, uncond) for hidden in candidates)
+                ):
                     negative = ids
                 else:
                     unmatched.append(ids)

@@ -36,6 +36,7 @@ from torch.utils.hooks import RemovableHandle
 from cemaps.errors import CemapsError
 from cemaps.hooks.context import CaptureContext, _repeated_rows
 from cemaps.hooks.steps import Generation
+from cemaps.models.families import family_of
 
 _KEPT_ENCODINGS = 8
 
@@ -132,10 +133,8 @@ class DiTCaptureContext(CaptureContext):
             see text and image tokens as one sequence, text first).
     """
 
-    def __init__(self, pipe: Any, family: Any):
-        super().__init__(pipe, family.denoiser_of(pipe))
-        self.family = family
-        self.tokenizer = getattr(pipe, family.labelling_stream.tokenizer, None)
+    def __init__(self, pipe: Any):
+        super().__init__(pipe)
         self.layouts: dict[int, TextLayout] = {}
         self.text_length = 0
         self._stream_encodings: dict[str, list[tuple[np.ndarray, torch.Tensor]]] = {}
@@ -309,9 +308,11 @@ def _token_grid(hidden: torch.Tensor, img_ids: Any) -> tuple[int, int]:
 
 
 def capture_context(pipe: Any) -> CaptureContext:
-    """The capture context for ``pipe``: :class:`DiTCaptureContext` for a transformer family."""
-    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
-        from cemaps.models.families import family_of
+    """The capture context for ``pipe``: :class:`DiTCaptureContext` for a transformer family.
 
-        return DiTCaptureContext(pipe, family_of(pipe))
+    Raises:
+        ModelLoadError: ``pipe`` is of no registered family.
+    """
+    if family_of(pipe).denoiser == "transformer":
+        return DiTCaptureContext(pipe)
     return CaptureContext(pipe)

@@ -1,6 +1,8 @@
-"""Loading the base Stable Diffusion pipeline, offline, and identifying its weights.
+"""Loading a base pipeline of any registered model family, offline, and identifying its weights.
 
-``load_pipeline`` accepts a diffusers folder, a Hugging Face hub id that is
+The family (:mod:`cemaps.models.families`) decides the pipeline class: a folder's
+``model_index.json`` names it, a single file's keys do (diffusers' ``infer_diffusers_model_type``),
+or its ``config`` folder does. ``load_pipeline`` accepts a diffusers folder, a Hugging Face hub id that is
 already in the local cache, a single-file ``.safetensors`` checkpoint, or
 ``"cemaps/tiny-sd"`` (alias ``"tiny"``) for the embedded tiny pipeline, or
 ``"cemaps/toyworld"`` (alias ``"toyworld"``) for the trained toy world shipped in the package. It never
@@ -17,15 +19,17 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
 from cemaps.errors import ModelLoadError
+from cemaps.models.families import family_of, family_of_folder, family_of_single_file_type
 from cemaps.models.hashing import file_sha256, weights_fingerprint
 from cemaps.models.safety import SAFETENSORS_SUFFIX, WEIGHT_SUFFIXES, check_pickle_allowed, is_pickle_file
 from cemaps.models.tiny import TINY_MODEL_ID, tiny_pipeline
@@ -72,8 +76,8 @@ def load_pipeline(
     dtype: torch.dtype | str | None = None,
     allow_pickle: bool = False,
     config: str | None = None,
-) -> StableDiffusionPipeline:
-    """Loads a Stable Diffusion v1.x pipeline from local files only.
+) -> Any:
+    """Loads a pipeline of a registered model family (SD 1.x/2.x, SDXL, ...) from local files only.
 
     Args:
         path_or_id: a diffusers folder (with ``model_index.json``), a hub id in the local
@@ -82,15 +86,17 @@ def load_pipeline(
         device: target device; default CUDA when available, else CPU.
         dtype: target dtype; default float16 on CUDA, float32 on CPU.
         allow_pickle: also read ``.ckpt/.bin`` weights (with ``torch.load(weights_only=True)``).
-        config: for a single-file checkpoint, a local diffusers SD v1.5 folder whose component
-            configs describe it (needed when the hub config is not in the local cache).
+        config: for a single-file checkpoint, a local diffusers folder of the same family whose
+            component configs describe it (needed when the hub config is not in the local cache);
+            its ``model_index.json`` then names the family.
 
     Returns:
         The pipeline on ``device`` in ``dtype``, with the safety checker off and the
         progress bar disabled.
 
     Raises:
-        ModelLoadError: the model is not on disk, or its files are unsafe or unreadable.
+        ModelLoadError: the model is not on disk, its files are unsafe or unreadable, or its
+            pipeline class is not a supported model family (the message lists the supported ones).
     """
     resolved_device, resolved_dtype = default_device_and_dtype(device, dtype)
     if path_or_id in TINY_ALIASES:
@@ -113,7 +119,8 @@ def load_pipeline(
         else:
             pipe = _from_diffusers_folder(Path(_cached_snapshot(path_or_id)), allow_pickle)
     # Casting an already-float32 model warns about "modules to keep in float32"; cast only when needed.
-    if any(getattr(pipe, part).dtype != resolved_dtype for part in ("unet", "vae", "text_encoder")):
+    family = family_of(pipe)
+    if any(getattr(pipe, part).dtype != resolved_dtype for part in (family.denoiser, "vae", *family.encoders)):
         pipe = pipe.to(dtype=resolved_dtype)
     if pipe.device != resolved_device:
         pipe = pipe.to(resolved_device)
@@ -143,7 +150,13 @@ def _cached_snapshot(repo_id: str) -> str:
         raise ModelLoadError(download_hint) from error
 
 
-def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> StableDiffusionPipeline:
+def _no_safety_checker(pipeline_class: type) -> dict[str, Any]:
+    """``safety_checker=None`` for the pipeline classes that have one (SD 1.x/2.x); nothing for the others."""
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in parameters else {}
+
+
+def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> Any:
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(
             f"folder {str(folder)!r} has no model_index.json; expected a diffusers pipeline folder "
@@ -153,13 +166,13 @@ def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> StableDiffusionP
         pickled = sorted(p for p in component.iterdir() if is_pickle_file(p))
         if pickled and not any(component.glob(f"*{SAFETENSORS_SUFFIX}")):
             check_pickle_allowed(pickled[0], allow_pickle)
+    pipeline_class = family_of_folder(folder).pipeline_class()
     try:
         # diffusers reads .bin files with torch.load(weights_only=True); use_safetensors=True
         # forbids them outright when the caller has not opted in.
-        return StableDiffusionPipeline.from_pretrained(
+        return pipeline_class.from_pretrained(
             folder,
-            safety_checker=None,
-            requires_safety_checker=False,
+            **_no_safety_checker(pipeline_class),
             local_files_only=True,
             use_safetensors=None if allow_pickle else True,
         )
@@ -167,7 +180,7 @@ def _from_diffusers_folder(folder: Path, allow_pickle: bool) -> StableDiffusionP
         raise ModelLoadError(f"cannot load diffusers folder {str(folder)!r}: {_first_line(error)}") from error
 
 
-def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> StableDiffusionPipeline:
+def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> Any:
     check_pickle_allowed(path, allow_pickle)
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
         raise ModelLoadError(
@@ -177,15 +190,15 @@ def _from_single_file(path: Path, allow_pickle: bool, config: str | None) -> Sta
     if not (Path(config_folder) / "model_index.json").is_file():
         raise ModelLoadError(
             f"config folder {config_folder!r} has no model_index.json; set `base_config:` in study.yaml "
-            "(Python: config=DIR) to a diffusers SD v1.5 folder"
+            "(Python: config=DIR) to a diffusers folder of the checkpoint's model family"
         )
+    pipeline_class = family_of_folder(config_folder).pipeline_class()
     try:
-        return StableDiffusionPipeline.from_single_file(
+        return pipeline_class.from_single_file(
             str(path),
             config=str(config_folder),
             local_files_only=True,
-            safety_checker=None,
-            requires_safety_checker=False,
+            **_no_safety_checker(pipeline_class),
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelLoadError(
@@ -199,11 +212,12 @@ def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
     diffusers would fall back to downloading the config when it is not cached, even
     with ``local_files_only=True``; resolving it here keeps loading offline.
     """
-    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, infer_diffusers_model_type
 
     from cemaps.models.safety import load_weights
 
     checkpoint = load_weights(path, allow_pickle=allow_pickle)
+    family = family_of_single_file_type(infer_diffusers_model_type(checkpoint))
     repo_id = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
     try:
         return snapshot_download(
@@ -213,7 +227,7 @@ def _cached_config_for_checkpoint(path: Path, allow_pickle: bool) -> str:
         raise ModelLoadError(
             f"checkpoint {str(path)!r} looks like {repo_id!r}, whose diffusers config is not in the local "
             "Hugging Face cache (offline); set `base_config:` in study.yaml (Python: config=DIR) to a diffusers "
-            "SD v1.5 folder"
+            f"{family.name} folder"
         ) from error
 
 

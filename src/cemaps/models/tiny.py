@@ -31,6 +31,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 TINY_MODEL_ID = "cemaps/tiny-sd"
 TINY_SDXL_MODEL_ID = "cemaps/tiny-sdxl"
+# Widths of the tiny SDXL's two text encoders: unequal like SDXL's 768 and 1280, summing to the 64-wide
+# context of diffusers' dummy UNet.
+TINY_SDXL_ENCODER_WIDTHS = (24, 40)
 
 
 @lru_cache(maxsize=1)
@@ -159,11 +162,14 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     The components are those of diffusers' ``StableDiffusionXLPipelineFastTests.get_dummy_components``
     (tests/pipelines/stable_diffusion_xl/test_stable_diffusion_xl.py): a two-level UNet with
     ``addition_embed_type="text_time"``, ``transformer_layers_per_block=(1, 2)`` and a 64-wide
-    context (32 features from each text encoder), two 5-layer CLIP text encoders (the second with a
-    32-wide projection: the pooled ``add_text_embeds``), a two-level VAE (a latent per 2x2 pixels) and an Euler scheduler with ``"leading"`` spacing. Two
-    departures, both to look like the released SDXL: the tokenizers are OpenAI's CLIP BPE (see
-    :func:`clip_tokenizer`; diffusers downloads a 1000-token test vocabulary), and ``tokenizer_2``
-    pads with ``"!"`` as SDXL's does, so that the two encoders' token ids differ after the prompt.
+    context, two 5-layer CLIP text encoders (the second with a 32-wide projection: the pooled
+    ``add_text_embeds``), a two-level VAE (a latent per 2x2 pixels) and an Euler scheduler with
+    ``"leading"`` spacing. Three departures, each to look like the released SDXL: the tokenizers are
+    OpenAI's CLIP BPE (see :func:`clip_tokenizer`; diffusers downloads a 1000-token test vocabulary);
+    ``tokenizer_2`` pads with ``"!"`` as SDXL's does, so that the two encoders' token ids differ after
+    the prompt; and the encoders are 24 and 40 wide (diffusers: 32 and 32) as SDXL's are 768 and 1280,
+    so that a context slice mixed up between them shows, and diffusers' single-file loader tells the
+    two apart by width as it does for SDXL.
 
     Args:
         seed: seeds the weight initialisation; the same seed gives the same weights.
@@ -202,22 +208,25 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
             latent_channels=4,
             sample_size=128,
         )
-        text_config = CLIPTextConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            hidden_act="gelu",
-            projection_dim=32,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        text_encoder = CLIPTextModel(text_config)
-        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+
+        def text_config(hidden_size: int) -> CLIPTextConfig:
+            return CLIPTextConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=hidden_size,
+                intermediate_size=37,
+                layer_norm_eps=1e-05,
+                num_attention_heads=4,
+                num_hidden_layers=5,
+                hidden_act="gelu",
+                projection_dim=32,
+                max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+
+        text_encoder = CLIPTextModel(text_config(TINY_SDXL_ENCODER_WIDTHS[0]))
+        text_encoder_2 = CLIPTextModelWithProjection(text_config(TINY_SDXL_ENCODER_WIDTHS[1]))
     finally:
         torch.random.set_rng_state(generator_state)
     scheduler = EulerDiscreteScheduler(

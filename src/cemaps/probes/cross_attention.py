@@ -17,7 +17,9 @@ schedule (``schedule_index``) and their timesteps (``timestep``).
 
 Batches: one record per generated image, in the pipeline's order (each prompt's
 ``num_images_per_prompt`` images together), labelled with its prompt (``prompt``: index
-in the call's prompt list) and that prompt's tokens (``token``). A prompt given as
+in the call's prompt list) and that prompt's tokens (``token``), named by the tokenizer of the
+model family's labelling stream; ``token_features`` lists the text encoders whose features the
+token axis carries (SDXL: ``text_encoder`` and ``text_encoder_2``, concatenated). A prompt given as
 ``prompt_embeds`` has no tokens to read: its ``token`` labels are None and, with
 ``tokens="prompt"``, every position of the embeddings is kept.
 
@@ -185,6 +187,7 @@ class CrossAttentionProbe:
         self._captured: dict[int, list[int]] = {}  # generation -> steps captured, in call order
         self._limits: dict[int, int | None] = {}
         self._tokenizer = tokenizer
+        self._token_features: list[str] = []
         self._pending: list[tuple[_LayerSlot, Attention, torch.Tensor, torch.Tensor]] = []
         self._dit: DiTCapture | None = None
 
@@ -200,15 +203,19 @@ class CrossAttentionProbe:
         return select_modules(unet, selector, accept=is_cross_attention, kind="cross-attention layer")
 
     def attach(self, pipe: Any, context: CaptureContext) -> list[Removable]:
-        """Registers the probe's hooks on ``pipe.unet``; returns their handles (see :class:`Removable`).
+        """Registers the probe's hooks on the pipeline's denoiser (``context.unet``, as its model family says).
+
+        Returns their handles (see :class:`Removable`).
 
         Raises:
             LayerNotFoundError: ``layers`` names or matches no cross-attention layer.
         """
         if isinstance(context, DiTCaptureContext):
             return self._attach_dit(context)
-        layers = self._unet_layers(pipe.unet)
+        denoiser = context.unet
+        layers = self._unet_layers(denoiser)
         self._reset(context.tokenizer)
+        self._token_features = list(context.token_features)
         self._slots = {name: _LayerSlot(name) for name in layers}
 
         def layer_hooks() -> list[RemovableHandle]:
@@ -220,7 +227,7 @@ class CrossAttentionProbe:
                 # on to_q/to_k has run, i.e. what the attention actually uses
                 handles.append(attn.to_q.register_forward_hook(self._keep_query(slot)))
                 handles.append(attn.to_k.register_forward_hook(self._score(slot, attn)))
-            handles.append(pipe.unet.register_forward_hook(self._flush(context)))
+            handles.append(denoiser.register_forward_hook(self._flush(context)))
             return handles
 
         # Per-layer hooks exist only during captured steps, so the other steps run at full speed.
@@ -233,7 +240,7 @@ class CrossAttentionProbe:
                 self._captured.setdefault(context.generation.index, []).append(context.step_index)
             step_hooks.set_active(active)
 
-        return [pipe.unet.register_forward_pre_hook(on_unet_call, with_kwargs=True), step_hooks]
+        return [denoiser.register_forward_pre_hook(on_unet_call, with_kwargs=True), step_hooks]
 
     def _attach_dit(self, context: DiTCaptureContext) -> list[Removable]:
         self._reset(context.tokenizer)
@@ -340,7 +347,8 @@ class CrossAttentionProbe:
         image's prompt tokens; None labels when the prompt was given as embeddings),
         ``uncond_token`` (the negative prompt's tokens at the same positions, when the
         uncond half is kept and known), ``prompt`` and ``generation`` (one value each: the
-        image's prompt within its pipeline call, and which pipeline call).
+        image's prompt within its pipeline call, and which pipeline call), ``token_features``
+        (the text encoders whose features the token axis carries, e.g. both of SDXL's).
 
         Raises:
             RuntimeError: a selected layer did not run at every captured step.
@@ -383,6 +391,7 @@ class CrossAttentionProbe:
                     "token": self._token_labels(generation.token_ids, prompt, kept),
                     "prompt": [prompt],
                     "generation": [generation.index],
+                    "token_features": self._token_features,
                 }
                 if "uncond" in halves and generation.negative_token_ids is not None:
                     coords["uncond_token"] = self._token_labels(generation.negative_token_ids, prompt, kept)
