@@ -322,8 +322,9 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
 def _layer_table(store) -> pd.DataFrame:
     from cemaps.analysis.stats.layers import order_layers
     from cemaps.labelled import CROSS_ATTENTION_PREFIX as prefix
+    from cemaps.labelled import is_attention_map
 
-    names = [n[len(prefix) :] for n in store.array_names if n.startswith(prefix)]
+    names = [n[len(prefix) :] for n in store.array_names if is_attention_map(n)]
     rows = []
     for order, layer in enumerate(order_layers(names, None)):
         shape = store.trailing_shape(prefix + layer)

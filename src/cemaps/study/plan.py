@@ -160,7 +160,7 @@ def plan_study(
     """
     from cemaps.models.loading import load_pipeline
     from cemaps.probes import CrossAttentionProbe
-    from cemaps.study.runner import BASE_ID, _plan, _set_scheduler, _spec, prompt_table
+    from cemaps.study.runner import BASE_ID, _plan, _set_scheduler, _spec, labelling_tokenizer, prompt_table
 
     launcher = process_info()
     world = launcher.world_size if processes is None else processes
@@ -174,7 +174,7 @@ def plan_study(
         )
     _set_scheduler(pipe, config.generation.scheduler)
     probe = CrossAttentionProbe.from_settings(config.capture)
-    prompts = prompt_table(config, pipe.tokenizer)
+    prompts = prompt_table(config, labelling_tokenizer(pipe))
     specs = {entry.id: _spec(entry) for entry in config.personalized}
     store_path = Path(store_path)
     done, store_bytes = _stored(store_path)

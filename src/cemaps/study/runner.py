@@ -36,6 +36,7 @@ import torch
 from cemaps.data import load_prompts
 from cemaps.errors import ConfigError
 from cemaps.hooks import capture
+from cemaps.models.families import family_of
 from cemaps.models.hashing import source_sha256
 from cemaps.models.loading import load_pipeline, weights_fingerprint
 from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check_all
@@ -68,6 +69,11 @@ class _Work:
 
     model_id: str
     items: tuple[tuple[str, int], ...]
+
+
+def labelling_tokenizer(pipe: Any) -> Any:
+    """The tokenizer whose tokens label the captured maps (SD: ``tokenizer``; Flux, PixArt: T5's)."""
+    return getattr(pipe, family_of(pipe).labelling_stream.tokenizer)
 
 
 def prompt_table(config: StudyConfig, tokenizer: Any) -> pd.DataFrame:
@@ -166,8 +172,10 @@ def run_study(
             config, Path(store_path), pipe=pipe, progress=progress, records_per_part=records_per_part, probes=probes
         )
     probe = CrossAttentionProbe.from_settings(config.capture)
-    layers = probe.layer_names(pipe.unet)
-    prompts = prompt_set.table(pipe.tokenizer)
+    family = family_of(pipe)
+    denoiser = family.denoiser_of(pipe)
+    layers = probe.layer_names(denoiser)
+    prompts = prompt_set.table(labelling_tokenizer(pipe))
     specs = {entry.id: _spec(entry) for entry in config.personalized}
     # Every personalized model is read and checked before the store is touched or an image generated.
     check_all(pipe, specs.values())
@@ -181,15 +189,15 @@ def run_study(
     }
     base_identity = {
         "model_id": config.base,
-        "weights_sha256": weights_fingerprint(pipe.unet),
-        "text_encoder_sha256": weights_fingerprint(pipe.text_encoder),
+        "weights_sha256": weights_fingerprint(denoiser),
+        "text_encoder_sha256": weights_fingerprint(getattr(pipe, family.labelling_stream.encoder)),
     }
     provenance = {
         **default_provenance(),
         "command": " ".join(sys.argv),
         "config_source": config.source,
         "device": str(pipe.device),
-        "dtype": str(pipe.unet.dtype),
+        "dtype": str(denoiser.dtype),
     }
     store_path = Path(store_path)
     writer = StoreWriter(
@@ -293,7 +301,8 @@ def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -
     scheduler.set_timesteps(config.generation.steps)
     timesteps = [int(t) for t in scheduler.timesteps]
     steps = selected_steps(config.capture.timesteps, len(timesteps))
-    guidance = config.generation.guidance_scale > 1
+    # a guidance-distilled family (Flux) takes the scale as an input: its batch has no uncond half
+    guidance = config.generation.guidance_scale > 1 and family_of(pipe).guidance != "embedded_scale"
     halves = Generation(0, 1, guidance, (1, 1), len(timesteps)).halves
     return {
         "step_indices": list(steps),
