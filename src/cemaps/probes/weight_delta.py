@@ -36,14 +36,14 @@ from scipy.stats import percentileofscore
 
 from cemaps.errors import ModelLoadError
 
-COMPONENTS: tuple[str, ...] = ("unet", "text_encoder")
+COMPONENTS: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
 COLUMNS: tuple[str, ...] = (
     "model_id", "component", "module", "param", "block", "block_index", "resolution_level", "kind",
     "shape", "numel", "fro_norm", "rel_norm", "singular_values", "effective_rank", "subspace_overlap",
 )  # fmt: skip
 
 _BLOCK = re.compile(r"^(down|up)_blocks\.(\d+)\.|^(mid)_block\.")
-_ATTENTION = re.compile(r"\.(attn\d)\.(to_q|to_k|to_v|to_out)(\.\d+)?$")
+_ATTENTION = re.compile(r"\.(attn\d?)\.(to_q|to_k|to_v|to_out)(\.\d+)?$")
 _CONV = re.compile(r"(^|\.)(conv\w*|downsamplers\.\d+\.conv|upsamplers\.\d+\.conv)$")
 
 
@@ -208,7 +208,7 @@ def lora_delta_state(pipe, adapter_name: str | None = None) -> dict[str, torch.T
     from peft.tuners.lora import LoraLayer
 
     deltas: dict[str, torch.Tensor] = {}
-    for component in COMPONENTS:
+    for component in components_of(pipe):
         model = getattr(pipe, component, None)
         if model is None:
             continue
@@ -267,6 +267,13 @@ def textual_inversion_stats(
     }
 
 
+def components_of(pipe) -> tuple[str, ...]:
+    """The components a personalization may change: the family's denoiser and text encoders."""
+    from cemaps.models.families import family_of
+
+    return family_of(pipe).swappable_components
+
+
 def weight_delta_for(pipe, spec, base_state: Mapping[str, torch.Tensor], top_k: int = 8) -> pd.DataFrame:
     """The weight-delta table of one personalized model against the base weights.
 
@@ -299,7 +306,7 @@ def weight_delta_for(pipe, spec, base_state: Mapping[str, torch.Tensor], top_k: 
         else:
             tuned = {
                 f"{c}.{n}": t.detach().to("cpu", copy=True)
-                for c in COMPONENTS
+                for c in components_of(pipe)
                 if getattr(pipe, c, None) is not None
                 for n, t in getattr(pipe, c).state_dict().items()
             }

@@ -245,7 +245,7 @@ def run_study(
         pending = sum(sum((w.model_id, p, s) not in done for p, s in w.items) for w in todo)
         written = 0
         # One CPU copy of the base weights, taken once: DreamBooth restores and every weight delta use it.
-        base_weights = BaseWeights(pipe) if specs else None
+        base_weights = BaseWeights(pipe, family.swappable_components) if specs else None
         with _progress(progress, pending) as advance:
             for model_id, works in _by_model(todo):
                 if model_id != BASE_ID and model_id not in deltas_done and prompt_set.weight_deltas:
@@ -314,7 +314,7 @@ def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -
 def _write_weight_deltas(writer: StoreWriter, pipe: Any, spec: PersonalizedSpec, base: BaseWeights | None) -> None:
     """Per-parameter weight deltas of one personalized model (an empty table is not written)."""
     table_name = "textual_inversion" if spec.method == "textual_inversion" else "weight_deltas"
-    base_state = (base or BaseWeights(pipe)).state_dict()
+    base_state = (base or BaseWeights(pipe, family_of(pipe).swappable_components)).state_dict()
     table = weight_delta_for(pipe, spec, base_state)
     if not table.empty:
         writer.write_table(table_name, _json_friendly(table))
