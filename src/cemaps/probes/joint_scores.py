@@ -58,10 +58,13 @@ def joint_text_block(
     key32 = key.float()
     chunk = max(1, max_values // max(1, batch * heads * keys))
     blocks, masses = [], []
+    key_t = key32.transpose(-1, -2)
     for start in range(0, queries, chunk):
-        logits = torch.matmul(query[:, :, start : start + chunk].float(), key32.transpose(-1, -2)) * scale
-        log_denominator = torch.logsumexp(logits, dim=-1, keepdim=True)
-        block = torch.exp(logits[..., first:stop] - log_denominator)
+        # the scale goes on the (smaller) queries; one exp pass over the row, in place: the softmax of the
+        # whole row, of which only the text columns are kept
+        weights = torch.matmul(query[:, :, start : start + chunk].float() * scale, key_t)
+        weights.sub_(weights.amax(dim=-1, keepdim=True)).exp_()
+        block = weights[..., first:stop] / weights.sum(dim=-1, keepdim=True)
         mass = block.sum(dim=-1)
         if kept is not None:
             block = block.index_select(-1, kept.to(block.device))
