@@ -269,7 +269,10 @@ def test_dreambooth_counts_only_changed_tensors(base_pipe, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda s: s.update({"add_embedding.linear_1.weight": torch.zeros(4, 4)}), "add_embedding.*SDXL"),
+        (
+            lambda s: s.update({"add_embedding.linear_1.weight": torch.zeros(4, 4)}),
+            r"is for SDXL \(key 'add_embedding.*base model is SD 1.x/2.x",
+        ),
         (lambda s: s.pop("conv_in.bias"), "key 'conv_in.bias' is missing"),
         (
             lambda s: s.update({"conv_in.weight": torch.zeros(64, 4, 3, 3)}),
@@ -362,6 +365,6 @@ def test_incomplete_original_sd_checkpoint_is_refused_after_conversion(base_pipe
 
 def test_sdxl_single_file_is_refused(base_pipe, tmp_path):
     save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(4)}, tmp_path / "xl.safetensors")
-    with pytest.raises(ModelLoadError, match="SDXL-family"):
+    with pytest.raises(ModelLoadError, match=r"is for SDXL \(key 'conditioner.*base model is SD 1.x/2.x"):
         with applied(base_pipe, PersonalizedSpec("xl", "dreambooth", str(tmp_path / "xl.safetensors"))):
             pass

@@ -249,7 +249,8 @@ def test_sdxl_kohya_lora_is_named(pipe, tmp_path):
         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(RANK, 768),
         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(768, RANK),
     }
-    assert "looks like an SDXL LoRA" in refusal(pipe, tmp_path, state)
+    message = refusal(pipe, tmp_path, state)
+    assert "is for SDXL (key 'lora_" in message and "the base model is SD 1.x/2.x (StableDiffusionPipeline)" in message
 
 
 def test_sd2_lora_is_named_by_its_context_width(pipe, tmp_path):

@@ -61,7 +61,7 @@ def test_a1111_safetensors_takes_its_token_from_the_file_name(pipe, tmp_path):
 
 def test_sdxl_embedding_is_refused_by_name(pipe, tmp_path):
     save_file({"clip_l": torch.zeros(1, 768), "clip_g": torch.zeros(1, 1280)}, tmp_path / "xl.safetensors")
-    with pytest.raises(ModelLoadError, match=r"looks like an SDXL Textual Inversion embedding \(key 'clip_[gl]'\)"):
+    with pytest.raises(ModelLoadError, match=r"is for SDXL \(key 'clip_[gl]'\), but the base model is SD 1\.x/2\.x"):
         check(pipe, PersonalizedSpec("xl", "textual_inversion", str(tmp_path / "xl.safetensors"), token="<xl>"))
 
 

@@ -35,8 +35,20 @@ import torch
 from scipy.stats import percentileofscore
 
 from cemaps.errors import ModelLoadError
+from cemaps.models.families import families, family_of
 
-COMPONENTS: tuple[str, ...] = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+# SD 1.x/2.x's components; the registry adds every family's (text_encoder_2, transformer, ...).
+COMPONENTS: tuple[str, ...] = ("unet", "text_encoder")
+
+
+def known_components() -> tuple[str, ...]:
+    """Component names of every registered family (denoisers, text encoders), for splitting keys."""
+    names = dict.fromkeys(COMPONENTS)
+    for family in families():
+        names.update(dict.fromkeys((*family.swappable_components, *family.lora_components())))
+    return tuple(names)
+
+
 COLUMNS: tuple[str, ...] = (
     "model_id", "component", "module", "param", "block", "block_index", "resolution_level", "kind",
     "shape", "numel", "fro_norm", "rel_norm", "singular_values", "effective_rank", "subspace_overlap",
@@ -50,7 +62,7 @@ _CONV = re.compile(r"(^|\.)(conv\w*|downsamplers\.\d+\.conv|upsamplers\.\d+\.con
 def split_component(key: str) -> tuple[str, str]:
     """``"unet.conv_in.weight"`` -> ``("unet", "conv_in.weight")``; unprefixed keys are UNet keys."""
     head, _, rest = key.partition(".")
-    return (head, rest) if head in COMPONENTS and rest else ("unet", key)
+    return (head, rest) if head in known_components() and rest else ("unet", key)
 
 
 def parameter_kind(module: str) -> str:
@@ -208,7 +220,7 @@ def lora_delta_state(pipe, adapter_name: str | None = None) -> dict[str, torch.T
     from peft.tuners.lora import LoraLayer
 
     deltas: dict[str, torch.Tensor] = {}
-    for component in components_of(pipe):
+    for component in family_of(pipe).lora_components():
         model = getattr(pipe, component, None)
         if model is None:
             continue
@@ -267,19 +279,14 @@ def textual_inversion_stats(
     }
 
 
-def components_of(pipe) -> tuple[str, ...]:
-    """The components a personalization may change: the family's denoiser and text encoders."""
-    from cemaps.models.families import family_of
-
-    return family_of(pipe).swappable_components
-
-
 def weight_delta_for(pipe, spec, base_state: Mapping[str, torch.Tensor], top_k: int = 8) -> pd.DataFrame:
     """The weight-delta table of one personalized model against the base weights.
 
     LoRA and DreamBooth give :func:`weight_delta_table` rows (for LoRA, base + peft's delta
-    per wrapped module). Textual Inversion changes no weight but adds token vectors, so it
-    gives one row per added token with the columns of :func:`textual_inversion_stats`.
+    per wrapped module), over the components of the pipeline's family (SDXL: ``unet``,
+    ``text_encoder``, ``text_encoder_2``). Textual Inversion changes no weight but adds token
+    vectors, so it gives one row per added token and text encoder (``component``) with the columns
+    of :func:`textual_inversion_stats`.
 
     Args:
         pipe: the base pipeline (restored on return).
@@ -289,13 +296,30 @@ def weight_delta_for(pipe, spec, base_state: Mapping[str, torch.Tensor], top_k: 
     """
     from cemaps.models.personalized import applied
 
+    family = family_of(pipe)
     if spec.method == "textual_inversion":
-        vocab = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+        # one block of rows per text encoder the embedding went into (SDXL: both), named in "component"
+        streams = family.embedding_streams()
+        vocabs = {s.encoder: getattr(pipe, s.encoder).get_input_embeddings().weight.detach().clone() for s in streams}
+        vectors = {}
         with applied(pipe, spec) as model:
-            ids = pipe.tokenizer.convert_tokens_to_ids(list(model.tokens))
-            vectors = pipe.text_encoder.get_input_embeddings().weight[ids].detach().clone()
-        stats = textual_inversion_stats(vectors, vocab, pipe.tokenizer)
-        return pd.DataFrame({"model_id": spec.model_id, "token": list(model.tokens), **stats})
+            for stream in streams:
+                ids = getattr(pipe, stream.tokenizer).convert_tokens_to_ids(list(model.tokens))
+                vectors[stream.encoder] = getattr(pipe, stream.encoder).get_input_embeddings().weight[ids].detach()
+        tables = [
+            pd.DataFrame(
+                {
+                    "model_id": spec.model_id,
+                    "component": stream.encoder,
+                    "token": list(model.tokens),
+                    **textual_inversion_stats(
+                        vectors[stream.encoder].clone(), vocabs[stream.encoder], getattr(pipe, stream.tokenizer)
+                    ),
+                }
+            )
+            for stream in streams
+        ]
+        return pd.concat(tables, ignore_index=True)
     with applied(pipe, spec):
         if spec.method == "lora":
             deltas = lora_delta_state(pipe, spec.model_id)
@@ -306,7 +330,7 @@ def weight_delta_for(pipe, spec, base_state: Mapping[str, torch.Tensor], top_k: 
         else:
             tuned = {
                 f"{c}.{n}": t.detach().to("cpu", copy=True)
-                for c in components_of(pipe)
+                for c in family.swappable_components
                 if getattr(pipe, c, None) is not None
                 for n, t in getattr(pipe, c).state_dict().items()
             }

@@ -9,7 +9,13 @@ Layouts read (rows of the README's "Input forms" table):
 - an original Stable Diffusion (CompVis ``ldm``) single file: ``model.diffusion_model.*`` (UNet),
   ``cond_stage_model.transformer.*`` (CLIP text model), ``first_stage_model.*`` (VAE, not
   swapped: DreamBooth tunes UNet and text encoder), converted with diffusers' own
-  ``convert_ldm_unet_checkpoint`` / ``convert_ldm_clip_checkpoint``.
+  ``convert_ldm_unet_checkpoint`` / ``convert_ldm_clip_checkpoint``;
+- an SDXL (Stability SGM) single file: the same UNet keys, ``conditioner.embedders.0.transformer.*``
+  (CLIP ViT-L) and ``conditioner.embedders.1.model.*`` (OpenCLIP ViT-bigG, converted with diffusers'
+  ``convert_open_clip_checkpoint``).
+
+Which components may be swapped is the base's family's (denoiser and text encoders,
+:attr:`ModelFamily.swappable_components`); weights of another family are refused naming both.
 
 The base comes back bit-exactly from a CPU snapshot (:class:`BaseWeights`).
 """
@@ -25,14 +31,14 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from cemaps.errors import ModelLoadError
+from cemaps.models.families import family_of
 from cemaps.models.hashing import source_sha256
 from cemaps.models.personalized.spec import (
-    SWAPPABLE_COMPONENTS,
     AppliedModel,
     BaseWeights,
     PersonalizedSpec,
+    check_family,
     check_finite,
-    check_sdxl,
     copy_into,
     family_hint,
     refuse_adapters,
@@ -62,26 +68,37 @@ def split_single_file(
     checkpoint: dict[str, torch.Tensor], pipe: StableDiffusionPipeline, what: str
 ) -> tuple[dict[str, dict[str, torch.Tensor]], str]:
     """Splits a single-file checkpoint into diffusers-named component state dicts; returns (states, layout)."""
-    check_sdxl(list(checkpoint), what)
-    refuse_other_kind(checkpoint, _FULL_MODEL_KINDS, what)
+    refuse_other_kind(checkpoint, _FULL_MODEL_KINDS, what, pipe)
+    family = family_of(pipe)
     if any(key.startswith("model.diffusion_model.") for key in checkpoint):
-        from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint
+        from diffusers.loaders.single_file_utils import (
+            convert_ldm_clip_checkpoint,
+            convert_ldm_unet_checkpoint,
+            convert_open_clip_checkpoint,
+        )
 
         try:
-            states = {"unet": convert_ldm_unet_checkpoint(checkpoint, dict(pipe.unet.config))}
+            states = {family.denoiser: convert_ldm_unet_checkpoint(checkpoint, dict(family.denoiser_of(pipe).config))}
         except (KeyError, IndexError, RuntimeError) as error:
             raise ModelLoadError(
                 f"{what}: cannot convert its original-SD UNet keys ({error!r}); another architecture?"
             ) from error
-        if any(key.startswith("cond_stage_model.transformer.") for key in checkpoint):
+        if any(
+            key.startswith(("cond_stage_model.transformer.", "conditioner.embedders.0.transformer."))
+            for key in checkpoint
+        ):
             states["text_encoder"] = convert_ldm_clip_checkpoint(checkpoint)
+        open_clip = "conditioner.embedders.1.model."
+        if "text_encoder_2" in family.encoders and any(key.startswith(open_clip) for key in checkpoint):
+            states["text_encoder_2"] = convert_open_clip_checkpoint(pipe.text_encoder_2, checkpoint, prefix=open_clip)
         return states, "ldm"
     prefixed = {
-        c: {k[len(c) + 1 :]: v for k, v in checkpoint.items() if k.startswith(c + ".")} for c in SWAPPABLE_COMPONENTS
+        c: {k[len(c) + 1 :]: v for k, v in checkpoint.items() if k.startswith(c + ".")}
+        for c in family.swappable_components
     }
     if any(prefixed.values()):
         return {c: s for c, s in prefixed.items() if s}, "diffusers-single-file"
-    return {"unet": checkpoint}, "unet-state-dict"
+    return {family.denoiser: checkpoint}, "unet-state-dict"
 
 
 def dreambooth_states(
@@ -95,13 +112,14 @@ def dreambooth_states(
         return states, str(path), layout
     if not path.is_dir():
         raise ModelLoadError(f"{what}: path does not exist")
+    family = family_of(pipe)
     if (path / "model_index.json").is_file():
-        folders = {c: path / c for c in SWAPPABLE_COMPONENTS if (path / c).is_dir()}
-        if "unet" not in folders:
-            raise ModelLoadError(f"{what}: pipeline folder has no unet/ subfolder")
+        folders = {c: path / c for c in family.swappable_components if (path / c).is_dir()}
+        if family.denoiser not in folders:
+            raise ModelLoadError(f"{what}: pipeline folder has no {family.denoiser}/ subfolder")
         layout = "diffusers-pipeline"
     elif (path / "config.json").is_file():
-        folders, layout = {"unet": path}, "diffusers-unet"
+        folders, layout = {family.denoiser: path}, "diffusers-unet"
     else:
         raise ModelLoadError(f"{what}: folder has neither model_index.json (pipeline) nor config.json (UNet only)")
     return {c: _component_weight_file(folder, spec.allow_pickle) for c, folder in folders.items()}, str(path), layout
@@ -116,7 +134,6 @@ def check_state_matches(
     state = _align_text_model_prefix(state, set(expected))
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        check_sdxl(unexpected, what)
         raise ModelLoadError(
             f"{what}: {component} key {unexpected[0]!r} does not exist in the base {component} (another architecture?)"
         )
@@ -163,6 +180,7 @@ def read_dreambooth(
     """(checked component states, source, layout) of a DreamBooth spec; ``pipe`` is not changed."""
     states, source, layout = dreambooth_states(pipe, spec)
     what = f"DreamBooth model {spec.model_id!r} at {source!r}"
+    check_family([f"{c}.{key}" for c, state in states.items() for key in state], pipe, what)
     return {c: check_state_matches(c, getattr(pipe, c), s, what) for c, s in states.items()}, source, layout
 
 

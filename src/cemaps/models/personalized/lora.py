@@ -9,7 +9,13 @@ Key layouts read (each a row of the README's "Input forms" table):
   ``text_encoder.<layer>.self_attn.to_q_lora.down.weight``;
 - kohya sd-scripts (``networks/lora.py``): ``lora_unet_<module_path_with_underscores>.lora_down.weight``,
   ``.lora_up.weight``, ``.alpha`` and ``lora_te_text_model_encoder_layers_<i>_self_attn_q_proj.*``;
-  LoCon convolutions (``lora_down`` ``[r, in, kh, kw]``, ``lora_up`` ``[out, r, 1, 1]``).
+  LoCon convolutions (``lora_down`` ``[r, in, kh, kw]``, ``lora_up`` ``[out, r, 1, 1]``); for SDXL
+  ``lora_te1_`` / ``lora_te2_`` (the two text encoders) and the SGM UNet block names
+  (``input_blocks``/``middle_block``/``output_blocks``, renamed with diffusers' own converter, see
+  :mod:`cemaps.models.personalized.lora_sgm`).
+
+Which components a file may touch is the base's family's (diffusers' ``_lora_loadable_modules``:
+``unet``, ``text_encoder`` and, for SDXL, ``text_encoder_2``).
 
 cemaps parses every layout into :class:`LoraMatrices` (component, module path in the
 installed model, down ``A``, up ``B``, alpha), checks each against the module it targets
@@ -32,9 +38,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from cemaps.errors import ModelLoadError
+from cemaps.models.families import family_of
 from cemaps.models.hashing import source_sha256
+from cemaps.models.personalized.lora_sgm import sgm_block_names
 from cemaps.models.personalized.spec import (
-    SWAPPABLE_COMPONENTS,
     AppliedModel,
     PersonalizedSpec,
     adapter_names,
@@ -47,13 +54,15 @@ from cemaps.models.safety import load_weights
 
 PREFERRED_FILES = ("pytorch_lora_weights.safetensors",)
 _TEXT_MODEL = "text_model."
-_KOHYA_COMPONENT = {"unet": "unet", "te": "text_encoder"}
-_KOHYA = re.compile(r"^lora_(unet|te)_(?P<flat>.+)\.(?P<role>lora_down|lora_up)\.weight$")
-_PEFT = re.compile(r"^(?:(?P<component>unet|text_encoder)\.)?(?P<path>.+)\.lora_(?P<role>A|B)\.weight$")
+# kohya sd-scripts: lora_te_ (one text encoder), lora_te1_/lora_te2_ (SDXL's two)
+_KOHYA_COMPONENT = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
+_KOHYA = re.compile(r"^lora_(unet|te|te1|te2)_(?P<flat>.+)\.(?P<role>lora_down|lora_up)\.weight$")
+_COMPONENT = r"(?:(?P<component>unet|transformer|text_encoder(?:_\d)?)\.)?"
+_PEFT = re.compile(rf"^{_COMPONENT}(?P<path>.+)\.lora_(?P<role>A|B)\.weight$")
 _LEGACY = re.compile(
-    r"^(?:(?P<component>unet|text_encoder)\.)?(?P<path>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<role>down|up)\.weight$"
+    rf"^{_COMPONENT}(?P<path>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<role>down|up)\.weight$"
 )
-_OLD_DIFFUSERS = re.compile(r"^(?:(?P<component>unet|text_encoder)\.)?(?P<path>.+)\.lora\.(?P<role>down|up)\.weight$")
+_OLD_DIFFUSERS = re.compile(rf"^{_COMPONENT}(?P<path>.+)\.lora\.(?P<role>down|up)\.weight$")
 _LEGACY_PROJ = {
     "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
     "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
@@ -90,9 +99,13 @@ class LoraMatrices:
         return (product * factor).reshape(shape)
 
 
+def _lora_components(pipe: StableDiffusionPipeline) -> tuple[str, ...]:
+    return family_of(pipe).lora_components()
+
+
 def _module_names(pipe: StableDiffusionPipeline) -> dict[str, dict[str, torch.nn.Module]]:
     return {
-        c: dict(getattr(pipe, c).named_modules()) for c in SWAPPABLE_COMPONENTS if getattr(pipe, c, None) is not None
+        c: dict(getattr(pipe, c).named_modules()) for c in _lora_components(pipe) if getattr(pipe, c, None) is not None
     }
 
 
@@ -133,7 +146,7 @@ def parse_lora(
         ModelLoadError: the file is another kind of model, for another architecture, or a key
             is neither a LoRA matrix nor an alpha.
     """
-    refuse_other_kind(state, ("a LoRA",), what)
+    refuse_other_kind(state, ("a LoRA",), what, pipe)
     modules = _module_names(pipe)
     flat = {c: _flat_index(names) for c, names in modules.items()}
     pairs: dict[tuple[str, str], dict[str, object]] = {}
@@ -188,7 +201,8 @@ def _parse_key(key: str) -> tuple[str, str, str, str] | None:
         return _KOHYA_COMPONENT[match.group(1)], match["flat"], match["role"], "kohya"
     if match := _LEGACY.match(key):
         component = match["component"] or "unet"
-        return component, f"{match['path']}.{_LEGACY_PROJ[component][match['proj']]}", match["role"], "legacy"
+        names = _LEGACY_PROJ["text_encoder" if component.startswith("text_encoder") else "unet"]
+        return component, f"{match['path']}.{names[match['proj']]}", match["role"], "legacy"
     for pattern in (_PEFT, _OLD_DIFFUSERS):
         if match := pattern.match(key):
             return match["component"] or "unet", match["path"], match["role"], "diffusers"
@@ -256,7 +270,7 @@ def read_lora(
     raw = load_weights(source, allow_pickle=spec.allow_pickle)
     what = f"LoRA file {str(source)!r}"
     check_finite(raw, what)
-    entries, layout = parse_lora(raw, pipe, what)
+    entries, layout = parse_lora(sgm_block_names(raw, pipe, what), pipe, what)
     check_matrices(entries, pipe, what)
     return source, raw, entries, layout
 
@@ -273,7 +287,7 @@ def lora_wrapped_modules(pipe: StableDiffusionPipeline, adapter: str) -> dict[tu
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     wrapped = {}
-    for component in SWAPPABLE_COMPONENTS:
+    for component in _lora_components(pipe):
         module = getattr(pipe, component, None)
         if module is not None:
             wrapped |= {
@@ -365,7 +379,7 @@ def remove_lora(pipe: StableDiffusionPipeline, adapter: str) -> None:
         pipe.delete_adapters(adapter)
     wrappers = any(
         isinstance(m, BaseTunerLayer)
-        for c in SWAPPABLE_COMPONENTS
+        for c in _lora_components(pipe)
         if getattr(pipe, c, None) is not None
         for m in getattr(pipe, c).modules()
     )

@@ -13,28 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from cemaps.errors import ModelLoadError
+from cemaps.models.families import ModelFamily, families, family_of
 from cemaps.models.methods import METHODS, Method
 from cemaps.models.safety import SAFETENSORS_SUFFIX, is_pickle_file
 
+# The components a DreamBooth model of SD 1.x/2.x replaces; other families say theirs in the
+# registry (``ModelFamily.swappable_components``), which every loader asks.
 SWAPPABLE_COMPONENTS: tuple[str, ...] = ("unet", "text_encoder")
 
-# Key fragments that only SDXL-family checkpoints have; SD v1.x modules lack them. kohya
-# sd-scripts (networks/lora.py) names SDXL's two text encoders lora_te1_/lora_te2_ and its
-# UNet with the original SGM block names (input_blocks/middle_block/output_blocks).
-SDXL_MARKERS = (
-    "add_embedding",
-    "text_encoder_2",
-    "lora_te1_",
-    "lora_te2_",
-    "conditioner.embedders.1",
-    "label_emb",
-    "lora_unet_input_blocks_",
-    "lora_unet_middle_block_",
-    "lora_unet_output_blocks_",
-)
 # LyCORIS network types diffusers' LoRA loader cannot apply, by the key suffix LyCORIS writes.
 LYCORIS_MARKERS = {
     ".hada_w1_a": "a LyCORIS LoHa",
@@ -62,6 +51,33 @@ def family_hint(width: int, expected: int) -> str:
     return f" (width {width} is {family}'s; this base has {expected})" if family and width != expected else ""
 
 
+def _article(name: str) -> str:
+    """``an`` before a family name read with a vowel sound (``an SDXL``), else ``a``."""
+    return "an" if name[:1].upper() in "AEFHILMNORSX" else "a"
+
+
+def marked_family(keys: Iterable[str], skip: ModelFamily | None = None) -> tuple[ModelFamily, str] | None:
+    """(family, key): the first registered family (other than ``skip``) whose ``weight_markers`` a key holds."""
+    keys = list(keys)
+    for family in families():
+        if family is skip or not family.weight_markers:
+            continue
+        key = next((k for k in keys if any(marker in k for marker in family.weight_markers)), None)
+        if key is not None:
+            return family, key
+    return None
+
+
+def embedding_family(keys: Iterable[str], skip: ModelFamily | None = None) -> tuple[ModelFamily, str] | None:
+    """(family, key): the family whose multi-encoder embedding keys (``clip_l``/``clip_g``) a file has."""
+    keys = set(keys)
+    for family in families():
+        named = {s.embedding_key for s in family.text_streams if s.embedding_key is not None}
+        if family is not skip and named & keys:
+            return family, sorted(named & keys)[0]
+    return None
+
+
 def describe_weights(state: Mapping[str, object]) -> str:
     """What a weight file's keys look like, in a few words: the kind of model it holds.
 
@@ -76,8 +92,12 @@ def describe_weights(state: Mapping[str, object]) -> str:
     return identify_weights(state)[0]
 
 
-def identify_weights(state: Mapping[str, object]) -> tuple[str, str]:
-    """(:func:`describe_weights`' answer, the first key that decided it)."""
+def identify_weights(state: Mapping[str, object], base: ModelFamily | None = None) -> tuple[str, str]:
+    """(:func:`describe_weights`' answer, the first key that decided it).
+
+    ``base``: the family of the pipeline the file is for; its own markers then name no family
+    (an SDXL LoRA on an SDXL base is just "a LoRA").
+    """
     keys = list(state)
 
     def first(test) -> str | None:
@@ -87,16 +107,18 @@ def identify_weights(state: Mapping[str, object]) -> tuple[str, str]:
         if (key := first(lambda k, m=marker: m in k)) is not None:
             return name, key
     lora = first(lambda k: k.startswith(("lora_unet_", "lora_te")) or any(f in k for f in _LORA_FRAGMENTS))
-    if (key := first(lambda k: k in ("clip_l", "clip_g"))) is not None:
-        return "an SDXL Textual Inversion embedding", key
-    if (key := first(lambda k: any(marker in k for marker in SDXL_MARKERS))) is not None:
-        return ("an SDXL LoRA" if lora else "an SDXL model"), key
+    if (found := embedding_family(keys, skip=base)) is not None:
+        return f"{_article(found[0].name)} {found[0].name} Textual Inversion embedding", found[1]
+    if (found := marked_family(keys, skip=base)) is not None:
+        return f"{_article(found[0].name)} {found[0].name} {'LoRA' if lora else 'model'}", found[1]
     if lora is not None:
         return "a LoRA", lora
     if (key := first(lambda k: k.startswith("model.diffusion_model."))) is not None:
         return "a full original-SD checkpoint", key
     if (key := first(lambda k: k in ("string_to_param", "emb_params"))) is not None:
         return "a Textual Inversion embedding", key
+    if base is not None and (found := embedding_family(keys)) is not None:
+        return "a Textual Inversion embedding", found[1]
     if len(keys) == 1 and isinstance(state[keys[0]], torch.Tensor) and state[keys[0]].ndim <= 2:  # type: ignore[union-attr]
         return "a Textual Inversion embedding", keys[0]
     if (key := first(lambda k: k.removeprefix("unet.").startswith(("conv_in.", "down_blocks.")))) is not None:
@@ -112,14 +134,24 @@ SUGGESTED_METHOD = {
 }
 
 
-def refuse_other_kind(state: Mapping[str, object], accepted: tuple[str, ...], what: str) -> str:
+def refuse_other_kind(
+    state: Mapping[str, object], accepted: tuple[str, ...], what: str, pipe: object | None = None
+) -> str:
     """Returns ``describe_weights(state)`` when it is ``accepted``; otherwise raises one line saying what it looks like.
+
+    Args:
+        pipe: the base pipeline; weights of another registered family are then refused naming
+            both families, and the base family's own markers are accepted.
 
     Raises:
         ModelLoadError: e.g. ``LoRA file 'x' looks like a full original-SD checkpoint
-            (model.diffusion_model.* keys); use method: dreambooth``.
+            (model.diffusion_model.* keys); use method: dreambooth``, or ``LoRA file 'x' is for
+            SDXL (key 'lora_te2_...'), but the base model is SD 1.x/2.x (StableDiffusionPipeline)``.
     """
-    kind, example = identify_weights(state)
+    base = family_of(pipe) if pipe is not None else None
+    if base is not None:
+        check_family(state, pipe, what)
+    kind, example = identify_weights(state, base)
     if kind in accepted:
         return kind
     method = SUGGESTED_METHOD.get(kind)
@@ -129,14 +161,22 @@ def refuse_other_kind(state: Mapping[str, object], accepted: tuple[str, ...], wh
     raise ModelLoadError(f"{what} looks like {kind} (key {example!r}), not what its method expects{advice}")
 
 
-def check_sdxl(keys: Iterable[str], what: str) -> None:
-    """Raises when a key belongs to an SDXL-family model (see ``SDXL_MARKERS``)."""
-    for key in keys:
-        for marker in SDXL_MARKERS:
-            if marker in key:
-                raise ModelLoadError(
-                    f"{what} has key {key!r}, which belongs to an SDXL-family model; expected weights for SD v1.x"
-                )
+def check_family(keys: Iterable[str], pipe: object, what: str) -> None:
+    """Raises one line naming both families when a key belongs to a family other than the base's.
+
+    A family is recognised by its ``weight_markers`` and its embedding keys (the registry); a file
+    of a family without markers (SD 1.x on an SDXL base) is named by its widths where the loaders
+    check them (:func:`family_hint`).
+    """
+    base = family_of(pipe)
+    keys = list(keys)
+    found = marked_family(keys, skip=base) or embedding_family(keys, skip=base)
+    if found is not None:
+        family, key = found
+        raise ModelLoadError(
+            f"{what} is for {family.name} (key {key!r}), but the base model is {base.name} "
+            f"({type(pipe).__name__}); expected weights made for {base.name}"
+        )
 
 
 def check_finite(state: Mapping[str, object], what: str) -> None:
@@ -226,9 +266,10 @@ class BaseWeights:
         ['text_encoder', 'unet']
     """
 
-    def __init__(self, pipe: StableDiffusionPipeline, components: tuple[str, ...] = SWAPPABLE_COMPONENTS) -> None:
+    def __init__(self, pipe: DiffusionPipeline, components: tuple[str, ...] | None = None) -> None:
         self.components: dict[str, dict[str, torch.Tensor]] = {}
-        for component in components:
+        # default: what a DreamBooth model of the pipeline's family may replace (denoiser + text encoders)
+        for component in components if components is not None else family_of(pipe).swappable_components:
             module = getattr(pipe, component, None)
             if module is None:
                 continue
@@ -245,7 +286,7 @@ class BaseWeights:
             for name, tensor in state.items()
         }
 
-    def restore(self, pipe: StableDiffusionPipeline, components: tuple[str, ...] | None = None) -> None:
+    def restore(self, pipe: DiffusionPipeline, components: tuple[str, ...] | None = None) -> None:
         """Copies the snapshot back into ``pipe``'s modules in place (bit-exact)."""
         for component in components if components is not None else tuple(self.components):
             copy_into(getattr(pipe, component), self.components[component])
@@ -276,7 +317,7 @@ def resolve_weight_file(spec: PersonalizedSpec, preferred_names: tuple[str, ...]
     return candidates[0]
 
 
-def adapter_names(pipe: StableDiffusionPipeline) -> set[str]:
+def adapter_names(pipe: DiffusionPipeline) -> set[str]:
     """LoRA adapters loaded in any component (empty when peft never touched the pipeline)."""
     try:
         return {name for names in pipe.get_list_adapters().values() for name in names}
@@ -284,7 +325,7 @@ def adapter_names(pipe: StableDiffusionPipeline) -> set[str]:
         return set()
 
 
-def refuse_adapters(pipe: StableDiffusionPipeline, doing: str) -> None:
+def refuse_adapters(pipe: DiffusionPipeline, doing: str) -> None:
     """Raises when a LoRA adapter is still loaded (weights would not be the base ones)."""
     present = adapter_names(pipe)
     if present:

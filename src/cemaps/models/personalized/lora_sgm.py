@@ -1,0 +1,64 @@
+"""kohya LoRA files of an SGM-named UNet (SDXL): block names renamed with diffusers' own converter.
+
+kohya sd-scripts trains SDXL on Stability's SGM UNet, so its files name UNet modules by the
+original blocks (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k``); diffusers'
+``load_lora_weights`` renames them with ``_maybe_map_sgm_blocks_to_diffusers`` (input block ``i``
+-> ``down_blocks.{(i-1)//(layers+1)}``, ...) using the UNet's ``layers_per_block``. cemaps calls the
+same function on the same tensors before parsing, so that its reading of the file and diffusers'
+load agree by construction, and then verifies the load module by module (see
+:mod:`cemaps.models.personalized.lora`). ``input_blocks_0_0`` (``conv_in``), ``out_2`` (``conv_out``),
+``time_embed`` and ``label_emb`` are passed through by diffusers' function; cemaps maps the two
+convolutions as diffusers' ``_convert_unet_lora_key`` does.
+
+Example:
+    >>> import torch
+    >>> from cemaps.models.tiny import tiny_sdxl_pipeline
+    >>> state = {"lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(1, 4)}
+    >>> list(sgm_block_names(state, tiny_sdxl_pipeline(seed=0), "file"))
+    ['lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from cemaps.errors import ModelLoadError, one_line
+from cemaps.models.families import family_of
+
+_SGM_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
+# the two SGM modules outside the block structure that diffusers' _convert_unet_lora_key renames
+_OUTSIDE_BLOCKS = {"lora_unet_input_blocks_0_0_": "lora_unet_conv_in_", "lora_unet_out_2_": "lora_unet_conv_out_"}
+
+
+def sgm_block_names(state: Mapping[str, torch.Tensor], pipe: Any, what: str) -> dict[str, torch.Tensor]:
+    """``state`` with kohya SGM UNet block names renamed to diffusers' (other keys unchanged).
+
+    Args:
+        state: the LoRA file's tensors (not modified).
+        pipe: the base pipeline; its denoiser's config gives ``layers_per_block``.
+        what: how errors name the file.
+
+    Raises:
+        ModelLoadError: diffusers' converter cannot place a block (another architecture).
+    """
+    if not any(key.startswith("lora_unet_") and any(b in key for b in _SGM_BLOCKS) for key in state):
+        return dict(state)
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+
+    denoiser = family_of(pipe).denoiser_of(pipe)
+    try:
+        renamed = _maybe_map_sgm_blocks_to_diffusers(dict(state), denoiser.config)
+    except (ValueError, IndexError, KeyError) as error:
+        raise ModelLoadError(
+            f"{what}: cannot place its SGM UNet blocks ({one_line(error)}); another architecture?"
+        ) from error
+    result = {}
+    for key, tensor in renamed.items():
+        for old, new in _OUTSIDE_BLOCKS.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        result[key] = tensor
+    return result
