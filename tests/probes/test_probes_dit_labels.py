@@ -149,3 +149,15 @@ def test_chunked_block_equals_one_softmax_over_the_whole_row():
     mean_block, mean_mass = joint_text_block(query, key, slice(0, 10), mean_heads=True)
     torch.testing.assert_close(mean_block, probs[..., :10].mean(1, keepdim=True))
     torch.testing.assert_close(mean_mass, probs[..., :10].sum(-1).mean(1, keepdim=True))
+
+
+def test_flux_true_cfg_split_calls_are_refused(flux):
+    with pytest.raises(CemapsError, match="called the transformer twice at timestep"):
+        _run(flux, cemaps.CrossAttentionProbe(), height=64, width=64, negative_prompt="blurry", true_cfg_scale=2.0)
+
+
+def test_pixart_given_only_embeddings_is_refused(pixart):
+    embeds, mask, _, _ = pixart.encode_prompt(PROMPTS, do_classifier_free_guidance=False, clean_caption=False)
+    with pytest.raises(CemapsError, match="cannot tell whether the transformer batch holds guidance halves"):
+        with cemaps.capture(pixart, [cemaps.CrossAttentionProbe()]):
+            pixart(prompt_embeds=embeds, prompt_attention_mask=mask, num_inference_steps=2, output_type="np")

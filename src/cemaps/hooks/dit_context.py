@@ -168,10 +168,23 @@ class DiTCaptureContext(CaptureContext):
         value = float(torch.as_tensor(call["timestep"]).flatten()[0].item()) * self.family.denoiser_time_scale
         grid = _token_grid(hidden, call.get("img_ids"))
         mask = call.get("encoder_attention_mask")
+        self._refuse_split_calls(self._snap(value))
         self._advance(
             self._snap(value), lambda schedule: self._new_dit_generation(hidden, context, mask, schedule, grid)
         )
         self._stream_encodings = {}
+
+    def _refuse_split_calls(self, t: int) -> None:
+        """A second call at the step's timestep within one generation: guidance run as separate calls."""
+        if not self.generations or self._text_encoder_called:
+            return
+        generation = self.generation
+        if generation.timesteps and generation.timesteps[-1] == t and len(generation.positions(t)) < 2:
+            raise CemapsError(
+                f"{type(self.pipe).__name__} called the transformer twice at timestep {t} (guidance run as separate "
+                "calls: Flux's true_cfg_scale > 1 with a negative prompt, SD3's skip_guidance_layers); capture reads "
+                "one call per step: use guidance_scale alone"
+            )
 
     def _snap(self, value: float) -> int:
         """The schedule's timestep (as :class:`Generation` keys it) nearest to a call's ``value``."""
