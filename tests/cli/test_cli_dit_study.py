@@ -105,3 +105,15 @@ def test_flux_study_analysis_and_report_order_layers_by_depth(folders, tmp_path,
     code, _, err = run_cli("report", tmp_path / "results", "-o", tmp_path / "report")
     assert code == 0, err
     assert (tmp_path / "report" / "figures" / "attention_shift_layers.png").is_file()
+
+
+def test_a_tiny_dit_alias_captures_through_the_cli(tmp_path, run_cli):
+    config = tmp_path / "study.yaml"
+    config.write_text(
+        "base: cemaps/tiny-pixart-sigma\nprompts: [a red mug, freedom]\nseeds: [0]\n"
+        "generation: {steps: 2, batch_size: 2, guidance_scale: 4.0, height: 64, width: 64}\ncapture: {timesteps: 1}\n"
+    )
+    code, _, err = run_cli("capture", "-c", config, "-o", tmp_path / "s.h5", "--no-progress")
+    assert code == 0, err
+    with open_store(tmp_path / "s.h5") as store:
+        assert store.base["model_id"] == "cemaps/tiny-pixart-sigma" and len(store.records) == 2

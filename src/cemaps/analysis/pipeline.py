@@ -65,7 +65,14 @@ from cemaps.store import open_store
 from cemaps.toyworld.ground_truth import analyse_toy_world
 
 METRICS = ("alignment_drop", "image_drift")
-TINY_BASES = ("cemaps/tiny-sd", "tiny")
+TINY_BASES = (
+    "cemaps/tiny-sd",
+    "tiny",
+    "cemaps/tiny-sd3",
+    "cemaps/tiny-sd3.5",
+    "cemaps/tiny-flux",
+    "cemaps/tiny-pixart-sigma",
+)
 PROMPT_LABELS = ("abstractness", "domain")
 # question -> the prompt label it cannot do without
 NEEDS_LABEL = {"abstractness": "abstractness", "semantic_proximity": "domain"}

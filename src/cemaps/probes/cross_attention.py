@@ -157,6 +157,12 @@ class CrossAttentionProbe:
     Each generated image yields, per layer, a float array with axes
     ``(token, step, half, head, y, x)``: probabilities over text tokens at each
     spatial position (they sum to 1 over all tokens when ``tokens="all"``).
+
+    On a transformer family (SD3/SD3.5, Flux, PixArt-Sigma) the same probe captures every layer
+    through which image tokens read text (:mod:`cemaps.probes.dit_capture`): PixArt's masked
+    cross-attention, and the image-query x text-key block of SD3's and Flux's joint softmax with
+    each query's ``text_mass`` under ``"<layer>:text_mass"`` (rows of the block sum to it, not to 1);
+    see docs/joint-attention.md.
     """
 
     name = CROSS_ATTENTION
