@@ -117,3 +117,11 @@ def test_a_tiny_dit_alias_captures_through_the_cli(tmp_path, run_cli):
     assert code == 0, err
     with open_store(tmp_path / "s.h5") as store:
         assert store.base["model_id"] == "cemaps/tiny-pixart-sigma" and len(store.records) == 2
+
+
+def test_the_planner_calibrates_on_a_flux_folder(folders, tmp_path, run_cli):
+    config = _study(folders["flux"], "flux", tmp_path)
+    code, out, err = run_cli("capture", "-c", config, "-o", tmp_path / "s.h5", "--dry-run")
+    assert code == 0, err
+    assert "2 models x 2 prompts x 1 seeds = 4 records" in out and "calibration on cpu" in out
+    assert not (tmp_path / "s.h5").exists()
