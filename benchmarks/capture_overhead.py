@@ -15,7 +15,11 @@ Two interleavings, both in one process, both with the same prompt and seed:
 The median of the per-pair ratios is reported for each, with the ratio of medians.
 
     python benchmarks/capture_overhead.py                 # tiny pipeline + SD v1.5 geometry at 512x512
-    python benchmarks/capture_overhead.py --skip-sd15     # tiny pipeline only (about 10 minutes)
+    python benchmarks/capture_overhead.py --skip-sd15     # tiny pipelines only (about 10 minutes each)
+    python benchmarks/capture_overhead.py --skip-sd15 --skip-tiny --method lockstep   # tiny SDXL only
+
+The tiny SDXL (diffusers' dummy sizes, Euler, guidance 5 as diffusers' SDXL fast tests use) runs
+beside the tiny SD 1.x with the same defaults; ``--skip-sdxl`` leaves it out.
 
 SD v1.5 geometry runs use output_type="latent" (no VAE decode) and no guidance, which
 make the ratio larger, not smaller: the decode and the second CFG half add the same time
@@ -40,6 +44,8 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cemaps import CrossAttentionProbe, capture, tiny_pipeline  # noqa: E402
+from cemaps.models.families import family_of  # noqa: E402
+from cemaps.models.tiny import tiny_sdxl_pipeline  # noqa: E402
 
 
 def _generate(pipe, steps, size, output_type, guidance_scale=7.5):
@@ -148,7 +154,7 @@ def _lockstep_pair(
             started[0] = time.perf_counter()
 
         # registered before capture's own hooks, so capture's per-call work lands in this side's turn
-        handle = pipe.unet.register_forward_pre_hook(take_turns, with_kwargs=True)
+        handle = family_of(pipe).denoiser_of(pipe).register_forward_pre_hook(take_turns, with_kwargs=True)
         try:
             turns.wait(index)
             started[0] = time.perf_counter()
@@ -235,6 +241,7 @@ def main() -> None:
     parser.add_argument("--method", choices=("lockstep", "abba", "both"), default="both")
     parser.add_argument("--skip-sd15", action="store_true")
     parser.add_argument("--skip-tiny", action="store_true")
+    parser.add_argument("--skip-sdxl", action="store_true", help="leave out the tiny SDXL")
     parser.add_argument("--every-step", action="store_true", help="also time every-step capture at SD geometry")
     args = parser.parse_args()
     if args.threads:
@@ -257,6 +264,9 @@ def main() -> None:
         tiny = tiny_pipeline(seed=0)
         measure("tiny 64x64, 20 steps, defaults (5 of 20 steps)", tiny, 20, 64, args.tiny_pairs, {}, "np")
         measure("tiny 64x64, 20 steps, every step", tiny, 20, 64, args.every_step_pairs, {"timesteps": "all"}, "np")
+    if not args.skip_sdxl:
+        xl = tiny_sdxl_pipeline(seed=0)
+        measure("tiny SDXL 64x64, 20 steps, defaults (5 of 20 steps)", xl, 20, 64, args.tiny_pairs, {}, "np", 5.0)
     if args.skip_sd15:
         return
     from diffusers import DDIMScheduler

@@ -1,6 +1,7 @@
-"""Bytes on disk per record at SD v1.5 geometry with the default capture settings.
+"""Bytes on disk per record at SD v1.5 (or SDXL) geometry with the default capture settings.
 
     python benchmarks/store_size.py [--records 2] [--steps 10]
+    python benchmarks/store_size.py --geometry sdxl --steps 2 [--width-divisor 8]   # 1024x1024
 
 Generates real records (random-weight SD v1.5 geometry at 512x512, the default
 CrossAttentionProbe, PNG images) into a fresh store with `run_study` and divides the
@@ -38,16 +39,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--geometry", choices=("sd15", "sdxl"), default="sd15")
+    parser.add_argument("--width-divisor", type=int, default=8, help="SDXL widths / this (see sdxl_geometry.py)")
     args = parser.parse_args()
-    from sd15_geometry import sd15_pipeline
+    if args.geometry == "sdxl":
+        from sdxl_geometry import sdxl_pipeline
 
-    pipe = sd15_pipeline()
+        pipe, size = sdxl_pipeline(width_divisor=args.width_divisor), 1024
+    else:
+        from sd15_geometry import sd15_pipeline
+
+        pipe, size = sd15_pipeline(), 512
     capture = CrossAttentionSettings()
     config = StudyConfig(
         prompts=PROMPTS[: args.records],
         seeds=(0,),
         capture=capture,
-        generation=GenerationSettings(steps=args.steps, height=512, width=512, batch_size=1),
+        generation=GenerationSettings(steps=args.steps, height=size, width=size, batch_size=1),
     )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "study.h5"
@@ -59,13 +67,14 @@ def main() -> None:
             tokens = np.mean([store.read_one(store.array_names[0], r).shape[0] for r in range(n)])
             png = np.mean([len(_png(image)) for image in store.images(range(n))])
             shapes = {name: store.trailing_shape(name) for name in store.array_names}
+    print(f"{args.geometry} geometry at {size}x{size}; {len(shapes)} layers captured")
     print(f"defaults: {capture.to_dict()}; {args.steps} denoising steps")
     print(f"records: {n}; mean prompt tokens {tokens:.1f}")
     print(
         f"store size on disk: {total / n / 1e6:.3f} MB/record "
         f"(maps {raw_maps / 1e6:.3f} MB raw float16 before compression; image PNG {png / 1e6:.3f} MB)"
     )
-    full = full_capture_bytes(pipe, steps=50)
+    full = full_capture_bytes(pipe, steps=50, size=size)
     print(
         f"full-resolution, per-head, every-step (50), both halves, 77 tokens, float16: {full / 1e9:.2f} GB/record "
         "(computed from the layer shapes)"
@@ -86,14 +95,15 @@ def _png(image: np.ndarray) -> bytes:
 def full_capture_bytes(pipe, steps: int, size: int = 512, tokens: int = 77, halves: int = 2) -> int:
     from cemaps.probes.cross_attention import is_cross_attention
 
-    latent = size // 8
+    latent = size // pipe.vae_scale_factor
+    deepest = len(pipe.unet.config.block_out_channels) - 1
     total = 0
     for name, module in pipe.unet.named_modules():
         if is_cross_attention(name, module):
             level = (
                 int(name.split(".")[1])
                 if name.startswith("down_blocks")
-                else (3 - int(name.split(".")[1]) if name.startswith("up_blocks") else 3)
+                else (deepest - int(name.split(".")[1]) if name.startswith("up_blocks") else deepest)
             )
             side = latent // 2**level
             total += side * side * module.heads * tokens * halves * steps * 2

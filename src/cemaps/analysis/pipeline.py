@@ -68,6 +68,8 @@ METRICS = ("alignment_drop", "image_drift")
 TINY_BASES = (
     "cemaps/tiny-sd",
     "tiny",
+    "cemaps/tiny-sdxl",
+    "tiny-sdxl",
     "cemaps/tiny-sd3",
     "cemaps/tiny-sd3.5",
     "cemaps/tiny-flux",
@@ -310,6 +312,7 @@ def _with_subject_labels(models: pd.DataFrame, subjects: pd.DataFrame) -> pd.Dat
 
 
 def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
+    from cemaps.models.families import family_of
     from cemaps.models.loading import load_pipeline
 
     described = models.dropna(subset=["descriptor"])
@@ -318,9 +321,10 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
         return pd.DataFrame(columns=["model_id", "prompt_id", "similarity"])
     with console.status("semantic similarity in the base model's text space"):
         pipe = load_pipeline(store.base["model_id"], device="cpu", dtype="float32")
+        stream = family_of(pipe).labelling_stream  # the text encoder whose tokens label the maps
         return semantic_similarity(
-            pipe.text_encoder,
-            pipe.tokenizer,
+            getattr(pipe, stream.encoder),
+            getattr(pipe, stream.tokenizer),
             dict(zip(described["model_id"], described["descriptor"], strict=False)),
             dict(zip(prompts["prompt_id"], prompts["text"], strict=False)),
         )

@@ -299,6 +299,11 @@ def family_of(pipe: Any) -> ModelFamily:
     return family_by_class_name(type(pipe).__name__)
 
 
+def labelling_tokenizer(pipe: Any) -> Any:
+    """The tokenizer whose ids label the context's token axis (the family's labelling stream)."""
+    return getattr(pipe, family_of(pipe).labelling_stream.tokenizer)
+
+
 def family_of_folder(folder: str | Path) -> ModelFamily:
     """The family named by a diffusers folder's ``model_index.json`` (its ``_class_name``).
 

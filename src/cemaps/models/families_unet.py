@@ -61,7 +61,7 @@ STABLE_DIFFUSION_XL = register_family(
                 embedding_key="clip_g",
             ),
         ),
-        single_file_types=("xl_base", "playground-v2-5"),
+        single_file_types=("xl_base",),
         weight_markers=(
             "add_embedding",
             "text_encoder_2",

@@ -4,8 +4,9 @@ The family (:mod:`cemaps.models.families`) decides the pipeline class: a folder'
 ``model_index.json`` names it, a single file's keys do (diffusers' ``infer_diffusers_model_type``),
 or its ``config`` folder does. ``load_pipeline`` accepts a diffusers folder, a Hugging Face hub id that is
 already in the local cache, a single-file ``.safetensors`` checkpoint, or
-``"cemaps/tiny-sd"`` (alias ``"tiny"``) for the embedded tiny pipeline (``"cemaps/tiny-sd3"``,
-``"cemaps/tiny-sd3.5"``, ``"cemaps/tiny-flux"``, ``"cemaps/tiny-pixart-sigma"`` for the tiny DiTs), or
+``"cemaps/tiny-sd"`` (alias ``"tiny"``) for the embedded tiny pipeline, ``"cemaps/tiny-sdxl"``
+(alias ``"tiny-sdxl"``) for the tiny SDXL at diffusers' dummy sizes, ``"cemaps/tiny-sd3"``,
+``"cemaps/tiny-sd3.5"``, ``"cemaps/tiny-flux"``, ``"cemaps/tiny-pixart-sigma"`` for the tiny DiTs, or
 ``"cemaps/toyworld"`` (alias ``"toyworld"``) for the trained toy world shipped in the package. It never
 touches the network: a model that is not on disk fails within a second with a
 message saying how to provide it.
@@ -33,10 +34,11 @@ from cemaps.errors import ModelLoadError
 from cemaps.models.families import family_of, family_of_folder, family_of_single_file_type
 from cemaps.models.hashing import file_sha256, weights_fingerprint
 from cemaps.models.safety import SAFETENSORS_SUFFIX, WEIGHT_SUFFIXES, check_pickle_allowed, is_pickle_file
-from cemaps.models.tiny import TINY_MODEL_ID, tiny_pipeline
+from cemaps.models.tiny import TINY_MODEL_ID, TINY_SDXL_MODEL_ID, tiny_pipeline, tiny_sdxl_pipeline
 from cemaps.models.tiny_dit import TINY_DIT_BUILDERS
 
 TINY_ALIASES = frozenset({TINY_MODEL_ID, "tiny"})
+TINY_SDXL_ALIASES = frozenset({TINY_SDXL_MODEL_ID, "tiny-sdxl"})
 __all__ = ["default_device_and_dtype", "file_sha256", "load_pipeline", "weights_fingerprint"]
 TOYWORLD_MODEL_ID = "cemaps/toyworld"
 TOYWORLD_ALIASES = frozenset({TOYWORLD_MODEL_ID, "toyworld"})
@@ -83,7 +85,8 @@ def load_pipeline(
 
     Args:
         path_or_id: a diffusers folder (with ``model_index.json``), a hub id in the local
-            Hugging Face cache, a single-file ``.safetensors`` checkpoint, ``"cemaps/tiny-sd"``, or
+            Hugging Face cache, a single-file ``.safetensors`` checkpoint, ``"cemaps/tiny-sd"``,
+            ``"cemaps/tiny-sdxl"``, or
             ``"cemaps/toyworld"`` (the trained toy world, :mod:`cemaps.toyworld`).
         device: target device; default CUDA when available, else CPU.
         dtype: target dtype; default float16 on CUDA, float32 on CPU.
@@ -103,6 +106,8 @@ def load_pipeline(
     resolved_device, resolved_dtype = default_device_and_dtype(device, dtype)
     if path_or_id in TINY_ALIASES:
         pipe = tiny_pipeline(seed=0)
+    elif path_or_id in TINY_SDXL_ALIASES:
+        pipe = tiny_sdxl_pipeline(seed=0)
     elif path_or_id in TINY_DIT_BUILDERS:
         pipe = TINY_DIT_BUILDERS[path_or_id](seed=0)
     elif path_or_id in TOYWORLD_ALIASES:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from cemaps.errors import ConfigError
+from cemaps.models.families import labelling_tokenizer
 from cemaps.study.config import StudyConfig
 from cemaps.study.distributed import process_info, shard
 
@@ -160,7 +161,7 @@ def plan_study(
     """
     from cemaps.models.loading import load_pipeline
     from cemaps.probes import CrossAttentionProbe
-    from cemaps.study.runner import BASE_ID, _plan, _set_scheduler, _spec, labelling_tokenizer, prompt_table
+    from cemaps.study.runner import BASE_ID, _plan, _set_scheduler, _spec, prompt_table
 
     launcher = process_info()
     world = launcher.world_size if processes is None else processes

@@ -36,7 +36,7 @@ import torch
 from cemaps.data import load_prompts
 from cemaps.errors import ConfigError
 from cemaps.hooks import capture
-from cemaps.models.families import family_of
+from cemaps.models.families import family_of, labelling_tokenizer
 from cemaps.models.hashing import source_sha256
 from cemaps.models.loading import load_pipeline, weights_fingerprint
 from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check_all
@@ -69,11 +69,6 @@ class _Work:
 
     model_id: str
     items: tuple[tuple[str, int], ...]
-
-
-def labelling_tokenizer(pipe: Any) -> Any:
-    """The tokenizer whose tokens label the captured maps (SD: ``tokenizer``; Flux, PixArt: T5's)."""
-    return getattr(pipe, family_of(pipe).labelling_stream.tokenizer)
 
 
 def prompt_table(config: StudyConfig, tokenizer: Any) -> pd.DataFrame:
@@ -173,8 +168,7 @@ def run_study(
         )
     probe = CrossAttentionProbe.from_settings(config.capture)
     family = family_of(pipe)
-    denoiser = family.denoiser_of(pipe)
-    layers = probe.layer_names(denoiser)
+    layers = probe.layer_names(family.denoiser_of(pipe))
     prompts = prompt_set.table(labelling_tokenizer(pipe))
     specs = {entry.id: _spec(entry) for entry in config.personalized}
     # Every personalized model is read and checked before the store is touched or an image generated.
@@ -189,15 +183,17 @@ def run_study(
     }
     base_identity = {
         "model_id": config.base,
-        "weights_sha256": weights_fingerprint(denoiser),
-        "text_encoder_sha256": weights_fingerprint(getattr(pipe, family.labelling_stream.encoder)),
+        "weights_sha256": weights_fingerprint(family.denoiser_of(pipe)),
+        # one digest per text encoder of the family ("text_encoder_sha256", "text_encoder_2_sha256", ...)
+        **{f"{encoder}_sha256": weights_fingerprint(getattr(pipe, encoder)) for encoder in family.encoders},
     }
     provenance = {
         **default_provenance(),
         "command": " ".join(sys.argv),
         "config_source": config.source,
         "device": str(pipe.device),
-        "dtype": str(denoiser.dtype),
+        "dtype": str(family.denoiser_of(pipe).dtype),
+        "model_family": family.key,
     }
     store_path = Path(store_path)
     writer = StoreWriter(

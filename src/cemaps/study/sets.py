@@ -22,6 +22,7 @@ import pandas as pd
 from cemaps.data import load_subjects
 from cemaps.data.in_context import CLASS_WORD_METHODS, fill, load_in_context_prompts, split_template, subject_phrase
 from cemaps.errors import ConfigError
+from cemaps.models.families import labelling_tokenizer
 
 BASE_ID = "base"
 TEXTS_TABLE = "in_context_texts"
@@ -156,8 +157,9 @@ class InContextSet:
     def record_texts(self, writer: Any, pipe: Any, model_id: str) -> None:
         """Stores ``model_id``'s texts (call while the model is applied to ``pipe``)."""
         convert = getattr(pipe, "maybe_convert_prompt", None)  # diffusers' TextualInversionLoaderMixin
-        expand = None if convert is None else (lambda text: convert(text, pipe.tokenizer))
-        writer.write_table(TEXTS_TABLE, self.texts_table(pipe.tokenizer, model_id, expand))
+        tokenizer = labelling_tokenizer(pipe)
+        expand = None if convert is None else (lambda text: convert(text, tokenizer))
+        writer.write_table(TEXTS_TABLE, self.texts_table(tokenizer, model_id, expand))
 
 
 def tokenized(prompts: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:

@@ -46,6 +46,7 @@ from cemaps.models.personalized.spec import (
     PersonalizedSpec,
     adapter_names,
     check_finite,
+    context_width_hint,
     family_hint,
     refuse_other_kind,
     resolve_weight_file,
@@ -177,7 +178,10 @@ def parse_lora(
             alphas[(component, path)] = float(state[alpha_key])
     if unresolved:
         key, component, raw_path = unresolved[0]
-        raise ModelLoadError(f"{what} has key {key!r}: {component} has no module {raw_path!r} (another architecture?)")
+        raise ModelLoadError(
+            f"{what} has key {key!r}: {component} has no module {raw_path!r} (another architecture?)"
+            f"{context_width_hint(state, pipe)}"
+        )
     entries = []
     for (component, path), entry in sorted(pairs.items()):
         if "down" not in entry or "up" not in entry:

@@ -31,6 +31,12 @@ from cemaps.models.families import family_of
 _SGM_BLOCKS = ("input_blocks", "middle_block", "output_blocks")
 # the two SGM modules outside the block structure that diffusers' _convert_unet_lora_key renames
 _OUTSIDE_BLOCKS = {"lora_unet_input_blocks_0_0_": "lora_unet_conv_in_", "lora_unet_out_2_": "lora_unet_conv_out_"}
+# diffusers' function renumbers blocks but keeps the SGM words; _convert_unet_lora_key renames them after
+_BLOCK_WORDS = {
+    "lora_unet_input_blocks_": "lora_unet_down_blocks_",
+    "lora_unet_middle_block_": "lora_unet_mid_block_",
+    "lora_unet_output_blocks_": "lora_unet_up_blocks_",
+}
 
 
 def sgm_block_names(state: Mapping[str, torch.Tensor], pipe: Any, what: str) -> dict[str, torch.Tensor]:
@@ -57,8 +63,9 @@ def sgm_block_names(state: Mapping[str, torch.Tensor], pipe: Any, what: str) -> 
         ) from error
     result = {}
     for key, tensor in renamed.items():
-        for old, new in _OUTSIDE_BLOCKS.items():
+        for old, new in (*_OUTSIDE_BLOCKS.items(), *_BLOCK_WORDS.items()):
             if key.startswith(old):
                 key = new + key[len(old) :]
+                break
         result[key] = tensor
     return result

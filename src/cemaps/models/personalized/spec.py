@@ -51,6 +51,30 @@ def family_hint(width: int, expected: int) -> str:
     return f" (width {width} is {family}'s; this base has {expected})" if family and width != expected else ""
 
 
+def context_width_hint(state: Mapping[str, object], pipe: object) -> str:
+    """``; its cross-attention width 768 is SD 1.x's, the base model is SDXL (width 2048)`` or ``""``.
+
+    The width is the input width of the file's first ``attn2.to_k`` matrix (LoRA down/A or full
+    weight): the context width of the family it was made for. Used where a file of a family without
+    ``weight_markers`` (SD 1.x) fails to fit a base of another.
+    """
+    base = family_of(pipe)
+    expected = base.context_width(pipe)
+    for key, tensor in state.items():
+        flat = key.replace("_", ".")
+        is_down = any(role in key for role in ("lora_down", "lora_A", "lora.down")) or "lora" not in key
+        if "attn2.to.k" in flat and is_down and isinstance(tensor, torch.Tensor) and tensor.ndim == 2:
+            width = int(tensor.shape[1])
+            if width != expected:
+                family = FAMILY_OF_WIDTH.get(width, "another family")
+                return (
+                    f"; its cross-attention width {width} is {family}'s, the base model is {base.name} "
+                    f"(width {expected})"
+                )
+            return ""
+    return ""
+
+
 def _article(name: str) -> str:
     """``an`` before a family name read with a vowel sound (``an SDXL``), else ``a``."""
     return "an" if name[:1].upper() in "AEFHILMNORSX" else "a"

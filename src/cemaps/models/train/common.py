@@ -21,8 +21,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from cemaps.models.train.conditioning import TextConditioning
 from diffusers import StableDiffusionPipeline
 
 from cemaps.errors import ConfigError, SettingError
@@ -250,23 +254,11 @@ def default_resolution(pipe: StableDiffusionPipeline) -> int:
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 
-def tokenize(tokenizer, prompt: str) -> torch.Tensor:
-    """[1, model_max_length] token ids, padded as diffusers' scripts pad."""
-    return tokenizer(
-        prompt, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
+def frozen_text_conditioning(pipe: StableDiffusionPipeline, prompt: str) -> Callable[[], TextConditioning]:
+    """The frozen text encoders' conditioning for ``prompt``, computed once (see :mod:`.conditioning`)."""
+    from cemaps.models.train.conditioning import frozen_conditioning
 
-
-def frozen_text_conditioning(pipe: StableDiffusionPipeline, prompt: str) -> Callable[[], torch.Tensor]:
-    """The frozen text encoder's states for ``prompt``, computed once.
-
-    Returns:
-        A function giving [1, tokens, dim].
-    """
-    ids = tokenize(pipe.tokenizer, prompt).to(pipe.text_encoder.device)
-    with torch.no_grad():
-        states = pipe.text_encoder(ids)[0]
-    return lambda: states
+    return frozen_conditioning(pipe, prompt)
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
@@ -322,10 +314,14 @@ def preserved_pipeline_state(pipe: StableDiffusionPipeline, seed: int) -> Iterat
 
     On exit (also after an exception) restores every parameter's ``requires_grad``, drops
     gradients, restores train/eval modes and gradient-checkpointing flags of the UNet, text
-    encoder and VAE, and the caller's global torch RNG state (the body runs seeded with ``seed``).
+    encoders (all of the family's) and VAE, and the caller's global torch RNG state (the body runs seeded with ``seed``).
     Weight restoration is each method's job (it knows what it changed).
     """
-    modules = {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "vae": pipe.vae}
+    from cemaps.models.families import family_of
+
+    # every component of the family (SDXL: text_encoder_2 too), and the VAE
+    components = (*family_of(pipe).swappable_components, "vae")
+    modules = {key: getattr(pipe, key) for key in components if getattr(pipe, key, None) is not None}
     requires_grad = {
         key: {name: p.requires_grad for name, p in module.named_parameters()} for key, module in modules.items()
     }

@@ -18,7 +18,9 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cemaps.errors import SettingError
+from cemaps.models.families import family_of
 from cemaps.models.train.common import TrainingData, TrainSettings
+from cemaps.models.train.conditioning import TextConditioning, added_conditions
 
 _LATENT_ENCODE_CHUNK = 8
 # diffusers' example scripts' AdamW defaults
@@ -68,8 +70,8 @@ def run_denoising_training(
     pipe: StableDiffusionPipeline,
     parameters: list[torch.nn.Parameter],
     data: TrainingData,
-    instance_conditioning: Callable[[], torch.Tensor],
-    class_conditioning: Callable[[], torch.Tensor] | None,
+    instance_conditioning: Callable[[], TextConditioning],
+    class_conditioning: Callable[[], TextConditioning] | None,
     settings: TrainSettings,
     progress: bool,
     after_optimizer_step: Callable[[], None] | None = None,
@@ -77,11 +79,13 @@ def run_denoising_training(
     """Optimises ``parameters`` on the noise-prediction MSE for ``settings.steps`` steps.
 
     Args:
-        pipe: the pipeline; its UNet, VAE and scheduler config are used.
+        pipe: the pipeline; its denoiser (as its family names it), VAE and scheduler config are used.
         parameters: what the optimiser updates (everything else must have ``requires_grad=False``).
         data: pixels and prompts.
-        instance_conditioning: gives [1, tokens, dim] encoder states for the instance prompt;
-            called every step inside autocast, so a trainable text encoder gets gradients.
+        instance_conditioning: gives the instance prompt's :class:`TextConditioning` (states
+            [1, tokens, dim], pooled [1, dim] or None); called every step inside autocast, so a
+            trainable text encoder gets gradients. A UNet with ``text_time`` conditions (SDXL) also
+            gets the pooled embedding and size ``time_ids`` (:func:`added_conditions`).
         class_conditioning: the same for the class prompt, with prior preservation.
         settings: resolved settings.
         progress: show a rich progress bar with the running loss.
@@ -90,7 +94,7 @@ def run_denoising_training(
     Returns:
         The loss of every step.
     """
-    unet, vae = pipe.unet, pipe.vae
+    unet, vae = family_of(pipe).denoiser_of(pipe), pipe.vae
     device = unet.device
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     num_train_timesteps = noise_scheduler.config.num_train_timesteps
@@ -132,9 +136,20 @@ def run_denoising_training(
             )
             noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
             with autocast:
-                encoder_states = torch.cat([c().expand(settings.batch_size, -1, -1) for c in conditioning])
+                texts = [c() for c in conditioning]
+                encoder_states = torch.cat([t.states.expand(settings.batch_size, -1, -1) for t in texts])
+                pooled = (
+                    torch.cat([t.pooled.expand(settings.batch_size, -1) for t in texts])
+                    if texts[0].pooled is not None
+                    else None
+                )
+                added = added_conditions(pipe, pooled, int(settings.resolution))
                 prediction = unet(
-                    noisy_latents.to(unet.dtype), timesteps, encoder_states.to(unet.dtype), return_dict=False
+                    noisy_latents.to(unet.dtype),
+                    timesteps,
+                    encoder_states.to(unet.dtype),
+                    added_cond_kwargs=None if added is None else {k: v.to(unet.dtype) for k, v in added.items()},
+                    return_dict=False,
                 )[0]
             if noise_scheduler.config.prediction_type == "v_prediction":
                 target = noise_scheduler.get_velocity(latents, noise, timesteps)

@@ -17,6 +17,7 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig, get_peft_model_state_dict
 
 from cemaps.errors import ConfigError
+from cemaps.models.families import family_of
 from cemaps.models.train.common import (
     TrainingData,
     TrainSettings,
@@ -87,7 +88,7 @@ def train(
             adapter_weights = convert_state_dict_to_diffusers(
                 get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
             )
-            StableDiffusionPipeline.save_lora_weights(
+            family_of(pipe).pipeline_class().save_lora_weights(
                 save_directory=save_dir,
                 unet_lora_layers=adapter_weights,
                 unet_lora_adapter_metadata=unet.peft_config[ADAPTER_NAME].to_dict(),

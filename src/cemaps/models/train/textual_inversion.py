@@ -15,7 +15,7 @@ embedding module and weights are exactly the originals afterwards.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,13 +23,14 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import save_file
 
 from cemaps.errors import ConfigError, SettingError
+from cemaps.models.families import TextStream, family_of
 from cemaps.models.train.common import (
     TrainingData,
     TrainSettings,
     enable_gradient_checkpointing,
     preserved_pipeline_state,
-    tokenize,
 )
+from cemaps.models.train.conditioning import encode_text
 from cemaps.models.train.loop import run_denoising_training
 
 TI_WEIGHTS_NAME = "learned_embeds.safetensors"
@@ -79,65 +80,98 @@ def vector_tokens(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
+@dataclass
+class _TrainedTable:
+    """One text encoder's training table: the tokenizer copy, the swapped-in embedding, its frozen rows."""
+
+    stream: TextStream
+    tokenizer: object
+    token_ids: list[int]
+    original: torch.nn.Embedding
+    trained: torch.nn.Embedding
+    frozen_rows: torch.Tensor
+    reference: torch.Tensor
+
+    def restore_frozen_rows(self) -> None:
+        with torch.no_grad():
+            self.trained.weight[self.frozen_rows] = self.reference[self.frozen_rows]
+
+
+def _training_table(pipe: StableDiffusionPipeline, stream: TextStream, tokens: list[str], initializer: str):
+    tokenizer = copy.deepcopy(getattr(pipe, stream.tokenizer))
+    tokenizer.add_tokens(tokens)
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
+    initializer_id = tokenizer.encode(initializer, add_special_tokens=False)[0]
+    original = getattr(pipe, stream.encoder).get_input_embeddings()
+    # The script's resize_token_embeddings + copy of the initializer row, on a separate table.
+    trained = torch.nn.Embedding(
+        len(tokenizer), original.embedding_dim, device=original.weight.device, dtype=original.weight.dtype
+    )
+    with torch.no_grad():
+        trained.weight[: original.num_embeddings] = original.weight
+        trained.weight[token_ids] = original.weight[initializer_id]
+    frozen_rows = torch.ones(len(tokenizer), dtype=torch.bool, device=trained.weight.device)
+    frozen_rows[token_ids] = False
+    return _TrainedTable(stream, tokenizer, token_ids, original, trained, frozen_rows, trained.weight.detach().clone())
+
+
 def train(
     pipe: StableDiffusionPipeline, data: TrainingData, settings: TrainSettings, save_dir: Path, progress: bool
 ) -> list[float]:
-    """Trains the new embedding row(s), writes ``save_dir/learned_embeds.safetensors``, restores the encoder.
+    """Trains the new embedding row(s), writes ``save_dir/learned_embeds.safetensors``, restores the encoders.
+
+    The rows are trained in every text encoder the family's embeddings go into
+    (:meth:`ModelFamily.embedding_streams`): SDXL trains ``text_encoder`` and ``text_encoder_2`` together
+    and writes ``{"clip_l": [n, 768-wide], "clip_g": [n, 1280-wide]}`` (the SDXL embedding layout; the
+    token is the one given at training, recorded in ``cemaps_train.json``); one-encoder families
+    write ``{token: tensor}``.
 
     Returns:
         The loss of every step.
     """
     token = data.token
     tokens = vector_tokens(token, settings.num_vectors)
-    tokenizer = copy.deepcopy(pipe.tokenizer)
-    tokenizer.add_tokens(tokens)
-    token_ids = tokenizer.convert_tokens_to_ids(tokens)
-    initializer_id = tokenizer.encode(settings.initializer_token, add_special_tokens=False)[0]
-    text_encoder = pipe.text_encoder
-    original_embeddings = text_encoder.get_input_embeddings()
-    # The script's resize_token_embeddings + copy of the initializer row, on a separate table.
-    trained_embeddings = torch.nn.Embedding(
-        len(tokenizer),
-        original_embeddings.embedding_dim,
-        device=original_embeddings.weight.device,
-        dtype=original_embeddings.weight.dtype,
-    )
-    with torch.no_grad():
-        trained_embeddings.weight[: original_embeddings.num_embeddings] = original_embeddings.weight
-        trained_embeddings.weight[token_ids] = original_embeddings.weight[initializer_id]
-    frozen_rows = torch.ones(len(tokenizer), dtype=torch.bool, device=trained_embeddings.weight.device)
-    frozen_rows[token_ids] = False
-    reference_weights = trained_embeddings.weight.detach().clone()
+    tables = [
+        _training_table(pipe, stream, tokens, str(settings.initializer_token))
+        for stream in family_of(pipe).embedding_streams()
+    ]
+    tokenizers = {t.stream.tokenizer: t.tokenizer for t in tables}
+    # the prompt spells every vector's token, as diffusers' maybe_convert_prompt does at inference
+    prompt = data.instance_prompt.replace(token, " ".join(tokens))
 
     def restore_frozen_rows() -> None:
-        with torch.no_grad():
-            trained_embeddings.weight[frozen_rows] = reference_weights[frozen_rows]
+        for table in tables:
+            table.restore_frozen_rows()
 
-    # the prompt spells every vector's token, as diffusers' maybe_convert_prompt does at inference
-    ids = tokenize(tokenizer, data.instance_prompt.replace(token, " ".join(tokens))).to(text_encoder.device)
     with preserved_pipeline_state(pipe, settings.seed):
         pipe.unet.requires_grad_(False)
         pipe.vae.requires_grad_(False)
-        text_encoder.requires_grad_(False)
-        text_encoder.set_input_embeddings(trained_embeddings)
         try:
-            trained_embeddings.weight.requires_grad_(True)
-            text_encoder.train()
+            for table in tables:
+                encoder = getattr(pipe, table.stream.encoder)
+                encoder.requires_grad_(False)
+                encoder.set_input_embeddings(table.trained)
+                table.trained.weight.requires_grad_(True)
+                encoder.train()
             if settings.gradient_checkpointing:
                 enable_gradient_checkpointing(pipe, text_encoder_too=True)
             losses = run_denoising_training(
                 pipe,
-                [trained_embeddings.weight],
+                [t.trained.weight for t in tables],
                 data,
-                lambda: text_encoder(ids)[0],
+                lambda: encode_text(pipe, prompt, tokenizers),
                 None,
                 settings,
                 progress,
                 after_optimizer_step=restore_frozen_rows,
             )
-            learned = trained_embeddings.weight[token_ids].detach().to("cpu", torch.float32).clone()
-            learned = learned[0] if len(tokens) == 1 else learned
-            save_file({token: learned}, str(save_dir / TI_WEIGHTS_NAME), metadata={"format": "pt"})
+            learned = {}
+            for table in tables:
+                vectors = table.trained.weight[table.token_ids].detach().to("cpu", torch.float32).clone()
+                key = table.stream.embedding_key
+                learned[key if key is not None else token] = vectors[0] if len(tokens) == 1 and key is None else vectors
+            save_file(learned, str(save_dir / TI_WEIGHTS_NAME), metadata={"format": "pt"})
         finally:
-            text_encoder.set_input_embeddings(original_embeddings)
+            for table in tables:
+                getattr(pipe, table.stream.encoder).set_input_embeddings(table.original)
     return losses
