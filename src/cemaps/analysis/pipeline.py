@@ -321,7 +321,11 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
         return pd.DataFrame(columns=["model_id", "prompt_id", "similarity"])
     with console.status("semantic similarity in the base model's text space"):
         pipe = load_pipeline(store.base["model_id"], device="cpu", dtype="float32")
-        stream = family_of(pipe).labelling_stream  # the text encoder whose tokens label the maps
+        family = family_of(pipe)
+        stream = family.labelling_stream  # the text encoder whose tokens label the maps
+        if not getattr(getattr(pipe, stream.encoder), "config", None).model_type.startswith("clip"):
+            # a T5-labelled family (Flux): its CLIP stream's pooled space, where it has one (PixArt: T5's mean)
+            stream = next((s for s in family.text_streams if s.pooled), stream)
         return semantic_similarity(
             getattr(pipe, stream.encoder),
             getattr(pipe, stream.tokenizer),
