@@ -180,15 +180,16 @@ def main() -> None:
             plain.append(p)
             captured.append(c)
         result = summarize(plain, captured)
-        extra = peak_call_bytes(pipe, True) - peak_call_bytes(pipe, False)
+        # printed as each figure is known: a run cut short by a time limit keeps what it measured
         print(
             f"{family}: lockstep ratio {result['median_ratio']:.3f} (pairs {args.pairs}, plain {result['plain_s']:.1f} s "
-            f"per {STEPS}-step image; ratios {', '.join(f'{r:.3f}' for r in result['ratios'])}); "
-            f"peak extra memory of a captured step {extra / 2**20:.1f} MiB; "
-            f"{record_bytes(pipe) / 1024:.1f} kB per record; median plain/captured {statistics.median(plain):.2f}/"
-            f"{statistics.median(captured):.2f} s",
+            f"per {STEPS}-step image; ratios {', '.join(f'{r:.3f}' for r in result['ratios'])}; median plain/captured "
+            f"{statistics.median(plain):.2f}/{statistics.median(captured):.2f} s)",
             flush=True,
         )
+        print(f"{family}: {record_bytes(pipe) / 1024:.1f} kB per record", flush=True)
+        extra = peak_call_bytes(pipe, True) - peak_call_bytes(pipe, False)
+        print(f"{family}: peak extra memory of a captured step {extra / 2**20:.1f} MiB", flush=True)
 
 
 if __name__ == "__main__":
