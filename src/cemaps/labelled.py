@@ -21,6 +21,25 @@ import numpy as np
 CROSS_ATTENTION = "cross_attention"
 CROSS_ATTENTION_PREFIX = f"{CROSS_ATTENTION}/"
 CROSS_ATTENTION_AXES = ("token", "step", "half", "head", "y", "x")
+# Joint-attention layers also store each query's share of attention on text keys, under
+# "<probe name>/<layer path>:text_mass" (module paths never contain ":").
+TEXT_MASS_SUFFIX = ":text_mass"
+TEXT_MASS_AXES = ("step", "half", "head", "y", "x")
+
+
+# Depth order of a transformer's block lists (no down/mid/up blocks): Flux runs its double-stream
+# ``transformer_blocks`` before its ``single_transformer_blocks``; SD3 and PixArt have only the first.
+TRANSFORMER_BLOCK_DEPTH = {"transformer_blocks": 0, "single_transformer_blocks": 1}
+
+
+def transformer_depth(path: str) -> int:
+    """Rank of a module path's block list in a transformer's forward order (0 for anything else)."""
+    return TRANSFORMER_BLOCK_DEPTH.get(path.split(".", 1)[0], 0)
+
+
+def is_attention_map(name: str) -> bool:
+    """Whether a store array name is a layer's cross-attention map (not its text mass)."""
+    return name.startswith(CROSS_ATTENTION_PREFIX) and not name.endswith(TEXT_MASS_SUFFIX)
 
 
 @dataclass(frozen=True)

@@ -340,7 +340,8 @@ def semantic_similarity(
 def _pooled_text_embeddings(
     text_encoder: torch.nn.Module, tokenizer: Any, texts: list[str], batch_size: int
 ) -> np.ndarray:
-    """L2-normalised pooled embeddings, float32 [n, d]."""
+    """L2-normalised pooled embeddings, float32 [n, d]: CLIP's projected or pooled output; for an
+    encoder without one (T5, PixArt's only encoder), the mean of its last states over the unpadded tokens."""
     device = next(text_encoder.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
@@ -352,6 +353,12 @@ def _pooled_text_embeddings(
             return_tensors="pt",
         )
         output = text_encoder(input_ids=tokens.input_ids.to(device))
-        pooled = output.text_embeds if getattr(output, "text_embeds", None) is not None else output.pooler_output
+        if getattr(output, "text_embeds", None) is not None:
+            pooled = output.text_embeds
+        elif getattr(output, "pooler_output", None) is not None:
+            pooled = output.pooler_output
+        else:  # an encoder without a pooled output (T5): the mean of its states over the text's own tokens
+            mask = tokens.attention_mask.to(device).unsqueeze(-1).to(output.last_hidden_state.dtype)
+            pooled = (output.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
         out.append(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
     return np.concatenate(out)

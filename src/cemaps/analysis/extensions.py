@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cemaps.errors import ConfigError
-from cemaps.models.aliases import TINY, TINY_SDXL
+from cemaps.models.aliases import TINY, TINY_DIT_MODEL_IDS, TINY_SDXL
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _tiny_scorer() -> Any:
 
 
 TINY_SCORER = ScorerProvider(
-    TINY.names | TINY_SDXL.names,
+    TINY.names | TINY_SDXL.names | frozenset(TINY_DIT_MODEL_IDS),
     _tiny_scorer,
     "tiny random-weight open_clip model (cemaps ClipScorer.tiny, seed 0)",
     "the tiny random-weight open_clip model (the store's base is the embedded tiny model); "

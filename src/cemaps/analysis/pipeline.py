@@ -275,7 +275,11 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
         return pd.DataFrame(columns=["model_id", "prompt_id", "similarity"])
     with console.status("semantic similarity in the base model's text space"):
         pipe = load_pipeline(store.base["model_id"], device="cpu", dtype="float32")
-        stream = family_of(pipe).labelling_stream  # the text encoder whose tokens label the maps
+        family = family_of(pipe)
+        stream = family.labelling_stream  # the text encoder whose tokens label the maps
+        if not getattr(getattr(pipe, stream.encoder), "config", None).model_type.startswith("clip"):
+            # a T5-labelled family (Flux): its CLIP stream's pooled space, where it has one (PixArt: T5's mean)
+            stream = next((s for s in family.text_streams if s.pooled), stream)
         return semantic_similarity(
             getattr(pipe, stream.encoder),
             getattr(pipe, stream.tokenizer),
@@ -287,8 +291,9 @@ def _similarity(store, models, prompts, subjects, console) -> pd.DataFrame:
 def _layer_table(store) -> pd.DataFrame:
     from cemaps.analysis.stats.layers import order_layers
     from cemaps.labelled import CROSS_ATTENTION_PREFIX as prefix
+    from cemaps.labelled import is_attention_map
 
-    names = [n[len(prefix) :] for n in store.array_names if n.startswith(prefix)]
+    names = [n[len(prefix) :] for n in store.array_names if is_attention_map(n)]
     rows = []
     for order, layer in enumerate(order_layers(names, None)):
         shape = store.trailing_shape(prefix + layer)

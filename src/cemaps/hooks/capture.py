@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from cemaps.errors import CemapsError
 from cemaps.hooks.context import CaptureContext
+from cemaps.hooks.dit_context import capture_context
 
 
 @runtime_checkable
@@ -105,7 +106,7 @@ class CaptureRun:
             raise ValueError(f"probe names must be unique, got {names}")
         self.pipe = pipe
         self.probes = list(probes)
-        self.context = CaptureContext(pipe)
+        self.context = capture_context(pipe)
         self._handles: list[Removable] = []
         self._records: dict[str, list[dict[str, Any]]] | None = None
         self._entered = False

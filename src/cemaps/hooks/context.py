@@ -110,6 +110,12 @@ class CaptureContext:
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = int(torch.as_tensor(timestep).flatten()[0].item())
+        encoder_hidden_states = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+        self._advance(t, lambda schedule: self._new_generation(sample, encoder_hidden_states, schedule))
+
+    def _advance(self, t: int, new_generation_for: Any) -> None:
+        """Places a denoiser call at timestep ``t``: in the current generation, or a new one made by
+        ``new_generation_for(schedule_tensor)``; sets :attr:`step_index`."""
         scheduler = self.pipe.scheduler
         schedule_tensor = scheduler.timesteps
         new_generation = (
@@ -126,8 +132,7 @@ class CaptureContext:
             # a timestep of the schedule that cannot follow the last call: the loop started again
             new_generation = position is None and bool(generation.positions(t))
         if new_generation:
-            encoder_hidden_states = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
-            self.generations.append(self._new_generation(sample, encoder_hidden_states, schedule_tensor))
+            self.generations.append(new_generation_for(schedule_tensor))
             self._schedule_tensor = schedule_tensor
             position = self.generation.first_position(t, getattr(scheduler, "begin_index", None))
         self._encodings = []

@@ -25,6 +25,8 @@ from cemaps.errors import ConfigError
 
 TINY_MODEL_ID = "cemaps/tiny-sd"
 TINY_SDXL_MODEL_ID = "cemaps/tiny-sdxl"
+# The tiny transformer (DiT) pipelines at diffusers' dummy sizes (cemaps.models.tiny_dit builds them).
+TINY_DIT_MODEL_IDS = ("cemaps/tiny-sd3", "cemaps/tiny-sd3.5", "cemaps/tiny-flux", "cemaps/tiny-pixart-sigma")
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,15 @@ TINY_SDXL = PipelineAlias(
     None,
     "the embedded random-weight tiny SDXL pipeline (diffusers' dummy sizes)",
 )
-_ALIASES: dict[str, PipelineAlias] = {**dict.fromkeys(TINY.names, TINY), **dict.fromkeys(TINY_SDXL.names, TINY_SDXL)}
+TINY_DITS = tuple(
+    PipelineAlias(model_id, frozenset({model_id}), None, f"the embedded random-weight {model_id.split('tiny-')[1]}")
+    for model_id in TINY_DIT_MODEL_IDS
+)
+_ALIASES: dict[str, PipelineAlias] = {
+    **dict.fromkeys(TINY.names, TINY),
+    **dict.fromkeys(TINY_SDXL.names, TINY_SDXL),
+    **{alias.model_id: alias for alias in TINY_DITS},
+}
 
 
 def register_pipeline_alias(alias: PipelineAlias) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from cemaps.errors import ModelLoadError
 
 # Modules whose import registers the families cemaps ships; a family module adds itself here.
-BUILTIN_FAMILY_MODULES: tuple[str, ...] = ("cemaps.models.families_unet",)
+BUILTIN_FAMILY_MODULES: tuple[str, ...] = ("cemaps.models.families_unet", "cemaps.models.families_dit")
 
 GuidanceLayout = Literal["uncond_cond_halves", "embedded_scale"]
 LatentGrid = Literal["unet_downsampling", "patch_tokens"]
@@ -114,6 +114,8 @@ class ModelFamily:
         weight_markers: key fragments that only this family's personalization or checkpoint files
             have (kohya, SGM, diffusers layouts), to name a file's family when it meets a base of
             another; the context width of the text encoders names the rest.
+        denoiser_time_scale: what the denoiser's ``timestep`` input is multiplied by to give the
+            scheduler's timestep (Flux's pipeline passes ``timestep / 1000``: 1000; others 1).
     """
 
     key: str
@@ -127,6 +129,7 @@ class ModelFamily:
     time_convention: TimeConvention = "ddpm_discrete"
     single_file_types: tuple[str, ...] = ()
     weight_markers: tuple[str, ...] = ()
+    denoiser_time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.pipeline_classes:
@@ -151,8 +154,11 @@ class ModelFamily:
         return getattr(diffusers, self.pipeline_class_name)
 
     def lora_components(self) -> tuple[str, ...]:
-        """Pipeline attributes a LoRA may touch: diffusers' ``_lora_loadable_modules`` of the pipeline class."""
-        return tuple(getattr(self.pipeline_class(), "_lora_loadable_modules", (self.denoiser,)))
+        """Pipeline attributes a LoRA may touch: diffusers' ``_lora_loadable_modules`` of the pipeline class.
+
+        Empty for a pipeline class without diffusers' LoRA loader (PixArt-Sigma): no LoRA loads there.
+        """
+        return tuple(getattr(self.pipeline_class(), "_lora_loadable_modules", ()))
 
     @property
     def encoders(self) -> tuple[str, ...]:

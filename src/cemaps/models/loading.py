@@ -6,7 +6,8 @@ or its ``config`` folder does. ``load_pipeline`` accepts a diffusers folder, a H
 already in the local cache, a single-file ``.safetensors`` checkpoint, or
 a registered alias (:mod:`cemaps.models.aliases`: ``"cemaps/tiny-sd"`` or ``"tiny"`` for the
 embedded tiny pipeline, ``"cemaps/tiny-sdxl"`` or ``"tiny-sdxl"`` for the tiny SDXL at diffusers'
-dummy sizes; ``"cemaps/toyworld"`` once :func:`cemaps.toyworld.register` ran). It never
+dummy sizes, ``"cemaps/tiny-sd3"``, ``"cemaps/tiny-sd3.5"``, ``"cemaps/tiny-flux"`` and
+``"cemaps/tiny-pixart-sigma"`` for the tiny transformer models; ``"cemaps/toyworld"`` once :func:`cemaps.toyworld.register` ran). It never
 touches the network: a model that is not on disk fails within a second with a
 message saying how to provide it.
 
@@ -35,6 +36,7 @@ from cemaps.models.families import family_of, family_of_folder, family_of_single
 from cemaps.models.hashing import file_sha256, weights_fingerprint
 from cemaps.models.safety import SAFETENSORS_SUFFIX, WEIGHT_SUFFIXES, check_pickle_allowed, is_pickle_file
 from cemaps.models.tiny import tiny_pipeline, tiny_sdxl_pipeline
+from cemaps.models.tiny_dit import TINY_DIT_BUILDERS
 
 __all__ = ["default_device_and_dtype", "file_sha256", "load_pipeline", "weights_fingerprint"]
 
@@ -104,6 +106,8 @@ def load_pipeline(
         pipe = tiny_pipeline(seed=0)
     elif alias is TINY_SDXL:
         pipe = tiny_sdxl_pipeline(seed=0)
+    elif alias is not None and alias.model_id in TINY_DIT_BUILDERS:
+        pipe = TINY_DIT_BUILDERS[alias.model_id](seed=0)
     elif alias is not None:
         pipe = alias.load()
     else:

@@ -55,7 +55,7 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 _BLOCK = re.compile(r"^(down|up)_blocks\.(\d+)\.|^(mid)_block\.")
-_ATTENTION = re.compile(r"\.(attn\d)\.(to_q|to_k|to_v|to_out)(\.\d+)?$")
+_ATTENTION = re.compile(r"\.(attn\d?)\.(to_q|to_k|to_v|to_out)(\.\d+)?$")
 _CONV = re.compile(r"(^|\.)(conv\w*|downsamplers\.\d+\.conv|upsamplers\.\d+\.conv)$")
 
 

@@ -45,10 +45,12 @@ from torch.utils.hooks import RemovableHandle
 from cemaps.errors import ConfigError
 from cemaps.hooks.capture import Removable
 from cemaps.hooks.context import CaptureContext
+from cemaps.hooks.dit_context import DiTCaptureContext
 from cemaps.hooks.selection import LayerSelector, select_modules
 from cemaps.hooks.steps import Generation, StepSpec, selected_steps
 from cemaps.labelled import CROSS_ATTENTION, CROSS_ATTENTION_AXES, LabelledArray
 from cemaps.probes.attention_scores import Reduction, layer_probabilities
+from cemaps.probes.dit_capture import ALL_LAYERS, DiTCapture, text_attention_modules
 
 AXES = CROSS_ATTENTION_AXES
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -63,7 +65,8 @@ class CrossAttentionSettings:
     """What a :class:`CrossAttentionProbe` keeps; stored as the store's capture settings.
 
     Attributes:
-        layers: glob, list of module paths, or predicate over cross-attention modules.
+        layers: ``"all"`` (every layer that attends to text: the UNet's ``attn2``; a DiT's cross, joint
+            and single-stream attention), a glob, a list of module paths, or a predicate over them.
         timesteps: "all", N evenly spaced steps, or explicit step indices, all counted over
             the steps (UNet calls) a generation runs from its first call to the end of the
             schedule (see :mod:`cemaps.hooks.steps`).
@@ -74,7 +77,7 @@ class CrossAttentionSettings:
         halves: guidance halves kept: "cond", "uncond" or "both".
     """
 
-    layers: Any = "*attn2"
+    layers: Any = "all"
     timesteps: StepSpec = 5
     heads: Literal["mean", "all"] = "mean"
     tokens: Literal["prompt", "all"] = "prompt"
@@ -154,13 +157,19 @@ class CrossAttentionProbe:
     Each generated image yields, per layer, a float array with axes
     ``(token, step, half, head, y, x)``: probabilities over text tokens at each
     spatial position (they sum to 1 over all tokens when ``tokens="all"``).
+
+    On a transformer family (SD3/SD3.5, Flux, PixArt-Sigma) the same probe captures every layer
+    through which image tokens read text (:mod:`cemaps.probes.dit_capture`): PixArt's masked
+    cross-attention, and the image-query x text-key block of SD3's and Flux's joint softmax with
+    each query's ``text_mass`` under ``"<layer>:text_mass"`` (rows of the block sum to it, not to 1);
+    see docs/joint-attention.md.
     """
 
     name = CROSS_ATTENTION
 
     def __init__(
         self,
-        layers: LayerSelector = "*attn2",
+        layers: LayerSelector = "all",
         timesteps: StepSpec = 5,
         heads: str = "mean",
         tokens: str = "prompt",
@@ -186,9 +195,18 @@ class CrossAttentionProbe:
         self._tokenizer = tokenizer
         self._token_features: list[str] = []
         self._pending: list[tuple[_LayerSlot, Attention, torch.Tensor, torch.Tensor]] = []
+        self._dit: DiTCapture | None = None
 
     def layer_names(self, unet: nn.Module) -> list[str]:
-        return list(select_modules(unet, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer"))
+        """Module paths of the layers this probe captures in ``unet`` (a UNet or a DiT), in depth order."""
+        if not hasattr(unet, "down_blocks"):  # a transformer: no down/mid/up blocks
+            return list(text_attention_modules(unet, self.settings.layers))
+        return list(self._unet_layers(unet))
+
+    def _unet_layers(self, unet: nn.Module) -> dict[str, nn.Module]:
+        layers = self.settings.layers
+        selector = (lambda name, module: True) if layers == ALL_LAYERS else layers
+        return select_modules(unet, selector, accept=is_cross_attention, kind="cross-attention layer")
 
     def attach(self, pipe: Any, context: CaptureContext) -> list[Removable]:
         """Registers the probe's hooks on the pipeline's denoiser (``context.unet``, as its model family says).
@@ -198,8 +216,10 @@ class CrossAttentionProbe:
         Raises:
             LayerNotFoundError: ``layers`` names or matches no cross-attention layer.
         """
+        if isinstance(context, DiTCaptureContext):
+            return self._attach_dit(context)
         denoiser = context.unet
-        layers = select_modules(denoiser, self.settings.layers, accept=is_cross_attention, kind="cross-attention layer")
+        layers = self._unet_layers(denoiser)
         self._reset(context.tokenizer)
         self._token_features = list(context.token_features)
         self._slots = {name: _LayerSlot(name) for name in layers}
@@ -227,6 +247,19 @@ class CrossAttentionProbe:
             step_hooks.set_active(active)
 
         return [denoiser.register_forward_pre_hook(on_unet_call, with_kwargs=True), step_hooks]
+
+    def _attach_dit(self, context: DiTCaptureContext) -> list[Removable]:
+        self._reset(context.tokenizer)
+        dit = self._dit = DiTCapture(self, context)
+        step_hooks = _StepHooks(dit.layer_hooks)
+
+        def on_transformer_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            active = self._active(context)
+            if active:
+                dit.captured.setdefault(context.generation.index, []).append(context.step_index)
+            step_hooks.set_active(active)
+
+        return [context.unet.register_forward_pre_hook(on_transformer_call, with_kwargs=True), step_hooks]
 
     def _active(self, context: CaptureContext) -> bool:
         generation = context.generation
@@ -326,6 +359,8 @@ class CrossAttentionProbe:
         Raises:
             RuntimeError: a selected layer did not run at every captured step.
         """
+        if self._dit is not None:
+            return self._dit.collect()
         records: list[dict[str, LabelledArray]] = []
         for generation in context.generations:
             steps = self._captured.get(generation.index, [])

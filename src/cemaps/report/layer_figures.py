@@ -25,10 +25,12 @@ from matplotlib.patches import Patch
 from scipy import stats
 
 from cemaps.errors import ConfigError
+from cemaps.labelled import TRANSFORMER_BLOCK_DEPTH, transformer_depth
 from cemaps.report import style
 from cemaps.report.results import require_table
 
 X_LABEL = "layer (UNet order: down -> mid -> up)"
+X_LABEL_DEPTH = "layer (transformer depth order)"
 _BLOCK_OF_PREFIX = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
 _BLOCK_RANK = {"down": 0, "mid": 1, "up": 2, "other": 3}
 SIGNIFICANCE_Q = 0.05
@@ -43,9 +45,19 @@ def block_of(path: str) -> str:
 
 
 def unet_order_key(path: str) -> tuple:
-    """Sort key: block (down, mid, up, other), then the path with numbers compared as numbers."""
+    """Sort key: block (down, mid, up, other), a transformer's block list (double- then single-stream), then
+    the path with numbers compared as numbers."""
     parts = re.split(r"(\d+)", path)
-    return (_BLOCK_RANK[block_of(path)], *[(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts])
+    return (
+        _BLOCK_RANK[block_of(path)],
+        transformer_depth(path),
+        *[(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts],
+    )
+
+
+def x_label(names: Sequence[str]) -> str:
+    """The layer axis' label: UNet order, or depth order for a transformer (no down/mid/up blocks)."""
+    return X_LABEL if any(block_of(str(n)) != "other" for n in names) else X_LABEL_DEPTH
 
 
 def layer_axis(names: Sequence[str], layers: pd.DataFrame | None = None) -> tuple[list[str], list[str]]:
@@ -115,7 +127,9 @@ def attention_shift_per_layer(shift: pd.DataFrame, layers: pd.DataFrame | None =
         ax.plot(xs, means, marker="o", markersize=3, color=colours[method], label=method)
         ax.fill_between(xs, lows, highs, color=colours[method], alpha=0.2, linewidth=0)
     ax.set_xticks(range(len(ordered)), labels, rotation=90)
-    style.style_axes(ax, "Attention shift per layer (mean, 95% CI)", X_LABEL, "attention shift (JS divergence)")
+    style.style_axes(
+        ax, "Attention shift per layer (mean, 95% CI)", x_label(ordered), "attention shift (JS divergence)"
+    )
     ax.legend(title="method", fontsize=style.TEXT_SIZE - 1, title_fontsize=style.TEXT_SIZE - 1, frameon=False)
     return fig
 
@@ -159,7 +173,7 @@ def layer_correlation(correlations: pd.DataFrame, layers: pd.DataFrame | None = 
     pad = max(0.1, 0.15 * (high - low))
     ax.set_ylim(low - pad, high + pad)
     style.style_axes(
-        ax, f"Spearman rho of attention shift with {metric or 'disruption'} per layer", X_LABEL, "Spearman rho"
+        ax, f"Spearman rho of attention shift with {metric or 'disruption'} per layer", x_label(ordered), "Spearman rho"
     )
     handles = [
         Patch(color=style.BLOCK_COLOURS[b], label=b)
@@ -188,7 +202,10 @@ def weight_delta_unit(module: str) -> str:
     attention/resnet unit so that one bar stands for one layer.
     """
     parts = module.split(".")
-    depth = {"down_blocks": 4, "up_blocks": 4, "mid_block": 3}.get(parts[0], 1)
+    # a transformer's unit is one block: transformer_blocks.3 (its attention, feed-forward and norms)
+    depth = {"down_blocks": 4, "up_blocks": 4, "mid_block": 3, **dict.fromkeys(TRANSFORMER_BLOCK_DEPTH, 2)}.get(
+        parts[0], 1
+    )
     return ".".join(parts[:depth])
 
 
@@ -232,7 +249,7 @@ def weight_delta_per_layer(weight_deltas: pd.DataFrame, norm: str = "fro_norm") 
         range(len(units)), [f"{i} {block_of(u)} {u}" for i, u in enumerate(units)], fontsize=style.TEXT_SIZE - 1
     )
     ax.set_ylim(len(units) - 0.5, -0.5)  # the first unit at the top
-    style.style_axes(ax, "Weight change per layer (mean over models)", f"||delta W|| ({norm})", X_LABEL)
+    style.style_axes(ax, "Weight change per layer (mean over models)", f"||delta W|| ({norm})", x_label(units))
     ax.legend(
         title="method",
         fontsize=style.TEXT_SIZE - 1,

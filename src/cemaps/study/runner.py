@@ -215,7 +215,7 @@ def run_prompt_set(
         pending = sum(sum((w.model_id, p, s) not in done for p, s in w.items) for w in todo)
         written = 0
         # One CPU copy of the base weights, taken once: DreamBooth restores and every weight delta use it.
-        base_weights = BaseWeights(pipe) if specs else None
+        base_weights = BaseWeights(pipe, family.swappable_components) if specs else None
         with _progress(progress, pending) as advance:
             for model_id, works in _by_model(todo):
                 if model_id != BASE_ID and model_id not in deltas_done and prompt_set.weight_deltas:
@@ -255,7 +255,8 @@ def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -
     scheduler.set_timesteps(config.generation.steps)
     timesteps = [int(t) for t in scheduler.timesteps]
     steps = selected_steps(config.capture.timesteps, len(timesteps))
-    guidance = config.generation.guidance_scale > 1
+    # a guidance-distilled family (Flux) takes the scale as an input: its batch has no uncond half
+    guidance = config.generation.guidance_scale > 1 and family_of(pipe).guidance != "embedded_scale"
     halves = Generation(0, 1, guidance, (1, 1), len(timesteps)).halves
     return {
         "step_indices": list(steps),
@@ -267,7 +268,7 @@ def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -
 def _write_weight_deltas(writer: StoreWriter, pipe: Any, spec: PersonalizedSpec, base: BaseWeights | None) -> None:
     """Per-parameter weight deltas of one personalized model (an empty table is not written)."""
     table_name = "textual_inversion" if spec.method == "textual_inversion" else "weight_deltas"
-    base_state = (base or BaseWeights(pipe)).state_dict()
+    base_state = (base or BaseWeights(pipe, family_of(pipe).swappable_components)).state_dict()
     table = weight_delta_for(pipe, spec, base_state)
     if not table.empty:
         writer.write_table(table_name, _json_friendly(table))

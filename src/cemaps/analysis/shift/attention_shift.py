@@ -50,7 +50,7 @@ from cemaps.analysis.shift.kernel import Workspace as _Workspace
 from cemaps.analysis.shift.kernel import blocks as _blocks
 from cemaps.analysis.shift.kernel import shift_block as _shift_block
 from cemaps.errors import ConfigError, LayerNotFoundError, StoreError
-from cemaps.labelled import CROSS_ATTENTION_PREFIX
+from cemaps.labelled import CROSS_ATTENTION_PREFIX, is_attention_map
 
 _BLOCK_VALUES = 1 << 17
 
@@ -71,7 +71,7 @@ def select_layers(store: Any, layers: str | Sequence[str] | Callable[[str], bool
     Returns:
         Array names (``cross_attention/<module path>``) in store order.
     """
-    available = [name for name in store.array_names if name.startswith(CROSS_ATTENTION_PREFIX)]
+    available = [name for name in store.array_names if is_attention_map(name)]  # not joint layers' text mass
     paths = {name: name[len(CROSS_ATTENTION_PREFIX) :] for name in available}
     if not available:
         raise StoreError(f"{_store_name(store)}: no '{CROSS_ATTENTION_PREFIX}*' arrays; capture cross-attention first")

@@ -55,6 +55,7 @@ from cemaps.analysis.stats.common import (
     to_jsonable,
     without_structural_zeros,
 )
+from cemaps.labelled import transformer_depth
 
 BLOCK_OF_PREFIX = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
 BLOCK_RANK = {"down": 0, "mid": 1, "up": 2, "other": 3}
@@ -71,11 +72,16 @@ def layer_block(layer: str) -> str:
 
 def _natural_key(layer: str) -> tuple[Any, ...]:
     parts = re.split(r"(\d+)", layer)
-    return (BLOCK_RANK[layer_block(layer)], *[(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts])
+    return (
+        BLOCK_RANK[layer_block(layer)],
+        transformer_depth(layer),
+        *[(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts],
+    )
 
 
 def order_layers(layers: Sequence[str], layer_order: Sequence[str] | None) -> list[str]:
-    """Layers in UNet order: ``layer_order`` if given, else down -> mid -> up with numeric sorting."""
+    """Layers in depth order: ``layer_order`` if given, else down -> mid -> up (a transformer: double- then
+    single-stream blocks) with numeric sorting."""
     layers = list(dict.fromkeys(map(str, layers)))
     if layer_order is None:
         return sorted(layers, key=_natural_key)

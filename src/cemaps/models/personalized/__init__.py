@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from diffusers import StableDiffusionPipeline
 
 from cemaps.models.methods import METHODS, Method
+from cemaps.models.personalized.dit import applied_dit, check_dit, is_dit
 from cemaps.models.personalized.dreambooth import applied_dreambooth, check_dreambooth
 from cemaps.models.personalized.lora import applied_lora, check_lora
 from cemaps.models.personalized.spec import (
@@ -85,7 +86,9 @@ def applied(
         ModelLoadError: the weights are missing, unsafe, corrupt, or made for another
             architecture or method; ``pipe`` is left as it was.
     """
-    if spec.method == "dreambooth":
+    if is_dit(pipe):
+        context = applied_dit(pipe, spec, base)
+    elif spec.method == "dreambooth":
         context = applied_dreambooth(pipe, spec, base)
     elif spec.method == "lora":
         context = applied_lora(pipe, spec)
@@ -104,6 +107,8 @@ def check(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> str:
     Raises:
         ModelLoadError: one line naming the file (and tensor, key or token) and what was expected.
     """
+    if is_dit(pipe):
+        return check_dit(pipe, spec)
     checks = {"lora": check_lora, "textual_inversion": check_textual_inversion, "dreambooth": check_dreambooth}
     return checks[spec.method](pipe, spec)
 

@@ -65,6 +65,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from cemaps.errors import ConfigError, SettingError
+from cemaps.models.families import family_of
 from cemaps.models.train import dreambooth, lora, textual_inversion
 from cemaps.models.train.common import (
     CLASS_IMAGES_DIR,
@@ -139,12 +140,14 @@ def personalize(
     out = Path(out).expanduser()
     check_output_dir(out, overwrite)
     sources = load_instance_images(images)
-    resolution = settings.resolution if settings.resolution is not None else default_resolution(pipe)
+    trainer = _trainer(pipe, method)
+    native = getattr(trainer, "default_resolution", default_resolution)  # a DiT trainer knows its family's
+    resolution = settings.resolution if settings.resolution is not None else native(pipe)
     if resolution % pipe.vae_scale_factor:
         raise SettingError(
             "TrainSettings", "resolution", resolution, f"a multiple of the VAE factor {pipe.vae_scale_factor}"
         )
-    settings = replace(_TRAINERS[method].check_inputs(pipe, token, class_word, settings), resolution=resolution)
+    settings = replace(trainer.check_inputs(pipe, token, class_word, settings), resolution=resolution)
     if settings.use_8bit_adam:
         adamw_8bit_class()
 
@@ -163,7 +166,7 @@ def personalize(
     )
     with staging_dir(out) as staging:
         started = time.perf_counter()
-        losses = _TRAINERS[method].train(pipe, data, settings, staging, progress)
+        losses = trainer.train(pipe, data, settings, staging, progress)
         seconds = time.perf_counter() - started
         write_metadata(
             staging / METADATA_NAME,
@@ -181,7 +184,7 @@ def personalize(
                 "seconds": seconds,
                 "seconds_per_step": seconds / settings.steps,
                 "base_model": str(pipe.config.get("_name_or_path", "")),
-                "device": str(pipe.unet.device),
+                "device": str(family_of(pipe).denoiser_of(pipe).device),
                 "artifact": _ARTIFACTS[method] or ".",
                 "source_images": [{"name": s.name, "sha256": s.sha256} for s in sources],
                 "class_images": [{"name": s.name, "sha256": s.sha256} for s in class_sources],
@@ -194,6 +197,21 @@ def personalize(
     return TrainResult(
         out=out, artifact=artifact, final_loss=losses[-1], losses=tuple(losses), settings=settings, seconds=seconds
     )
+
+
+def _trainer(pipe: StableDiffusionPipeline, method: str):
+    """The trainer module of ``method`` for ``pipe``'s family (a transformer family trains LoRA only)."""
+    family = family_of(pipe)
+    if family.denoiser != "transformer":
+        return _TRAINERS[method]
+    if method != "lora" or not family.lora_components():
+        raise ConfigError(
+            f"method {method!r} on {family.name}: cemaps trains LoRA on SD3 and Flux transformers only; "
+            "DreamBooth and Textual Inversion training are not offered for this family"
+        )
+    from cemaps.models.train import lora_dit
+
+    return lora_dit
 
 
 def _check_words(token: str, class_word: str) -> None:
