@@ -72,7 +72,7 @@ def capture_command(
 
     if config is None:
         raise ConfigError(
-            "capture needs --config study.yaml (the study to run; see the README's 'The study config'); "
+            "capture needs --config study.yaml (the study to run; see docs/study.md); "
             "for a ready-made small study run `cemaps demo`"
         )
     quiet_libraries()

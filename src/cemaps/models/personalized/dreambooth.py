@@ -1,6 +1,6 @@
 """DreamBooth: copy a fully fine-tuned UNet (and text encoder) into the base modules in place, copy the base back.
 
-Layouts read (rows of the README's "Input forms" table):
+Layouts read (rows of the "Input forms" table of docs/conformance.md):
 
 - a diffusers pipeline folder (``model_index.json``, ``unet/``, optional ``text_encoder/``),
   sharded or not;

@@ -1,6 +1,6 @@
 """LoRA: read the file's low-rank matrices, check them against the pipeline, load them with diffusers, verify.
 
-Key layouts read (each a row of the README's "Input forms" table):
+Key layouts read (each a row of the "Input forms" table of docs/conformance.md):
 
 - diffusers/peft: ``unet.<module>.lora_A.weight`` / ``.lora_B.weight`` and
   ``text_encoder.<module>.lora_A.weight``, with or without the ``text_model.`` prefix that

@@ -1,6 +1,6 @@
 """Textual Inversion: read an embedding file, check it, add its token(s), remove them exactly.
 
-Layouts read (rows of the README's "Input forms" table):
+Layouts read (rows of the "Input forms" table of docs/conformance.md):
 
 - diffusers ``learned_embeds.safetensors`` / ``.bin``: ``{"<token>": [dim] or [n_vectors, dim]}``;
 - A1111 ``.pt`` (``modules/textual_inversion/textual_inversion.py``): ``{"string_to_param":
