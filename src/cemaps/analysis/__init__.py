@@ -47,9 +47,11 @@ __all__ = [
     "entanglement_map",
     "js_divergence",
     "link_layers",
+    "minimum_detectable_effects",
     "paired_records",
     "read_entanglement_maps",
     "run_analysis",
+    "run_statistics",
     "semantic_proximity",
     "semantic_similarity",
     "spatial_distributions",
@@ -74,6 +76,8 @@ if TYPE_CHECKING:
     from cemaps.analysis.stats.common import TestResult
     from cemaps.analysis.stats.layers import link_layers
     from cemaps.analysis.stats.methods import compare_methods
+    from cemaps.analysis.stats.power import minimum_detectable_effects
+    from cemaps.analysis.stats.run import run_statistics
     from cemaps.analysis.stats.semantic import semantic_proximity
 
 

@@ -35,7 +35,7 @@ _LAZY = {
     "TINY_MODEL_ID": "cemaps.models.aliases",
     "clip_tokenizer": "cemaps.models.tiny",
     "tiny_pipeline": "cemaps.models.tiny",
-    "TINY_SDXL_MODEL_ID": "cemaps.models.tiny",
+    "TINY_SDXL_MODEL_ID": "cemaps.models.aliases",
     "tiny_sdxl_pipeline": "cemaps.models.tiny",
     "tiny_sd3_pipeline": "cemaps.models.tiny_dit",
     "tiny_flux_pipeline": "cemaps.models.tiny_dit",
@@ -54,10 +54,12 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from cemaps.models.aliases import TINY_MODEL_ID
+    from cemaps.models.aliases import TINY_MODEL_ID, TINY_SDXL_MODEL_ID
+    from cemaps.models.families import ModelFamily, family_of, family_of_folder
     from cemaps.models.loading import load_pipeline
     from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, check
-    from cemaps.models.tiny import clip_tokenizer, tiny_pipeline
+    from cemaps.models.tiny import clip_tokenizer, tiny_pipeline, tiny_sdxl_pipeline
+    from cemaps.models.tiny_dit import tiny_flux_pipeline, tiny_pixart_sigma_pipeline, tiny_sd3_pipeline
     from cemaps.models.train import TrainResult, TrainSettings, personalize
 
 
