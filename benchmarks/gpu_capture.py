@@ -176,7 +176,14 @@ def _joint(*, tiny: bool, device: torch.device, deadline: float) -> dict:
         ok, estimate = fits(spec, device, deadline - time.time(), tiny)
         if ok:
             record = measure_geometry(spec, tiny=tiny, device=device, deadline=deadline)
-            return {**record, "chosen_from": list(geometries.JOINT_CANDIDATES), "estimate_s": estimate}
+            # listed under "joint" (the slot the session reserved for it), the geometry it measured beside it
+            return {
+                **record,
+                "name": "joint",
+                "geometry": name,
+                "chosen_from": list(geometries.JOINT_CANDIDATES),
+                "estimate_s": estimate,
+            }
         print(f"joint: {name} would take ~{estimate:.0f} s, more than its time box; trying a smaller one", flush=True)
     if all(reasons.values()):
         text = "; ".join(f"{family}: {why}" for family, why in reasons.items())

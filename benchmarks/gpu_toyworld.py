@@ -1,6 +1,6 @@
 """Part 3 of the GPU session: the toy world trained wider, judged, and packed to come back.
 
-The training is the project's own command (``python -m cemaps.toyworld.train pipeline``, the same
+The training is the project's own command (``python -m cemaps toyworld train pipeline``, the same
 as ``cemaps toyworld train pipeline``) with wider widths, a larger batch and the shipped VAE; the
 judging is ``benchmarks/toyworld_quality.py`` on the result. Both run as child processes with a
 deadline: at the training's deadline the session touches ``STOP`` in its output folder (the
@@ -31,7 +31,7 @@ def training_command(out: Path, *, minutes: float, widths: str, text_width: int,
     """The training command line (``cemaps toyworld train pipeline`` through ``python -m``)."""
     from cemaps.toyworld.assets import shipped_pipeline_folder
 
-    command = [sys.executable, "-m", "cemaps.toyworld.train", "pipeline", "--out", str(out)]
+    command = [sys.executable, "-m", "cemaps", "toyworld", "train", "pipeline", "--out", str(out)]
     command += ["--minutes", f"{minutes:.3f}", "--unet-channels", widths, "--text-width", str(text_width)]
     command += ["--batch", str(batch), "--pairs", str(pairs), "--lr", str(lr)]
     command += ["--final-lr-fraction", str(final_lr_fraction), "--vae", str(shipped_pipeline_folder()), "-q"]

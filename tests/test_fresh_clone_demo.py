@@ -61,7 +61,10 @@ def test_make_demo_runs_from_a_fresh_clone_with_the_readmes_relative_out(tmp_pat
     before = _venv_state()
     clone = tmp_path / "cemaps"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
-    env = dict(os.environ, PYTHONPATH=str(clone / "src"))
+    # Under `make test` the outer make exports MAKEFLAGS/MAKELEVEL, and the inner make would print
+    # "make[1]: Leaving directory ..." after the demo's last line.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    env["PYTHONPATH"] = str(clone / "src")
     imported = subprocess.run(
         [str(VENV / "bin" / "python"), "-c", "import cemaps; print(cemaps.__file__)"],
         env=env,
@@ -72,7 +75,11 @@ def test_make_demo_runs_from_a_fresh_clone_with_the_readmes_relative_out(tmp_pat
     assert Path(imported).is_relative_to(clone / "src"), imported
 
     run = subprocess.run(
-        ["make", "demo", f"VENV={VENV}", "VENV_READY=1"], cwd=clone, env=env, capture_output=True, text=True
+        ["make", "--no-print-directory", "demo", f"VENV={VENV}", "VENV_READY=1"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert _venv_state() == before, "make demo changed the shared venv's cemaps install"
     assert run.returncode == 0, run.stderr[-3000:]
