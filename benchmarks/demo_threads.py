@@ -30,6 +30,7 @@ import torch
 import cemaps
 from cemaps.demo import TOY_DEMO_TRAINING, TOY_GUIDANCE_SCALE
 from cemaps.models.train import personalize
+from cemaps.toyworld import register
 from cemaps.toyworld.suite import TOY_SUBJECTS
 
 
@@ -85,6 +86,7 @@ def main() -> None:
     for spinner in spinners:
         spinner.start()
     try:
+        register()  # the toy world's pipeline alias
         pipe = cemaps.load_pipeline("cemaps/toyworld", device="cpu", dtype="float32")
         pipe.set_progress_bar_config(disable=True)
         images = TOY_SUBJECTS[0].images(4, seed=0)

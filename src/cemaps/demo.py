@@ -27,11 +27,9 @@ from cemaps.data import load_subjects, synthetic_subject_images
 from cemaps.errors import ConfigError
 from cemaps.models import tiny_pipeline
 from cemaps.models.aliases import TINY_MODEL_ID
-from cemaps.models.loading import load_pipeline
 from cemaps.models.methods import METADATA_NAME
-from cemaps.models.train import TrainSettings, personalize
+from cemaps.models.train import TrainSettings
 from cemaps.outputs import claim_output_folder
-from cemaps.study.config import load_config
 from cemaps.study.config_files import write_config
 from cemaps.toyworld.assets import TOYWORLD_MODEL_ID as TOYWORLD_BASE
 
@@ -56,7 +54,7 @@ DEMO_TRAINING = {
 TOY_DEMO_TRAINING = {
     "lora": TrainSettings(
         method="lora",
-        steps=200,
+        steps=150,
         learning_rate=3e-3,
         batch_size=4,
         rank=8,
@@ -64,13 +62,13 @@ TOY_DEMO_TRAINING = {
         instance_template="a {token} {class_word}",
     ),
     "textual_inversion": TrainSettings(
-        method="textual_inversion", steps=100, learning_rate=0.2, batch_size=4, instance_template="{token}"
+        method="textual_inversion", steps=40, learning_rate=0.2, batch_size=4, instance_template="{token}"
     ),
     "dreambooth": TrainSettings(
-        method="dreambooth", steps=150, learning_rate=5e-4, batch_size=8, instance_template="a {token} {class_word}"
+        method="dreambooth", steps=100, learning_rate=5e-4, batch_size=8, instance_template="a {token} {class_word}"
     ),
 }
-IN_CONTEXT_PER_KIND = 8
+IN_CONTEXT_PER_KIND = 4
 # The toy world is judged at guidance 5 (benchmarks/toyworld_quality.py); at the demo's 10 steps its
 # colour accuracy is 0.426 at guidance 5 and 0.352 at SD's usual 7.5 (README "The toy world").
 TOY_GUIDANCE_SCALE = 5.0
@@ -132,7 +130,10 @@ class DemoResult:
     Attributes:
         seconds: wall time of the whole run.
         phases: ``(phase, seconds)`` in order: ``train <model id>`` for each model trained in this
-            run (an earlier run's models are reused and not listed), ``capture``, ``analyze``, ``report``.
+            run (its own time, in finishing order; an earlier run's models are reused and not listed),
+            ``training`` (the wall time of all of them, less than their sum with several workers),
+            ``capture``, ``analyze``, ``report``.
+        workers: the processes that trained and captured.
     """
 
     out: Path
@@ -141,15 +142,20 @@ class DemoResult:
     report: Path
     seconds: float
     phases: tuple[tuple[str, float], ...] = ()
+    workers: int = 1
 
     def timing_line(self) -> str:
-        """The phases in one line, e.g. ``training 151 s (db-toyface 24 s, ...), capture 80 s, ...``."""
+        """The phases in one line, e.g. ``training 151 s on 2 processes (db-toyface 24 s, ...), capture 80 s, ...``."""
         training = [(name.removeprefix("train "), s) for name, s in self.phases if name.startswith("train ")]
+        wall = dict(self.phases).get("training", sum(s for _, s in training))
         parts = []
         if training:
             each = ", ".join(f"{name} {s:.0f} s" for name, s in training)
-            parts.append(f"training {sum(s for _, s in training):.0f} s ({each})")
-        parts += [f"{name} {s:.0f} s" for name, s in self.phases if not name.startswith("train ")]
+            where = f" on {self.workers} processes" if self.workers > 1 else ""
+            parts.append(f"training {wall:.0f} s{where} ({each})")
+        parts += [
+            f"{name} {s:.0f} s" for name, s in self.phases if not name.startswith("train ") and name != "training"
+        ]
         return ", ".join(parts)
 
 
@@ -170,21 +176,26 @@ def run_demo(
     console: Console | None = None,
     world: str = "toy",
     threads: int | None = None,
+    workers: int = 1,
 ) -> DemoResult:
     """Train, capture, analyse and report a small study into ``out``; returns the paths and phase times.
 
     ``world="toy"`` (default) runs it on the trained toy world (:mod:`cemaps.toyworld`): its shipped
     pipeline, toy prompt suite (24), toy subjects and toy CLIP; ``world="tiny"`` on the random tiny model.
-    ``threads``: torch's intra-op threads for the run (``torch.set_num_threads``); None keeps torch's
-    setting (``OMP_NUM_THREADS`` or the number of cores). ``cemaps demo`` picks it with
-    :func:`cemaps.cli.demo.demo_threads`.
+    ``threads``: torch's intra-op threads in each process (``torch.set_num_threads``); None keeps torch's
+    setting (``OMP_NUM_THREADS`` or the number of cores). ``workers``: processes that train the models
+    (one model each at a time) and then capture the study (one rank each,
+    :mod:`cemaps.demo_workers`); 1 runs everything in this process. ``cemaps demo`` picks both
+    with :func:`cemaps.cli.demo.demo_threads` and :func:`cemaps.demo_workers.default_workers`.
+    The results do not depend on ``workers`` (each model trains from the same base with its own
+    seed; each record is generated from its own seed).
 
     Raises:
-        ConfigError: an unknown ``world`` or ``threads < 1``, before anything is written.
+        ConfigError: an unknown ``world``, ``threads < 1`` or ``workers < 1``, before anything is written.
     """
     from cemaps.analysis.pipeline import run_analysis
+    from cemaps.demo_workers import DemoPool, TrainJob
     from cemaps.report import write_report
-    from cemaps.study.runner import run_study
     from cemaps.toyworld import register
 
     if world not in ("tiny", "toy"):
@@ -192,6 +203,8 @@ def run_demo(
     register()  # the toy world's alias, CLIP scorer, result tables and report section
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"demo threads={threads!r}: expected an integer >= 1")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"demo workers={workers!r}: expected an integer >= 1")
     if threads is not None:
         import torch
 
@@ -202,9 +215,9 @@ def run_demo(
     out = claim_output_folder(out, "demo")  # refuses a folder holding files the demo did not write
     toy = _toy_inputs(world, out)
     console.print(f"[bold yellow]note[/]: {RANDOM_WEIGHTS_NOTICE if toy is None else TOY_WORLD_NOTICE}")
-    pipe = tiny_pipeline(seed=0) if toy is None else load_pipeline(TOYWORLD_BASE, device="cpu")
+    base = TINY_MODEL_ID if toy is None else TOYWORLD_BASE
     subjects = load_subjects(toy.subjects if toy else "subjects15").set_index("subject_id")
-    personalized, subject_images = [], {}
+    personalized, subject_images, jobs = [], {}, []
     for subject_id in DEMO_SUBJECTS if toy is None else tuple(toy.subject_images):
         subject = subjects.loc[subject_id]
         images = synthetic_subject_images(subject_id, n=4, size=64) if toy is None else toy.subject_images[subject_id]
@@ -218,19 +231,9 @@ def run_demo(
             model_dir = out / "models" / model_id
             token = subject["token"] if method == "textual_inversion" else "sks"
             if not (model_dir / METADATA_NAME).exists():
-                console.print(f"train {model_id} ({method}, {settings.steps} steps)")
-                with _timed(phases, f"train {model_id}"):
-                    personalize(
-                        pipe,
-                        method,
-                        images,
-                        token,
-                        subject["class_word"],
-                        model_dir,
-                        settings,
-                        progress=progress,
-                        overwrite=True,
-                    )
+                jobs.append(
+                    TrainJob(model_id, method, tuple(images), token, subject["class_word"], model_dir, settings)
+                )
             entry = {"id": model_id, "method": method, "subject": subject_id, "path": model_dir}
             if method == "textual_inversion":
                 entry["token"] = token
@@ -244,10 +247,13 @@ def run_demo(
         prompts=prompts,
         steps=steps,
     )
-    config = load_config(config_path)
     store = out / "study.h5"
-    with _timed(phases, "capture"):
-        run_study(config, store, progress=progress, pipe=pipe)
+    pipe = tiny_pipeline(seed=0) if toy is None and workers == 1 else None
+    with DemoPool(base, threads or 1, workers, pipe) as pool:
+        if jobs:
+            _train_models(pool, jobs, phases, progress, console)
+        with _timed(phases, "capture"):
+            pool.capture(config_path, store, progress)
     results = out / "results"
     with _timed(phases, "analyze"):
         run_analysis(
@@ -264,7 +270,24 @@ def run_demo(
         report=Path(report),
         seconds=time.perf_counter() - started,
         phases=tuple(phases),
+        workers=workers,
     )
+
+
+def _train_models(pool, jobs, phases: list[tuple[str, float]], progress: bool, console: Console) -> None:
+    """Trains ``jobs`` in ``pool``; appends ``train <id>`` (each model's own time) and ``training`` (wall)."""
+    for job in jobs:
+        console.print(f"train {job.model_id} ({job.method}, {job.settings.steps} steps)")
+    if pool.workers > 1:
+        console.print(f"training {len(jobs)} models on {min(pool.workers, len(jobs))} processes")
+
+    def done(model_id: str, seconds: float) -> None:
+        phases.append((f"train {model_id}", seconds))
+        if pool.workers > 1:
+            console.print(f"trained {model_id} in {seconds:.0f} s", highlight=False)
+
+    with _timed(phases, "training"):
+        pool.train(jobs, progress, done)
 
 
 def write_demo_config(

@@ -11,10 +11,15 @@ from cemaps.cli.app import one_line_errors, quiet_option
 
 # benchmarks/demo_threads.py on the project's 2-core machine under other jobs' load (docs/front-door.md, "The
 # demo's time and threads"): one thread trained 5-50x faster per step than two; two never won a measurement.
+# The cores are used by processes instead (--workers, one per core).
 DEFAULT_THREADS = 1
 THREADS_HELP = (
-    f"torch threads for training and generation (default: OMP_NUM_THREADS when set, else {DEFAULT_THREADS}, "
+    f"torch threads in each process (default: OMP_NUM_THREADS when set, else {DEFAULT_THREADS}, "
     "measured fastest on a shared 2-core machine; docs/front-door.md)."
+)
+WORKERS_HELP = (
+    "processes that train the models side by side and then capture the study in ranks "
+    "(default: the CPU cores this process may use; 1 runs everything in one process)."
 )
 
 
@@ -38,6 +43,22 @@ def demo_threads(requested: int | None, environ: dict[str, str] | None = None) -
     return int(value)
 
 
+def demo_workers(requested: int | None) -> int:
+    """The demo's processes: ``--workers``, else the CPU cores this process may use.
+
+    Raises:
+        ConfigError: ``--workers`` below 1.
+    """
+    from cemaps.demo_workers import default_workers
+    from cemaps.errors import ConfigError
+
+    if requested is None:
+        return default_workers()
+    if requested < 1:
+        raise ConfigError(f"--workers {requested}: expected an integer >= 1")
+    return requested
+
+
 @one_line_errors
 def demo_command(
     out: Path = typer.Option(
@@ -50,6 +71,7 @@ def demo_command(
     quiet: bool = quiet_option(),
     world: str = typer.Option("toy", "--world", help="toy: the trained toy world; tiny: the random-weight tiny model."),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP, show_default=False),
+    workers: int | None = typer.Option(None, "--workers", help=WORKERS_HELP, show_default=False),
 ) -> None:
     """Train LoRA, Textual Inversion and DreamBooth on toy subjects, capture, analyse, report.
 
@@ -60,12 +82,13 @@ def demo_command(
     from cemaps.outputs import check_output_folder
 
     count = demo_threads(threads)  # before anything is written
+    processes = demo_workers(workers)
     check_output_folder(out, "demo", whole_folder=True)  # before anything is trained
     quiet_libraries()
     from cemaps.demo import run_demo
 
-    result = run_demo(out, progress=not quiet, console=console, world=world, threads=count)
+    result = run_demo(out, progress=not quiet, console=console, world=world, threads=count, workers=processes)
     if not quiet:
-        say("[dim]time ({} threads): {}[/]", count, result.timing_line())
+        say("[dim]time ({} processes x {} threads): {}[/]", processes, count, result.timing_line())
     say("[green]done[/] in {} s: store {}, results {}", f"{result.seconds:.0f}", result.store, result.results)
     typer.echo(str(result.report))
