@@ -95,21 +95,23 @@ def test_make_demo_runs_from_a_fresh_clone_with_the_readmes_relative_out(tmp_pat
 
     # The demo's phase times are in its own output (docs/front-door.md quotes them).
     timing = re.search(
-        r"time \((\d+) threads\): training \d+ s \(.*\), capture \d+ s, analyze \d+ s, report \d+ s", run.stderr
+        r"time \((\d+) process(?:es)? x (\d+) threads?\): training \d+ s( on \d+ processes)? \(.*\), capture \d+ s, "
+        r"analyze \d+ s, report \d+ s",
+        run.stderr,
     )
-    assert timing and timing.group(1) == os.environ.get("OMP_NUM_THREADS", timing.group(1)), run.stderr[-2000:]
-
+    assert timing, run.stderr[-2000:]
+    assert timing.group(2) == os.environ.get("OMP_NUM_THREADS", timing.group(2)), run.stderr[-2000:]
     # What the end-to-end demo test checked before (tests/toyworld/test_toyworld_demo.py).
     results = out / "results"
     subjects = pd.read_csv(results / "toyworld_subjects.csv")
     assert sorted(subjects["model_id"]) == sorted(
         f"{method}-{subject}" for method in ("lora", "ti", "db") for subject in ("toyface", "toyobject", "toystyle")
     )
-    assert subjects["rate"].between(0, 1).all() and (subjects["images"] == 16).all()
-    # The subject checks the demo's training settings were chosen for (README "The toy world": DreamBooth
-    # face 11/16, LoRA face 5/16, base with the class word 0/16), with a margin for thread-count numerics.
+    assert subjects["rate"].between(0, 1).all() and (subjects["images"] == 8).all()
+    # The subject checks the demo's training settings give (docs/toyworld.md: DreamBooth face 8/8, LoRA face
+    # 2/8, base with the class word 0/8), with a margin for thread-count numerics.
     shows = subjects.set_index("model_id")["shows_subject"]
-    assert shows["db-toyface"] >= 8 and shows["lora-toyface"] >= 3, subjects.to_string()
+    assert shows["db-toyface"] >= 6 and shows["lora-toyface"] >= 1, subjects.to_string()
     assert (subjects["base_rate"] == 0).all(), subjects.to_string()
     localisation = pd.read_csv(results / "toyworld_localisation.csv")
     assert localisation["layer"].nunique() == 17 and localisation["miou"].between(0, 1).all()

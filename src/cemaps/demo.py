@@ -45,12 +45,13 @@ DEMO_TRAINING = {
     "dreambooth": TrainSettings(method="dreambooth", steps=40, learning_rate=1e-4),
 }
 # On the toy world each method trains with the prompt the in-context set gives it ("a sks face"; Textual
-# Inversion: its token alone). Settings from a sweep on the face subject (README "The toy world"): batch 8
-# made DreamBooth learn in 150 steps (batch 4: 0.46 of images show the face, batch 8: 0.88); LoRA learns
-# only on all attention projections (diffusers' script's targets; 600 steps: 0.67, cross-attention k/v:
-# 0.12) and gets the 200 steps the 5-minute budget leaves; Textual Inversion learned none of the subjects
-# (the frozen base draws none of them from any description tried), so it gets 100 steps. In the demo
-# (4 min 50 s) the judge finds the face in 11/16 in-context images for DreamBooth, 5/16 for LoRA, 0 for TI.
+# Inversion: its token alone). Settings from a sweep on the face subject (docs/toyworld.md): batch 8 made
+# DreamBooth learn (batch 4: 0.46 of images show the face, batch 8: 0.88 at 150 steps); LoRA learns only on
+# all attention projections (diffusers' script's targets; 600 steps: 0.67, cross-attention k/v: 0.12);
+# Textual Inversion learned none of the subjects (the frozen base draws none of them from any description
+# tried). The step counts are what the 5-minute budget on 2 cores leaves (docs/front-door.md: 4 min 21 s
+# quiet with 2 workers); the demo's judge then finds the face in 8/8 in-context images for DreamBooth,
+# 2/8 for LoRA, 0 for TI (at LoRA 200 / TI 100 / DreamBooth 150 steps it was 11/16, 5/16, 0/16).
 TOY_DEMO_TRAINING = {
     "lora": TrainSettings(
         method="lora",

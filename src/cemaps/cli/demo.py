@@ -89,6 +89,10 @@ def demo_command(
 
     result = run_demo(out, progress=not quiet, console=console, world=world, threads=count, workers=processes)
     if not quiet:
-        say("[dim]time ({} processes x {} threads): {}[/]", processes, count, result.timing_line())
+        process_word, thread_word = (
+            ("process" if processes == 1 else "processes"),
+            ("thread" if count == 1 else "threads"),
+        )
+        say("[dim]time ({} {} x {} {}): {}[/]", processes, process_word, count, thread_word, result.timing_line())
     say("[green]done[/] in {} s: store {}, results {}", f"{result.seconds:.0f}", result.store, result.results)
     typer.echo(str(result.report))
