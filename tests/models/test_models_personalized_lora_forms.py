@@ -308,12 +308,7 @@ def test_a_loader_that_skips_modules_is_caught(pipe, tmp_path, monkeypatch):
     """If diffusers (another version) silently skipped the text-encoder keys, cemaps refuses instead of measuring a UNet-only LoRA."""
     entries = random_lora(pipe)
     save_file(kohya_file(entries), tmp_path / "k.safetensors")
-    original = type(pipe).load_lora_weights
-
-    def unet_only(self, state, **kwargs):
-        return original(self, {k: v for k, v in state.items() if k.startswith("lora_unet_")}, **kwargs)
-
-    monkeypatch.setattr(type(pipe), "load_lora_weights", unet_only)
+    monkeypatch.setattr(type(pipe), "load_lora_into_text_encoder", classmethod(lambda cls, *args, **kwargs: None))
     with pytest.raises(
         ModelLoadError, match=r"did not load 'lora_te_text_model_encoder_layers_0_mlp_fc1\.lora_down\.weight'"
     ):
@@ -326,12 +321,13 @@ def test_a_loader_that_skips_modules_is_caught(pipe, tmp_path, monkeypatch):
 def test_a_loader_that_drops_alphas_is_caught(pipe, tmp_path, monkeypatch):
     """If diffusers ignored kohya's alphas (scaling 1 instead of alpha/r = 0.5), every delta would be twice too large: refused."""
     save_file(kohya_file(random_lora(pipe)), tmp_path / "k.safetensors")
-    original = type(pipe).load_lora_weights
+    original = type(pipe).load_lora_into_unet
 
-    def without_alphas(self, state, **kwargs):
-        return original(self, {k: v for k, v in state.items() if not k.endswith(".alpha")}, **kwargs)
+    def without_alphas(cls, state, metadata=None, **kwargs):
+        metadata = {k: (v if k != "unet.lora_alpha" else metadata["unet.r"]) for k, v in metadata.items()}
+        return original(state, metadata=metadata, **kwargs)
 
-    monkeypatch.setattr(type(pipe), "load_lora_weights", without_alphas)
+    monkeypatch.setattr(type(pipe), "load_lora_into_unet", classmethod(without_alphas))
     with pytest.raises(ModelLoadError, match=r"other factors or scaling than .*expected scale\*alpha/r = 0\.5\)"):
         with applied(pipe, PersonalizedSpec("k", "lora", str(tmp_path / "k.safetensors"))):
             pass
