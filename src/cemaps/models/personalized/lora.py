@@ -40,6 +40,10 @@ from diffusers import StableDiffusionPipeline
 from cemaps.errors import ModelLoadError
 from cemaps.models.families import family_of
 from cemaps.models.hashing import source_sha256
+from cemaps.models.personalized.lora_kohya import DORA_SCALE, TUCKER_MID, compose_tucker_keys, dora_magnitude, is_kohya
+from cemaps.models.personalized.lora_load import load_adapter
+from cemaps.models.personalized.lora_load import verify_loaded as _verify_loaded
+from cemaps.models.personalized.lora_scaling import apply_file_scaling, file_header, scaling
 from cemaps.models.personalized.lora_sgm import sgm_block_names
 from cemaps.models.personalized.spec import (
     AppliedModel,
@@ -69,6 +73,8 @@ _LEGACY_PROJ = {
     "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
 }
 _DOWN_ROLES = {"lora_down", "A", "down"}
+_PEFT_MAGNITUDE = ".lora_magnitude_vector"
+_MAGNITUDE_SUFFIXES = (DORA_SCALE, _PEFT_MAGNITUDE)
 
 
 @dataclass(frozen=True)
@@ -78,10 +84,15 @@ class LoraMatrices:
     Attributes:
         component: ``"unet"`` or ``"text_encoder"``.
         module: the module path in the installed component (``named_modules()`` name).
-        down: ``A``, ``[r, in]`` or ``[r, in, kh, kw]`` (LoCon convolutions).
+        down: ``A``, ``[r, in]`` or ``[r, in, kh, kw]`` (LoCon convolutions; a Tucker LoCon's
+            ``lora_mid`` already composed in, see :mod:`cemaps.models.personalized.lora_kohya`).
         up: ``B``, ``[out, r]`` or ``[out, r, 1, 1]``.
-        alpha: the file's alpha; None means alpha = r (scaling 1), as in kohya and peft files without one.
+        alpha: the file's alpha (tensor or header, see :mod:`cemaps.models.personalized.lora_scaling`);
+            None means alpha = r (scaling 1), as in kohya and peft files without one.
         down_key: the file's key of ``down`` (named in errors).
+        rslora: scaling ``alpha / sqrt(r)`` (peft ``use_rslora``) instead of ``alpha / r``.
+        magnitude: DoRA's magnitude ``m`` ``[out]`` (peft ``lora_magnitude_vector``, kohya/LyCORIS
+            ``dora_scale``), or None for a plain LoRA.
     """
 
     component: str
@@ -90,14 +101,33 @@ class LoraMatrices:
     up: torch.Tensor
     alpha: float | None
     down_key: str
+    rslora: bool = False
+    magnitude: torch.Tensor | None = None
 
-    def delta(self, scale: float = 1.0) -> torch.Tensor:
-        """``scale * alpha / r * B @ A`` in the base weight's shape (convolutions: ``[out, in, kh, kw]``), float32."""
-        rank = self.down.shape[0]
-        factor = scale * (self.alpha / rank if self.alpha is not None else 1.0)
+    def scaling(self, scale: float = 1.0) -> float:
+        """``scale * alpha / r`` (``alpha / sqrt(r)`` with rsLoRA), the factor peft puts on ``B @ A``."""
+        return scale * scaling(self.alpha, self.down.shape[0], self.rslora)
+
+    def delta(self, scale: float = 1.0, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight update in the base weight's shape (convolutions: ``[out, in, kh, kw]``), float32.
+
+        A plain LoRA: ``scaling * B @ A``. DoRA (Liu et al. 2024, as peft's ``DoraLinearLayer``
+        computes it): ``m / ||W + scaling B A||_row * (W + scaling B A) - W``, norms over each
+        output row, so ``base`` (``W``) is needed.
+
+        Raises:
+            ValueError: a DoRA update without ``base``.
+        """
         product = self.up.float().flatten(1) @ self.down.float().flatten(1)
         shape = (self.up.shape[0], *self.down.shape[1:])
-        return (product * factor).reshape(shape)
+        update = (product * self.scaling(scale)).reshape(shape)
+        if self.magnitude is None:
+            return update
+        if base is None:
+            raise ValueError(f"{self.down_key}: a DoRA update depends on the base weight; pass base=")
+        adapted = base.float() + update
+        norm = adapted.flatten(1).norm(dim=1).reshape(-1, *[1] * (adapted.ndim - 1))
+        return self.magnitude.float().reshape(norm.shape) / norm * adapted - base.float()
 
 
 def _lora_components(pipe: StableDiffusionPipeline) -> tuple[str, ...]:
@@ -154,9 +184,12 @@ def parse_lora(
     alphas: dict[tuple[str, str], float] = {}
     layouts: set[str] = set()
     unresolved: list[tuple[str, str, str]] = []
+    magnitudes = {key: tensor for key, tensor in state.items() if key.endswith(_MAGNITUDE_SUFFIXES)}
     for key, tensor in state.items():
-        if key.endswith(".alpha"):
+        if key.endswith(".alpha") or key in magnitudes:
             continue
+        if key.endswith(TUCKER_MID):
+            raise ModelLoadError(f"{what} has key {key!r}, a LyCORIS Tucker LoCon factor outside a kohya-layout file")
         found = _parse_key(key)
         if found is None:
             raise ModelLoadError(
@@ -187,16 +220,29 @@ def parse_lora(
         if "down" not in entry or "up" not in entry:
             present = entry.get("down_key") or entry.get("up_key")
             raise ModelLoadError(f"{what} has key {present!r} without its {'up' if 'down' in entry else 'down'} matrix")
+        down_key = str(entry["down_key"])
+        magnitude = magnitudes.pop(_magnitude_key(down_key), None)
+        if magnitude is not None:
+            magnitude = dora_magnitude(magnitude, entry["up"].shape[0], what, _magnitude_key(down_key))  # type: ignore[union-attr]
         entries.append(
             LoraMatrices(
-                component, path, entry["down"], entry["up"], alphas.get((component, path)), str(entry["down_key"])
+                component, path, entry["down"], entry["up"], alphas.get((component, path)), down_key, False, magnitude
             )
         )  # type: ignore[arg-type]
+    if magnitudes:
+        raise ModelLoadError(f"{what} has DoRA magnitude {next(iter(magnitudes))!r} without its LoRA matrices")
     if not entries:
         raise ModelLoadError(
             f"{what} has no LoRA weights (keys like '*.lora_A.weight' or 'lora_unet_*.lora_down.weight')"
         )
     return entries, "kohya" if "kohya" in layouts else ("legacy" if "legacy" in layouts else "diffusers")
+
+
+def _magnitude_key(down_key: str) -> str:
+    """The DoRA magnitude key beside a down matrix: kohya/LyCORIS ``.dora_scale``, peft ``.lora_magnitude_vector``."""
+    if down_key.endswith(".lora_down.weight"):
+        return down_key.removesuffix(".lora_down.weight") + DORA_SCALE
+    return down_key.removesuffix(".lora_A.weight") + _PEFT_MAGNITUDE
 
 
 def _parse_key(key: str) -> tuple[str, str, str, str] | None:
@@ -269,14 +315,22 @@ def check_matrices(entries: list[LoraMatrices], pipe: StableDiffusionPipeline, w
 def read_lora(
     pipe: StableDiffusionPipeline, spec: PersonalizedSpec
 ) -> tuple[Path, dict[str, torch.Tensor], list[LoraMatrices], str]:
-    """(file, raw tensors, parsed and checked matrices, layout) of a LoRA spec; the pipeline is not changed."""
+    """(file, tensors to load, parsed and checked matrices, layout) of a LoRA spec; the pipeline is not changed.
+
+    The tensors are the file's, with a kohya Tucker LoCon's ``lora_mid`` composed into its
+    ``lora_down``; each matrix carries the scaling the file records, in tensors or in its header
+    (:func:`~cemaps.models.personalized.lora_scaling.apply_file_scaling`).
+    """
     source = resolve_weight_file(spec, PREFERRED_FILES)
     raw = load_weights(source, allow_pickle=spec.allow_pickle)
     what = f"LoRA file {str(source)!r}"
     check_finite(raw, what)
-    entries, layout = parse_lora(sgm_block_names(raw, pipe, what), pipe, what)
+    state = sgm_block_names(raw, pipe, what)
+    state = compose_tucker_keys(state, what) if is_kohya(state) else state
+    entries, layout = parse_lora(state, pipe, what)
+    entries = apply_file_scaling(entries, layout, file_header(source), what)
     check_matrices(entries, pipe, what)
-    return source, raw, entries, layout
+    return source, state, entries, layout
 
 
 def check_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> str:
@@ -286,77 +340,18 @@ def check_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> str:
     return read_lora(pipe, spec)[3]
 
 
-def lora_wrapped_modules(pipe: StableDiffusionPipeline, adapter: str) -> dict[tuple[str, str], torch.nn.Module]:
-    """(component, module path) -> peft layer holding ``adapter``."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    wrapped = {}
-    for component in _lora_components(pipe):
-        module = getattr(pipe, component, None)
-        if module is not None:
-            wrapped |= {
-                (component, path): m
-                for path, m in module.named_modules()
-                if isinstance(m, BaseTunerLayer) and adapter in getattr(m, "lora_A", {})
-            }
-    return wrapped
-
-
-def _verify_loaded(
-    pipe: StableDiffusionPipeline, entries: list[LoraMatrices], spec: PersonalizedSpec, what: str
-) -> dict:
-    """Every named module wrapped with exactly the file's factors and scaling, and nothing else wrapped.
-
-    peft applies ``scaling * B @ A``; checking A, B (bit-exact after the cast to the
-    adapter's dtype) and ``scaling == scale * alpha / r`` pins that delta down at the cost of
-    reading the factors, not of forming every ``B @ A``.
-    """
-    import math
-
-    import diffusers
-    import peft
-
-    versions = f"diffusers {diffusers.__version__}, peft {peft.__version__}"
-    wrapped = lora_wrapped_modules(pipe, spec.model_id)
-    expected = {(e.component, e.module): e for e in entries}
-    extra = sorted(set(wrapped) - set(expected))
-    if extra:
-        raise ModelLoadError(
-            f"{what}: {versions} wrapped {'.'.join(extra[0])}, which the file does not name; cemaps refuses an unverified load"
-        )
-    adapter = spec.model_id
-    for target, entry in sorted(expected.items()):
-        layer = wrapped.get(target)
-        if layer is None:
-            raise ModelLoadError(f"{what}: {versions} did not load {entry.down_key!r} into {'.'.join(target)}")
-        down, up = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-        factor = spec.scale * (entry.alpha / entry.down.shape[0] if entry.alpha is not None else 1.0)
-        same = (
-            torch.equal(down.detach().cpu(), entry.down.to(down.dtype))
-            and torch.equal(up.detach().cpu(), entry.up.to(up.dtype))
-            and math.isclose(float(layer.scaling[adapter]), factor, rel_tol=1e-6, abs_tol=1e-12)
-            and not layer.use_dora.get(adapter, False)
-            and not getattr(layer, "fan_in_fan_out", False)
-        )
-        if not same:
-            raise ModelLoadError(
-                f"{what}: {versions} loaded {'.'.join(target)} with other factors or scaling than "
-                f"{entry.down_key!r} (expected scale*alpha/r = {factor:g}); cemaps refuses an unverified load"
-            )
-    return wrapped
-
-
 @contextmanager
 def applied_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> Iterator[AppliedModel]:
     """Loads a LoRA as adapter ``spec.model_id`` at ``spec.scale``; deletes it (and unloads peft) on exit."""
     if spec.model_id in adapter_names(pipe):
         raise ModelLoadError(f"model {spec.model_id!r}: a LoRA adapter of that name is already loaded")
-    source, raw, entries, layout = read_lora(pipe, spec)
+    source, state, entries, layout = read_lora(pipe, spec)
     what = f"LoRA file {str(source)!r}"
     try:
         try:
-            pipe.load_lora_weights(dict(raw), adapter_name=spec.model_id)
-        except (ValueError, KeyError, RuntimeError) as error:
+            installed = {c: set(names) for c, names in _module_names(pipe).items()}
+            load_adapter(pipe, source, state, entries, layout, installed, spec.model_id, what)
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise ModelLoadError(
                 f"{what}: diffusers could not load it: {str(error).strip().splitlines()[0]}"
             ) from error
