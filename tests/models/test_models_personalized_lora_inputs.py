@@ -1,11 +1,11 @@
 """LoRA files whose scaling or variant used to load wrong without a word (issue 24), written by the tools that make them.
 
 Each file is saved from a peft-wrapped "source" pipeline (the model as its trainer left it) with
-diffusers' own writers: ``StableDiffusionPipeline.save_lora_weights`` with
-``training_utils._collate_lora_metadata`` (what diffusers' training scripts do since PR #11324),
-and ``state_dict_utils.convert_state_dict_to_kohya`` (their ``--output_kohya_format``). The
-ground truth is the source model's own output: cemaps' applied model must reproduce it, which
-checks the scaling and the DoRA magnitudes without reusing any alpha cemaps read.
+diffusers' own writers (``lora_writers``: ``save_lora_weights`` with ``_collate_lora_metadata``,
+and ``convert_state_dict_to_kohya``). The ground truth is the source model's own output and each
+module's update computed from its factors and the config the test chose: cemaps' applied model
+must reproduce both, which checks the scaling and the DoRA magnitudes without reusing any alpha
+cemaps read. The same kinds on SDXL and on text encoders: ``test_models_personalized_lora_variants.py``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.training_utils import _collate_lora_metadata
-from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from lora_writers import assert_formula, assert_reproduces, save_diffusers, save_kohya
+from lora_writers import source_pipe as _source_pipe
+from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -31,102 +30,10 @@ from cemaps.models.weight_deltas import lora_delta_state
 UNET_MODULES = ["to_q", "to_k"]
 
 
-def source_pipe(unet: LoraConfig | None, text_encoder: LoraConfig | None, seed: int = 1) -> StableDiffusionPipeline:
-    """The tiny pipeline with peft adapters as a trainer leaves them: random B (and DoRA magnitudes off ||W||)."""
-    pipe = tiny_pipeline(seed=0)
-    generator = torch.Generator().manual_seed(seed)
-    for component, config in (("unet", unet), ("text_encoder", text_encoder)):
-        if config is None:
-            continue
-        model = getattr(pipe, component)
-        if component == "unet":
-            model.add_adapter(config)
-        else:  # transformers' add_adapter needs peft >= 0.22; peft's own injection is what it calls
-            inject_adapter_in_model(config, model)
-            model.peft_config = {"default": config}
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-                elif "lora_magnitude_vector" in name:
-                    param.mul_(1 + 0.5 * torch.rand(param.shape, generator=generator))
-    return pipe
-
-
-def save_diffusers(pipe: StableDiffusionPipeline, folder: Path, metadata: bool = True) -> Path:
-    """diffusers' training-script save: factors plus, with ``metadata``, each LoraConfig in the header."""
-    layers, modules = {}, {}
-    for component in ("unet", "text_encoder"):
-        model = getattr(pipe, component)
-        if getattr(model, "peft_config", None):
-            layers[f"{component}_lora_layers"] = get_peft_model_state_dict(model)
-            modules[component] = model
-    extra = _collate_lora_metadata(modules) if metadata else {}
-    StableDiffusionPipeline.save_lora_weights(folder, **layers, **extra)
-    return folder / "pytorch_lora_weights.safetensors"
-
-
-def save_kohya(pipe: StableDiffusionPipeline, path: Path, header: dict[str, str] | None = None, alphas: bool = True):
-    """diffusers' ``--output_kohya_format``, with CLIP module names as kohya sd-scripts writes them (``text_model_``)."""
-    peft_state = {}
-    for component in ("unet", "text_encoder"):
-        model = getattr(pipe, component)
-        if getattr(model, "peft_config", None):
-            peft_state |= {f"{component}.{k}": v for k, v in get_peft_model_state_dict(model).items()}
-    magnitudes = {k: peft_state.pop(k) for k in [k for k in peft_state if k.endswith(".lora_magnitude_vector")]}
-    kohya = convert_state_dict_to_kohya(peft_state)
-    # diffusers names the (only) SD 1.x text encoder with SDXL's first-encoder prefix; kohya writes lora_te_
-    kohya = {k.replace("lora_te1_", "lora_te_text_model_", 1): v.contiguous() for k, v in kohya.items()}
-    for key, magnitude in magnitudes.items():  # LyCORIS' DoRA: dora_scale [out, 1] (wd_on_out=True)
-        component, module = key.removesuffix(".lora_magnitude_vector").split(".", 1)
-        prefix = "lora_unet_" if component == "unet" else "lora_te_text_model_"
-        kohya[prefix + module.replace(".", "_") + ".dora_scale"] = magnitude[:, None].contiguous()
-    if not alphas:
-        kohya = {k: v for k, v in kohya.items() if not k.endswith(".alpha")}
-    save_file(kohya, path, metadata=header)
-    return path
-
-
-def outputs(pipe: StableDiffusionPipeline) -> tuple[torch.Tensor, torch.Tensor]:
-    """(text encoder output, UNet output) on fixed inputs."""
-    ids = pipe.tokenizer(["a red circle"], padding="max_length", return_tensors="pt").input_ids
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(1, pipe.unet.config.in_channels, 8, 8, generator=generator)
-    with torch.no_grad():
-        text = pipe.text_encoder(ids)[0]
-        return text, pipe.unet(sample, 10, encoder_hidden_states=text).sample
-
-
-def assert_reproduces(source: StableDiffusionPipeline, path: Path, expected_format: str) -> dict[str, torch.Tensor]:
-    """cemaps' applied model gives the source model's outputs; the base comes back; returns the measured deltas."""
-    base = tiny_pipeline(seed=0)
-    base_text, base_unet = outputs(base)
-    spec = PersonalizedSpec("m", "lora", str(path))
-    assert check(base, spec) == expected_format
-    with applied(base, spec) as model:
-        text, unet = outputs(base)
-        deltas = lora_delta_state(base, "m")
-        assert model.n_tensors_changed == len(deltas)
-    source_text, source_unet = outputs(source)
-    torch.testing.assert_close(text, source_text, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(unet, source_unet, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(unet, base_unet, atol=1e-3)
-    after = outputs(base)
-    assert torch.equal(after[0], base_text) and torch.equal(after[1], base_unet)
-    return deltas
-
-
-def peft_deltas(source: StableDiffusionPipeline) -> dict[str, torch.Tensor]:
-    """Effective weight change of each wrapped module of the source: merged weight minus base weight."""
-    deltas = {}
-    for component in ("unet", "text_encoder"):
-        for path, module in getattr(source, component).named_modules():
-            if isinstance(module, BaseTunerLayer):
-                base = module.get_base_layer().weight.detach().clone()
-                module.merge()
-                deltas[f"{component}.{path}.weight"] = module.get_base_layer().weight.detach() - base
-                module.unmerge()
-    return deltas
+def source_pipe(unet: LoraConfig | None, text_encoder: LoraConfig | None):
+    """The tiny SD 1.x pipeline with a trainer's adapters on the UNet and/or the text encoder."""
+    configs = {"unet": unet, "text_encoder": text_encoder}
+    return _source_pipe({component: config for component, config in configs.items() if config is not None})
 
 
 # --------------------------------------------------------------------------- 1. scaling in the header
@@ -147,11 +54,7 @@ def test_alpha_only_in_the_header_is_applied(tmp_path, unet, text_encoder):
     path = save_diffusers(source, tmp_path)
     with safe_open(str(path), "pt") as handle:
         assert not any(k.endswith(".alpha") for k in handle.keys())
-    deltas = assert_reproduces(source, path, "diffusers")
-    expected = peft_deltas(source)
-    assert deltas.keys() == expected.keys()
-    for name, delta in expected.items():
-        torch.testing.assert_close(deltas[name], delta, rtol=1e-5, atol=1e-6)
+    assert_formula(source, assert_reproduces(source, path, "diffusers"))
 
 
 def test_the_header_scaling_is_what_the_file_needs(tmp_path):
@@ -257,6 +160,7 @@ def test_kohya_text_encoder_subsets_load_exactly(tmp_path, unet, te_modules):
     source = source_pipe(unet_config, LoraConfig(r=2, lora_alpha=2, target_modules=te_modules))
     path = save_kohya(source, tmp_path / "k.safetensors")
     deltas = assert_reproduces(source, path, "kohya")
+    assert_formula(source, deltas)
     assert {name.split(".")[-2] for name in deltas if name.startswith("text_encoder.")} == set(te_modules)
 
 
@@ -270,17 +174,13 @@ def test_dora_loads_with_its_magnitudes(tmp_path, writer):
         path = save_diffusers(source, tmp_path)
     else:
         path = save_kohya(source, tmp_path / "k.safetensors")
-    deltas = assert_reproduces(source, path, writer)
-    for name, delta in peft_deltas(source).items():
-        torch.testing.assert_close(deltas[name], delta, rtol=1e-4, atol=1e-5)
+    assert_formula(source, assert_reproduces(source, path, writer))
 
 
 def test_text_encoder_dora_loads_with_its_magnitudes(tmp_path):
     """transformers' load_adapter (peft 0.21) kept ||W|| as the magnitudes; cemaps' own peft injection keeps the file's."""
     source = source_pipe(None, LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"], use_dora=True))
-    deltas = assert_reproduces(source, save_diffusers(source, tmp_path), "diffusers")
-    for name, delta in peft_deltas(source).items():
-        torch.testing.assert_close(deltas[name], delta, rtol=1e-4, atol=1e-5)
+    assert_formula(source, assert_reproduces(source, save_diffusers(source, tmp_path), "diffusers"))
 
 
 def test_dora_scale_over_input_columns_is_refused(tmp_path):
