@@ -15,7 +15,7 @@ The loading is ``load_lora_weights(path)``'s (``lora_state_dict``, ``load_lora_i
   DoRA magnitude vector at its initial value ``||W||`` instead of the file's.
 
 The verification compares every wrapped module of the family's LoRA components with cemaps'
-own reading of the file (:mod:`cemaps.models.personalized.lora`,
+own reading of the file (:mod:`cemaps.models.personalized.lora_parse`,
 :mod:`cemaps.models.personalized.lora_scaling`), never with the config the load was given.
 """
 
@@ -34,7 +34,7 @@ from cemaps.models.personalized.lora_scaling import kohya_alpha_tensors
 from cemaps.models.personalized.spec import PersonalizedSpec
 
 if TYPE_CHECKING:
-    from cemaps.models.personalized.lora import LoraMatrices
+    from cemaps.models.personalized.lora_parse import LoraMatrices
 
 _TEXT_MODEL = "text_model."
 

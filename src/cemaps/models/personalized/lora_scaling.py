@@ -147,7 +147,7 @@ def _kohya_header_alpha(entry, header: Mapping[str, str], what: str) -> float | 
 
 
 def apply_file_scaling(entries: list, layout: str, header: Mapping[str, str], what: str) -> list:
-    """Each :class:`~cemaps.models.personalized.lora.LoraMatrices` with the scaling its file records.
+    """Each :class:`~cemaps.models.personalized.lora_parse.LoraMatrices` with the scaling its file records.
 
     Args:
         entries: parsed matrices (``alpha`` from ``.alpha`` tensors where the file has them).
