@@ -28,7 +28,7 @@ from cemaps.models.personalized import PersonalizedSpec, applied, check
 from cemaps.models.tiny import tiny_pipeline
 from cemaps.models.weight_deltas import lora_delta_state
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "transformer")
 # kohya's names of the text encoders: one (SD 1.x/2.x) or SDXL's two
 _KOHYA_TE = {1: {"text_encoder": "lora_te_"}, 2: {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}}
 
@@ -39,7 +39,7 @@ def source_pipe(configs: dict[str, LoraConfig], make: Callable = tiny_pipeline, 
     generator = torch.Generator().manual_seed(seed)
     for component, config in configs.items():
         model = getattr(pipe, component)
-        if component == "unet":
+        if component in ("unet", "transformer"):  # diffusers ModelMixin.add_adapter
             model.add_adapter(config)
         else:  # transformers' add_adapter needs peft >= 0.22; peft's own injection is what it calls
             inject_adapter_in_model(config, model)
@@ -112,7 +112,7 @@ def outputs(pipe) -> dict[str, torch.Tensor]:
         added = {"text_embeds": torch.randn(1, pooled, generator=generator), "time_ids": torch.ones(1, 6)}
     result = {}
     with torch.no_grad():
-        for component in COMPONENTS[1:]:
+        for component in ("text_encoder", "text_encoder_2"):
             if getattr(pipe, component, None) is not None:
                 result[component] = getattr(pipe, component)(ids)[0]
         result["unet"] = pipe.unet(sample, 10, encoder_hidden_states=context, added_cond_kwargs=added).sample

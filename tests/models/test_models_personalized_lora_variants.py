@@ -21,6 +21,7 @@ from cemaps.errors import ModelLoadError
 from cemaps.models.personalized import PersonalizedSpec, applied, check
 from cemaps.models.personalized.lora_sgm import sgm_block_names
 from cemaps.models.tiny import tiny_pipeline, tiny_sdxl_pipeline
+from cemaps.models.tiny_dit import tiny_sd3_pipeline
 from cemaps.models.weight_deltas import lora_delta_state
 
 FAMILIES = {"sd1": tiny_pipeline, "sdxl": tiny_sdxl_pipeline}
@@ -193,3 +194,52 @@ def test_sdxl_tucker_locon_is_composed_exactly(tmp_path):
         reference = torch.nn.functional.conv2d(x, conv.weight + expected, conv.bias, padding=1)
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
     assert not any(isinstance(m, BaseTunerLayer) for m in base.unet.modules())
+
+
+# --------------------------------------------------------------------------- DoRA and rsLoRA on SD3
+
+
+def sd3_transformer_output(pipe) -> torch.Tensor:
+    config = pipe.transformer.config
+    generator = torch.Generator().manual_seed(0)
+    size = config.sample_size
+    with torch.no_grad():
+        return pipe.transformer(
+            hidden_states=torch.randn(1, config.in_channels, size, size, generator=generator),
+            encoder_hidden_states=torch.randn(1, 6, config.joint_attention_dim, generator=generator),
+            pooled_projections=torch.randn(1, config.pooled_projection_dim, generator=generator),
+            timestep=torch.tensor([10]),
+        ).sample
+
+
+@pytest.mark.parametrize(
+    "config",
+    [lora(["to_q", "to_k"], alpha=8, use_dora=True), lora(["to_v", "add_k_proj"], r=4, alpha=8, use_rslora=True)],
+    ids=["dora", "rslora"],
+)
+def test_sd3_dora_and_rslora_load_with_the_files_scaling(tmp_path, config):
+    """diffusers' SD3 loader reads use_dora/use_rslora from the header; cemaps verifies magnitudes and alpha/sqrt(r)."""
+    source = source_pipe({"transformer": config}, tiny_sd3_pipeline)
+    path = save_diffusers(source, tmp_path)
+    base = tiny_sd3_pipeline(seed=0)
+    before = sd3_transformer_output(base)
+    spec = PersonalizedSpec("m", "lora", str(path))
+    assert check(base, spec) == "diffusers"
+    with applied(base, spec) as model:
+        during = sd3_transformer_output(base)
+        deltas = lora_delta_state(base, "m")
+        assert model.n_tensors_changed == len(deltas)
+    torch.testing.assert_close(during, sd3_transformer_output(source), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(during, before, atol=1e-4)
+    assert torch.equal(sd3_transformer_output(base), before)
+    assert_formula(source, deltas)
+
+
+def test_sd3_dora_magnitude_of_a_wrong_shape_is_named(tmp_path):
+    source = source_pipe({"transformer": lora(["to_q"], use_dora=True)}, tiny_sd3_pipeline)
+    path = save_diffusers(source, tmp_path)
+    state = load_file(path)
+    key = next(k for k in state if k.endswith(".lora_magnitude_vector"))
+    save_file({**state, key: torch.ones(3)}, path, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"DoRA magnitude of transformer\.\S+ has shape \(3,\); expected \[\d+\]"):
+        check(tiny_sd3_pipeline(seed=0), PersonalizedSpec("m", "lora", str(path)))
