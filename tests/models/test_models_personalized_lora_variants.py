@@ -21,7 +21,7 @@ from cemaps.errors import ModelLoadError
 from cemaps.models.personalized import PersonalizedSpec, applied, check
 from cemaps.models.personalized.lora_sgm import sgm_block_names
 from cemaps.models.tiny import tiny_pipeline, tiny_sdxl_pipeline
-from cemaps.models.tiny_dit import tiny_sd3_pipeline
+from cemaps.models.tiny_dit import tiny_flux_pipeline, tiny_sd3_pipeline
 from cemaps.models.weight_deltas import lora_delta_state
 
 FAMILIES = {"sd1": tiny_pipeline, "sdxl": tiny_sdxl_pipeline}
@@ -243,3 +243,41 @@ def test_sd3_dora_magnitude_of_a_wrong_shape_is_named(tmp_path):
     save_file({**state, key: torch.ones(3)}, path, metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match=r"DoRA magnitude of transformer\.\S+ has shape \(3,\); expected \[\d+\]"):
         check(tiny_sd3_pipeline(seed=0), PersonalizedSpec("m", "lora", str(path)))
+
+
+# --------------------------------------------------------------------------- kohya Flux with its alpha in the header
+
+
+def kohya_flux_file(path, header: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """BFL's fused qkv of double block 0, as kohya sd-scripts' Flux LoRA names it, without an .alpha tensor."""
+    generator = torch.Generator().manual_seed(1)
+    down, up = torch.randn(2, 32, generator=generator), torch.randn(96, 2, generator=generator)
+    prefix = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file({f"{prefix}.lora_down.weight": down, f"{prefix}.lora_up.weight": up}, path, metadata=header)
+    return down, up
+
+
+def test_flux_kohya_alpha_only_in_the_header_is_applied(tmp_path):
+    """diffusers' Flux converter takes alpha = r without an .alpha tensor; the header's alpha 8 (r 2) gives 4x that."""
+    path = tmp_path / "k.safetensors"
+    down, up = kohya_flux_file(path, {"ss_network_alpha": "8", "ss_network_dim": "2"})
+    pipe = tiny_flux_pipeline(seed=0)
+    spec = PersonalizedSpec("k", "lora", str(path), scale=0.5)
+    with applied(pipe, spec) as model:
+        assert model.format == "kohya" and model.n_tensors_changed == 3  # fused qkv split into to_q, to_k, to_v
+        deltas = lora_delta_state(pipe, "k")
+    for index, name in enumerate(("to_q", "to_k", "to_v")):
+        expected = 0.5 * (8 / 2) * up[32 * index : 32 * (index + 1)] @ down  # scale * alpha / r * B @ A
+        torch.testing.assert_close(deltas[f"transformer.transformer_blocks.0.attn.{name}.weight"], expected)
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [({"ss_network_alpha": "Dynamic"}, "not a number"), ({"ss_network_alpha": "8", "ss_network_dim": "4"}, "network dim is 4")],
+)  # fmt: skip
+def test_flux_kohya_header_that_cannot_fix_the_scaling_is_refused(tmp_path, header, message):
+    path = tmp_path / "k.safetensors"
+    kohya_flux_file(path, header)
+    with pytest.raises(ModelLoadError, match="scaling cannot be determined") as caught:
+        check(tiny_flux_pipeline(seed=0), PersonalizedSpec("k", "lora", str(path)))
+    assert message in str(caught.value) and "\n" not in str(caught.value)

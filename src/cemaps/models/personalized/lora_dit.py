@@ -30,7 +30,7 @@ import torch
 from cemaps.errors import ModelLoadError
 from cemaps.models.families import family_of
 from cemaps.models.hashing import source_sha256
-from cemaps.models.personalized.lora_scaling import scaling
+from cemaps.models.personalized.lora_scaling import file_header, kohya_header_alphas, scaling
 from cemaps.models.personalized.spec import AppliedModel, PersonalizedSpec, adapter_names, check_finite
 from cemaps.models.personalized.spec import resolve_weight_file as _resolve
 from cemaps.models.safety import load_weights
@@ -51,8 +51,13 @@ def refuse_without_loader(pipe: Any, what: str) -> None:
         )
 
 
-def read_dit_lora(pipe: Any, spec: PersonalizedSpec) -> tuple[Path, dict[str, torch.Tensor], str, dict]:
-    """(file, converted tensors, layout, adapter metadata) of a LoRA for ``pipe``; the pipeline is not changed.
+def read_dit_lora(
+    pipe: Any, spec: PersonalizedSpec
+) -> tuple[Path, dict[str, torch.Tensor], str, dict, dict[str, torch.Tensor]]:
+    """(file, converted tensors, layout, adapter metadata, file tensors) of a LoRA for ``pipe``; ``pipe`` is not changed.
+
+    The file tensors are as read, with a kohya file's header alpha (``ss_network_alpha``) added as
+    ``.alpha`` tensors where it has none (:func:`~cemaps.models.personalized.lora_scaling.kohya_header_alphas`).
 
     Raises:
         ModelLoadError: no loader for the family, an unreadable or unsafe file, a key for a component
@@ -65,6 +70,8 @@ def read_dit_lora(pipe: Any, spec: PersonalizedSpec) -> tuple[Path, dict[str, to
     raw = load_weights(source, allow_pickle=spec.allow_pickle)
     check_finite(raw, what)
     layout = _layout(raw)
+    if layout == "kohya":  # kohya alphas only in the header: as tensors, so that diffusers' converter folds them in
+        raw = kohya_header_alphas(raw, file_header(source), what)
     try:
         converted = type(pipe).lora_state_dict(dict(raw))
     except (ValueError, KeyError, RuntimeError, IndexError) as error:
@@ -73,7 +80,7 @@ def read_dit_lora(pipe: Any, spec: PersonalizedSpec) -> tuple[Path, dict[str, to
         ) from error
     converted = converted[0] if isinstance(converted, tuple) else converted
     _check(converted, pipe, what)
-    return source, converted, layout, _metadata(source)
+    return source, converted, layout, _metadata(source), raw
 
 
 def _layout(raw: Mapping[str, torch.Tensor]) -> str:
@@ -172,16 +179,16 @@ def applied_dit_lora(pipe: Any, spec: PersonalizedSpec) -> Iterator[AppliedModel
     refuse_without_loader(pipe, f"model {spec.model_id!r}")
     if spec.model_id in adapter_names(pipe):
         raise ModelLoadError(f"model {spec.model_id!r}: a LoRA adapter of that name is already loaded")
-    source, state, layout, metadata = read_dit_lora(pipe, spec)
+    source, state, layout, metadata, raw = read_dit_lora(pipe, spec)
     what = f"LoRA file {str(source)!r}"
     try:
         try:
-            if source.suffix == ".safetensors":  # the file itself, so diffusers reads its lora_alpha metadata
+            if source.suffix == ".safetensors" and layout != "kohya":  # the file, so diffusers reads its metadata
                 pipe.load_lora_weights(
                     str(source.parent), weight_name=source.name, adapter_name=spec.model_id, local_files_only=True
                 )
-            else:  # a pickle file the caller opted into: the tensors cemaps read with weights_only
-                pipe.load_lora_weights(dict(load_weights(source, allow_pickle=True)), adapter_name=spec.model_id)
+            else:  # kohya (header alphas added) or a pickle file the caller opted into: the tensors cemaps read
+                pipe.load_lora_weights(dict(raw), adapter_name=spec.model_id)
         except (ValueError, KeyError, RuntimeError, OSError) as error:
             raise ModelLoadError(f"{what}: diffusers could not load it: {_first(error)}") from error
         pipe.set_adapters([spec.model_id], adapter_weights=[spec.scale])

@@ -119,10 +119,10 @@ def _metadata_scaling(entry, config: Mapping[str, object], what: str):
     return dataclasses.replace(entry, alpha=float(alpha), rslora=bool(config.get("use_rslora", False)))
 
 
-def _kohya_header_alpha(entry, header: Mapping[str, str], what: str) -> float | None:
+def _kohya_header_alpha(down: torch.Tensor, down_key: str, header: Mapping[str, str], what: str) -> float | None:
     """kohya's header alpha for a module without an ``.alpha`` tensor (None: no header alpha)."""
     alpha_text, dim_text = header.get("ss_network_alpha"), header.get("ss_network_dim")
-    if entry.down.ndim == 4 and entry.down.shape[2:] != (1, 1):  # kohya's conv2d_3x3 modules use conv_dim/conv_alpha
+    if down.ndim == 4 and down.shape[2:] != (1, 1):  # kohya's conv2d_3x3 modules use conv_dim/conv_alpha
         try:
             args = json.loads(header.get("ss_network_args", "{}"))
         except json.JSONDecodeError:
@@ -135,12 +135,12 @@ def _kohya_header_alpha(entry, header: Mapping[str, str], what: str) -> float | 
         alpha = float(alpha_text)
     except ValueError:
         raise ModelLoadError(
-            f"{what}: {entry.down_key!r} has no .alpha tensor and the header's network alpha is {alpha_text!r}, not a "
+            f"{what}: {down_key!r} has no .alpha tensor and the header's network alpha is {alpha_text!r}, not a "
             "number; its scaling cannot be determined"
         ) from None
-    if dim_text is not None and dim_text.strip().isdigit() and int(dim_text) != entry.down.shape[0]:
+    if dim_text is not None and dim_text.strip().isdigit() and int(dim_text) != down.shape[0]:
         raise ModelLoadError(
-            f"{what}: {entry.down_key!r} has rank {entry.down.shape[0]} but the header's network dim is {dim_text} "
+            f"{what}: {down_key!r} has rank {down.shape[0]} but the header's network dim is {dim_text} "
             f"(alpha {alpha_text}); its scaling cannot be determined"
         )
     return alpha
@@ -169,9 +169,30 @@ def apply_file_scaling(entries: list, layout: str, header: Mapping[str, str], wh
                 )
             entry = _metadata_scaling(entry, configs[entry.component], what)
         elif layout == "kohya" and entry.alpha is None:
-            alpha = _kohya_header_alpha(entry, header, what)
+            alpha = _kohya_header_alpha(entry.down, entry.down_key, header, what)
             entry = dataclasses.replace(entry, alpha=alpha) if alpha is not None else entry
         out.append(entry)
+    return out
+
+
+def kohya_header_alphas(
+    state: Mapping[str, torch.Tensor], header: Mapping[str, str], what: str
+) -> dict[str, torch.Tensor]:
+    """``state`` (a kohya file) with an ``.alpha`` tensor from the header for each module that has none.
+
+    For loaders that read only ``.alpha`` tensors (diffusers' kohya converters, e.g. Flux's, take
+    alpha = r without one).
+
+    Raises:
+        ModelLoadError: the header's alpha is not a number, or its network dim contradicts a module's rank.
+    """
+    out = dict(state)
+    for key, down in state.items():
+        alpha_key = key.removesuffix(".lora_down.weight") + ".alpha"
+        if key.endswith(".lora_down.weight") and alpha_key not in state:
+            alpha = _kohya_header_alpha(down, key, header, what)
+            if alpha is not None:
+                out[alpha_key] = torch.tensor(alpha)
     return out
 
 
