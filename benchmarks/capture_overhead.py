@@ -33,7 +33,6 @@ import argparse
 import copy
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -43,8 +42,9 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from lockstep import lockstep_pair  # noqa: E402
+
 from cemaps import CrossAttentionProbe, capture, tiny_pipeline  # noqa: E402
-from cemaps.models.families import family_of  # noqa: E402
 from cemaps.models.tiny import tiny_sdxl_pipeline  # noqa: E402
 
 
@@ -106,26 +106,6 @@ def summarize(plain_times: list[float], capture_times: list[float]) -> dict:
     }
 
 
-class _Turns:
-    """Two threads that take turns: whoever holds the turn runs, the other waits."""
-
-    def __init__(self, first: int) -> None:
-        self._cond = threading.Condition()
-        self._turn = first
-        self._done = [False, False]
-
-    def wait(self, side: int) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._turn == side or self._done[1 - side], timeout=3600):
-                raise TimeoutError("the other side of the lockstep pair stopped answering")
-
-    def hand_over(self, side: int, done: bool = False) -> None:
-        with self._cond:
-            self._done[side] = self._done[side] or done
-            self._turn = 1 - side
-            self._cond.notify_all()
-
-
 def _lockstep_pair(
     pipes,
     capture_index: int,
@@ -137,48 +117,16 @@ def _lockstep_pair(
     probe_kwargs: dict,
     threads: int,
 ) -> tuple[float, float]:
-    """(plain seconds, captured seconds) of one image each, generated in turns at every UNet call."""
-    turns = _Turns(first)
-    elapsed = [0.0, 0.0]
-    errors: list[BaseException] = []
-
-    def side(index: int) -> None:
-        torch.set_num_threads(threads)  # per thread: OpenMP settings do not carry over
-        pipe = pipes[index]
-        started = [0.0]
-
-        def take_turns(module, args, kwargs):
-            elapsed[index] += time.perf_counter() - started[0]
-            turns.hand_over(index)
-            turns.wait(index)
-            started[0] = time.perf_counter()
-
-        # registered before capture's own hooks, so capture's per-call work lands in this side's turn
-        handle = family_of(pipe).denoiser_of(pipe).register_forward_pre_hook(take_turns, with_kwargs=True)
-        try:
-            turns.wait(index)
-            started[0] = time.perf_counter()
-            if index == capture_index:
-                with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]) as run:
-                    _generate(pipe, steps, size, output_type, guidance_scale)
-                run.records()  # collecting to numpy is part of the cost
-            else:
-                _generate(pipe, steps, size, output_type, guidance_scale)
-            elapsed[index] += time.perf_counter() - started[0]
-        except BaseException as err:  # noqa: BLE001 - reported by the caller
-            errors.append(err)
-        finally:
-            handle.remove()
-            turns.hand_over(index, done=True)
-
-    workers = [threading.Thread(target=side, args=(i,)) for i in (0, 1)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    if errors:
-        raise errors[0]
-    return elapsed[1 - capture_index], elapsed[capture_index]
+    """(plain seconds, captured seconds) of one image each, generated in turns at every denoiser call."""
+    pair = lockstep_pair(
+        pipes,
+        lambda pipe: _generate(pipe, steps, size, output_type, guidance_scale),
+        probe_kwargs,
+        capture_index,
+        first,
+        threads=threads,
+    )
+    return pair["plain_s"], pair["capture_s"]
 
 
 def overhead_lockstep(

@@ -25,8 +25,6 @@ import argparse
 import copy
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +32,8 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from capture_overhead import _Turns, summarize  # noqa: E402
+import lockstep  # noqa: E402
+from capture_overhead import summarize  # noqa: E402
 
 from cemaps import CrossAttentionProbe, capture  # noqa: E402
 from cemaps.models.tiny_dit import tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
@@ -69,46 +68,9 @@ def generate(pipe):
 
 
 def lockstep_pair(pipes, capture_index: int, first: int) -> tuple[float, float]:
-    turns = _Turns(first)
-    elapsed = [0.0, 0.0]
-    errors: list[BaseException] = []
-
-    def side(index: int) -> None:
-        torch.set_num_threads(1)
-        pipe = pipes[index]
-        started = [0.0]
-
-        def take_turns(module, args, kwargs):
-            elapsed[index] += time.perf_counter() - started[0]
-            turns.hand_over(index)
-            turns.wait(index)
-            started[0] = time.perf_counter()
-
-        handle = pipe.transformer.register_forward_pre_hook(take_turns, with_kwargs=True)
-        try:
-            turns.wait(index)
-            started[0] = time.perf_counter()
-            if index == capture_index:
-                with capture(pipe, [CrossAttentionProbe()]) as run:
-                    generate(pipe)
-                run.records()
-            else:
-                generate(pipe)
-            elapsed[index] += time.perf_counter() - started[0]
-        except BaseException as err:  # noqa: BLE001 - reported by the caller
-            errors.append(err)
-        finally:
-            handle.remove()
-            turns.hand_over(index, done=True)
-
-    workers = [threading.Thread(target=side, args=(i,)) for i in (0, 1)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    if errors:
-        raise errors[0]
-    return elapsed[1 - capture_index], elapsed[capture_index]
+    """(plain seconds, captured seconds) of one generation each, in turns at every transformer call, 1 thread."""
+    pair = lockstep.lockstep_pair(pipes, generate, {}, capture_index, first, denoiser="transformer", threads=1)
+    return pair["plain_s"], pair["capture_s"]
 
 
 def peak_call_bytes(pipe, captured: bool) -> int:

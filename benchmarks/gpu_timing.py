@@ -1,6 +1,6 @@
 """Capture overhead, throughput, memory and store size of one geometry, on a GPU (or a CPU, smoke).
 
-Overhead is measured in *lockstep* (the method of ``capture_overhead.py``): two identical
+Overhead is measured in *lockstep* (``lockstep.py``, shared with ``capture_overhead.py``): two identical
 pipelines generate in two threads that take turns at every denoiser call, one plain and one
 captured, so both sides see the same clocks and the same thermal state; each side's time is
 the sum of its own turns. On CUDA every turn starts after ``torch.cuda.synchronize()`` and is
@@ -21,60 +21,16 @@ import copy
 import gc
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lockstep  # benchmarks/ is on sys.path
 import torch
+from lockstep import StepClock  # noqa: F401 - gpu_capture.py times with timing.StepClock
 
 from cemaps import CrossAttentionProbe, capture
-
-
-class StepClock:
-    """Times one turn: CUDA events around it on CUDA (synchronised at both ends), else ``perf_counter``."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self._start: Any = None
-
-    def start(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            self._start = torch.cuda.Event(enable_timing=True)
-            self._start.record()
-        else:
-            self._start = time.perf_counter()
-
-    def stop(self) -> float:
-        """Seconds since :meth:`start`, after the turn's queued work has finished."""
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            end.synchronize()
-            return self._start.elapsed_time(end) / 1000.0
-        return time.perf_counter() - self._start
-
-
-class _Turns:
-    """Two threads that take turns: whoever holds the turn runs, the other waits."""
-
-    def __init__(self, first: int) -> None:
-        self._cond = threading.Condition()
-        self._turn = first
-        self._done = [False, False]
-
-    def wait(self, side: int) -> None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._turn == side or self._done[1 - side], timeout=3600):
-                raise TimeoutError("the other side of the lockstep pair stopped answering")
-
-    def hand_over(self, side: int, done: bool = False) -> None:
-        with self._cond:
-            self._done[side] = self._done[side] or done
-            self._turn = 1 - side
-            self._cond.notify_all()
 
 
 def lockstep_pair(
@@ -86,54 +42,8 @@ def lockstep_pair(
     first: int,
     device: torch.device,
 ) -> dict:
-    """One image batch per side in turns at every denoiser call.
-
-    Returns:
-        ``plain_s`` / ``capture_s``: each side's seconds; ``plain_turns`` / ``capture_turns``: its
-        turns' seconds (one per denoiser call, the last turn also holding the decode).
-    """
-    turns = _Turns(first)
-    clocks = [StepClock(device), StepClock(device)]
-    spent: list[list[float]] = [[], []]
-    errors: list[BaseException] = []
-
-    def side(index: int) -> None:
-        pipe = pipes[index]
-
-        def take_turns(module, args, kwargs):
-            spent[index].append(clocks[index].stop())
-            turns.hand_over(index)
-            turns.wait(index)
-            clocks[index].start()
-
-        # registered before capture's own hooks, so capture's per-call work lands in this side's turn
-        handle = getattr(pipe, denoiser).register_forward_pre_hook(take_turns, with_kwargs=True)
-        try:
-            turns.wait(index)
-            clocks[index].start()
-            if index == capture_index:
-                with capture(pipe, [CrossAttentionProbe(**probe_kwargs)]) as run:
-                    generate(pipe)
-                run.records()  # collecting to numpy is part of the cost
-            else:
-                generate(pipe)
-            spent[index].append(clocks[index].stop())
-        except BaseException as err:  # noqa: BLE001 - re-raised by the caller's thread
-            errors.append(err)
-        finally:
-            handle.remove()
-            turns.hand_over(index, done=True)
-
-    workers = [threading.Thread(target=side, args=(i,)) for i in (0, 1)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    if errors:
-        raise errors[0]
-    plain, captured = spent[1 - capture_index], spent[capture_index]
-    # the first entry is the text encoding before the first denoiser call: part of the image, not a step
-    return {"plain_s": sum(plain), "capture_s": sum(captured), "plain_turns": plain, "capture_turns": captured}
+    """One image batch per side in turns at every ``denoiser`` call (:func:`lockstep.lockstep_pair`)."""
+    return lockstep.lockstep_pair(pipes, generate, probe_kwargs, capture_index, first, device=device, denoiser=denoiser)
 
 
 def overhead_lockstep(

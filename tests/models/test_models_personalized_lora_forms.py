@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from cemaps.errors import ModelLoadError
 from cemaps.models import tiny_pipeline
-from cemaps.models.personalized import PersonalizedSpec, applied, check
+from cemaps.models.personalized import PersonalizedSpec, applied, check, lora_load
 from cemaps.models.personalized.spec import adapter_names
 from cemaps.models.weight_deltas import lora_delta_state, weight_delta_for
 
@@ -306,15 +306,10 @@ def test_lora_without_its_up_matrix_is_refused(pipe, tmp_path):
 
 
 def test_a_loader_that_skips_modules_is_caught(pipe, tmp_path, monkeypatch):
-    """If diffusers (another version) silently skipped the text-encoder keys, cemaps refuses instead of measuring a UNet-only LoRA."""
+    """If the loader (another diffusers/peft version) silently skipped the text-encoder keys, cemaps refuses instead of measuring a UNet-only LoRA."""
     entries = random_lora(pipe)
     save_file(kohya_file(entries), tmp_path / "k.safetensors")
-    original = type(pipe).load_lora_weights
-
-    def unet_only(self, state, **kwargs):
-        return original(self, {k: v for k, v in state.items() if k.startswith("lora_unet_")}, **kwargs)
-
-    monkeypatch.setattr(type(pipe), "load_lora_weights", unet_only)
+    monkeypatch.setattr(lora_load, "inject_text_encoder_adapter", lambda *args, **kwargs: None)
     with pytest.raises(
         ModelLoadError, match=r"did not load 'lora_te_text_model_encoder_layers_0_mlp_fc1\.lora_down\.weight'"
     ):
@@ -327,12 +322,13 @@ def test_a_loader_that_skips_modules_is_caught(pipe, tmp_path, monkeypatch):
 def test_a_loader_that_drops_alphas_is_caught(pipe, tmp_path, monkeypatch):
     """If diffusers ignored kohya's alphas (scaling 1 instead of alpha/r = 0.5), every delta would be twice too large: refused."""
     save_file(kohya_file(random_lora(pipe)), tmp_path / "k.safetensors")
-    original = type(pipe).load_lora_weights
+    original = type(pipe).load_lora_into_unet
 
-    def without_alphas(self, state, **kwargs):
-        return original(self, {k: v for k, v in state.items() if not k.endswith(".alpha")}, **kwargs)
+    def without_alphas(cls, state, metadata=None, **kwargs):
+        metadata = {k: (v if k != "unet.lora_alpha" else metadata["unet.r"]) for k, v in metadata.items()}
+        return original(state, metadata=metadata, **kwargs)
 
-    monkeypatch.setattr(type(pipe), "load_lora_weights", without_alphas)
+    monkeypatch.setattr(type(pipe), "load_lora_into_unet", classmethod(without_alphas))
     with pytest.raises(ModelLoadError, match=r"other factors or scaling than .*expected scale\*alpha/r = 0\.5\)"):
         with applied(pipe, PersonalizedSpec("k", "lora", str(tmp_path / "k.safetensors"))):
             pass

@@ -215,7 +215,9 @@ def lora_delta_state(pipe, adapter_name: str | None = None) -> dict[str, torch.T
 
     Returns:
         ``"<component>.<module path>.weight"`` -> delta tensor of the base weight's shape
-        (peft's ``get_delta_weight``: B @ A * scaling, including the ``set_adapters`` scale).
+        (peft's ``get_delta_weight``: B @ A * scaling, including the ``set_adapters`` scale;
+        for DoRA the effective change, magnitude included: ``m / ||W + d||_row * (W + d) - W``
+        with ``d`` that product, as peft merges a DoRA layer).
     """
     from peft.tuners.lora import LoraLayer
 
@@ -235,12 +237,24 @@ def lora_delta_state(pipe, adapter_name: str | None = None) -> dict[str, torch.T
                 )
             if adapters:
                 with torch.no_grad():
-                    deltas[f"{component}.{path}.weight"] = module.get_delta_weight(adapters[0]).detach()
+                    deltas[f"{component}.{path}.weight"] = _effective_delta(module, adapters[0])
     if not deltas:
         raise ModelLoadError(
             f"the pipeline has no LoRA-wrapped module{'' if adapter_name is None else f' for adapter {adapter_name!r}'}"
         )
     return deltas
+
+
+def _effective_delta(module, adapter: str) -> torch.Tensor:
+    """peft's ``get_delta_weight``, rescaled to the DoRA magnitude when the adapter is a DoRA one."""
+    delta = module.get_delta_weight(adapter).detach()
+    if not module.use_dora.get(adapter, False):
+        return delta
+    base = module.get_base_layer().weight.detach()
+    adapted = base.float() + delta.float()
+    norm = adapted.flatten(1).norm(dim=1).reshape(-1, *[1] * (adapted.ndim - 1))
+    magnitude = module.lora_magnitude_vector[adapter].weight.detach().float().reshape(norm.shape)
+    return (magnitude / norm * adapted - base.float()).to(delta.dtype)
 
 
 def textual_inversion_stats(

@@ -1,224 +1,48 @@
-"""LoRA: read the file's low-rank matrices, check them against the pipeline, load them with diffusers, verify.
+"""LoRA on the UNet families (SD 1.x/2.x, SDXL): read the file, check it against the pipeline, load it, verify.
 
-Key layouts read (each a row of the "Input forms" table of docs/conformance.md):
-
-- diffusers/peft: ``unet.<module>.lora_A.weight`` / ``.lora_B.weight`` and
-  ``text_encoder.<module>.lora_A.weight``, with or without the ``text_model.`` prefix that
-  transformers 4 put in CLIP module names (transformers 5 dropped it);
-- legacy attention processors (diffusers < 0.21): ``unet.<block>.attn1.processor.to_q_lora.down.weight``,
-  ``text_encoder.<layer>.self_attn.to_q_lora.down.weight``;
-- kohya sd-scripts (``networks/lora.py``): ``lora_unet_<module_path_with_underscores>.lora_down.weight``,
-  ``.lora_up.weight``, ``.alpha`` and ``lora_te_text_model_encoder_layers_<i>_self_attn_q_proj.*``;
-  LoCon convolutions (``lora_down`` ``[r, in, kh, kw]``, ``lora_up`` ``[out, r, 1, 1]``); for SDXL
-  ``lora_te1_`` / ``lora_te2_`` (the two text encoders) and the SGM UNet block names
-  (``input_blocks``/``middle_block``/``output_blocks``, renamed with diffusers' own converter, see
-  :mod:`cemaps.models.personalized.lora_sgm`).
-
-Which components a file may touch is the base's family's (diffusers' ``_lora_loadable_modules``:
-``unet``, ``text_encoder`` and, for SDXL, ``text_encoder_2``).
-
-cemaps parses every layout into :class:`LoraMatrices` (component, module path in the
-installed model, down ``A``, up ``B``, alpha), checks each against the module it targets
-(exists, widths, rank, finite), hands the file to diffusers' ``load_lora_weights`` (which
-reads all these layouts), and then checks that every module it names was wrapped with
-exactly the file's ``A``, ``B`` and ``scaling = scale * alpha / r`` (so peft adds
-``delta W = scale * alpha / r * B @ A``) — so a diffusers/peft/transformers version
-that maps keys differently fails loudly instead of silently changing other weights.
+cemaps parses every layout into :class:`~cemaps.models.personalized.lora_parse.LoraMatrices`
+(component, module path in the installed model, down ``A``, up ``B``, alpha, DoRA magnitude;
+:mod:`~cemaps.models.personalized.lora_parse`), takes the scaling the file records in tensors or in
+its header (:mod:`~cemaps.models.personalized.lora_scaling`), checks each matrix against the module
+it targets (exists, widths, rank, kernel, finite), loads the file with diffusers' readers and
+peft (:mod:`~cemaps.models.personalized.lora_load`; kohya keys through diffusers' converters,
+:mod:`~cemaps.models.personalized.lora_kohya`), and then checks that every module it names was
+wrapped with exactly the file's ``A``, ``B``, magnitude and ``scaling = scale * alpha / r`` (so
+peft adds ``delta W = scale * alpha / r * B @ A``, DoRA rescaled to its magnitudes) and nothing
+else was wrapped — so a diffusers/peft/transformers version that maps keys or scalings
+differently fails loudly instead of silently changing other weights.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from cemaps.errors import ModelLoadError
-from cemaps.models.families import family_of
 from cemaps.models.hashing import source_sha256
+from cemaps.models.personalized.lora_kohya import compose_tucker_keys, is_kohya
+from cemaps.models.personalized.lora_load import load_adapter
+from cemaps.models.personalized.lora_load import verify_loaded as _verify_loaded  # benchmarks/model_checks.py times it
+from cemaps.models.personalized.lora_parse import LoraMatrices, lora_components, module_names, parse_lora
+from cemaps.models.personalized.lora_scaling import apply_file_scaling, file_header
 from cemaps.models.personalized.lora_sgm import sgm_block_names
 from cemaps.models.personalized.spec import (
     AppliedModel,
     PersonalizedSpec,
     adapter_names,
     check_finite,
-    context_width_hint,
     family_hint,
-    refuse_other_kind,
     resolve_weight_file,
 )
 from cemaps.models.safety import load_weights
 
+__all__ = ["LoraMatrices", "applied_lora", "check_lora", "check_matrices", "parse_lora", "read_lora", "remove_lora"]
+
 PREFERRED_FILES = ("pytorch_lora_weights.safetensors",)
-_TEXT_MODEL = "text_model."
-# kohya sd-scripts: lora_te_ (one text encoder), lora_te1_/lora_te2_ (SDXL's two)
-_KOHYA_COMPONENT = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
-_KOHYA = re.compile(r"^lora_(unet|te|te1|te2)_(?P<flat>.+)\.(?P<role>lora_down|lora_up)\.weight$")
-_COMPONENT = r"(?:(?P<component>unet|transformer|text_encoder(?:_\d)?)\.)?"
-_PEFT = re.compile(rf"^{_COMPONENT}(?P<path>.+)\.lora_(?P<role>A|B)\.weight$")
-_LEGACY = re.compile(
-    rf"^{_COMPONENT}(?P<path>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<role>down|up)\.weight$"
-)
-_OLD_DIFFUSERS = re.compile(rf"^{_COMPONENT}(?P<path>.+)\.lora\.(?P<role>down|up)\.weight$")
-_LEGACY_PROJ = {
-    "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
-    "text_encoder": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
-}
-_DOWN_ROLES = {"lora_down", "A", "down"}
-
-
-@dataclass(frozen=True)
-class LoraMatrices:
-    """One module's LoRA update as read from a file.
-
-    Attributes:
-        component: ``"unet"`` or ``"text_encoder"``.
-        module: the module path in the installed component (``named_modules()`` name).
-        down: ``A``, ``[r, in]`` or ``[r, in, kh, kw]`` (LoCon convolutions).
-        up: ``B``, ``[out, r]`` or ``[out, r, 1, 1]``.
-        alpha: the file's alpha; None means alpha = r (scaling 1), as in kohya and peft files without one.
-        down_key: the file's key of ``down`` (named in errors).
-    """
-
-    component: str
-    module: str
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float | None
-    down_key: str
-
-    def delta(self, scale: float = 1.0) -> torch.Tensor:
-        """``scale * alpha / r * B @ A`` in the base weight's shape (convolutions: ``[out, in, kh, kw]``), float32."""
-        rank = self.down.shape[0]
-        factor = scale * (self.alpha / rank if self.alpha is not None else 1.0)
-        product = self.up.float().flatten(1) @ self.down.float().flatten(1)
-        shape = (self.up.shape[0], *self.down.shape[1:])
-        return (product * factor).reshape(shape)
-
-
-def _lora_components(pipe: StableDiffusionPipeline) -> tuple[str, ...]:
-    return family_of(pipe).lora_components()
-
-
-def _module_names(pipe: StableDiffusionPipeline) -> dict[str, dict[str, torch.nn.Module]]:
-    return {
-        c: dict(getattr(pipe, c).named_modules()) for c in _lora_components(pipe) if getattr(pipe, c, None) is not None
-    }
-
-
-def _resolve_dotted(path: str, names: Mapping[str, object]) -> str | None:
-    """The installed module path for ``path``, bridging CLIP's ``text_model.`` prefix both ways."""
-    for candidate in (path, path.removeprefix(_TEXT_MODEL), _TEXT_MODEL + path):
-        if candidate in names:
-            return candidate
-    return None
-
-
-def _flat_index(names: Mapping[str, object]) -> dict[str, str]:
-    """kohya's flattened names (dots -> underscores) of every module, with and without ``text_model_``."""
-    index: dict[str, str] = {}
-    for name in names:
-        if name:
-            flat = name.replace(".", "_")
-            index[flat] = name
-            index.setdefault(_TEXT_MODEL.replace(".", "_") + flat, name)
-            index.setdefault(flat.removeprefix(_TEXT_MODEL.replace(".", "_")), name)
-    return index
-
-
-def parse_lora(
-    state: Mapping[str, torch.Tensor], pipe: StableDiffusionPipeline, what: str
-) -> tuple[list[LoraMatrices], str]:
-    """Reads every LoRA matrix pair of a state dict and resolves it to an installed module.
-
-    Args:
-        state: the file's tensors.
-        pipe: the base pipeline (its module names; nothing is changed).
-        what: how errors name the file.
-
-    Returns:
-        (one :class:`LoraMatrices` per targeted module, layout name ``"diffusers"``, ``"kohya"`` or ``"legacy"``).
-
-    Raises:
-        ModelLoadError: the file is another kind of model, for another architecture, or a key
-            is neither a LoRA matrix nor an alpha.
-    """
-    refuse_other_kind(state, ("a LoRA",), what, pipe)
-    modules = _module_names(pipe)
-    flat = {c: _flat_index(names) for c, names in modules.items()}
-    pairs: dict[tuple[str, str], dict[str, object]] = {}
-    alphas: dict[tuple[str, str], float] = {}
-    layouts: set[str] = set()
-    unresolved: list[tuple[str, str, str]] = []
-    for key, tensor in state.items():
-        if key.endswith(".alpha"):
-            continue
-        found = _parse_key(key)
-        if found is None:
-            raise ModelLoadError(
-                f"{what} has key {key!r}, which is neither a LoRA matrix (lora_A/lora_B, lora_down/lora_up) nor an alpha"
-            )
-        component, raw_path, role, layout = found
-        layouts.add(layout)
-        if component not in modules:
-            raise ModelLoadError(f"{what} has key {key!r} for component {component!r}, which the pipeline lacks")
-        path = flat[component].get(raw_path) if layout == "kohya" else _resolve_dotted(raw_path, modules[component])
-        if path is None:
-            unresolved.append((key, component, raw_path))
-            continue
-        entry = pairs.setdefault((component, path), {})
-        entry["down" if role in _DOWN_ROLES else "up"] = tensor
-        entry["down_key" if role in _DOWN_ROLES else "up_key"] = key
-        alpha_key = _alpha_key(key, layout)
-        if alpha_key is not None and alpha_key in state:
-            alphas[(component, path)] = float(state[alpha_key])
-    if unresolved:
-        key, component, raw_path = unresolved[0]
-        raise ModelLoadError(
-            f"{what} has key {key!r}: {component} has no module {raw_path!r} (another architecture?)"
-            f"{context_width_hint(state, pipe)}"
-        )
-    entries = []
-    for (component, path), entry in sorted(pairs.items()):
-        if "down" not in entry or "up" not in entry:
-            present = entry.get("down_key") or entry.get("up_key")
-            raise ModelLoadError(f"{what} has key {present!r} without its {'up' if 'down' in entry else 'down'} matrix")
-        entries.append(
-            LoraMatrices(
-                component, path, entry["down"], entry["up"], alphas.get((component, path)), str(entry["down_key"])
-            )
-        )  # type: ignore[arg-type]
-    if not entries:
-        raise ModelLoadError(
-            f"{what} has no LoRA weights (keys like '*.lora_A.weight' or 'lora_unet_*.lora_down.weight')"
-        )
-    return entries, "kohya" if "kohya" in layouts else ("legacy" if "legacy" in layouts else "diffusers")
-
-
-def _parse_key(key: str) -> tuple[str, str, str, str] | None:
-    """(component, module path as written, role, layout) of one LoRA matrix key, or None."""
-    if match := _KOHYA.match(key):
-        return _KOHYA_COMPONENT[match.group(1)], match["flat"], match["role"], "kohya"
-    if match := _LEGACY.match(key):
-        component = match["component"] or "unet"
-        names = _LEGACY_PROJ["text_encoder" if component.startswith("text_encoder") else "unet"]
-        return component, f"{match['path']}.{names[match['proj']]}", match["role"], "legacy"
-    for pattern in (_PEFT, _OLD_DIFFUSERS):
-        if match := pattern.match(key):
-            return match["component"] or "unet", match["path"], match["role"], "diffusers"
-    return None
-
-
-def _alpha_key(key: str, layout: str) -> str | None:
-    """The key of a matrix's alpha: ``lora_unet_x.alpha`` (kohya), ``unet.x.alpha`` (diffusers/peft)."""
-    if layout == "kohya":
-        return key.rsplit(".", 2)[0] + ".alpha"
-    alpha, replaced = re.subn(r"\.(lora_[AB]|lora\.(down|up))\.weight$", ".alpha", key)
-    return alpha if replaced else None
 
 
 def check_matrices(entries: list[LoraMatrices], pipe: StableDiffusionPipeline, what: str) -> None:
@@ -228,7 +52,7 @@ def check_matrices(entries: list[LoraMatrices], pipe: StableDiffusionPipeline, w
         ModelLoadError: naming the key, its shape and the module's width (with the model family
             a width belongs to, e.g. 1024 for SD 2.x).
     """
-    modules = _module_names(pipe)
+    modules = module_names(pipe)
     for entry in entries:
         layer = modules[entry.component][entry.module]
         layer = getattr(layer, "base_layer", layer)
@@ -269,14 +93,22 @@ def check_matrices(entries: list[LoraMatrices], pipe: StableDiffusionPipeline, w
 def read_lora(
     pipe: StableDiffusionPipeline, spec: PersonalizedSpec
 ) -> tuple[Path, dict[str, torch.Tensor], list[LoraMatrices], str]:
-    """(file, raw tensors, parsed and checked matrices, layout) of a LoRA spec; the pipeline is not changed."""
+    """(file, tensors to load, parsed and checked matrices, layout) of a LoRA spec; the pipeline is not changed.
+
+    The tensors are the file's, with a kohya Tucker LoCon's ``lora_mid`` composed into its
+    ``lora_down``; each matrix carries the scaling the file records, in tensors or in its header
+    (:func:`~cemaps.models.personalized.lora_scaling.apply_file_scaling`).
+    """
     source = resolve_weight_file(spec, PREFERRED_FILES)
     raw = load_weights(source, allow_pickle=spec.allow_pickle)
     what = f"LoRA file {str(source)!r}"
     check_finite(raw, what)
-    entries, layout = parse_lora(sgm_block_names(raw, pipe, what), pipe, what)
+    state = sgm_block_names(raw, pipe, what)
+    state = compose_tucker_keys(state, what) if is_kohya(state) else state
+    entries, layout = parse_lora(state, pipe, what)
+    entries = apply_file_scaling(entries, layout, file_header(source), what)
     check_matrices(entries, pipe, what)
-    return source, raw, entries, layout
+    return source, state, entries, layout
 
 
 def check_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> str:
@@ -286,77 +118,18 @@ def check_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> str:
     return read_lora(pipe, spec)[3]
 
 
-def lora_wrapped_modules(pipe: StableDiffusionPipeline, adapter: str) -> dict[tuple[str, str], torch.nn.Module]:
-    """(component, module path) -> peft layer holding ``adapter``."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    wrapped = {}
-    for component in _lora_components(pipe):
-        module = getattr(pipe, component, None)
-        if module is not None:
-            wrapped |= {
-                (component, path): m
-                for path, m in module.named_modules()
-                if isinstance(m, BaseTunerLayer) and adapter in getattr(m, "lora_A", {})
-            }
-    return wrapped
-
-
-def _verify_loaded(
-    pipe: StableDiffusionPipeline, entries: list[LoraMatrices], spec: PersonalizedSpec, what: str
-) -> dict:
-    """Every named module wrapped with exactly the file's factors and scaling, and nothing else wrapped.
-
-    peft applies ``scaling * B @ A``; checking A, B (bit-exact after the cast to the
-    adapter's dtype) and ``scaling == scale * alpha / r`` pins that delta down at the cost of
-    reading the factors, not of forming every ``B @ A``.
-    """
-    import math
-
-    import diffusers
-    import peft
-
-    versions = f"diffusers {diffusers.__version__}, peft {peft.__version__}"
-    wrapped = lora_wrapped_modules(pipe, spec.model_id)
-    expected = {(e.component, e.module): e for e in entries}
-    extra = sorted(set(wrapped) - set(expected))
-    if extra:
-        raise ModelLoadError(
-            f"{what}: {versions} wrapped {'.'.join(extra[0])}, which the file does not name; cemaps refuses an unverified load"
-        )
-    adapter = spec.model_id
-    for target, entry in sorted(expected.items()):
-        layer = wrapped.get(target)
-        if layer is None:
-            raise ModelLoadError(f"{what}: {versions} did not load {entry.down_key!r} into {'.'.join(target)}")
-        down, up = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-        factor = spec.scale * (entry.alpha / entry.down.shape[0] if entry.alpha is not None else 1.0)
-        same = (
-            torch.equal(down.detach().cpu(), entry.down.to(down.dtype))
-            and torch.equal(up.detach().cpu(), entry.up.to(up.dtype))
-            and math.isclose(float(layer.scaling[adapter]), factor, rel_tol=1e-6, abs_tol=1e-12)
-            and not layer.use_dora.get(adapter, False)
-            and not getattr(layer, "fan_in_fan_out", False)
-        )
-        if not same:
-            raise ModelLoadError(
-                f"{what}: {versions} loaded {'.'.join(target)} with other factors or scaling than "
-                f"{entry.down_key!r} (expected scale*alpha/r = {factor:g}); cemaps refuses an unverified load"
-            )
-    return wrapped
-
-
 @contextmanager
 def applied_lora(pipe: StableDiffusionPipeline, spec: PersonalizedSpec) -> Iterator[AppliedModel]:
     """Loads a LoRA as adapter ``spec.model_id`` at ``spec.scale``; deletes it (and unloads peft) on exit."""
     if spec.model_id in adapter_names(pipe):
         raise ModelLoadError(f"model {spec.model_id!r}: a LoRA adapter of that name is already loaded")
-    source, raw, entries, layout = read_lora(pipe, spec)
+    source, state, entries, layout = read_lora(pipe, spec)
     what = f"LoRA file {str(source)!r}"
     try:
         try:
-            pipe.load_lora_weights(dict(raw), adapter_name=spec.model_id)
-        except (ValueError, KeyError, RuntimeError) as error:
+            installed = {c: set(names) for c, names in module_names(pipe).items()}
+            load_adapter(pipe, source, state, entries, layout, installed, spec.model_id, what)
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
             raise ModelLoadError(
                 f"{what}: diffusers could not load it: {str(error).strip().splitlines()[0]}"
             ) from error
@@ -383,7 +156,7 @@ def remove_lora(pipe: StableDiffusionPipeline, adapter: str) -> None:
         pipe.delete_adapters(adapter)
     wrappers = any(
         isinstance(m, BaseTunerLayer)
-        for c in _lora_components(pipe)
+        for c in lora_components(pipe)
         if getattr(pipe, c, None) is not None
         for m in getattr(pipe, c).modules()
     )

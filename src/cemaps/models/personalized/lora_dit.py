@@ -7,7 +7,9 @@ Flux, kohya sd-scripts, XLabs and BFL-control files), checked against the module
 ``spec.model_id`` at ``spec.scale``, and then verified: every module the converted file names is
 wrapped with exactly its ``A`` and ``B`` and ``scaling = scale * lora_alpha / r`` (``lora_alpha``
 from the file's ``lora_adapter_metadata``, as diffusers writes it; ``r`` otherwise, kohya's alpha
-being folded into the converted factors), and no other module is wrapped. On exit the adapter is
+being folded into the converted factors; ``lora_alpha / sqrt(r)`` where the metadata sets
+``use_rslora``), a DoRA file's modules (peft ``lora_magnitude_vector`` keys) with exactly its
+magnitudes, and no other module is wrapped. On exit the adapter is
 deleted and, when it was the last one, ``unload_lora_weights`` makes the modules plain again.
 
 A family whose pipeline class has no LoRA loader in diffusers (PixArt-Sigma) is refused in one line.
@@ -28,12 +30,14 @@ import torch
 from cemaps.errors import ModelLoadError
 from cemaps.models.families import family_of
 from cemaps.models.hashing import source_sha256
+from cemaps.models.personalized.lora_scaling import file_header, kohya_header_alphas, scaling
 from cemaps.models.personalized.spec import AppliedModel, PersonalizedSpec, adapter_names, check_finite
 from cemaps.models.personalized.spec import resolve_weight_file as _resolve
 from cemaps.models.safety import load_weights
 
 PREFERRED_FILES = ("pytorch_lora_weights.safetensors",)
 _KEY = re.compile(r"^(?P<component>[a-z_0-9]+)\.(?P<path>.+)\.lora_(?P<role>A|B)\.weight$")
+_MAGNITUDE = ".lora_magnitude_vector"  # peft's DoRA magnitude, [out]
 _TEXT_MODEL = "text_model."
 
 
@@ -47,8 +51,13 @@ def refuse_without_loader(pipe: Any, what: str) -> None:
         )
 
 
-def read_dit_lora(pipe: Any, spec: PersonalizedSpec) -> tuple[Path, dict[str, torch.Tensor], str, dict]:
-    """(file, converted tensors, layout, adapter metadata) of a LoRA for ``pipe``; the pipeline is not changed.
+def read_dit_lora(
+    pipe: Any, spec: PersonalizedSpec
+) -> tuple[Path, dict[str, torch.Tensor], str, dict, dict[str, torch.Tensor]]:
+    """(file, converted tensors, layout, adapter metadata, file tensors) of a LoRA for ``pipe``; ``pipe`` is not changed.
+
+    The file tensors are as read, with a kohya file's header alpha (``ss_network_alpha``) added as
+    ``.alpha`` tensors where it has none (:func:`~cemaps.models.personalized.lora_scaling.kohya_header_alphas`).
 
     Raises:
         ModelLoadError: no loader for the family, an unreadable or unsafe file, a key for a component
@@ -61,6 +70,8 @@ def read_dit_lora(pipe: Any, spec: PersonalizedSpec) -> tuple[Path, dict[str, to
     raw = load_weights(source, allow_pickle=spec.allow_pickle)
     check_finite(raw, what)
     layout = _layout(raw)
+    if layout == "kohya":  # kohya alphas only in the header: as tensors, so that diffusers' converter folds them in
+        raw = kohya_header_alphas(raw, file_header(source), what)
     try:
         converted = type(pipe).lora_state_dict(dict(raw))
     except (ValueError, KeyError, RuntimeError, IndexError) as error:
@@ -69,7 +80,7 @@ def read_dit_lora(pipe: Any, spec: PersonalizedSpec) -> tuple[Path, dict[str, to
         ) from error
     converted = converted[0] if isinstance(converted, tuple) else converted
     _check(converted, pipe, what)
-    return source, converted, layout, _metadata(source)
+    return source, converted, layout, _metadata(source), raw
 
 
 def _layout(raw: Mapping[str, torch.Tensor]) -> str:
@@ -99,7 +110,7 @@ def _entries(state: Mapping[str, torch.Tensor], pipe: Any, what: str) -> dict[tu
     for key in state:
         match = _KEY.match(key)
         if match is None:
-            if key.endswith(".alpha"):
+            if key.endswith((".alpha", _MAGNITUDE)):
                 continue
             raise ModelLoadError(f"{what}: key {key!r} is not a LoRA factor (<component>.<module>.lora_A/B.weight)")
         component = match["component"]
@@ -142,6 +153,16 @@ def _check(state: Mapping[str, torch.Tensor], pipe: Any, what: str) -> None:
             )
         if up.shape[1] != down.shape[0]:
             raise ModelLoadError(f"{what}: {a_key!r} has rank {down.shape[0]} but its up matrix rank {up.shape[1]}")
+        magnitude = state.get(f"{component}.{path}{_MAGNITUDE}")
+        if magnitude is not None and tuple(magnitude.shape) != (layer.out_features,):
+            raise ModelLoadError(
+                f"{what}: DoRA magnitude of {component}.{path} has shape {tuple(magnitude.shape)}; "
+                f"expected [{layer.out_features}] (one per output row)"
+            )
+    named = {f"{c}.{p}{_MAGNITUDE}" for c, p in _entries(state, pipe, what)}
+    stray = sorted(k for k in state if k.endswith(_MAGNITUDE) and k not in named)
+    if stray:
+        raise ModelLoadError(f"{what} has DoRA magnitude {stray[0]!r} without its LoRA matrices")
 
 
 def check_dit_lora(pipe: Any, spec: PersonalizedSpec) -> str:
@@ -158,16 +179,16 @@ def applied_dit_lora(pipe: Any, spec: PersonalizedSpec) -> Iterator[AppliedModel
     refuse_without_loader(pipe, f"model {spec.model_id!r}")
     if spec.model_id in adapter_names(pipe):
         raise ModelLoadError(f"model {spec.model_id!r}: a LoRA adapter of that name is already loaded")
-    source, state, layout, metadata = read_dit_lora(pipe, spec)
+    source, state, layout, metadata, raw = read_dit_lora(pipe, spec)
     what = f"LoRA file {str(source)!r}"
     try:
         try:
-            if source.suffix == ".safetensors":  # the file itself, so diffusers reads its lora_alpha metadata
+            if source.suffix == ".safetensors" and layout != "kohya":  # the file, so diffusers reads its metadata
                 pipe.load_lora_weights(
                     str(source.parent), weight_name=source.name, adapter_name=spec.model_id, local_files_only=True
                 )
-            else:  # a pickle file the caller opted into: the tensors cemaps read with weights_only
-                pipe.load_lora_weights(dict(load_weights(source, allow_pickle=True)), adapter_name=spec.model_id)
+            else:  # kohya (header alphas added) or a pickle file the caller opted into: the tensors cemaps read
+                pipe.load_lora_weights(dict(raw), adapter_name=spec.model_id)
         except (ValueError, KeyError, RuntimeError, OSError) as error:
             raise ModelLoadError(f"{what}: diffusers could not load it: {_first(error)}") from error
         pipe.set_adapters([spec.model_id], adapter_weights=[spec.scale])
@@ -224,12 +245,18 @@ def _verify(pipe: Any, state: Mapping[str, torch.Tensor], spec: PersonalizedSpec
         down, up = layer.lora_A[spec.model_id].weight, layer.lora_B[spec.model_id].weight
         rank = state[a_key].shape[0]
         alpha = _alpha(metadata, target, rank)
-        factor = spec.scale * alpha / rank
+        factor = spec.scale * scaling(alpha, rank, bool(metadata.get(f"{target[0]}.use_rslora", False)))
+        magnitude = state.get(f"{'.'.join(target)}{_MAGNITUDE}")
+        dora = bool(getattr(layer, "use_dora", {}).get(spec.model_id, False))
         same = (
             torch.equal(down.detach().cpu(), state[a_key].to(down.dtype))
             and torch.equal(up.detach().cpu(), state[b_key].to(up.dtype))
             and math.isclose(float(layer.scaling[spec.model_id]), factor, rel_tol=1e-6, abs_tol=1e-12)
+            and dora == (magnitude is not None)
         )
+        if same and magnitude is not None:
+            loaded = layer.lora_magnitude_vector[spec.model_id].weight.detach().cpu()
+            same = torch.equal(loaded, magnitude.to(loaded.dtype))
         if not same:
             raise ModelLoadError(
                 f"{what}: {versions} loaded {'.'.join(target)} with other factors or scaling than {a_key!r} "
