@@ -141,7 +141,7 @@ class DiTCaptureContext(CaptureContext):
         self._signature = inspect.signature(self.unet.forward)
 
     def attach(self) -> list[RemovableHandle]:
-        handles = [self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
+        handles = [self.entry.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
         for stream in self.family.text_streams:
             encoder = getattr(self.pipe, stream.encoder, None)
             if encoder is not None:
