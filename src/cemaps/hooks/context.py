@@ -79,6 +79,7 @@ class CaptureContext:
         # (encodings, encoder_hidden_states) of the current generation's first call, kept until its second call
         # tells whether that first call was an unconditional half
         self._first_call: tuple[list, Any] | None = None
+        self._lone_half: torch.Tensor | None = None  # the last call's sample when it held one half
         # (token ids [prompts, seq], candidate outputs, each [prompts, seq, dim]) of each encoding since the last
         # UNet call
         self._encodings: list[tuple[np.ndarray, tuple[torch.Tensor, ...]]] = []
@@ -124,12 +125,14 @@ class CaptureContext:
         t = int(torch.as_tensor(timestep).flatten()[0].item())
         encoder_hidden_states = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
         halves = self.call_halves = call_halves(self.pipe, sample)
+        previous, self._lone_half = self._lone_half, sample.detach().clone() if halves == COND else None
         self.completes_step = (
             bool(self.generations)
             and not self._text_encoder_called
-            and completes_split_step(self.generation, t, halves, int(sample.shape[0]))
+            and completes_split_step(self.generation, t, halves, sample, previous)
         )
         if self.completes_step:
+            self._lone_half = None  # paired: a third call at this timestep starts a step of its own
             self._pair_halves(encoder_hidden_states)
             return
         first_call = (self._encodings, encoder_hidden_states)

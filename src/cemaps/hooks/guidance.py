@@ -14,9 +14,10 @@ Guidance is a property of each UNet call, not of a pipeline call:
 - prompt-to-prompt's and null-text inversion's "low resource" loops run the halves as two calls
   at the same timestep, unconditional first (``unet(latents, t, uncond)``, then
   ``unet(latents, t, cond)``). :func:`completes_split_step` recognises the second call by its
-  timestep (the previous call's, with no later place for it in the schedule, so a second-order
-  scheduler's repeated timestep is not taken for one) and its batch (the previous call's, one
-  half); the two calls are then one step whose halves are ``("uncond", "cond")``.
+  timestep and its batch: the previous call's timestep, and the same one-half ``sample``, equal
+  to the previous call's (a second-order scheduler's second call at a repeated timestep gets
+  latents the first call moved); the two calls are then one step whose halves are
+  ``("uncond", "cond")``.
 
 Example:
     >>> import torch
@@ -65,17 +66,27 @@ def call_halves(pipe: Any, sample: torch.Tensor) -> tuple[str, ...]:
     return BOTH if torch.equal(sample[:half], sample[half:]) else COND
 
 
-def completes_split_step(generation: Generation, timestep: int, halves: tuple[str, ...], rows: int) -> bool:
+def completes_split_step(
+    generation: Generation, timestep: int, halves: tuple[str, ...], sample: torch.Tensor, previous: torch.Tensor | None
+) -> bool:
     """Whether a call is the cond half of the previous call's step (halves run as two calls).
 
-    True when both calls hold one half of the same batch at the same timestep, the previous call is
-    not yet paired, and the schedule has no later place for the timestep.
+    Args:
+        generation: the current generation (its last step is the previous call's).
+        timestep: the call's timestep.
+        halves: the call's halves (:func:`call_halves`).
+        sample: ``[rows, channels, height, width]`` the call's ``sample``.
+        previous: the previous call's ``sample`` when it held one half (None otherwise).
+
+    True when both calls hold one half, the same ``sample`` at the same timestep, and the previous
+    call is not yet paired.
     """
     return (
         halves == COND
+        and previous is not None
         and bool(generation.timesteps)
         and generation.timesteps[-1] == timestep
         and generation.step_halves[-1] == COND
-        and rows == generation.batch_size
-        and generation.next_position(timestep) is None
+        and previous.shape == sample.shape
+        and torch.equal(previous, sample.to(previous.device))
     )
