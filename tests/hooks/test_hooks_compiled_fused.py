@@ -83,6 +83,17 @@ def test_a_unet_compiled_in_place_is_refused_before_any_call(tiny_pipe):
     assert _hooks(tiny_pipe.unet.modules()) == before
 
 
+def test_a_compiled_wrapper_the_pipeline_does_not_hold_is_refused_at_its_first_call(tiny_pipe):
+    unet = torch.compile(tiny_pipe.unet, backend="eager")  # prompt-to-prompt style: the loop calls its own handle
+    cond, _ = tiny_pipe.encode_prompt("a red mug", "cpu", 1, False)
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with pytest.raises(CemapsError, match=r"torch.compile wrapper that the pipeline does not hold.*pipe.unet = "):
+            with capture(tiny_pipe, [CrossAttentionProbe()]):
+                unet(latents, 900, encoder_hidden_states=cond)
+    assert _hooks(tiny_pipe.unet.modules()) == 0
+
+
 def _fused_reference(pipe, prompt, steps):
     """Independent route: softmax(Q K^T * scale) with K from the fused to_kv weights, per UNet call."""
     attn = pipe.unet.get_submodule(LAYER)

@@ -53,6 +53,28 @@ def original_module(module: nn.Module, name: str) -> nn.Module:
     return module
 
 
+def refuse_traced_call(name: str) -> None:
+    """Refuses a denoiser call that torch.compile is tracing (a wrapper the pipeline does not hold).
+
+    ``unet = torch.compile(pipe.unet)`` called in a loop of one's own traces cemaps' hooks into the
+    compiled code, where they cannot record anything; called first thing in the denoiser's pre-hook,
+    before the call computes anything.
+
+    Raises:
+        CemapsError: the call is being traced.
+    """
+    # torch.compiler.is_compiling() is no test: dynamo breaks the graph at the raise and reruns the hook
+    # eagerly, where it is False. Inside a compiled wrapper's call the frame callback stays set, as
+    # torch's own set_stance checks.
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback
+
+    if get_eval_frame_callback() not in (None, False):
+        raise CemapsError(
+            f"{name} is being called through a torch.compile wrapper that the pipeline does not hold; "
+            f"assign it ({name} = torch.compile({name})) and call that, so capture can see inside it"
+        )
+
+
 class EagerCalls:
     """Runs chosen calls of a compiled denoiser as its original module, so per-layer hooks fire.
 

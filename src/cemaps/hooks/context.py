@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from cemaps.hooks.compiled import original_module
+from cemaps.hooks.compiled import original_module, refuse_traced_call
 from cemaps.hooks.guidance import BOTH, COND, call_halves, completes_split_step
 from cemaps.hooks.steps import Generation
 from cemaps.models.families import family_of
@@ -120,6 +120,7 @@ class CaptureContext:
             ]
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        refuse_traced_call(f"pipe.{self.family.denoiser}")
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = int(torch.as_tensor(timestep).flatten()[0].item())

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cemaps.errors import CemapsError
+from cemaps.hooks.compiled import refuse_traced_call
 from cemaps.hooks.context import CaptureContext, _repeated_rows
 from cemaps.hooks.steps import Generation
 from cemaps.models.families import family_of
@@ -161,6 +162,7 @@ class DiTCaptureContext(CaptureContext):
         return hook
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        refuse_traced_call(f"pipe.{self.family.denoiser}")
         call = self._signature.bind_partial(*args, **kwargs).arguments
         hidden = call["hidden_states"]
         context = call.get("encoder_hidden_states")
