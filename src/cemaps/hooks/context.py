@@ -20,6 +20,11 @@ match too). An encoding that matches neither (prompt weighting rescales) is take
 when it is the only one left; otherwise the tokens are unknown (``token_ids`` None),
 and probes label them so instead of guessing.
 
+Guidance is read at each UNet call (:mod:`cemaps.hooks.guidance`): the halves a call's batch holds
+(``call_halves``), and whether it completes the previous call's step when a loop runs the halves as
+two calls. A ``torch.compile`` wrapper is seen through (:mod:`cemaps.hooks.compiled`): ``unet`` is
+the original module, ``entry`` the wrapper the pipeline calls.
+
 A new generation starts at a UNet call when a text encoder ran since the last UNet
 call, when the scheduler was given a new schedule (``set_timesteps`` replaces
 ``scheduler.timesteps``), or when the call's timestep cannot follow the last one in
