@@ -42,7 +42,7 @@ from torch.utils.hooks import RemovableHandle
 
 from cemaps.errors import ConfigError
 from cemaps.hooks.capture import Removable
-from cemaps.hooks.compiled import EagerCalls
+from cemaps.hooks.compiled import EagerCalls, original_module
 from cemaps.hooks.context import CaptureContext
 from cemaps.hooks.dit_context import DiTCaptureContext
 from cemaps.hooks.guidance import BOTH, COND, guidance_flag
@@ -106,7 +106,11 @@ class CrossAttentionProbe:
         self._dit: DiTCapture | None = None
 
     def layer_names(self, unet: nn.Module) -> list[str]:
-        """Module paths of the layers this probe captures in ``unet`` (a UNet or a DiT), in depth order."""
+        """Module paths of the layers this probe captures in ``unet`` (a UNet or a DiT), in depth order.
+
+        A ``torch.compile`` wrapper is seen through: the names are the original module's.
+        """
+        unet = original_module(unet, "the denoiser")
         if not hasattr(unet, "down_blocks"):  # a transformer: no down/mid/up blocks
             return list(text_attention_modules(unet, self.settings.layers))
         return list(self._unet_layers(unet))
