@@ -100,7 +100,7 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def full_capture_bytes(pipe, steps: int, size: int = 512, tokens: int = 77, halves: int = 2) -> int:
-    from cemaps.probes.cross_attention import is_cross_attention
+    from cemaps.probes.settings import is_cross_attention
 
     latent = size // pipe.vae_scale_factor
     deepest = len(pipe.unet.config.block_out_channels) - 1

@@ -57,9 +57,15 @@ class Probe(Protocol):
     - ``generation.index``: its position among the run's pipeline calls (key per-call state on it).
     - ``generation.batch_size``: images of the call (the UNet batch without the unconditional half);
       ``generation.images_per_prompt`` and ``generation.prompt_of_image(i)`` map images to prompts.
-    - ``generation.guidance`` and ``generation.halves``: whether the UNet batch holds two halves, and
-      their labels in batch order (``("uncond", "cond")``, diffusers' order, or ``("cond",)``); a UNet
-      input of batch ``B`` is ``[len(halves) * batch_size, ...]``.
+    - ``generation.guidance`` and ``generation.halves``: whether the first step held two halves, and
+      their labels in batch order (``("uncond", "cond")``, diffusers' order, or ``("cond",)``);
+      ``generation.step_halves[step]`` per step (a callback may turn guidance off mid-run) and
+      ``context.call_halves`` for the current UNet call, whose input is
+      ``[len(context.call_halves) * batch_size, ...]``. ``context.completes_step``: the call is the cond
+      half of the previous call's step (guidance run as two calls, :mod:`cemaps.hooks.guidance`).
+    - ``context.unet``: the denoiser whose ``named_modules()`` name layers (the original module when
+      ``pipe.unet`` is a ``torch.compile`` wrapper); ``context.entry``: the module the pipeline calls,
+      where pre- and post-call hooks go (:mod:`cemaps.hooks.compiled`).
     - ``generation.timesteps`` (one per UNet call so far: a step is a UNet call),
       ``generation.schedule_indices`` (each call's place in ``generation.schedule``),
       ``generation.planned_steps``; ``context.step_index`` is the current call's step.

@@ -20,6 +20,11 @@ match too). An encoding that matches neither (prompt weighting rescales) is take
 when it is the only one left; otherwise the tokens are unknown (``token_ids`` None),
 and probes label them so instead of guessing.
 
+Guidance is read at each UNet call (:mod:`cemaps.hooks.guidance`): the halves a call's batch holds
+(``call_halves``), and whether it completes the previous call's step when a loop runs the halves as
+two calls. A ``torch.compile`` wrapper is seen through (:mod:`cemaps.hooks.compiled`): ``unet`` is
+the original module, ``entry`` the wrapper the pipeline calls.
+
 A new generation starts at a UNet call when a text encoder ran since the last UNet
 call, when the scheduler was given a new schedule (``set_timesteps`` replaces
 ``scheduler.timesteps``), or when the call's timestep cannot follow the last one in
@@ -37,6 +42,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cemaps.hooks.compiled import original_module, refuse_traced_call
+from cemaps.hooks.guidance import BOTH, COND, call_halves, completes_split_step
 from cemaps.hooks.steps import Generation
 from cemaps.models.families import family_of
 
@@ -55,7 +62,10 @@ class CaptureContext:
     def __init__(self, pipe: Any):
         self.pipe = pipe
         self.family = family_of(pipe)
-        self.unet: nn.Module = self.family.denoiser_of(pipe)
+        # what the pipeline calls (a torch.compile wrapper, if any) and the module whose names and layers
+        # probes read (see cemaps.hooks.compiled)
+        self.entry: nn.Module = self.family.denoiser_of(pipe)
+        self.unet: nn.Module = original_module(self.entry, f"pipe.{self.family.denoiser}")
         stream = self.family.labelling_stream
         self.tokenizer = getattr(pipe, stream.tokenizer, None)
         self._text_encoder = getattr(pipe, stream.encoder, None)
@@ -67,6 +77,14 @@ class CaptureContext:
         )
         self.generations: list[Generation] = []
         self.step_index: int = -1
+        # the current UNet call: the halves its rows hold, and whether it is the cond half of the previous
+        # call's step (guidance run as two calls, see cemaps.hooks.guidance)
+        self.call_halves: tuple[str, ...] = COND
+        self.completes_step = False
+        # (encodings, encoder_hidden_states) of the current generation's first call, kept until its second call
+        # tells whether that first call was an unconditional half
+        self._first_call: tuple[list, Any] | None = None
+        self._lone_half: torch.Tensor | None = None  # the last call's sample when it held one half
         # (token ids [prompts, seq], candidate outputs, each [prompts, seq, dim]) of each encoding since the last
         # UNet call
         self._encodings: list[tuple[np.ndarray, tuple[torch.Tensor, ...]]] = []
@@ -80,7 +98,7 @@ class CaptureContext:
     def attach(self) -> list[RemovableHandle]:
         # prepend: the step must be known before any other pre-hook on the UNet runs
         # (the probes' pre-hooks switch their per-step hooks on it), whatever the order of attachment.
-        handles = [self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
+        handles = [self.entry.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
         if self._text_encoder is not None:
             handles.append(self._text_encoder.register_forward_hook(self._on_text_encoder_call, with_kwargs=True))
         return handles
@@ -107,15 +125,46 @@ class CaptureContext:
             ]
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        refuse_traced_call(f"pipe.{self.family.denoiser}")
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         t = int(torch.as_tensor(timestep).flatten()[0].item())
         encoder_hidden_states = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
-        self._advance(t, lambda schedule: self._new_generation(sample, encoder_hidden_states, schedule))
+        halves = self.call_halves = call_halves(self.pipe, sample)
+        previous, self._lone_half = self._lone_half, sample.detach().clone() if halves == COND else None
+        self.completes_step = (
+            bool(self.generations)
+            and not self._text_encoder_called
+            and completes_split_step(self.generation, t, halves, sample, previous)
+        )
+        if self.completes_step:
+            self._lone_half = None  # paired: a third call at this timestep starts a step of its own
+            self._pair_halves(encoder_hidden_states)
+            return
+        first_call = (self._encodings, encoder_hidden_states)
+        self._advance(t, lambda schedule: self._new_generation(sample, encoder_hidden_states, schedule, halves), halves)
+        self._first_call = first_call if self.step_index == 0 and halves == COND else None
 
-    def _advance(self, t: int, new_generation_for: Any) -> None:
+    def _pair_halves(self, encoder_hidden_states: Any) -> None:
+        """The call completes the previous call's step: that call was the unconditional half."""
+        generation = self.generation
+        generation.step_halves[-1] = BOTH
+        if self._first_call is None:
+            return
+        (encodings, first), self._first_call = self._first_call, None
+        generation.guidance = True
+        if isinstance(first, torch.Tensor) and isinstance(encoder_hidden_states, torch.Tensor):
+            both = torch.cat([first, encoder_hidden_states.to(first.device)])
+            prompt, negative = self._match_encodings(both, generation.batch_size, True, encodings)
+            generation.token_ids, generation.negative_token_ids = prompt, negative
+            rows = len(prompt) if prompt is not None else None
+            if rows and generation.batch_size % rows == 0:
+                generation.images_per_prompt = generation.batch_size // rows
+
+    def _advance(self, t: int, new_generation_for: Any, halves: tuple[str, ...] | None = None) -> None:
         """Places a denoiser call at timestep ``t``: in the current generation, or a new one made by
-        ``new_generation_for(schedule_tensor)``; sets :attr:`step_index`."""
+        ``new_generation_for(schedule_tensor)``; sets :attr:`step_index`. ``halves``: what the call's
+        rows hold (default: the generation's halves)."""
         scheduler = self.pipe.scheduler
         schedule_tensor = scheduler.timesteps
         new_generation = (
@@ -140,22 +189,22 @@ class CaptureContext:
         generation = self.generation
         if position is None:  # a timestep outside the schedule (a custom loop): counted in call order
             position = generation.schedule_indices[-1] + 1 if generation.schedule_indices else 0
-        self.step_index = generation.add_call(t, position)
+        self.step_index = generation.add_call(t, position, halves)
 
     def _schedule_changed(self, schedule_tensor: Any) -> bool:
         self._schedule_tensor = schedule_tensor  # compare contents once per new tensor, not per call
         return tuple(int(v) for v in torch.as_tensor(schedule_tensor).flatten().tolist()) != self.generation.schedule
 
-    def _new_generation(self, sample: torch.Tensor, encoder_hidden_states: Any, schedule_tensor: Any) -> Generation:
+    def _new_generation(
+        self, sample: torch.Tensor, encoder_hidden_states: Any, schedule_tensor: Any, halves: tuple[str, ...]
+    ) -> Generation:
         # The schedule is fixed for a pipeline call (set_timesteps runs before the loop),
         # so it is read once per generation, not at every UNet call.
         schedule = tuple(int(v) for v in torch.as_tensor(schedule_tensor).flatten().tolist())
-        guidance = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        guidance = halves == BOTH
         unet_batch = int(sample.shape[0])
-        if guidance and unet_batch % 2:
-            raise RuntimeError(f"guidance is on but the UNet batch ({unet_batch}) is odd")
         batch = unet_batch // 2 if guidance else unet_batch
-        prompt, negative = self._match_encodings(encoder_hidden_states, batch, guidance)
+        prompt, negative = self._match_encodings(encoder_hidden_states, batch, guidance, self._encodings)
         rows = len(prompt) if prompt is not None else _distinct_prompts(encoder_hidden_states, batch, guidance)
         return Generation(
             index=len(self.generations),
@@ -170,10 +219,10 @@ class CaptureContext:
         )
 
     def _match_encodings(
-        self, encoder_hidden_states: Any, batch: int, guidance: bool
+        self, encoder_hidden_states: Any, batch: int, guidance: bool, encodings: list
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Token ids of (prompt, negative prompt) among the encodings since the last UNet call."""
-        if not self._encodings:
+        """Token ids of (prompt, negative prompt) among ``encodings`` (those since the last UNet call)."""
+        if not encodings:
             return None, None
         prompt = negative = None
         unmatched = []
@@ -185,7 +234,7 @@ class CaptureContext:
             own = encoder_hidden_states[:, self._context_slice.tokens, self._context_slice.features]
             cond = own[batch:] if guidance else own
             uncond = own[:batch] if guidance else None
-            for ids, candidates in self._encodings:
+            for ids, candidates in encodings:
                 if prompt is None and any(_repeated_rows(hidden, cond) for hidden in candidates):
                     prompt = ids
                 elif (
@@ -197,7 +246,7 @@ class CaptureContext:
                 else:
                     unmatched.append(ids)
         else:
-            unmatched = [ids for ids, _ in self._encodings]
+            unmatched = [ids for ids, _ in encodings]
         if prompt is None and len(unmatched) == 1 and batch % len(unmatched[0]) == 0:
             prompt = unmatched[0]
         return prompt, negative

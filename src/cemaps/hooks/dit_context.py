@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cemaps.errors import CemapsError
+from cemaps.hooks.compiled import refuse_traced_call
 from cemaps.hooks.context import CaptureContext, _repeated_rows
 from cemaps.hooks.steps import Generation
 from cemaps.models.families import family_of
@@ -141,7 +142,7 @@ class DiTCaptureContext(CaptureContext):
         self._signature = inspect.signature(self.unet.forward)
 
     def attach(self) -> list[RemovableHandle]:
-        handles = [self.unet.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
+        handles = [self.entry.register_forward_pre_hook(self._on_unet_call, with_kwargs=True, prepend=True)]
         for stream in self.family.text_streams:
             encoder = getattr(self.pipe, stream.encoder, None)
             if encoder is not None:
@@ -161,6 +162,7 @@ class DiTCaptureContext(CaptureContext):
         return hook
 
     def _on_unet_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        refuse_traced_call(f"pipe.{self.family.denoiser}")
         call = self._signature.bind_partial(*args, **kwargs).arguments
         hidden = call["hidden_states"]
         context = call.get("encoder_hidden_states")

@@ -84,6 +84,10 @@ class Generation:
         schedule_indices: position in ``schedule`` of each UNet call so far.
         schedule: the scheduler's timesteps for this call, in loop order.
         start: position in ``schedule`` of the first UNet call (> 0 for img2img with strength < 1).
+        step_halves: per step, the guidance halves its UNet rows held, in batch order (``("uncond", "cond")``,
+            ``("cond",)``; a step whose halves ran as two calls is ``("uncond", "cond")``, see
+            :mod:`cemaps.hooks.guidance`). A callback that turns guidance off mid-run changes it from one
+            step to the next.
     """
 
     index: int
@@ -98,6 +102,7 @@ class Generation:
     schedule_indices: list[int] = field(default_factory=list)
     schedule: tuple[int, ...] = ()
     start: int = 0
+    step_halves: list[tuple[str, ...]] = field(default_factory=list)
     _positions: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def positions(self, timestep: int) -> tuple[int, ...]:
@@ -150,12 +155,14 @@ class Generation:
         self.schedule_indices[0] = self.start = earlier[-1]
         return self.next_position(timestep)
 
-    def add_call(self, timestep: int, position: int) -> int:
-        """Records a UNet call at ``position`` of the schedule; returns its step (calls before it)."""
+    def add_call(self, timestep: int, position: int, halves: tuple[str, ...] | None = None) -> int:
+        """Records a UNet call at ``position`` of the schedule holding ``halves`` (default: the generation's);
+        returns its step (calls before it)."""
         if not self.schedule_indices:
             self.start = position
         self.timesteps.append(timestep)
         self.schedule_indices.append(position)
+        self.step_halves.append(halves if halves is not None else self.halves)
         return len(self.timesteps) - 1
 
     @property
@@ -165,7 +172,10 @@ class Generation:
 
     @property
     def halves(self) -> tuple[str, ...]:
-        """Labels of the UNet batch halves: diffusers puts the unconditional half first."""
+        """Labels of the first step's halves: diffusers puts the unconditional half first.
+
+        Per step (guidance may be turned off mid-run), read :attr:`step_halves`.
+        """
         return ("uncond", "cond") if self.guidance else ("cond",)
 
     def prompt_of_image(self, image: int) -> int:

@@ -31,9 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,111 +42,20 @@ from torch.utils.hooks import RemovableHandle
 
 from cemaps.errors import ConfigError
 from cemaps.hooks.capture import Removable
+from cemaps.hooks.compiled import EagerCalls, original_module
 from cemaps.hooks.context import CaptureContext
 from cemaps.hooks.dit_context import DiTCaptureContext
+from cemaps.hooks.guidance import BOTH, COND, guidance_flag
 from cemaps.hooks.selection import LayerSelector, select_modules
 from cemaps.hooks.steps import Generation, StepSpec, selected_steps
 from cemaps.labelled import CROSS_ATTENTION, CROSS_ATTENTION_AXES, LabelledArray
 from cemaps.probes.attention_scores import Reduction, layer_probabilities
 from cemaps.probes.dit_capture import ALL_LAYERS, DiTCapture, text_attention_modules
+from cemaps.probes.settings import DTYPES, CrossAttentionSettings, is_cross_attention
+from cemaps.probes.unet_steps import LayerSlot, StepHooks, key_projections, stack_steps
 
 AXES = CROSS_ATTENTION_AXES
-_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-def is_cross_attention(name: str, module: nn.Module) -> bool:
-    return isinstance(module, Attention) and bool(getattr(module, "is_cross_attention", False))
-
-
-@dataclass(frozen=True)
-class CrossAttentionSettings:
-    """What a :class:`CrossAttentionProbe` keeps; stored as the store's capture settings.
-
-    Attributes:
-        layers: ``"all"`` (every layer that attends to text: the UNet's ``attn2``; a DiT's cross, joint
-            and single-stream attention), a glob, a list of module paths, or a predicate over them.
-        timesteps: "all", N evenly spaced steps, or explicit step indices, all counted over
-            the steps (UNet calls) a generation runs from its first call to the end of the
-            schedule (see :mod:`cemaps.hooks.steps`).
-        heads: "mean" (average over heads after the softmax) or "all".
-        tokens: "prompt" (the prompt's tokens incl. start and end) or "all".
-        spatial: "native" or the largest side kept; larger maps are average-pooled.
-        dtype: "float16" or "float32" of the stored probabilities.
-        halves: guidance halves kept: "cond", "uncond" or "both".
-    """
-
-    layers: Any = "all"
-    timesteps: StepSpec = 5
-    heads: Literal["mean", "all"] = "mean"
-    tokens: Literal["prompt", "all"] = "prompt"
-    spatial: int | Literal["native"] = 16
-    dtype: Literal["float16", "float32"] = "float16"
-    halves: Literal["cond", "uncond", "both"] = "cond"
-
-    def __post_init__(self) -> None:
-        checks = {
-            "heads": (self.heads, ("mean", "all")),
-            "tokens": (self.tokens, ("prompt", "all")),
-            "dtype": (self.dtype, tuple(_DTYPES)),
-            "halves": (self.halves, ("cond", "uncond", "both")),
-        }
-        for key, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ConfigError(f"capture setting {key}={value!r}: expected one of {', '.join(allowed)}")
-        if self.spatial != "native" and (
-            isinstance(self.spatial, bool) or not isinstance(self.spatial, int) or self.spatial < 1
-        ):
-            raise ConfigError(f"capture setting spatial={self.spatial!r}: expected 'native' or a positive integer")
-
-    def to_dict(self) -> dict[str, Any]:
-        layers = (
-            self.layers
-            if isinstance(self.layers, str)
-            else (list(self.layers) if not callable(self.layers) else getattr(self.layers, "__name__", "callable"))
-        )
-        timesteps = self.timesteps if isinstance(self.timesteps, (str, int)) else list(self.timesteps)
-        return {
-            "layers": layers,
-            "timesteps": timesteps,
-            "heads": self.heads,
-            "tokens": self.tokens,
-            "spatial": self.spatial,
-            "dtype": self.dtype,
-            "halves": self.halves,
-        }
-
-
-class _StepHooks:
-    """Hooks attached while a captured step runs and removed otherwise.
-
-    A :class:`~cemaps.hooks.capture.Removable`: ``remove`` detaches whatever is attached
-    and is safe to call any number of times.
-    """
-
-    def __init__(self, attach: Callable[[], list[RemovableHandle]]):
-        self._attach = attach
-        self._handles: list[RemovableHandle] = []
-
-    def set_active(self, active: bool) -> None:
-        if active and not self._handles:
-            self._handles = self._attach()
-        elif not active:
-            self.remove()
-
-    def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
-
-
-@dataclass
-class _LayerSlot:
-    """Per-layer scratch between the to_q and to_k hooks."""
-
-    name: str
-    query: torch.Tensor | None = None
-    # maps[generation] = list over captured steps of [(half, image), head, y*x, token]
-    maps: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    grid: tuple[int, int] = (0, 0)  # (y, x) of the kept maps
+__all__ = ["AXES", "CrossAttentionProbe", "CrossAttentionSettings", "is_cross_attention"]
 
 
 class CrossAttentionProbe:
@@ -188,17 +95,22 @@ class CrossAttentionProbe:
         return probe
 
     def _reset(self, tokenizer: Any) -> None:
-        self._slots: dict[str, _LayerSlot] = {}
+        self._slots: dict[str, LayerSlot] = {}
         self._steps: dict[tuple[int, int], tuple[int, ...]] = {}  # (generation, planned steps) -> selected
         self._captured: dict[int, list[int]] = {}  # generation -> steps captured, in call order
+        self._stored: dict[int, list[tuple[str, ...]]] = {}  # generation -> halves kept, per captured step
         self._limits: dict[int, int | None] = {}
         self._tokenizer = tokenizer
         self._token_features: list[str] = []
-        self._pending: list[tuple[_LayerSlot, Attention, torch.Tensor, torch.Tensor]] = []
+        self._pending: list[tuple[LayerSlot, Attention, torch.Tensor, torch.Tensor]] = []
         self._dit: DiTCapture | None = None
 
     def layer_names(self, unet: nn.Module) -> list[str]:
-        """Module paths of the layers this probe captures in ``unet`` (a UNet or a DiT), in depth order."""
+        """Module paths of the layers this probe captures in ``unet`` (a UNet or a DiT), in depth order.
+
+        A ``torch.compile`` wrapper is seen through: the names are the original module's.
+        """
+        unet = original_module(unet, "the denoiser")
         if not hasattr(unet, "down_blocks"):  # a transformer: no down/mid/up blocks
             return list(text_attention_modules(unet, self.settings.layers))
         return list(self._unet_layers(unet))
@@ -222,7 +134,7 @@ class CrossAttentionProbe:
         layers = self._unet_layers(denoiser)
         self._reset(context.tokenizer)
         self._token_features = list(context.token_features)
-        self._slots = {name: _LayerSlot(name) for name in layers}
+        self._slots = {name: LayerSlot(name) for name in layers}
 
         def layer_hooks() -> list[RemovableHandle]:
             self._pending = []
@@ -232,26 +144,27 @@ class CrossAttentionProbe:
                 # appended (not prepended): the probe sees the projections after any other hook
                 # on to_q/to_k has run, i.e. what the attention actually uses
                 handles.append(attn.to_q.register_forward_hook(self._keep_query(slot)))
-                handles.append(attn.to_k.register_forward_hook(self._score(slot, attn)))
-            handles.append(denoiser.register_forward_hook(self._flush(context)))
+                for projection, key_of in key_projections(attn):
+                    handles.append(projection.register_forward_hook(self._score(slot, attn, key_of)))
+            handles.append(context.entry.register_forward_hook(self._flush(context)))
             return handles
 
         # Per-layer hooks exist only during captured steps, so the other steps run at full speed.
-        step_hooks = _StepHooks(layer_hooks)
+        step_hooks = StepHooks(layer_hooks)
 
         def on_unet_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
             # the context's pre-hook is prepended, so the step of this call is already known
             active = self._active(context)
-            if active:
+            if active and not context.completes_step:  # the second call of a split step adds to its step
                 self._captured.setdefault(context.generation.index, []).append(context.step_index)
             step_hooks.set_active(active)
 
-        return [denoiser.register_forward_pre_hook(on_unet_call, with_kwargs=True), step_hooks]
+        return self._switching_hooks(context, on_unet_call, step_hooks)
 
     def _attach_dit(self, context: DiTCaptureContext) -> list[Removable]:
         self._reset(context.tokenizer)
         dit = self._dit = DiTCapture(self, context)
-        step_hooks = _StepHooks(dit.layer_hooks)
+        step_hooks = StepHooks(dit.layer_hooks)
 
         def on_transformer_call(module: nn.Module, args: tuple, kwargs: dict) -> None:
             active = self._active(context)
@@ -259,7 +172,23 @@ class CrossAttentionProbe:
                 dit.captured.setdefault(context.generation.index, []).append(context.step_index)
             step_hooks.set_active(active)
 
-        return [context.unet.register_forward_pre_hook(on_transformer_call, with_kwargs=True), step_hooks]
+        return self._switching_hooks(context, on_transformer_call, step_hooks)
+
+    def _switching_hooks(self, context: CaptureContext, on_call: Any, step_hooks: StepHooks) -> list[Removable]:
+        """``on_call`` before each denoiser call; a compiled denoiser runs captured calls uncompiled (hooks fire)."""
+        eager = EagerCalls(compiled=context.entry is not context.unet)
+
+        def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            on_call(module, args, kwargs)
+            if step_hooks.active:
+                eager.begin()
+
+        return [
+            context.entry.register_forward_pre_hook(before, with_kwargs=True),
+            context.entry.register_forward_hook(lambda module, args, output: eager.end()),
+            eager,
+            step_hooks,
+        ]
 
     def _active(self, context: CaptureContext) -> bool:
         generation = context.generation
@@ -271,15 +200,15 @@ class CrossAttentionProbe:
         return context.step_index in steps
 
     @staticmethod
-    def _keep_query(slot: _LayerSlot):
+    def _keep_query(slot: LayerSlot):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             slot.query = output
 
         return hook
 
-    def _score(self, slot: _LayerSlot, attn: Attention):
-        # The processor projects the query before the key, so both are known when to_k returns;
-        # scoring waits for the end of the UNet call, where layers that score alike go together.
+    def _score(self, slot: LayerSlot, attn: Attention, key_of: Any):
+        # The processor projects the query before the key, so both are known when to_k (or the fused
+        # to_kv) returns; scoring waits for the end of the UNet call, where layers that score alike go together.
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
             query, slot.query = slot.query, None
             if query is None:
@@ -287,7 +216,7 @@ class CrossAttentionProbe:
                     f"layer {slot.name!r}: its key projection ran before its query projection; the attention "
                     f"processor {type(attn.processor).__name__} projects in an order cemaps cannot pair"
                 )
-            self._pending.append((slot, attn, query, output))
+            self._pending.append((slot, attn, query, key_of(output)))
 
         return hook
 
@@ -297,29 +226,54 @@ class CrossAttentionProbe:
             if not pending:
                 return
             generation = context.generation
+            halves, rows = self._kept_rows(context)
             with torch.no_grad():
                 results = layer_probabilities(
-                    [item[1:] for item in pending], generation.latent_hw, self._reduction(generation)
+                    [item[1:] for item in pending], generation.latent_hw, self._reduction(generation, rows)
                 )
+            stored = self._stored.setdefault(generation.index, [])
             for (slot, *_), (maps, grid) in zip(pending, results, strict=True):
                 slot.grid = grid
-                slot.maps.setdefault(generation.index, []).append(maps)
+                per_step = slot.maps.setdefault(generation.index, [])
+                if context.completes_step and per_step:  # the cond half of the step the last call began
+                    per_step[-1] = torch.cat([per_step[-1], maps])
+                else:
+                    per_step.append(maps)
+            if context.completes_step and stored:
+                stored[-1] = BOTH
+            else:
+                stored.append(halves)
 
         return hook
 
-    def _reduction(self, generation: Generation) -> Reduction:
-        halves = generation.halves
+    def _kept_rows(self, context: CaptureContext) -> tuple[tuple[str, ...], slice | None]:
+        """The halves of the current call kept at capture time, and their rows (None: all rows).
+
+        A call holding one half keeps it whatever ``halves`` asks: whether it is the cond half, or the
+        uncond half of a step run as two calls, is known only at the next call (see
+        :mod:`cemaps.hooks.guidance`); :meth:`collect` keeps the asked halves.
+
+        Raises:
+            ConfigError: ``halves="uncond"`` and a pipeline call runs without guidance from its first step.
+        """
+        halves, generation = context.call_halves, context.generation
+        if halves == COND:
+            if self.settings.halves == "uncond" and context.step_index == 0 and guidance_flag(context.pipe) is False:
+                self.kept_halves(halves)  # raises: this pipeline call has no unconditional half
+            return halves, None
         keep = self.kept_halves(halves)
-        rows = None
-        if len(keep) < len(halves):  # one CFG half of two: diffusers stacks (uncond, cond)
-            first = halves.index(keep[0]) * generation.batch_size
-            rows = slice(first, first + generation.batch_size)
+        if len(keep) == len(halves):
+            return halves, None
+        first = halves.index(keep[0]) * generation.batch_size  # diffusers stacks (uncond, cond)
+        return keep, slice(first, first + generation.batch_size)
+
+    def _reduction(self, generation: Generation, rows: slice | None) -> Reduction:
         return Reduction(
             rows=rows,
             mean_heads=self.settings.heads == "mean",
             tokens=self._token_limit(generation),
             spatial=self.settings.spatial,
-            dtype=_DTYPES[self.settings.dtype],
+            dtype=DTYPES[self.settings.dtype],
         )
 
     def _lengths(self, generation: Generation) -> list[int | None]:
@@ -354,7 +308,9 @@ class CrossAttentionProbe:
         ``uncond_token`` (the negative prompt's tokens at the same positions, when the
         uncond half is kept and known), ``prompt`` and ``generation`` (one value each: the
         image's prompt within its pipeline call, and which pipeline call), ``token_features``
-        (the text encoders whose features the token axis carries, e.g. both of SDXL's).
+        (the text encoders whose features the token axis carries, e.g. both of SDXL's), ``step_halves``
+        (per captured step, the halves its UNet call(s) held: ``"uncond+cond"`` or ``"cond"``; a kept half
+        a step did not have, after a callback turned guidance off, is NaN).
 
         Raises:
             RuntimeError: a selected layer did not run at every captured step.
@@ -364,7 +320,9 @@ class CrossAttentionProbe:
         records: list[dict[str, LabelledArray]] = []
         for generation in context.generations:
             steps = self._captured.get(generation.index, [])
-            halves = self.kept_halves(generation.halves)
+            had = {half for s in steps for half in generation.step_halves[s]}
+            halves = self.kept_halves(tuple(h for h in BOTH if h in had) or generation.halves)
+            stored = self._stored.get(generation.index, [])
             stacked = {}
             for name, slot in self._slots.items():
                 per_step = slot.maps.get(generation.index, [])
@@ -373,9 +331,8 @@ class CrossAttentionProbe:
                 if not steps:
                     continue
                 maps = rearrange(
-                    torch.stack(per_step),
-                    "step (half image) head (y x) token -> image token step half head y x",
-                    half=len(halves),
+                    stack_steps(per_step, stored, halves, generation.batch_size),
+                    "step half image head (y x) token -> image token step half head y x",
                     y=slot.grid[0],
                 )
                 stacked[name] = maps.cpu().numpy()
@@ -388,6 +345,8 @@ class CrossAttentionProbe:
                 "schedule_index": [generation.schedule_indices[s] for s in steps],
                 "timestep": [generation.timesteps[s] for s in steps],
                 "half": list(halves),
+                # the halves each step had: a callback may turn guidance off mid-run (NaN maps where a half is missing)
+                "step_halves": ["+".join(generation.step_halves[s]) for s in steps],
             }
             for i in range(generation.batch_size):
                 prompt = generation.prompt_of_image(i)

@@ -28,6 +28,7 @@ from cemaps.hooks.selection import select_modules
 from cemaps.hooks.steps import Generation
 from cemaps.labelled import CROSS_ATTENTION_AXES, TEXT_MASS_AXES, TEXT_MASS_SUFFIX, LabelledArray
 from cemaps.probes.dit_attention import DiTReduction, LayerSlot, layer_hooks, layer_maps, text_attention_layer
+from cemaps.probes.settings import DTYPES
 
 ALL_LAYERS = "all"
 
@@ -93,7 +94,7 @@ class DiTCapture:
             mean_heads=settings.heads == "mean",
             kept=kept,
             spatial=settings.spatial,
-            dtype=_DTYPES[settings.dtype],
+            dtype=DTYPES[settings.dtype],
         )
 
     def _kept_positions(self, generation: Generation) -> tuple[torch.Tensor | None, list[np.ndarray]]:
@@ -182,6 +183,3 @@ class DiTCapture:
                     )
             out.append(record)
         return out
-
-
-_DTYPES = {"float16": torch.float16, "float32": torch.float32}
