@@ -23,10 +23,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
+from cemaps.analysis.stats.common import P_HOLM_QUESTION
 from cemaps.errors import ConfigError
 from cemaps.report import style
 from cemaps.report.results import require_table
 
+ALPHA = 0.05  # what the report calls significant, after Holm over the question
 CEM_ROW_LEVELS = ("method", "subject_id", "model_id")
 CEM_COLUMN_LEVELS = ("abstractness", "domain", "prompt_id")
 
@@ -176,15 +178,42 @@ def method_disruption(
     return fig
 
 
-def _annotation(kruskal: Mapping[str, Any] | None) -> str:
-    if not kruskal or kruskal.get("p") is None:
-        reason = (kruskal or {}).get("extra", {}).get("reason", "no test result")
-        return f"Kruskal-Wallis: not computed\n({reason})"
-    return (
-        f"Kruskal-Wallis H = {kruskal['statistic']:.3g}, p = {format_p(kruskal['p'])}\n"
-        f"{kruskal.get('effect_size_name', 'effect')} = {kruskal.get('effect_size', float('nan')):.3g}, "
-        f"n = {kruskal.get('n')} prompts"
-    )
+def holm_p(test: Mapping[str, Any] | None) -> float | None:
+    """The test's p Holm-adjusted over its question (``extra.p_holm_question``, set by ``run_statistics``), or None.
+
+    It is the p the report's tables and findings judge by (``cemaps.analysis.stats.common.P_HOLM_QUESTION``).
+    """
+    adjusted = ((test or {}).get("extra") or {}).get(P_HOLM_QUESTION)
+    return float(adjusted) if isinstance(adjusted, (int, float)) and not isinstance(adjusted, bool) else None
+
+
+def _test_lines(name: str, symbol: str, test: Mapping[str, Any] | None, detail: str = "") -> list[str]:
+    """Two lines: the statistic (and ``detail``), then p beside its Holm adjustment over the question."""
+    if not test or test.get("p") is None:
+        reason = ((test or {}).get("extra") or {}).get("reason", "no test result")
+        return [f"{name}: not computed", f"({reason})"]
+    adjusted = holm_p(test)
+    survives = adjusted is not None and adjusted < ALPHA
+    return [
+        f"{name} {symbol} = {test['statistic']:.3g}{detail}",
+        f"    p = {format_p(test['p'])}, Holm over the question {format_p(adjusted)}"
+        f"{': significant' if survives else ''}",
+    ]
+
+
+def _annotation(kruskal: Mapping[str, Any] | None, anova: Mapping[str, Any] | None = None) -> str:
+    detail = ""
+    if kruskal and kruskal.get("p") is not None:
+        detail = (
+            f", {kruskal.get('effect_size_name', 'effect')} = {kruskal.get('effect_size', float('nan')):.3g}, "
+            f"n = {kruskal.get('n')} prompts"
+        )
+    lines = _test_lines("Kruskal-Wallis", "H", kruskal, detail)
+    if anova is not None:
+        size = anova.get("effect_size")
+        effect = f", {anova.get('effect_size_name', 'effect')} = {size:.3g}" if isinstance(size, (int, float)) else ""
+        lines += _test_lines("permutation ANOVA", "F", anova, effect)
+    return "\n".join(lines)
 
 
 def abstractness_disruption(
@@ -192,14 +221,21 @@ def abstractness_disruption(
     metric: str,
     kruskal: Mapping[str, Any] | None = None,
     pairwise_tests: pd.DataFrame | None = None,
+    anova: Mapping[str, Any] | None = None,
 ) -> Figure:
     """Disruption per abstractness class (one value per prompt, averaged over models), with the tests.
+
+    Each test under the title shows its p and its p Holm-adjusted over the question's tests and
+    metrics (``extra.p_holm_question``), the one the report's table bolds by and its findings judge
+    by; "significant" only where that survives 0.05 (issue 21: one rule everywhere a p is shown).
 
     Args:
         disruption: rows with prompt_id, abstractness and ``metric``.
         metric: column to plot.
         kruskal: the summary's Kruskal-Wallis result (test dict), shown under the title.
-        pairwise_tests: records class_a, class_b, p_holm; drawn as brackets with the Holm p.
+        pairwise_tests: records class_a, class_b, p_holm; drawn as brackets with their p Holm-adjusted over
+            class pairs (follow-ups, labelled ``pair Holm p``: no claim rests on them).
+        anova: the summary's permutation ANOVA result (test dict), shown under the Kruskal-Wallis line.
     """
     require_table(disruption, ["prompt_id", "abstractness", metric], "disruption")
     per_prompt = disruption.groupby("prompt_id", sort=True).agg(
@@ -210,7 +246,7 @@ def abstractness_disruption(
         classes.remove("concrete")
         classes.insert(0, "concrete")
     groups = [per_prompt.loc[per_prompt["abstractness"].astype(str) == c, "value"].to_numpy() for c in classes]
-    fig = style.new_figure(max(4.8, 1.8 + 1.2 * len(classes)), 4.4)
+    fig = style.new_figure(max(5.4, 1.8 + 1.2 * len(classes)), 5.0)
     ax = fig.add_subplot()
     box = ax.boxplot(
         groups,
@@ -229,7 +265,7 @@ def abstractness_disruption(
     ax.set_xticks(range(len(classes)), [f"{c}\n(n={g.size})" for c, g in zip(classes, groups, strict=True)])
     style.style_axes(
         ax,
-        f"Disruption by abstractness (per prompt)\n{_annotation(kruskal)}",
+        f"Disruption by abstractness (per prompt)\n{_annotation(kruskal, anova)}",
         "abstractness class",
         f"{metric} (mean over models)",
     )
@@ -250,7 +286,12 @@ def abstractness_disruption(
                 linewidth=0.8,
             )
             ax.text(
-                (a + b) / 2, y, f"Holm p {format_p(row.p_holm)}", ha="center", va="bottom", fontsize=style.TEXT_SIZE - 2
+                (a + b) / 2,
+                y,
+                f"pair Holm p {format_p(row.p_holm)}",
+                ha="center",
+                va="bottom",
+                fontsize=style.TEXT_SIZE - 2,
             )
             level += 1
         ax.set_ylim(top=top + span * (0.15 + 0.09 * level))

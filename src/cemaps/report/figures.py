@@ -93,13 +93,16 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
             (
                 f"abstractness_{metric}",
                 "abstractness",
-                f"{metric} per abstractness class (one point per prompt), "
-                "with the Kruskal-Wallis test and Holm-corrected pairwise Mann-Whitney p-values.",
+                f"{metric} per abstractness class (one point per prompt), with the Kruskal-Wallis test and the "
+                "permutation ANOVA: each p beside its Holm adjustment over the question's tests and metrics, the p "
+                "the table bolds by. Brackets: pairwise Mann-Whitney p Holm-adjusted over class pairs only "
+                "(follow-ups; no finding rests on them).",
                 lambda m=metric, p=pairs, s=abstractness: abstractness_disruption(
                     _need(p, "disruption.csv / disruption_by_prompt.csv"),
                     m,
                     kruskal=find_test(s, "kruskal"),
                     pairwise_tests=find_records(s, ["class_a", "class_b", "p_holm"]),
+                    anova=find_test(s, "prompt_permutation_anova"),
                 ),
             ),
             (
@@ -113,10 +116,11 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
             (
                 f"layer_rho_{metric}",
                 "layer_linking",
-                f"Per-layer Spearman rho between attention shift and {metric}; "
-                "* marks Benjamini-Hochberg q < 0.05 from the prompt-permutation p-values (q_bh_perm).",
+                f"Per-layer Spearman rho between attention shift and {metric} (structural-zero pairs left out); "
+                "* marks a layer whose prompt-permutation p survives Holm's correction over every layer and metric "
+                "of this question (p_holm_question < 0.05), the rule of the table and the findings.",
                 lambda m=metric, s=layer_linking: layer_correlation(
-                    _need(find_records(s, ["layer", "rho", "q_bh_perm"]), "summary layer_linking layers table"),
+                    _need(find_records(s, ["layer", "rho", "p_perm"]), "summary layer_linking layers table"),
                     tables.get("layers"),
                     m,
                 ),
