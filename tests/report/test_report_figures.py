@@ -14,7 +14,9 @@ from cemaps.report.disruption_figures import (
     abstractness_disruption,
     cem_heatmap,
     format_p,
+    mathtext_safe,
     method_disruption,
+    prompt_label,
     similarity_scatter,
 )
 from cemaps.report.layer_figures import (
@@ -24,7 +26,7 @@ from cemaps.report.layer_figures import (
     weight_delta_per_layer,
     weight_delta_unit,
 )
-from cemaps.report.results import find_records, find_test, per_pair_disruption
+from cemaps.report.results import find_records, find_test, per_pair_disruption, prompt_texts
 from cemaps.report.style import method_colours, save_figure
 
 METRIC = "alignment_drop"
@@ -53,6 +55,40 @@ def test_cem_heatmap_groups_models_and_prompts(results):
     assert ax.images[0].get_array().shape == cem.shape
     # 8 separators between 9 models (3 heavy ones between methods are among them); 11 between 12 prompt groups
     assert len(ax.lines) == (cem.shape[0] - 1) + (cem.shape[1] - 1)
+
+
+def test_cem_heatmap_labels_each_prompt_by_its_text_where_it_fits(results):
+    cem = results.cems[METRIC]
+    texts = prompt_texts(results)
+    texts["p000"] = "a $5 bill beside a watercolor painting of a lighthouse at dawn"  # long, and mathtext's '$'
+    ax = cem_heatmap(cem, METRIC, texts).axes[0]
+    columns = cem.sort_index(axis=1).columns.get_level_values("prompt_id")
+    shown = tick_texts(ax)
+    assert shown == [mathtext_safe(prompt_label(texts[p])) for p in columns]
+    long_label = shown[list(columns).index("p000")]
+    assert long_label == "a \\$5 bill beside a watercol\u2026" and len(prompt_label(texts["p000"])) == 28
+    assert "the idea of justice" in shown  # short texts whole
+    assert ax.get_xlabel() == "prompts (text; abstractness / domain above)"
+    groups = [t.get_text() for t in ax.child_axes[0].get_xticklabels()]  # the groups moved to the top axis
+    assert "abstract / animals" in groups
+
+
+def test_cem_heatmap_of_many_prompts_labels_groups_only():
+    columns = pd.MultiIndex.from_tuples([("concrete", f"d{i % 4}", f"p{i:03d}") for i in range(200)])
+    index = pd.MultiIndex.from_tuples([("lora", "face1", "lora-face1"), ("dreambooth", "face1", "db-face1")])
+    cem = pd.DataFrame(np.zeros((2, 200)), index=index, columns=columns)
+    ax = cem_heatmap(cem, "image_drift", {f"p{i:03d}": f"prompt number {i}" for i in range(200)}).axes[0]
+    assert ax.get_xlabel() == "prompts (abstractness / domain)"
+    assert sorted(set(tick_texts(ax))) == ["concrete / d0", "concrete / d1", "concrete / d2", "concrete / d3"]
+    assert ax.child_axes == []
+
+
+def test_prompt_label_cuts_at_28_characters_with_an_ellipsis():
+    assert prompt_label("a photo of a cat") == "a photo of a cat"
+    assert prompt_label("  a   photo\nof a cat ") == "a photo of a cat"
+    cut = prompt_label("an abstract composition of harmony and freedom")
+    assert cut == "an abstract composition of\u2026" and len(cut) <= 28
+    assert prompt_label("x" * 28) == "x" * 28 and prompt_label("x" * 29) == "x" * 27 + "\u2026"
 
 
 def test_a_signed_metric_is_drawn_on_a_diverging_scale_centred_at_zero_with_its_unit():

@@ -29,6 +29,10 @@ from cemaps.report import style
 from cemaps.report.results import require_table
 
 ALPHA = 0.05  # what the report calls significant, after Holm over the question
+PROMPT_LABEL_CHARS = 28  # issue 25: a prompt's text, cut with an ellipsis, where one label per prompt fits
+PROMPT_LABEL_PT = 10.0  # axis points per column that one rotated label at the tick size needs
+PROMPT_LABEL_IN = 1.7  # extra figure height for the rotated text labels (28 characters at 8 pt)
+CEM_MARGIN_IN = 2.6  # figure width the model labels and the colour bar take
 CEM_ROW_LEVELS = ("method", "subject_id", "model_id")
 CEM_COLUMN_LEVELS = ("abstractness", "domain", "prompt_id")
 
@@ -58,13 +62,38 @@ METRIC_UNITS = {
 }
 
 
-def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
+def prompt_label(text: str, limit: int = PROMPT_LABEL_CHARS) -> str:
+    """A prompt's text as an axis label: whitespace collapsed, cut to ``limit`` characters with an ellipsis.
+
+    Example: ``prompt_label("a watercolor painting of a lighthouse at dawn")`` is
+    ``'a watercolor painting of a…'`` (27 characters and the ellipsis). The text is not escaped here:
+    SVG callers escape it, matplotlib callers pass it through :func:`mathtext_safe`.
+    """
+    words = " ".join(str(text).split())
+    return words if len(words) <= limit else words[: limit - 1].rstrip() + "\u2026"
+
+
+def mathtext_safe(text: str) -> str:
+    """``text`` for a matplotlib label: '$' escaped, so a prompt like 'a $5 bill' is not parsed as math."""
+    return text.replace("$", r"\$")
+
+
+def cem_heatmap(cem: pd.DataFrame, metric: str, prompt_texts: Mapping[str, str] | None = None) -> Figure:
     """Concept Entanglement Map: models (grouped by method, subject) x prompts (grouped by abstractness, domain).
+
+    When one label per prompt fits (``PROMPT_LABEL_PT`` points of axis per column), each column is
+    labelled by its prompt's text (:func:`prompt_label`: at most 28 characters, else cut with an
+    ellipsis; the prompt id where ``prompt_texts`` has none) and the abstractness / domain groups move
+    to the top axis; otherwise (e.g. 200 prompts) the bottom axis labels the groups only.
 
     Args:
         cem: [n_models x n_prompts] with a 3-level index (method, subject_id, model_id) and
             3-level columns (abstractness, domain, prompt_id), as in ``cem_<metric>.csv``.
         metric: the metric name, for the colour bar.
+        prompt_texts: prompt_id -> text (``prompts.csv``); None labels groups only.
+
+    Raises:
+        ConfigError: ``cem`` does not have 3-level rows and columns, or is empty.
     """
     if cem.index.nlevels != 3 or cem.columns.nlevels != 3:
         raise ConfigError(
@@ -75,7 +104,10 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
         raise ConfigError(f"cem for {metric!r}: no models or no prompts")
     cem = cem.sort_index(axis=0).sort_index(axis=1)
     n_models, n_prompts = cem.shape
-    fig = style.new_figure(min(16.0, 6.0 + 0.06 * n_prompts), min(12.0, 2.5 + 0.22 * n_models))
+    width = min(16.0, 6.0 + 0.06 * n_prompts)
+    # the heat map gets about the figure's width less the model labels and the colour bar
+    by_text = prompt_texts is not None and (width - CEM_MARGIN_IN) * 72.0 / n_prompts >= PROMPT_LABEL_PT
+    fig = style.new_figure(width, min(12.0, 2.5 + 0.22 * n_models) + (PROMPT_LABEL_IN if by_text else 0.0))
     ax = fig.add_subplot()
     values = cem.to_numpy(dtype=np.float64)
     finite = values[np.isfinite(values)]
@@ -93,7 +125,8 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
     )
     colourbar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.01)
     colourbar.set_label(METRIC_UNITS.get(metric, metric), fontsize=style.TEXT_SIZE)
-    style.style_axes(ax, f"CEM: {metric}", "prompts (abstractness / domain)", "models (method / subject)")
+    x_title = "prompts (text; abstractness / domain above)" if by_text else "prompts (abstractness / domain)"
+    style.style_axes(ax, f"CEM: {metric}", x_title, "models (method / subject)")
     ax.grid(False)
     row_groups = list(zip(cem.index.get_level_values(0), cem.index.get_level_values(1), strict=True))
     col_groups = list(zip(cem.columns.get_level_values(0), cem.columns.get_level_values(1), strict=True))
@@ -109,14 +142,21 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
         [(a + b - 1) / 2 for _, a, b in rows], [f"{m} / {s}" for (m, s), _, _ in rows], fontsize=style.TEXT_SIZE - 1
     )
     cols = group_spans(col_groups)
-    ax.set_xticks(
+    group_axis = ax
+    if by_text:
+        texts = {str(k): str(v) for k, v in (prompt_texts or {}).items()}
+        labels = [prompt_label(texts.get(str(p)) or str(p)) for p in cem.columns.get_level_values(2)]
+        ax.set_xticks(range(n_prompts), [mathtext_safe(t) for t in labels], rotation=90, fontsize=style.TEXT_SIZE - 1)
+        group_axis = ax.secondary_xaxis("top")
+    group_axis.set_xticks(
         [(a + b - 1) / 2 for _, a, b in cols],
-        [f"{a} / {d}" for (a, d), _, _ in cols],
-        rotation=45,
-        ha="right",
+        [mathtext_safe(f"{a} / {d}") for (a, d), _, _ in cols],
+        rotation=45 if group_axis is ax else 30,
+        ha="right" if group_axis is ax else "left",
         fontsize=style.TEXT_SIZE - 1,
     )
     ax.tick_params(length=0)
+    group_axis.tick_params(length=0)
     return fig
 
 

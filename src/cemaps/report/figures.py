@@ -24,7 +24,14 @@ from cemaps.report.dendrograms import cluster_dendrograms
 from cemaps.report.disruption_figures import abstractness_disruption, cem_heatmap, method_disruption, similarity_scatter
 from cemaps.report.layer_figures import attention_shift_per_layer, layer_correlation, weight_delta_per_layer
 from cemaps.report.overlays import attention_overlay, choose_overlay
-from cemaps.report.results import Results, find_records, find_test, load_results, per_pair_disruption
+from cemaps.report.results import (
+    Results,
+    find_records,
+    find_test,
+    load_results,
+    per_pair_disruption,
+    prompt_texts,
+)
 from cemaps.report.safe_html import slug
 
 log = logging.getLogger(__name__)
@@ -76,9 +83,9 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
             (
                 f"cem_{metric}",
                 "methods",
-                f"Concept Entanglement Map of {metric}: models grouped by method and "
-                "subject, prompts grouped by abstractness and domain.",
-                lambda m=metric: cem_heatmap(_need(results.cems.get(m), f"cem_{m}.csv"), m),
+                f"Concept Entanglement Map of {metric}: models grouped by method and subject, prompts grouped by "
+                "abstractness and domain, each prompt labelled by its text (first 28 characters) where the labels fit.",
+                lambda m=metric: cem_heatmap(_need(results.cems.get(m), f"cem_{m}.csv"), m, prompt_texts(results)),
             ),
             (
                 f"methods_{metric}",
