@@ -68,9 +68,9 @@ def test_cem_heatmap_labels_each_prompt_by_its_text_where_it_fits(results):
     long_label = shown[list(columns).index("p000")]
     assert long_label == "a \\$5 bill beside a watercol\u2026" and len(prompt_label(texts["p000"])) == 28
     assert "the idea of justice" in shown  # short texts whole
-    assert ax.get_xlabel() == "prompts (text; abstractness / domain above)"
-    groups = [t.get_text() for t in ax.child_axes[0].get_xticklabels()]  # the groups moved to the top axis
-    assert "abstract / animals" in groups
+    assert ax.get_xlabel() == "prompts (text), by abstractness (above) and domain (thin lines)"
+    classes = [t.get_text() for t in ax.child_axes[0].get_xticklabels()]  # the classes moved to the top axis
+    assert classes == ["abstract", "compositional", "concrete"]
 
 
 def test_cem_heatmap_of_many_prompts_labels_groups_only():

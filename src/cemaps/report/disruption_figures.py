@@ -83,8 +83,9 @@ def cem_heatmap(cem: pd.DataFrame, metric: str, prompt_texts: Mapping[str, str] 
 
     When one label per prompt fits (``PROMPT_LABEL_PT`` points of axis per column), each column is
     labelled by its prompt's text (:func:`prompt_label`: at most 28 characters, else cut with an
-    ellipsis; the prompt id where ``prompt_texts`` has none) and the abstractness / domain groups move
-    to the top axis; otherwise (e.g. 200 prompts) the bottom axis labels the groups only.
+    ellipsis; the prompt id where ``prompt_texts`` has none), the abstractness classes are named above
+    the map and the domains are marked by thin lines; otherwise (e.g. 200 prompts) the bottom axis
+    labels the (abstractness / domain) groups only.
 
     Args:
         cem: [n_models x n_prompts] with a 3-level index (method, subject_id, model_id) and
@@ -125,7 +126,11 @@ def cem_heatmap(cem: pd.DataFrame, metric: str, prompt_texts: Mapping[str, str] 
     )
     colourbar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.01)
     colourbar.set_label(METRIC_UNITS.get(metric, metric), fontsize=style.TEXT_SIZE)
-    x_title = "prompts (text; abstractness / domain above)" if by_text else "prompts (abstractness / domain)"
+    x_title = (
+        "prompts (text), by abstractness (above) and domain (thin lines)"
+        if by_text
+        else "prompts (abstractness / domain)"
+    )
     style.style_axes(ax, f"CEM: {metric}", x_title, "models (method / subject)")
     ax.grid(False)
     row_groups = list(zip(cem.index.get_level_values(0), cem.index.get_level_values(1), strict=True))
@@ -141,22 +146,30 @@ def cem_heatmap(cem: pd.DataFrame, metric: str, prompt_texts: Mapping[str, str] 
     ax.set_yticks(
         [(a + b - 1) / 2 for _, a, b in rows], [f"{m} / {s}" for (m, s), _, _ in rows], fontsize=style.TEXT_SIZE - 1
     )
-    cols = group_spans(col_groups)
-    group_axis = ax
-    if by_text:
-        texts = {str(k): str(v) for k, v in (prompt_texts or {}).items()}
-        labels = [prompt_label(texts.get(str(p)) or str(p)) for p in cem.columns.get_level_values(2)]
-        ax.set_xticks(range(n_prompts), [mathtext_safe(t) for t in labels], rotation=90, fontsize=style.TEXT_SIZE - 1)
-        group_axis = ax.secondary_xaxis("top")
-    group_axis.set_xticks(
-        [(a + b - 1) / 2 for _, a, b in cols],
-        [mathtext_safe(f"{a} / {d}") for (a, d), _, _ in cols],
-        rotation=45 if group_axis is ax else 30,
-        ha="right" if group_axis is ax else "left",
+    ax.tick_params(length=0)
+    if not by_text:
+        cols = group_spans(col_groups)
+        ax.set_xticks(
+            [(a + b - 1) / 2 for _, a, b in cols],
+            [mathtext_safe(f"{a} / {d}") for (a, d), _, _ in cols],
+            rotation=45,
+            ha="right",
+            fontsize=style.TEXT_SIZE - 1,
+        )
+        return fig
+    texts = {str(k): str(v) for k, v in (prompt_texts or {}).items()}
+    labels = [prompt_label(texts.get(str(p)) or str(p)) for p in cem.columns.get_level_values(2)]
+    ax.set_xticks(range(n_prompts), [mathtext_safe(t) for t in labels], rotation=90, fontsize=style.TEXT_SIZE - 1)
+    # above the map the abstractness classes (heavy lines); a domain group is often one or two prompts wide,
+    # too narrow for its name: the thin lines mark the domains and the HTML map's tooltip names them
+    classes = group_spans(list(cem.columns.get_level_values(0)))
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(
+        [(a + b - 1) / 2 for _, a, b in classes],
+        [mathtext_safe(str(c)) for c, _, _ in classes],
         fontsize=style.TEXT_SIZE - 1,
     )
-    ax.tick_params(length=0)
-    group_axis.tick_params(length=0)
+    top.tick_params(length=0)
     return fig
 
 

@@ -115,7 +115,8 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
             (
                 f"similarity_{metric}",
                 "semantic_proximity",
-                f"Text similarity of prompt and subject against {metric}, per method.",
+                f"Text similarity of prompt and subject against {metric}, per method. Each panel's Spearman rho is "
+                "on raw values and describes the panel only; the test (table above) uses prompt-centred values.",
                 lambda m=metric, p=pairs: similarity_scatter(
                     _need(tables.get("similarity"), "similarity.csv"), _need(p, "disruption.csv"), m
                 ),

@@ -258,6 +258,9 @@ def proximity_permutation(
             NULL_RATE_VALIDATED: True,
             "ci_low": low,
             "ci_high": high,
+            # JSON holds an infinite end as null: these say it is unbounded, not missing
+            "ci_low_unbounded": bool(np.isneginf(low)),
+            "ci_high_unbounded": bool(np.isposinf(high)),
             "exact": exact,
             "n_arrangements": int(len(arrangements)),
             "smallest_possible_p": smallest_p,
