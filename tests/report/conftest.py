@@ -21,6 +21,7 @@ from cemaps.analysis.stats.abstractness import compare_abstractness
 from cemaps.analysis.stats.clustering import cluster
 from cemaps.analysis.stats.layers import link_layers
 from cemaps.analysis.stats.methods import compare_methods
+from cemaps.analysis.stats.run import holm_across_question
 from cemaps.analysis.stats.semantic import semantic_proximity
 from cemaps.report import write_report
 from cemaps.store import StoreWriter
@@ -186,6 +187,8 @@ def summary(per_pair: pd.DataFrame, shift: pd.DataFrame, similarity: pd.DataFram
         cem.index = cem.index.get_level_values("model_id")
         cem.columns = cem.columns.get_level_values("prompt_id")
         out["clustering"][metric] = cluster(cem, prompt_labels, model_labels, metric="euclidean", n_perm=49)
+    for section in out.values():
+        holm_across_question(section)  # as run_statistics does: each validated p gets p_holm_question
     return out
 
 

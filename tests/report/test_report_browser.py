@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cemaps.report.disruption_figures import prompt_label
 from cemaps.report.results import load_results
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -132,6 +133,14 @@ class DevToolsPipe:
         os.close(self._read_fd)
 
 
+def expected_prompt_labels(results_dir: Path) -> list[str]:
+    """The first metric's map's prompt texts in column order, cut as the report cuts them, from the CSV files."""
+    results = load_results(results_dir)
+    cem = results.cems[results.metrics[0]].sort_index(axis=1)
+    prompts = pd.read_csv(results_dir / "prompts.csv", dtype={"prompt_id": str}).set_index("prompt_id")
+    return [prompt_label(prompts.loc[p, "text"]) for p in cem.columns.get_level_values(2)]
+
+
 def expected_cell(results_dir: Path, i: int, j: int) -> dict:
     """Model, prompt id and prompt text of CEM cell (i, j), from the CSV files (not from the page)."""
     results = load_results(results_dir)
@@ -172,6 +181,27 @@ def test_report_renders_and_tooltip_shows_prompt_text(report_path, results_dir, 
         assert len(images) >= 10
         assert [i for i in images if not i["complete"] or i["width"] == 0] == []
         assert browser.evaluate("document.querySelectorAll('svg.cem rect.cell').length", session) > 0
+        # issue 25: each column of the map is labelled by its prompt's text, under the map, without overlap
+        labels = browser.evaluate(
+            """Array.from(document.querySelector('svg.cem').querySelectorAll('text.prompt')).map(t => {
+            const box = t.getBoundingClientRect();
+            const cell = t.ownerSVGElement.querySelector('rect.cell[data-j="' + t.dataset.j + '"]');
+            const column = cell.getBoundingClientRect();
+            const cells = Array.from(t.ownerSVGElement.querySelectorAll('rect.cell'));
+            return {j: +t.dataset.j, text: t.textContent, left: box.left, right: box.right, top: box.top,
+                    width: box.width, height: box.height, centre: column.left + column.width / 2,
+                    mapBottom: Math.max(...cells.map(c => c.getBoundingClientRect().bottom))};
+        })""",
+            session,
+        )
+        assert [label["text"] for label in labels] == expected_prompt_labels(results_dir)
+        assert [label["j"] for label in labels] == list(range(len(labels)))
+        for label, following in zip(labels, labels[1:], strict=False):
+            assert label["right"] <= following["left"] + 0.5  # no label overlaps its neighbour
+        for label in labels:
+            assert label["width"] > 0 and label["height"] > label["width"]  # drawn, and read downwards
+            assert label["left"] <= label["centre"] <= label["right"]  # under its own column
+            assert label["top"] >= label["mapBottom"] - 0.5  # below the map, not over the cells
 
         centre = browser.evaluate(
             """(() => {
@@ -260,6 +290,10 @@ def test_hostile_results_run_no_script_in_the_browser(hostile_report_path, tmp_p
             session,
         )
         assert HOSTILE["a photo of a robot"] in texts  # the tooltip's data keeps it, as text
+        labels = browser.evaluate(
+            "Array.from(document.querySelectorAll('svg.cem text.prompt')).map(t => t.textContent)", session
+        )
+        assert prompt_label(HOSTILE["a photo of a robot"]) in labels  # the map's label shows it as text
         blocked = [e for e in browser.events if "Content Security Policy" in json.dumps(e)]
         assert blocked == []  # nothing was even tried: escaping held before the policy had to
     finally:

@@ -13,7 +13,10 @@ from cemaps.report.dendrograms import cluster_dendrograms
 from cemaps.report.disruption_figures import (
     abstractness_disruption,
     cem_heatmap,
+    format_p,
+    mathtext_safe,
     method_disruption,
+    prompt_label,
     similarity_scatter,
 )
 from cemaps.report.layer_figures import (
@@ -23,7 +26,7 @@ from cemaps.report.layer_figures import (
     weight_delta_per_layer,
     weight_delta_unit,
 )
-from cemaps.report.results import find_records, find_test, per_pair_disruption
+from cemaps.report.results import find_records, find_test, per_pair_disruption, prompt_texts
 from cemaps.report.style import method_colours, save_figure
 
 METRIC = "alignment_drop"
@@ -52,6 +55,40 @@ def test_cem_heatmap_groups_models_and_prompts(results):
     assert ax.images[0].get_array().shape == cem.shape
     # 8 separators between 9 models (3 heavy ones between methods are among them); 11 between 12 prompt groups
     assert len(ax.lines) == (cem.shape[0] - 1) + (cem.shape[1] - 1)
+
+
+def test_cem_heatmap_labels_each_prompt_by_its_text_where_it_fits(results):
+    cem = results.cems[METRIC]
+    texts = prompt_texts(results)
+    texts["p000"] = "a $5 bill beside a watercolor painting of a lighthouse at dawn"  # long, and mathtext's '$'
+    ax = cem_heatmap(cem, METRIC, texts).axes[0]
+    columns = cem.sort_index(axis=1).columns.get_level_values("prompt_id")
+    shown = tick_texts(ax)
+    assert shown == [mathtext_safe(prompt_label(texts[p])) for p in columns]
+    long_label = shown[list(columns).index("p000")]
+    assert long_label == "a \\$5 bill beside a watercol\u2026" and len(prompt_label(texts["p000"])) == 28
+    assert "the idea of justice" in shown  # short texts whole
+    assert ax.get_xlabel() == "prompts (text), by abstractness (above) and domain (thin lines)"
+    classes = [t.get_text() for t in ax.child_axes[0].get_xticklabels()]  # the classes moved to the top axis
+    assert classes == ["abstract", "compositional", "concrete"]
+
+
+def test_cem_heatmap_of_many_prompts_labels_groups_only():
+    columns = pd.MultiIndex.from_tuples([("concrete", f"d{i % 4}", f"p{i:03d}") for i in range(200)])
+    index = pd.MultiIndex.from_tuples([("lora", "face1", "lora-face1"), ("dreambooth", "face1", "db-face1")])
+    cem = pd.DataFrame(np.zeros((2, 200)), index=index, columns=columns)
+    ax = cem_heatmap(cem, "image_drift", {f"p{i:03d}": f"prompt number {i}" for i in range(200)}).axes[0]
+    assert ax.get_xlabel() == "prompts (abstractness / domain)"
+    assert sorted(set(tick_texts(ax))) == ["concrete / d0", "concrete / d1", "concrete / d2", "concrete / d3"]
+    assert ax.child_axes == []
+
+
+def test_prompt_label_cuts_at_28_characters_with_an_ellipsis():
+    assert prompt_label("a photo of a cat") == "a photo of a cat"
+    assert prompt_label("  a   photo\nof a cat ") == "a photo of a cat"
+    cut = prompt_label("an abstract composition of harmony and freedom")
+    assert cut == "an abstract composition of\u2026" and len(cut) <= 28
+    assert prompt_label("x" * 28) == "x" * 28 and prompt_label("x" * 29) == "x" * 27 + "\u2026"
 
 
 def test_a_signed_metric_is_drawn_on_a_diverging_scale_centred_at_zero_with_its_unit():
@@ -93,17 +130,38 @@ def test_method_disruption_bootstraps_without_summary():
         method_disruption(table.drop(columns="method"), "drop")
 
 
-def test_abstractness_figure_annotates_tests(results):
+def test_abstractness_figure_annotates_tests_with_the_holm_p_of_the_table(results):
     section = results.section("abstractness", METRIC)
     kruskal = find_test(section, "kruskal")
+    anova = find_test(section, "prompt_permutation_anova")
     pairwise = find_records(section, ["class_a", "class_b", "p_holm"])
-    fig = abstractness_disruption(per_pair_disruption(results, METRIC), METRIC, kruskal, pairwise)
+    fig = abstractness_disruption(per_pair_disruption(results, METRIC), METRIC, kruskal, pairwise, anova=anova)
     ax = fig.axes[0]
-    assert "Kruskal-Wallis H = " in ax.get_title(loc="left")
-    assert f"p = {kruskal['p']:.3g}" in ax.get_title(loc="left")
+    title = ax.get_title(loc="left")
+    assert "Kruskal-Wallis H = " in title and f"p = {kruskal['p']:.3g}" in title
+    # the p the table bolds by (Holm over the question's tests and metrics) is shown beside each raw p
+    for test in (kruskal, anova):
+        adjusted = test["extra"]["p_holm_question"]
+        assert adjusted >= test["p"]
+        assert f"Holm over the question {format_p(adjusted)}" in title
+    assert "permutation ANOVA F = " in title
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["concrete", "abstract", "compositional"]
-    holm_labels = [t.get_text() for t in ax.texts if t.get_text().startswith("Holm p")]
+    holm_labels = [t.get_text() for t in ax.texts if t.get_text().startswith("pair Holm p")]
     assert len(holm_labels) == len(pairwise) == 3
+
+
+def test_abstractness_figure_calls_significant_only_what_survives_holm():
+    table = pd.DataFrame({"prompt_id": list("abcd"), "abstractness": ["concrete", "abstract"] * 2, "m": [1.0, 2, 1, 2]})
+    raw_only = {"test": "kruskal", "statistic": 4.0, "p": 0.01, "effect_size": 0.5, "n": 4, "extra": {}}
+    survives = {**raw_only, "extra": {"p_holm_question": 0.04}}
+    fails = {**raw_only, "extra": {"p_holm_question": 0.2}}
+    titles = [
+        abstractness_disruption(table, "m", kruskal=t).axes[0].get_title(loc="left")
+        for t in (raw_only, survives, fails)
+    ]
+    assert "Holm over the question n/a" in titles[0] and "significant" not in titles[0]
+    assert "Holm over the question 0.04: significant" in titles[1]
+    assert "Holm over the question 0.2" in titles[2] and "significant" not in titles[2]
 
 
 def test_abstractness_figure_says_when_no_test():
@@ -141,16 +199,22 @@ def test_attention_shift_per_layer(results):
     assert all(int(np.argmax(line.get_ydata())) == 3 for line in ax.get_lines())
 
 
-def test_layer_correlation_marks_fdr_significant_layers(results):
-    table = find_records(results.section("layer_linking", METRIC), ["layer", "rho", "q_bh_perm"])
-    table.loc[0, "q_bh_perm"] = 0.2  # force one non-significant layer
-    table.loc[1, "q_bh_asymptotic"] = 0.2  # the asymptotic q marks nothing
+def test_layer_correlation_marks_only_layers_that_survive_holm(results):
+    table = find_records(results.section("layer_linking", METRIC), ["layer", "rho", "p_perm"])
+    assert (table["p_holm_question"] >= table["p_perm"]).all()
+    table["p_holm_question"] = [0.001, 0.2, 0.049, 0.06, 0.5]
+    table["q_bh_perm"] = 0.001  # BH q marks nothing any more: every layer would pass it
     fig = layer_correlation(table, results.tables["layers"], METRIC)
     ax = fig.axes[0]
     stars = [t for t in ax.texts if t.get_text() == "*"]
-    assert len(stars) == int((table["q_bh_perm"] < 0.05).sum()) == len(table) - 1
+    assert len(stars) == 2
+    assert sorted(round(t.get_position()[0]) for t in stars) == [0, 2]  # layers.csv order is the fixture's order
     assert ax.get_ylabel() == "Spearman rho"
-    assert "permutation BH q < 0.05" in [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "Holm-adjusted p < 0.05" in legend
+    older = layer_correlation(table.drop(columns="p_holm_question"), results.tables["layers"], METRIC).axes[0]
+    assert [t for t in older.texts if t.get_text() == "*"] == []
+    assert "no Holm p in the summary: none marked" in [t.get_text() for t in older.get_legend().get_texts()]
 
 
 def test_weight_delta_per_layer(results):

@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 
 from hostile_strings import HOSTILE
 
+from cemaps.report.disruption_figures import prompt_label
 from cemaps.report.html import CSP
 from cemaps.report.html_cem import TOOLTIP_SCRIPT
 from cemaps.report.safe_html import script_hash
@@ -60,6 +61,8 @@ def test_hostile_strings_are_text_never_markup(hostile_report_path, hostile_resu
     text = "".join(page.text)
     for shown in (HOSTILE["alignment_drop"], HOSTILE["dreambooth-alice"], HOSTILE["animals"]):
         assert shown in text  # shown to the reader, literally
+    # the CEM labels a prompt by its text, cut to 28 characters: the hostile text is a label, literally
+    assert prompt_label(HOSTILE["a photo of a robot"]) in text
 
 
 def test_the_policy_allows_only_the_page_script(hostile_report_path):

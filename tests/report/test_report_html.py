@@ -147,6 +147,59 @@ def test_cem_svg_escapes_text_and_handles_missing_values():
     assert "</script><script>" not in json_script("cem-m", data)
 
 
+def test_cem_svg_labels_each_prompt_by_its_text_where_it_fits():
+    import pandas as pd
+
+    from cemaps.report.disruption_figures import prompt_label
+
+    long = "an abstract composition of harmony & <freedom> at dawn"
+    cem = pd.DataFrame(
+        [[0.1, 0.2, 0.3]],
+        index=pd.MultiIndex.from_tuples([("lora", "face1", "m")]),
+        columns=pd.MultiIndex.from_tuples([("abstract", "x", "p0"), ("abstract", "x", "p1"), ("concrete", "y", "p2")]),
+    )
+    svg, _ = cem_svg(cem, "image_drift", "cem-i", {"p0": long, "p1": "a photo of a cat"})
+    parser = SvgText()
+    parser.feed(svg)
+    assert parser.prompt_labels == [prompt_label(long), "a photo of a cat", "p2"]  # no text: the id
+    assert prompt_label(long) == "an abstract composition of\u2026"
+    assert "&lt;freedom&gt;" in svg and "<freedom>" not in svg  # the whole text, escaped, as the label's title
+    assert parser.titles[-3:] == [long, "a photo of a cat", "p2"]
+    many = pd.DataFrame(
+        [[0.0] * 200],
+        index=cem.index,
+        columns=pd.MultiIndex.from_tuples([("concrete", "y", f"p{i:03d}") for i in range(200)]),
+    )
+    svg, _ = cem_svg(many, "image_drift", "cem-i", {f"p{i:03d}": f"prompt {i}" for i in range(200)})
+    assert 'class="label prompt"' not in svg  # 4.5 px columns: the groups only, the text in the tooltip
+
+
+class SvgText(HTMLParser):
+    """The text of every prompt label and every title of an SVG fragment."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.prompt_labels: list[str] = []
+        self.titles: list[str] = []
+        self._into: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "text" and dict(attrs).get("class") == "label prompt":
+            self._into = self.prompt_labels
+            self._into.append("")
+        elif tag == "title":
+            self._into = self.titles
+            self._into.append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("text", "title"):
+            self._into = None
+
+    def handle_data(self, data):
+        if self._into is not None:
+            self._into[-1] += data
+
+
 def test_cem_svg_of_a_signed_metric_is_centred_at_zero_with_its_unit():
     import pandas as pd
     from matplotlib import colormaps

@@ -23,10 +23,16 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
+from cemaps.analysis.stats.common import P_HOLM_QUESTION
 from cemaps.errors import ConfigError
 from cemaps.report import style
 from cemaps.report.results import require_table
 
+ALPHA = 0.05  # what the report calls significant, after Holm over the question
+PROMPT_LABEL_CHARS = 28  # issue 25: a prompt's text, cut with an ellipsis, where one label per prompt fits
+PROMPT_LABEL_PT = 10.0  # axis points per column that one rotated label at the tick size needs
+PROMPT_LABEL_IN = 1.7  # extra figure height for the rotated text labels (28 characters at 8 pt)
+CEM_MARGIN_IN = 2.6  # figure width the model labels and the colour bar take
 CEM_ROW_LEVELS = ("method", "subject_id", "model_id")
 CEM_COLUMN_LEVELS = ("abstractness", "domain", "prompt_id")
 
@@ -56,13 +62,39 @@ METRIC_UNITS = {
 }
 
 
-def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
+def prompt_label(text: str, limit: int = PROMPT_LABEL_CHARS) -> str:
+    """A prompt's text as an axis label: whitespace collapsed, cut to ``limit`` characters with an ellipsis.
+
+    Example: ``prompt_label("a watercolor painting of a lighthouse at dawn")`` is
+    ``'a watercolor painting of a…'`` (27 characters and the ellipsis). The text is not escaped here:
+    SVG callers escape it, matplotlib callers pass it through :func:`mathtext_safe`.
+    """
+    words = " ".join(str(text).split())
+    return words if len(words) <= limit else words[: limit - 1].rstrip() + "\u2026"
+
+
+def mathtext_safe(text: str) -> str:
+    """``text`` for a matplotlib label: '$' escaped, so a prompt like 'a $5 bill' is not parsed as math."""
+    return text.replace("$", r"\$")
+
+
+def cem_heatmap(cem: pd.DataFrame, metric: str, prompt_texts: Mapping[str, str] | None = None) -> Figure:
     """Concept Entanglement Map: models (grouped by method, subject) x prompts (grouped by abstractness, domain).
+
+    When one label per prompt fits (``PROMPT_LABEL_PT`` points of axis per column), each column is
+    labelled by its prompt's text (:func:`prompt_label`: at most 28 characters, else cut with an
+    ellipsis; the prompt id where ``prompt_texts`` has none), the abstractness classes are named above
+    the map and the domains are marked by thin lines; otherwise (e.g. 200 prompts) the bottom axis
+    labels the (abstractness / domain) groups only.
 
     Args:
         cem: [n_models x n_prompts] with a 3-level index (method, subject_id, model_id) and
             3-level columns (abstractness, domain, prompt_id), as in ``cem_<metric>.csv``.
         metric: the metric name, for the colour bar.
+        prompt_texts: prompt_id -> text (``prompts.csv``); None labels groups only.
+
+    Raises:
+        ConfigError: ``cem`` does not have 3-level rows and columns, or is empty.
     """
     if cem.index.nlevels != 3 or cem.columns.nlevels != 3:
         raise ConfigError(
@@ -73,7 +105,10 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
         raise ConfigError(f"cem for {metric!r}: no models or no prompts")
     cem = cem.sort_index(axis=0).sort_index(axis=1)
     n_models, n_prompts = cem.shape
-    fig = style.new_figure(min(16.0, 6.0 + 0.06 * n_prompts), min(12.0, 2.5 + 0.22 * n_models))
+    width = min(16.0, 6.0 + 0.06 * n_prompts)
+    # the heat map gets about the figure's width less the model labels and the colour bar
+    by_text = prompt_texts is not None and (width - CEM_MARGIN_IN) * 72.0 / n_prompts >= PROMPT_LABEL_PT
+    fig = style.new_figure(width, min(12.0, 2.5 + 0.22 * n_models) + (PROMPT_LABEL_IN if by_text else 0.0))
     ax = fig.add_subplot()
     values = cem.to_numpy(dtype=np.float64)
     finite = values[np.isfinite(values)]
@@ -91,7 +126,12 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
     )
     colourbar = fig.colorbar(image, ax=ax, shrink=0.8, pad=0.01)
     colourbar.set_label(METRIC_UNITS.get(metric, metric), fontsize=style.TEXT_SIZE)
-    style.style_axes(ax, f"CEM: {metric}", "prompts (abstractness / domain)", "models (method / subject)")
+    x_title = (
+        "prompts (text), by abstractness (above) and domain (thin lines)"
+        if by_text
+        else "prompts (abstractness / domain)"
+    )
+    style.style_axes(ax, f"CEM: {metric}", x_title, "models (method / subject)")
     ax.grid(False)
     row_groups = list(zip(cem.index.get_level_values(0), cem.index.get_level_values(1), strict=True))
     col_groups = list(zip(cem.columns.get_level_values(0), cem.columns.get_level_values(1), strict=True))
@@ -106,15 +146,30 @@ def cem_heatmap(cem: pd.DataFrame, metric: str) -> Figure:
     ax.set_yticks(
         [(a + b - 1) / 2 for _, a, b in rows], [f"{m} / {s}" for (m, s), _, _ in rows], fontsize=style.TEXT_SIZE - 1
     )
-    cols = group_spans(col_groups)
-    ax.set_xticks(
-        [(a + b - 1) / 2 for _, a, b in cols],
-        [f"{a} / {d}" for (a, d), _, _ in cols],
-        rotation=45,
-        ha="right",
+    ax.tick_params(length=0)
+    if not by_text:
+        cols = group_spans(col_groups)
+        ax.set_xticks(
+            [(a + b - 1) / 2 for _, a, b in cols],
+            [mathtext_safe(f"{a} / {d}") for (a, d), _, _ in cols],
+            rotation=45,
+            ha="right",
+            fontsize=style.TEXT_SIZE - 1,
+        )
+        return fig
+    texts = {str(k): str(v) for k, v in (prompt_texts or {}).items()}
+    labels = [prompt_label(texts.get(str(p)) or str(p)) for p in cem.columns.get_level_values(2)]
+    ax.set_xticks(range(n_prompts), [mathtext_safe(t) for t in labels], rotation=90, fontsize=style.TEXT_SIZE - 1)
+    # above the map the abstractness classes (heavy lines); a domain group is often one or two prompts wide,
+    # too narrow for its name: the thin lines mark the domains and the HTML map's tooltip names them
+    classes = group_spans(list(cem.columns.get_level_values(0)))
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(
+        [(a + b - 1) / 2 for _, a, b in classes],
+        [mathtext_safe(str(c)) for c, _, _ in classes],
         fontsize=style.TEXT_SIZE - 1,
     )
-    ax.tick_params(length=0)
+    top.tick_params(length=0)
     return fig
 
 
@@ -176,15 +231,42 @@ def method_disruption(
     return fig
 
 
-def _annotation(kruskal: Mapping[str, Any] | None) -> str:
-    if not kruskal or kruskal.get("p") is None:
-        reason = (kruskal or {}).get("extra", {}).get("reason", "no test result")
-        return f"Kruskal-Wallis: not computed\n({reason})"
-    return (
-        f"Kruskal-Wallis H = {kruskal['statistic']:.3g}, p = {format_p(kruskal['p'])}\n"
-        f"{kruskal.get('effect_size_name', 'effect')} = {kruskal.get('effect_size', float('nan')):.3g}, "
-        f"n = {kruskal.get('n')} prompts"
-    )
+def holm_p(test: Mapping[str, Any] | None) -> float | None:
+    """The test's p Holm-adjusted over its question (``extra.p_holm_question``, set by ``run_statistics``), or None.
+
+    It is the p the report's tables and findings judge by (``cemaps.analysis.stats.common.P_HOLM_QUESTION``).
+    """
+    adjusted = ((test or {}).get("extra") or {}).get(P_HOLM_QUESTION)
+    return float(adjusted) if isinstance(adjusted, (int, float)) and not isinstance(adjusted, bool) else None
+
+
+def _test_lines(name: str, symbol: str, test: Mapping[str, Any] | None, detail: str = "") -> list[str]:
+    """Two lines: the statistic (and ``detail``), then p beside its Holm adjustment over the question."""
+    if not test or test.get("p") is None:
+        reason = ((test or {}).get("extra") or {}).get("reason", "no test result")
+        return [f"{name}: not computed", f"({reason})"]
+    adjusted = holm_p(test)
+    survives = adjusted is not None and adjusted < ALPHA
+    return [
+        f"{name} {symbol} = {test['statistic']:.3g}{detail}",
+        f"    p = {format_p(test['p'])}, Holm over the question {format_p(adjusted)}"
+        f"{': significant' if survives else ''}",
+    ]
+
+
+def _annotation(kruskal: Mapping[str, Any] | None, anova: Mapping[str, Any] | None = None) -> str:
+    detail = ""
+    if kruskal and kruskal.get("p") is not None:
+        detail = (
+            f", {kruskal.get('effect_size_name', 'effect')} = {kruskal.get('effect_size', float('nan')):.3g}, "
+            f"n = {kruskal.get('n')} prompts"
+        )
+    lines = _test_lines("Kruskal-Wallis", "H", kruskal, detail)
+    if anova is not None:
+        size = anova.get("effect_size")
+        effect = f", {anova.get('effect_size_name', 'effect')} = {size:.3g}" if isinstance(size, (int, float)) else ""
+        lines += _test_lines("permutation ANOVA", "F", anova, effect)
+    return "\n".join(lines)
 
 
 def abstractness_disruption(
@@ -192,14 +274,21 @@ def abstractness_disruption(
     metric: str,
     kruskal: Mapping[str, Any] | None = None,
     pairwise_tests: pd.DataFrame | None = None,
+    anova: Mapping[str, Any] | None = None,
 ) -> Figure:
     """Disruption per abstractness class (one value per prompt, averaged over models), with the tests.
+
+    Each test under the title shows its p and its p Holm-adjusted over the question's tests and
+    metrics (``extra.p_holm_question``), the one the report's table bolds by and its findings judge
+    by; "significant" only where that survives 0.05 (issue 21: one rule everywhere a p is shown).
 
     Args:
         disruption: rows with prompt_id, abstractness and ``metric``.
         metric: column to plot.
         kruskal: the summary's Kruskal-Wallis result (test dict), shown under the title.
-        pairwise_tests: records class_a, class_b, p_holm; drawn as brackets with the Holm p.
+        pairwise_tests: records class_a, class_b, p_holm; drawn as brackets with their p Holm-adjusted over
+            class pairs (follow-ups, labelled ``pair Holm p``: no claim rests on them).
+        anova: the summary's permutation ANOVA result (test dict), shown under the Kruskal-Wallis line.
     """
     require_table(disruption, ["prompt_id", "abstractness", metric], "disruption")
     per_prompt = disruption.groupby("prompt_id", sort=True).agg(
@@ -210,7 +299,7 @@ def abstractness_disruption(
         classes.remove("concrete")
         classes.insert(0, "concrete")
     groups = [per_prompt.loc[per_prompt["abstractness"].astype(str) == c, "value"].to_numpy() for c in classes]
-    fig = style.new_figure(max(4.8, 1.8 + 1.2 * len(classes)), 4.4)
+    fig = style.new_figure(max(5.4, 1.8 + 1.2 * len(classes)), 5.0)
     ax = fig.add_subplot()
     box = ax.boxplot(
         groups,
@@ -229,7 +318,7 @@ def abstractness_disruption(
     ax.set_xticks(range(len(classes)), [f"{c}\n(n={g.size})" for c, g in zip(classes, groups, strict=True)])
     style.style_axes(
         ax,
-        f"Disruption by abstractness (per prompt)\n{_annotation(kruskal)}",
+        f"Disruption by abstractness (per prompt)\n{_annotation(kruskal, anova)}",
         "abstractness class",
         f"{metric} (mean over models)",
     )
@@ -250,7 +339,12 @@ def abstractness_disruption(
                 linewidth=0.8,
             )
             ax.text(
-                (a + b) / 2, y, f"Holm p {format_p(row.p_holm)}", ha="center", va="bottom", fontsize=style.TEXT_SIZE - 2
+                (a + b) / 2,
+                y,
+                f"pair Holm p {format_p(row.p_holm)}",
+                ha="center",
+                va="bottom",
+                fontsize=style.TEXT_SIZE - 2,
             )
             level += 1
         ax.set_ylim(top=top + span * (0.15 + 0.09 * level))

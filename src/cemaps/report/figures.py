@@ -24,7 +24,14 @@ from cemaps.report.dendrograms import cluster_dendrograms
 from cemaps.report.disruption_figures import abstractness_disruption, cem_heatmap, method_disruption, similarity_scatter
 from cemaps.report.layer_figures import attention_shift_per_layer, layer_correlation, weight_delta_per_layer
 from cemaps.report.overlays import attention_overlay, choose_overlay
-from cemaps.report.results import Results, find_records, find_test, load_results, per_pair_disruption
+from cemaps.report.results import (
+    Results,
+    find_records,
+    find_test,
+    load_results,
+    per_pair_disruption,
+    prompt_texts,
+)
 from cemaps.report.safe_html import slug
 
 log = logging.getLogger(__name__)
@@ -76,9 +83,9 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
             (
                 f"cem_{metric}",
                 "methods",
-                f"Concept Entanglement Map of {metric}: models grouped by method and "
-                "subject, prompts grouped by abstractness and domain.",
-                lambda m=metric: cem_heatmap(_need(results.cems.get(m), f"cem_{m}.csv"), m),
+                f"Concept Entanglement Map of {metric}: models grouped by method and subject, prompts grouped by "
+                "abstractness and domain, each prompt labelled by its text (first 28 characters) where the labels fit.",
+                lambda m=metric: cem_heatmap(_need(results.cems.get(m), f"cem_{m}.csv"), m, prompt_texts(results)),
             ),
             (
                 f"methods_{metric}",
@@ -93,19 +100,23 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
             (
                 f"abstractness_{metric}",
                 "abstractness",
-                f"{metric} per abstractness class (one point per prompt), "
-                "with the Kruskal-Wallis test and Holm-corrected pairwise Mann-Whitney p-values.",
+                f"{metric} per abstractness class (one point per prompt), with the Kruskal-Wallis test and the "
+                "permutation ANOVA: each p beside its Holm adjustment over the question's tests and metrics, the p "
+                "the table bolds by. Brackets: pairwise Mann-Whitney p Holm-adjusted over class pairs only "
+                "(follow-ups; no finding rests on them).",
                 lambda m=metric, p=pairs, s=abstractness: abstractness_disruption(
                     _need(p, "disruption.csv / disruption_by_prompt.csv"),
                     m,
                     kruskal=find_test(s, "kruskal"),
                     pairwise_tests=find_records(s, ["class_a", "class_b", "p_holm"]),
+                    anova=find_test(s, "prompt_permutation_anova"),
                 ),
             ),
             (
                 f"similarity_{metric}",
                 "semantic_proximity",
-                f"Text similarity of prompt and subject against {metric}, per method.",
+                f"Text similarity of prompt and subject against {metric}, per method. Each panel's Spearman rho is "
+                "on raw values and describes the panel only; the test (table above) uses prompt-centred values.",
                 lambda m=metric, p=pairs: similarity_scatter(
                     _need(tables.get("similarity"), "similarity.csv"), _need(p, "disruption.csv"), m
                 ),
@@ -113,10 +124,11 @@ def _figure_plan(results: Results) -> list[tuple[str, str, str, Callable[[], Fig
             (
                 f"layer_rho_{metric}",
                 "layer_linking",
-                f"Per-layer Spearman rho between attention shift and {metric}; "
-                "* marks Benjamini-Hochberg q < 0.05 from the prompt-permutation p-values (q_bh_perm).",
+                f"Per-layer Spearman rho between attention shift and {metric} (structural-zero pairs left out); "
+                "* marks a layer whose prompt-permutation p survives Holm's correction over every layer and metric "
+                "of this question (p_holm_question < 0.05), the rule of the table and the findings.",
                 lambda m=metric, s=layer_linking: layer_correlation(
-                    _need(find_records(s, ["layer", "rho", "q_bh_perm"]), "summary layer_linking layers table"),
+                    _need(find_records(s, ["layer", "rho", "p_perm"]), "summary layer_linking layers table"),
                     tables.get("layers"),
                     m,
                 ),

@@ -28,7 +28,7 @@ from cemaps.report.figures import RenderedFigure, render_figures
 from cemaps.report.html_cem import TOOLTIP_SCRIPT, cem_svg, json_script
 from cemaps.report.html_tables import records_html, summary_html
 from cemaps.report.in_context import in_context_section
-from cemaps.report.results import QUESTIONS, Results, load_results, mentions
+from cemaps.report.results import QUESTIONS, Results, load_results, mentions, prompt_texts
 from cemaps.report.safe_html import href, script_hash, slug
 from cemaps.report.sections import report_sections
 
@@ -113,10 +113,7 @@ def figure_html(figure: RenderedFigure) -> str:
 
 
 def interactive_cems(results: Results) -> str:
-    prompts = results.tables.get("prompts")
-    texts = {}
-    if prompts is not None and {"prompt_id", "text"} <= set(prompts.columns):
-        texts = dict(zip(prompts["prompt_id"].astype(str), prompts["text"].fillna("").astype(str), strict=True))
+    texts = prompt_texts(results)
     parts = []
     for metric in results.metrics:
         cem = results.cems.get(metric)

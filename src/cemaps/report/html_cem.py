@@ -1,6 +1,7 @@
 """The interactive Concept Entanglement Map: an inline SVG heat map with a hover tooltip (vanilla JS, inline).
 
-Each cell is an SVG ``rect`` with its row and column index; the labels (model,
+Each cell is an SVG ``rect`` with its row and column index; columns are labelled by the
+prompts' text where it fits (issue 25), groups by abstractness / domain above; the labels (model,
 method, subject, prompt id, prompt text, abstractness, domain) and values sit
 once in a JSON block, and one script shows them in a tooltip under the pointer.
 Nothing is fetched.
@@ -27,12 +28,15 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.colors import Normalize, to_hex
 
-from cemaps.report.disruption_figures import METRIC_UNITS, group_spans
+from cemaps.report.disruption_figures import METRIC_UNITS, group_spans, prompt_label
 from cemaps.report.safe_html import slug
 from cemaps.report.style import DIVERGING_CMAP, SEQUENTIAL_CMAP
 
 LEFT, TOP, RIGHT, BOTTOM = 190, 70, 150, 60
 MISSING_FILL = "#E8E8E8"
+PROMPT_LABEL_PX = 13.0  # column width (px) that one rotated 11 px label needs; narrower columns: groups only
+CHAR_PX = 6.5  # mean advance of an 11 px system-ui character, for the room under the map
+LABEL_GAP = 6.0
 
 TOOLTIP_SCRIPT = """
 (function () {
@@ -82,7 +86,10 @@ def cem_svg(cem: pd.DataFrame, metric: str, element_id: str, prompt_texts: Mappi
         metric: the metric's name.
         element_id: id of the ``<script type="application/json">`` holding the data; also the prefix of
             the legend's gradient id, so it must be a safe slug (``safe_html.slug``).
-        prompt_texts: prompt_id -> text (from ``prompts.csv``); absent texts show as ''.
+        prompt_texts: prompt_id -> text (from ``prompts.csv``); absent texts show as '' in the tooltip.
+            Where a column is at least ``PROMPT_LABEL_PX`` wide, each prompt is labelled under the map by
+            its text (``prompt_label``: 28 characters, then an ellipsis; its id when it has no text), with
+            the whole text as the label's SVG title; narrower columns keep the group labels only.
 
     Returns:
         (svg markup, data) with data = {metric, models, prompts, values [n_models][n_prompts]}.
@@ -131,9 +138,24 @@ def cem_svg(cem: pd.DataFrame, metric: str, element_id: str, prompt_texts: Mappi
             f'<line class="sep" x1="{LEFT + start * width:.2f}" x2="{LEFT + start * width:.2f}" y1="{TOP - 4}"'
             f' y2="{TOP + n_models * height:.2f}"/>'
         )
+    prompt_labels = []
+    label_space = 0.0
+    if width >= PROMPT_LABEL_PX:  # one label per prompt fits: its text, read downwards under its column
+        texts = [prompt_label(prompt_texts.get(str(p)) or str(p)) for p in cem.columns.get_level_values(2)]
+        label_space = LABEL_GAP + CHAR_PX * max(len(t) for t in texts)
+        y = TOP + n_models * height + LABEL_GAP
+        for j, (text, full) in enumerate(zip(texts, cem.columns.get_level_values(2), strict=True)):
+            x = LEFT + (j + 0.5) * width
+            title = prompt_texts.get(str(full)) or str(full)
+            # the whole text as the group's title (the browser's own tooltip), outside the label's text
+            prompt_labels.append(
+                f"<g><title>{escape(title)}</title>"
+                f'<text class="label prompt" data-j="{j}" x="{x:.1f}" y="{y:.1f}" dominant-baseline="middle" '
+                f'transform="rotate(90 {x:.1f} {y:.1f})">{escape(text)}</text></g>'
+            )
     total_w = LEFT + n_prompts * width + RIGHT
-    total_h = TOP + n_models * height + BOTTOM
-    legend_y = TOP + n_models * height + 20
+    total_h = TOP + n_models * height + label_space + BOTTOM
+    legend_y = TOP + n_models * height + label_space + 20
     stops = "".join(f'<stop offset="{t:.2f}" stop-color="{to_hex(cmap(t))}"/>' for t in np.linspace(0, 1, 11))
     legend = (
         f'<defs><linearGradient id="{element_id}-gradient">{stops}</linearGradient></defs>'
@@ -145,7 +167,7 @@ def cem_svg(cem: pd.DataFrame, metric: str, element_id: str, prompt_texts: Mappi
     svg = (
         f'<svg class="cem" data-source="{escape(element_id)}" role="img" viewBox="0 0 {total_w:.0f} {total_h:.0f}" '
         f'width="{total_w:.0f}" height="{total_h:.0f}"><title>Concept Entanglement Map: {escape(metric)}</title>'
-        f"{''.join(cells)}{''.join(labels)}{legend}</svg>"
+        f"{''.join(cells)}{''.join(labels)}{''.join(prompt_labels)}{legend}</svg>"
     )
     models = [dict(method=str(m), subject_id=str(s), model_id=str(i)) for m, s, i in cem.index]
     prompts = [

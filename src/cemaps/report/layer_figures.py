@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy import stats
 
+from cemaps.analysis.stats.common import P_HOLM_QUESTION
 from cemaps.errors import ConfigError
 from cemaps.labelled import TRANSFORMER_BLOCK_DEPTH, transformer_depth
 from cemaps.report import style
@@ -33,7 +34,7 @@ X_LABEL = "layer (UNet order: down -> mid -> up)"
 X_LABEL_DEPTH = "layer (transformer depth order)"
 _BLOCK_OF_PREFIX = {"down_blocks": "down", "mid_block": "mid", "up_blocks": "up"}
 _BLOCK_RANK = {"down": 0, "mid": 1, "up": 2, "other": 3}
-SIGNIFICANCE_Q = 0.05
+SIGNIFICANCE_P = 0.05  # on p_holm_question, the p the report's table and findings judge by
 
 
 def block_of(path: str) -> str:
@@ -135,27 +136,35 @@ def attention_shift_per_layer(shift: pd.DataFrame, layers: pd.DataFrame | None =
 
 
 def layer_correlation(correlations: pd.DataFrame, layers: pd.DataFrame | None = None, metric: str = "") -> Figure:
-    """Per-layer Spearman rho between attention shift and disruption; '*' marks BH q_bh_perm < 0.05.
+    """Per-layer Spearman rho between attention shift and disruption; '*' marks the layers whose p survives Holm.
 
-    The mark uses the prompt-permutation q-values (``q_bh_perm``), whose null rate is
-    measured under shared prompt effects; the asymptotic q-values over-reject there.
+    The mark follows the report's rule for every question (issue 21, item 5): a layer's
+    prompt-permutation p (``p_perm``, null rate measured under shared prompt effects), Holm-adjusted
+    over every layer and metric of the layer question (``p_holm_question``, set by ``run_statistics``),
+    below 0.05. Benjamini-Hochberg q-values stay in the table but mark nothing. A summary without
+    ``p_holm_question`` (written before it existed) marks nothing, and the legend says so.
 
     Args:
-        correlations: records layer, rho, q_bh_perm (the summary's layer-linking table).
+        correlations: records layer, rho and, when computed, p_holm_question (the summary's layer-linking table).
         layers: optional ``layers.csv`` for order and tick labels.
         metric: the disruption metric, for the axis label.
     """
-    require_table(correlations, ["layer", "rho", "q_bh_perm"], "layer correlations")
+    require_table(correlations, ["layer", "rho"], "layer correlations")
     table = correlations.assign(layer=correlations["layer"].astype(str)).drop_duplicates("layer").set_index("layer")
     ordered, labels = layer_axis(table.index, layers)
     table = table.loc[ordered]
     rho = pd.to_numeric(table["rho"], errors="coerce").to_numpy(np.float64)
-    q = pd.to_numeric(table["q_bh_perm"], errors="coerce").to_numpy(np.float64)
+    adjusted = table.get(P_HOLM_QUESTION)
+    holm = (
+        pd.to_numeric(adjusted, errors="coerce").to_numpy(np.float64)
+        if adjusted is not None
+        else np.full(len(ordered), np.nan)
+    )
     fig = style.new_figure(max(5.0, 1.5 + 0.32 * len(ordered)), 3.8)
     ax = fig.add_subplot()
     colours = [style.BLOCK_COLOURS.get(block_of(n), style.BLOCK_COLOURS["other"]) for n in ordered]
     ax.bar(range(len(ordered)), np.nan_to_num(rho), color=colours)
-    significant = np.isfinite(q) & (q < SIGNIFICANCE_Q)
+    significant = np.isfinite(holm) & (holm < SIGNIFICANCE_P)
     for x in np.flatnonzero(significant):
         y = rho[x]
         ax.text(
@@ -188,7 +197,11 @@ def layer_correlation(correlations: pd.DataFrame, layers: pd.DataFrame | None = 
             marker="$*$",
             color="black",
             markersize=8,
-            label=f"permutation BH q < {SIGNIFICANCE_Q}",
+            label=(
+                f"Holm-adjusted p < {SIGNIFICANCE_P}"
+                if adjusted is not None
+                else "no Holm p in the summary: none marked"
+            ),
         )
     )
     ax.legend(handles=handles, fontsize=style.TEXT_SIZE - 1, frameon=False, ncols=len(handles))

@@ -230,6 +230,14 @@ def find_records(obj: Any, columns: Sequence[str]) -> pd.DataFrame | None:
     return None
 
 
+def prompt_texts(results: Results) -> dict[str, str]:
+    """prompt_id -> text from ``prompts.csv`` ({} without it); a missing text is ''."""
+    prompts = results.tables.get("prompts")
+    if prompts is None or not {"prompt_id", "text"} <= set(prompts.columns):
+        return {}
+    return dict(zip(prompts["prompt_id"].astype(str), prompts["text"].fillna("").astype(str), strict=True))
+
+
 def per_pair_disruption(results: Results, metric: str) -> pd.DataFrame | None:
     """One row per (model_id, prompt_id) with its labels and ``metric`` averaged over seeds, or None.
 

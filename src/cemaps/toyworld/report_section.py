@@ -123,6 +123,7 @@ def toy_world_section(results: Results) -> str:
     parts = [f'<section id="{SECTION_ID}"><h2>{escape(TITLE)}</h2>']
     if localisation is not None and not localisation.empty:
         layer, miou, _, _ = best_layer(localisation)
+        n_layers = localisation.loc[localisation["layer"] != ALL_LAYERS, "layer"].nunique()
         counts = localisation.iloc[0]
         caption = (
             f"Cross-attention maps of the colour and shape words as segmentations (DAAM [Tang et al. 2023]: bilinear "
@@ -130,7 +131,8 @@ def toy_world_section(results: Results) -> str:
             f"max-normalised, threshold {DAAM_THRESHOLD}), against the mask of the asked-colour object that the pixel "
             f"judge found in the base model's image, for the single-object concrete prompts; mIoU over "
             f"{int(counts['images'])} images ({int(counts['images_without_object'])} more had no object of the asked "
-            f"colour and are not scored). Best layer: {layer} (mIoU {miou:.2f}, mean of the two words). "
+            f"colour and are not scored). Highest of {n_layers} layers: {layer} (mIoU {miou:.2f}, "
+            "mean of the two words; the best of many layers over few images is a pick, not a finding). "
             f"'{ALL_LAYERS}' averages the upsampled maps first. (toyworld_localisation.csv)"
         )
         fig = localisation_figure(localisation, results.tables.get("layers"))

@@ -2,8 +2,9 @@
 
 One module per question: ``methods`` (which method disrupts most), ``abstractness``
 (are abstract prompts more fragile), ``semantic`` (does disruption follow semantic
-proximity), ``layers`` (which layers' attention shift links to disruption),
+proximity; its text-similarity test in ``similarity``), ``layers`` (which layers' attention shift links to disruption),
 ``clustering`` (prompt and model clusters); ``common`` holds the shared test machinery;
-``power`` the minimum detectable effects; ``run`` (``run_statistics``) runs them all on one table
+``power`` the minimum detectable effects, simulated on the study's ``design``
+(layout and variance components); ``run`` (``run_statistics``) runs them all on one table
 and ``findings`` writes what they show as sentences.
 """

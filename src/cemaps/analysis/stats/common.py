@@ -272,3 +272,49 @@ def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise StatsInputError(f"{name}={value!r}: expected one of {list(choices)}")
     return value
+
+
+def inverted_interval(
+    observed: float, null: np.ndarray, signal: float, signal_null: np.ndarray, exact: bool, level: float = 0.95
+) -> tuple[float, float]:
+    """Interval for the planted own-domain effect delta by inverting the arrangement test (Lehmann 1986, 3.5).
+
+    Under an effect delta, every arrangement's statistic is T_b - delta g_b (g_b: what a unit effect adds
+    to arrangement b's statistic, g the observed one's). The interval holds every delta at which
+    neither one-sided test rejects at (1 - level) / 2, so it agrees with the test by construction:
+    with few arrangements it is unbounded (the design cannot bound the effect).
+
+    Args:
+        observed, null: T and [B] T_b. signal, signal_null: g and [B] g_b.
+    """
+    gap, excess = signal - signal_null, observed - null  # T_b(delta) >= T(delta)  <=>  delta * gap >= excess
+    flat = np.isclose(gap, 0.0, atol=1e-12 * max(1.0, abs(signal)))
+    cuts = np.where(flat, np.nan, excess / np.where(flat, 1.0, gap))
+    candidates = np.unique(cuts[np.isfinite(cuts)])
+    if candidates.size == 0:
+        return float("-inf"), float("inf")
+    spread = max(1.0, float(np.ptp(candidates)))
+    points = np.concatenate([[candidates[0] - spread], candidates, [candidates[-1] + spread]])
+    rising, falling = cuts[~flat & (gap > 0)], cuts[~flat & (gap < 0)]
+    rising.sort()
+    falling.sort()
+    # count of T_b(delta) >= T(delta), and of T_b(delta) <= T(delta), at every point
+    at_least = (
+        np.sum(flat & (excess <= 0))
+        + np.searchsorted(rising, points, side="right")
+        + (falling.size - np.searchsorted(falling, points, side="left"))
+    )
+    at_most = (
+        np.sum(flat & (excess >= 0))
+        + (rising.size - np.searchsorted(rising, points, side="left"))
+        + np.searchsorted(falling, points, side="right")
+    )
+    size = null.size
+    to_p = (lambda c: c / size) if exact else (lambda c: (1 + c) / (1 + size))
+    tail = (1 - level) / 2
+    kept = points[(to_p(at_least) > tail) & (to_p(at_most) > tail)]
+    if kept.size == 0:
+        return float("nan"), float("nan")
+    low = float("-inf") if kept[0] == points[0] else float(kept[0])
+    high = float("inf") if kept[-1] == points[-1] else float(kept[-1])
+    return low, high

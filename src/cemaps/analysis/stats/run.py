@@ -44,15 +44,11 @@ from cemaps.analysis.stats.common import (
     to_jsonable,
     without_structural_zeros,
 )
+from cemaps.analysis.stats.design import VarianceComponents, estimate_components, layout_from_table
 from cemaps.analysis.stats.findings import findings
 from cemaps.analysis.stats.layers import link_layers
 from cemaps.analysis.stats.methods import compare_methods
-from cemaps.analysis.stats.power import (
-    VarianceComponents,
-    estimate_components,
-    layout_from_table,
-    minimum_detectable_effects,
-)
+from cemaps.analysis.stats.power import minimum_detectable_effects
 from cemaps.analysis.stats.semantic import semantic_proximity
 from cemaps.errors import CemapsError
 

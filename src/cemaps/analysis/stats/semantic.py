@@ -31,7 +31,8 @@ speaks to.
 
 Optionally, Spearman's rho between text similarity (subject descriptor vs
 prompt) and disruption, both prompt-centred the same way, is tested over all
-(model, prompt) pairs with one prompt permutation shared by every model.
+(model, prompt) pairs with one prompt permutation shared by every model
+(:func:`cemaps.analysis.stats.similarity.similarity_spearman`, importable from here).
 
 Example:
     >>> import pandas as pd
@@ -53,7 +54,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cemaps.analysis.stats.common import (
     NULL_RATE_VALIDATED,
@@ -61,17 +61,29 @@ from cemaps.analysis.stats.common import (
     TestResult,
     check_choice,
     check_positive_int,
+    inverted_interval,
     permutation_p_greater,
-    permutation_p_two_sided,
     require_columns,
     require_constant_within,
     require_numeric,
     to_jsonable,
     without_structural_zeros,
 )
+from cemaps.analysis.stats.similarity import similarity_spearman
+
+# similarity_spearman and inverted_interval were defined here before issue 21's split; they stay importable from here
+__all__ = [
+    "ALTERNATIVES",
+    "domain_differences",
+    "inverted_interval",
+    "prompt_centred",
+    "proximity_permutation",
+    "semantic_proximity",
+    "similarity_spearman",
+    "subject_arrangements",
+]
 
 ALTERNATIVES = ("greater", "two-sided")
-PERMUTATION_BATCH = 500
 
 
 def in_domain_difference(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -100,52 +112,6 @@ def prompt_centred(disruption: pd.DataFrame, value: str) -> tuple[pd.DataFrame, 
     grid = disruption.pivot_table(index="model_id", columns="prompt_id", values=value, aggfunc="mean")
     grid = grid[grid.columns[grid.notna().all(axis=0)]]
     return grid, grid - grid.mean(axis=0)
-
-
-def inverted_interval(
-    observed: float, null: np.ndarray, signal: float, signal_null: np.ndarray, exact: bool, level: float = 0.95
-) -> tuple[float, float]:
-    """Interval for the planted own-domain effect delta by inverting the arrangement test (Lehmann 1986, 3.5).
-
-    Under an effect delta, every arrangement's statistic is T_b - delta g_b (g_b: what a unit effect adds
-    to arrangement b's statistic, g the observed one's). The interval holds every delta at which
-    neither one-sided test rejects at (1 - level) / 2, so it agrees with the test by construction:
-    with few arrangements it is unbounded (the design cannot bound the effect).
-
-    Args:
-        observed, null: T and [B] T_b. signal, signal_null: g and [B] g_b.
-    """
-    gap, excess = signal - signal_null, observed - null  # T_b(delta) >= T(delta)  <=>  delta * gap >= excess
-    flat = np.isclose(gap, 0.0, atol=1e-12 * max(1.0, abs(signal)))
-    cuts = np.where(flat, np.nan, excess / np.where(flat, 1.0, gap))
-    candidates = np.unique(cuts[np.isfinite(cuts)])
-    if candidates.size == 0:
-        return float("-inf"), float("inf")
-    spread = max(1.0, float(np.ptp(candidates)))
-    points = np.concatenate([[candidates[0] - spread], candidates, [candidates[-1] + spread]])
-    rising, falling = cuts[~flat & (gap > 0)], cuts[~flat & (gap < 0)]
-    rising.sort()
-    falling.sort()
-    # count of T_b(delta) >= T(delta), and of T_b(delta) <= T(delta), at every point
-    at_least = (
-        np.sum(flat & (excess <= 0))
-        + np.searchsorted(rising, points, side="right")
-        + (falling.size - np.searchsorted(falling, points, side="left"))
-    )
-    at_most = (
-        np.sum(flat & (excess >= 0))
-        + (rising.size - np.searchsorted(rising, points, side="left"))
-        + np.searchsorted(falling, points, side="right")
-    )
-    size = null.size
-    to_p = (lambda c: c / size) if exact else (lambda c: (1 + c) / (1 + size))
-    tail = (1 - level) / 2
-    kept = points[(to_p(at_least) > tail) & (to_p(at_most) > tail)]
-    if kept.size == 0:
-        return float("nan"), float("nan")
-    low = float("-inf") if kept[0] == points[0] else float(kept[0])
-    high = float("inf") if kept[-1] == points[-1] else float(kept[-1])
-    return low, high
 
 
 READING = (
@@ -292,6 +258,9 @@ def proximity_permutation(
             NULL_RATE_VALIDATED: True,
             "ci_low": low,
             "ci_high": high,
+            # JSON holds an infinite end as null: these say it is unbounded, not missing
+            "ci_low_unbounded": bool(np.isneginf(low)),
+            "ci_high_unbounded": bool(np.isposinf(high)),
             "exact": exact,
             "n_arrangements": int(len(arrangements)),
             "smallest_possible_p": smallest_p,
@@ -319,82 +288,6 @@ def _not_computable(text: str, reason: str) -> TestResult:
         n=0,
         method=text,
         extra={"computable": False, "reason": reason},
-    )
-
-
-def similarity_spearman(
-    pairs: pd.DataFrame, value: str, n_perm: int, rng: np.random.Generator, alternative: str
-) -> TestResult:
-    """Spearman rho of prompt-centred similarity and prompt-centred disruption, with a prompt-permutation p.
-
-    Only prompts seen by every model are used (a complete models x prompts grid). Both
-    variables are centred on their prompt (minus the prompt's mean over models): a prompt that
-    is similar to every subject and fragile under every model (a domain main effect) carries
-    no weight. Each draw permutes the prompts of the similarity grid once, for all models alike.
-    Ranks are taken once over all pairs, so each draw's rho is the Pearson correlation of
-    permuted ranks.
-    """
-    similarity_grid = pairs.pivot(index="model_id", columns="prompt_id", values="similarity")
-    complete_prompts = similarity_grid.columns[similarity_grid.notna().all(axis=0)]
-    similarity_grid = similarity_grid[complete_prompts]
-    disruption_grid = pairs.pivot(index="model_id", columns="prompt_id", values=value)[complete_prompts]
-    n_pairs = int(similarity_grid.size)
-    text = (
-        f"Spearman rho (scipy.stats.spearmanr) over all (model, prompt) pairs of prompts seen by every model, both "
-        f"variables prompt-centred (minus the prompt's mean over models); p from {n_perm} draws that permute "
-        f"prompts of the similarity grid, the same permutation for every model ({alternative}); "
-        "p = (1 + #null >= observed) / (1 + draws)"
-    )
-    similarity = similarity_grid.to_numpy(dtype=np.float64)
-    disruption = disruption_grid.to_numpy(dtype=np.float64)
-    similarity = similarity - similarity.mean(axis=0)
-    disruption = disruption - disruption.mean(axis=0)
-    if len(complete_prompts) < 3 or similarity.shape[0] < 2 or np.ptp(similarity) == 0 or np.ptp(disruption) == 0:
-        return TestResult(
-            test="similarity_spearman",
-            statistic=None,
-            p=None,
-            effect_size=None,
-            effect_size_name="spearman_rho",
-            n=n_pairs,
-            method=text,
-            extra={
-                "computable": False,
-                "n_prompts": int(len(complete_prompts)),
-                "reason": "needs >= 2 models, >= 3 prompts seen by every model and non-constant centred values",
-            },
-        )
-    rho = float(stats.spearmanr(similarity.ravel(), disruption.ravel()).statistic)
-    rank_x = stats.rankdata(similarity.ravel()).reshape(similarity.shape)
-    rank_y = stats.rankdata(disruption.ravel()).reshape(disruption.shape)
-    centred_x = rank_x - rank_x.mean()
-    centred_y = rank_y - rank_y.mean()
-    scale = np.linalg.norm(centred_x) * np.linalg.norm(centred_y)
-    n_prompts = similarity.shape[1]
-    null = np.empty(n_perm)
-    for start in range(0, n_perm, PERMUTATION_BATCH):  # bounds memory at paper scale
-        size = min(PERMUTATION_BATCH, n_perm - start)
-        permutations = rng.permuted(np.broadcast_to(np.arange(n_prompts), (size, n_prompts)), axis=1)
-        permuted_x = centred_x[:, permutations]  # [n_models, size, n_prompts]
-        null[start : start + size] = np.einsum("mbp,mp->b", permuted_x, centred_y) / scale
-    p = permutation_p_greater(rho, null) if alternative == "greater" else permutation_p_two_sided(rho, null)
-    return TestResult(
-        test="similarity_spearman",
-        statistic=rho,
-        p=float(p),
-        effect_size=rho,
-        effect_size_name="spearman_rho",
-        n=n_pairs,
-        method=text,
-        extra={
-            "computable": True,
-            NULL_RATE_VALIDATED: True,
-            "n_perm": n_perm,
-            "n_models": int(similarity.shape[0]),
-            "n_prompts": int(n_prompts),
-            "n_pairs_dropped_incomplete_prompts": int(len(pairs) - n_pairs),
-            "alternative": alternative,
-        },
     )
 
 
