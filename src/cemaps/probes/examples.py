@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from cemaps.errors import CemapsError
 from cemaps.hooks import select_modules
 from cemaps.hooks.capture import Removable
 from cemaps.hooks.context import CaptureContext
@@ -21,9 +22,10 @@ class OutputNormProbe:
     """The L2 norm of each cross-attention layer's output, per image, step and guidance half.
 
     Arrays: one per layer (``"<module path>"``, stored as ``"output_norm/<module path>"``), shape
-    ``[step, half]`` (every UNet call of the generation; halves as labelled by
-    ``Generation.halves``: ``("uncond", "cond")`` with guidance, ``("cond",)`` without), float32, the
-    norm of the layer's output over all its positions and channels for that image.
+    ``[step, half]`` (every step of the generation; halves ``("uncond", "cond")`` when any step had
+    guidance, else ``("cond",)``; a step without a half, e.g. after a callback turned guidance off, is
+    NaN there, as ``Generation.step_halves`` says), float32, the norm of the layer's output over all its
+    positions and channels for that image.
 
     Example:
         >>> import torch, cemaps
@@ -60,17 +62,44 @@ class OutputNormProbe:
     def collect(self, context: CaptureContext) -> list[dict[str, LabelledArray]]:
         records = []
         for g in context.generations:
+            # Each step's UNet rows are [halves x images], the unconditional half first (diffusers' order);
+            # the halves can change from step to step (a callback that turns guidance off) and a step's halves
+            # can come as two UNet calls (uncond, then cond): read the rows in call order, step by step.
+            halves = ("uncond", "cond") if any("uncond" in h for h in g.step_halves) else ("cond",)
             per_layer = {
-                # the UNet batch is [halves x images], the unconditional half first (diffusers' order)
-                layer: torch.stack(v, 1).view(len(g.halves), g.batch_size, -1)  # [half, image, step]
+                layer: _by_step(torch.cat(v), g.step_halves, halves, g.batch_size, layer)  # [image, step, half]
                 for (index, layer), v in self.norms.items()
                 if index == g.index
             }
             for i in range(g.batch_size):
                 records.append(
                     {
-                        layer: LabelledArray(norms[:, i].T.numpy(), ("step", "half"), {"half": list(g.halves)})
+                        layer: LabelledArray(norms[i].numpy(), ("step", "half"), {"half": list(halves)})
                         for layer, norms in per_layer.items()
                     }
                 )
         return records
+
+
+def _by_step(
+    rows: torch.Tensor, step_halves: list[tuple[str, ...]], halves: tuple[str, ...], batch: int, layer: str
+) -> torch.Tensor:
+    """``[image, step, half]`` from the UNet rows of every call in order; NaN where a step lacked a half.
+
+    Raises:
+        CemapsError: the rows are not the steps' halves x images (a UNet call this probe cannot read).
+    """
+    expected = sum(len(h) for h in step_halves) * batch
+    if rows.shape[0] != expected:
+        raise CemapsError(
+            f"output_norm probe, layer {layer}: {rows.shape[0]} UNet rows for {len(step_halves)} steps; "
+            f"expected {expected} (the steps' guidance halves x {batch} images)"
+        )
+    out = torch.full((batch, len(step_halves), len(halves)), float("nan"))
+    start = 0
+    for step, held in enumerate(step_halves):
+        block = rows[start : start + len(held) * batch].view(len(held), batch)
+        for position, half in enumerate(held):
+            out[:, step, halves.index(half)] = block[position]
+        start += len(held) * batch
+    return out
