@@ -124,7 +124,9 @@ def _methods(layout, components, alpha, n_sims, rng) -> tuple[float, str]:
         return float(np.mean(f_value > critical))
 
     scale = components.model_sd + components.subject_sd + residual
-    return _bisect(power_at, max(scale, 1e-9), TARGET_POWER), "largest method difference (offsets 0..effect)"
+    return _bisect(
+        power_at, max(scale, 1e-9), TARGET_POWER
+    ), "largest method difference, the methods offset evenly from 0 to it"
 
 
 def _abstractness(layout, components, alpha, n_sims, rng) -> tuple[float, str]:
