@@ -10,8 +10,10 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 import torch
 
+from cemaps.errors import StoreError
 from cemaps.probes import CrossAttentionSettings, Probe
 from cemaps.probes.examples import OutputNormProbe
 from cemaps.store import open_store
@@ -152,3 +154,15 @@ def test_sigkill_mid_capture_then_resume_equals_an_uninterrupted_run(tmp_path):
     full, reference = _content(killed), _content(clean)
     _assert_same_content(full, reference)
     _assert_same_content(partial, {key: reference[key] for key in partial})
+
+
+def test_a_store_made_with_the_old_default_pattern_resumes_when_the_selected_layers_are_equal(tmp_path, tiny_pipe):
+    """The default ``layers`` changed from "*attn2" to "all"; on a UNet both select every attn2."""
+    store = tmp_path / "s.h5"
+    old = _config(capture=CrossAttentionSettings(timesteps=2, layers="*attn2"))
+    first = run_study(old, store, progress=False, pipe=tiny_pipe)
+    resumed = run_study(_config(), store, progress=False, pipe=tiny_pipe)  # default layers="all"
+    assert first.written == resumed.skipped == 4 and resumed.written == 0
+    one_layer = _config(capture=CrossAttentionSettings(timesteps=2, layers="mid_block.*attn2"))
+    with pytest.raises(StoreError, match="capture setting 'capture.layers"):
+        run_study(one_layer, store, progress=False, pipe=tiny_pipe)

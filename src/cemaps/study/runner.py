@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cemaps.errors import StoreError
 from cemaps.hooks import capture
 from cemaps.models.families import family_of, labelling_tokenizer
 from cemaps.models.hashing import source_sha256
@@ -39,6 +40,7 @@ from cemaps.models.personalized import BaseWeights, PersonalizedSpec, applied, c
 from cemaps.models.weight_deltas import weight_delta_for
 from cemaps.probes import CrossAttentionProbe
 from cemaps.store import StoreWriter
+from cemaps.store.manifest import read_header
 from cemaps.store.provenance import default_provenance
 from cemaps.study.config import BASE_ID, StudyConfig
 from cemaps.study.distributed import process_info, shard
@@ -169,6 +171,7 @@ def run_prompt_set(
         "model_family": family.key,
     }
     store_path = Path(store_path)
+    settings["capture"]["layers"] = _stored_layer_pattern(store_path, settings["capture"])
     writer = StoreWriter(
         store_path,
         settings=settings,
@@ -245,6 +248,25 @@ def run_prompt_set(
                             written += 1
                             advance(model_id)
     return StudyResult(store=store_path, written=written, skipped=total - pending, total=total)
+
+
+def _stored_layer_pattern(store_path: Path, capture_settings: dict) -> Any:
+    """The ``layers`` pattern to record: the stored store's when it selected the same layers.
+
+    The default pattern changed from ``"*attn2"`` to ``"all"`` (DiT support); on a UNet both select
+    every ``attn2``. A store is resumable when the *selected layers* are equal, so a pattern that
+    selects what the stored one selected is recorded as the stored one; a different selection is
+    still refused by the store (:func:`cemaps.store.manifest.check_compatible`).
+    """
+    if not store_path.is_file():
+        return capture_settings["layers"]
+    try:
+        stored = read_header(store_path).settings.get("capture", {})
+    except StoreError:
+        return capture_settings["layers"]  # the writer names what is wrong with the store
+    if isinstance(stored, dict) and stored.get("layers_selected") == list(capture_settings["layers_selected"]):
+        return stored.get("layers", capture_settings["layers"])
+    return capture_settings["layers"]
 
 
 def _captured_axes(pipe: Any, config: StudyConfig, probe: CrossAttentionProbe) -> dict[str, Any]:
