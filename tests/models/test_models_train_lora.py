@@ -142,3 +142,42 @@ def test_instance_template_is_the_conditioning_prompt_recorded(tiny_pipe_factory
     record = json.loads((result.out / "cemaps_train.json").read_text())
     assert record["instance_prompt"] == "a sks dog on the left"
     assert record["settings"]["instance_template"] == "a {token} {class_word} on the left"
+
+
+def test_the_same_training_writes_the_same_tensors_and_metadata_under_any_hash_seed(tmp_path):
+    """peft keeps target_modules as a set; its order in the file's metadata followed PYTHONHASHSEED.
+
+    The file's bytes can still differ: safetensors (Rust) writes its metadata map's two keys in a
+    per-process hash order. The tensors and the metadata's text are what cemaps makes, and those match.
+    """
+    import json
+    import os
+    import struct
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        torch.set_num_threads(1)
+        from cemaps.data import synthetic_subject_images
+        from cemaps.models import tiny_pipeline
+        from cemaps.models.train import TrainSettings, personalize
+        images = synthetic_subject_images("object1", n=2, size=64)
+        settings = TrainSettings("lora", steps=2, batch_size=1, lora_targets="attention")
+        personalize(tiny_pipeline(seed=0), "lora", images, "sks", "mug", sys.argv[1], settings, progress=False)
+        """
+    )
+    contents = []
+    for seed in ("1", "2", "3"):
+        out = tmp_path / f"lora-{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        raw = (out / "pytorch_lora_weights.safetensors").read_bytes()
+        size = struct.unpack("<Q", raw[:8])[0]
+        header = json.loads(raw[8 : 8 + size])
+        contents.append((raw[8 + size :], header["__metadata__"]["lora_adapter_metadata"]))
+    assert contents[0] == contents[1] == contents[2]
+    assert json.loads(contents[0][1])["unet.target_modules"] == ["to_k", "to_out.0", "to_q", "to_v"]

@@ -210,3 +210,17 @@ def enable_gradient_checkpointing(pipe: StableDiffusionPipeline, text_encoder_to
     if text_encoder_too:
         pipe.text_encoder.train()
         pipe.text_encoder.activation_checkpointing_enable()
+
+
+def adapter_metadata(peft_config) -> dict:
+    """A peft config's ``to_dict()`` with its set-valued fields sorted, for ``save_lora_weights``' metadata.
+
+    peft stores ``target_modules`` / ``exclude_modules`` as sets, whose order follows Python's string
+    hashing (``PYTHONHASHSEED``), so the same training wrote files with other bytes, and another sha256,
+    from run to run; sorted, the file is a function of the weights and settings only.
+    """
+    metadata = peft_config.to_dict()
+    for key in ("target_modules", "exclude_modules"):
+        if isinstance(metadata.get(key), (list, set, tuple)):
+            metadata[key] = sorted(metadata[key])
+    return metadata

@@ -21,6 +21,7 @@ from cemaps.models.families import family_of
 from cemaps.models.train.common import (
     TrainingData,
     TrainSettings,
+    adapter_metadata,
     enable_gradient_checkpointing,
     frozen_text_conditioning,
     preserved_pipeline_state,
@@ -91,7 +92,7 @@ def train(
             family_of(pipe).pipeline_class().save_lora_weights(
                 save_directory=save_dir,
                 unet_lora_layers=adapter_weights,
-                unet_lora_adapter_metadata=unet.peft_config[ADAPTER_NAME].to_dict(),
+                unet_lora_adapter_metadata=adapter_metadata(unet.peft_config[ADAPTER_NAME]),
                 weight_name=LORA_WEIGHTS_NAME,
                 safe_serialization=True,
             )

@@ -32,7 +32,7 @@ from peft import LoraConfig, get_peft_model_state_dict
 
 from cemaps.errors import ConfigError
 from cemaps.models.families import family_of
-from cemaps.models.train.common import TrainingData, TrainSettings
+from cemaps.models.train.common import TrainingData, TrainSettings, adapter_metadata
 from cemaps.models.train.loop import _index_stream, make_optimizer
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -137,7 +137,7 @@ def train(pipe: Any, data: TrainingData, settings: TrainSettings, save_dir: Path
         type(pipe).save_lora_weights(
             save_directory=save_dir,
             transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME),
-            transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER_NAME].to_dict(),
+            transformer_lora_adapter_metadata=adapter_metadata(transformer.peft_config[ADAPTER_NAME]),
             weight_name=LORA_WEIGHTS_NAME,
             safe_serialization=True,
         )
