@@ -169,18 +169,20 @@ def staged_output(path: str | Path, command: str, *, option: str = "--out") -> I
     """Yields a fresh hidden sibling folder; on success it replaces ``path`` (marked as ``command``'s).
 
     ``path`` is checked with :func:`check_output_folder` first and again just before the
-    swap. On an exception the staging folder is removed and ``path`` is untouched.
+    swap. On an exception the staging folder is removed and ``path`` is untouched. What a killed
+    earlier run left beside ``path`` is cleared first (:func:`recover_leftovers`).
 
     Raises:
         OutputError: ``path`` may not be written (see :func:`check_output_folder`), or the
             operating system refuses to create or move the folders.
     """
     path = followed(path)
-    check_output_folder(path, command, option=option)
     parent = path.absolute().parent
+    recover_leftovers(path)
+    check_output_folder(path, command, option=option)
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=parent))
     except OSError as error:
         raise OutputError(f"{option} {path}: cannot write ({os_error_message(error)})") from None
     try:
@@ -206,7 +208,7 @@ def _replace(staging: Path, path: Path, option: str) -> None:
     try:
         if path.is_dir():
             if any(path.iterdir()):
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=staging.parent))
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=staging.parent))
                 os.replace(path, old / path.name)
             else:
                 path.rmdir()
@@ -220,3 +222,38 @@ def _replace(staging: Path, path: Path, option: str) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _dead(pid: int) -> bool:
+    """True when no process ``pid`` exists (a process of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_leftovers(path: str | Path) -> list[Path]:
+    """Clears what a killed :func:`staged_output` left beside ``path``; returns the folders it removed.
+
+    A run names its hidden siblings with its process id: ``.<name>.partial-<pid>-*`` (the output being
+    written) and ``.<name>.old-<pid>-*`` (the earlier output, moved aside for the swap). For a process
+    that no longer exists, a partial folder is deleted, and an earlier output is moved back to ``path``
+    when ``path`` is missing (the run died between moving it aside and moving the new one in), else
+    deleted. Folders of live processes, and unnamed ones from older versions, are left alone.
+    """
+    path = Path(path).absolute()
+    removed = []
+    for kind in ("old", "partial"):  # an earlier output first: it may be all the user has
+        for folder in sorted(path.parent.glob(f".{path.name}.{kind}-*")):
+            pid = folder.name.removeprefix(f".{path.name}.{kind}-").split("-", 1)[0]
+            if not folder.is_dir() or not pid.isdigit() or not _dead(int(pid)):
+                continue
+            earlier = folder / path.name
+            if kind == "old" and earlier.is_dir() and not path.exists():
+                os.replace(earlier, path)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
