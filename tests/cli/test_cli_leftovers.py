@@ -52,3 +52,15 @@ def test_an_aside_copy_is_deleted_when_the_new_output_is_in_place(tmp_path):
     (aside / "report.html").write_text("old")
     recover_leftovers(out)
     assert (out / "report.html").read_text() == "new" and not aside.parent.exists()
+
+
+def test_a_killed_trainings_staging_folder_is_cleared_by_the_next_training(tmp_path):
+    from cemaps.models.train.common import staging_dir
+
+    out = tmp_path / "lora"
+    dead = tmp_path / f".lora.partial-{_dead_pid()}-t1"
+    dead.mkdir()
+    (dead / "pytorch_lora_weights.safetensors").write_bytes(b"half")
+    with staging_dir(out) as staging:
+        assert staging.name.startswith(f".lora.partial-{os.getpid()}-")
+    assert not dead.exists() and not staging.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from cemaps.models.train_settings import (  # noqa: F401  (re-exported: the trai
     MethodDefaults,
     TrainSettings,
 )
+from cemaps.outputs import recover_leftovers
 
 CLASS_IMAGES_DIR = "class_images"
 
@@ -132,9 +134,14 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
-    """A hidden sibling folder the artifacts are written to first, so a failed run leaves nothing half-written."""
+    """A hidden sibling folder the artifacts are written to first, so a failed run leaves nothing half-written.
+
+    It is named like :func:`cemaps.outputs.staged_output`'s (``.<name>.partial-<pid>-*``), so what a killed
+    training left is cleared by the next run (:func:`cemaps.outputs.recover_leftovers`).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    recover_leftovers(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         yield staging
     finally:
